@@ -1,0 +1,187 @@
+//! The checkpoint file: one file that carries the model, its shape, its vocabulary and whatever
+//! else the trainer needs to resume, so sampling needs nothing but the file.
+//!
+//! # Format
+//! `KARNNA01` (8 bytes), then named sections, each `u16` name length, name (UTF-8), `u64`
+//! length, bytes; then an FNV-1a 64-bit checksum of everything before it (all integers little
+//! endian). The `meta` section is JSON ([`CheckpointMeta`]); `model` is the Burn record
+//! (named MessagePack, full precision). Other sections belong to the trainer (optimizer state,
+//! the carried LSTM state) and are opaque here. A truncated or altered file fails the checksum
+//! and is reported, never half-loaded.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::Backend;
+use karnna_data::Vocab;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CharRnn, CharRnnConfig};
+
+const MAGIC: &[u8; 8] = b"KARNNA01";
+
+/// What is wrong with a checkpoint file. Each message is one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The file does not exist.
+    #[error("{}: no such checkpoint", .0.display())]
+    Missing(PathBuf),
+    /// Reading or writing failed.
+    #[error("{}: {}", .0.display(), .1)]
+    Io(PathBuf, std::io::Error),
+    /// The file does not start with karnna's magic bytes.
+    #[error("{}: not a karnna checkpoint", .0.display())]
+    NotACheckpoint(PathBuf),
+    /// The file is cut short or altered.
+    #[error("{}: checkpoint is truncated or corrupted ({})", .0.display(), .1)]
+    Corrupt(PathBuf, String),
+}
+
+/// The checkpoint's description: what it is and how to rebuild the model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// The model's shape.
+    pub model: CharRnnConfig,
+    /// The vocabulary the model was trained with.
+    pub vocab: Vocab,
+    /// Training iterations done (optimizer steps).
+    pub iteration: usize,
+    /// Validation loss (nats per character) when it was saved, if measured.
+    pub val_loss: Option<f64>,
+    /// The last training loss (nats per character).
+    pub train_loss: Option<f64>,
+    /// The run's resolved configuration, as the trainer wrote it.
+    #[serde(default)]
+    pub run: serde_json::Value,
+}
+
+/// A checkpoint read from disk: the meta and every section's bytes.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The description.
+    pub meta: CheckpointMeta,
+    sections: Vec<(String, Vec<u8>)>,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
+    NamedMpkBytesRecorder::default()
+}
+
+impl Checkpoint {
+    /// Serializes `model` with `meta` and the extra `sections` and writes them to `path`
+    /// atomically: to a temporary file in the same folder, synced, then renamed over `path`, so
+    /// a run killed at any moment leaves either the old file or the new one, never half of one.
+    pub fn save<B: Backend>(
+        path: &Path,
+        meta: &CheckpointMeta,
+        model: &CharRnn<B>,
+        sections: &[(&str, &[u8])],
+    ) -> Result<(), CheckpointError> {
+        let io = |e| CheckpointError::Io(path.to_owned(), e);
+        let meta = serde_json::to_vec_pretty(meta).expect("meta serializes");
+        let model = Recorder::<B>::record(&recorder(), model.clone().into_record(), ())
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        let mut buf = MAGIC.to_vec();
+        let all = [("meta", &meta[..]), ("model", &model[..])].into_iter().chain(sections.iter().copied());
+        for (name, bytes) in all {
+            buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            buf.extend_from_slice(bytes);
+        }
+        buf.extend_from_slice(&fnv1a(&buf).to_le_bytes());
+
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(&buf).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Reads and verifies a checkpoint file (magic, checksum, meta); the model is not built yet.
+    pub fn read(path: &Path) -> Result<Self, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => CheckpointError::Missing(path.to_owned()),
+            _ => CheckpointError::Io(path.to_owned(), e),
+        })?;
+        let corrupt = |why: &str| CheckpointError::Corrupt(path.to_owned(), why.to_owned());
+        if bytes.len() < 8 || &bytes[..8] != MAGIC {
+            return Err(CheckpointError::NotACheckpoint(path.to_owned()));
+        }
+        if bytes.len() < 16 {
+            return Err(corrupt("too short"));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 8);
+        if fnv1a(body).to_le_bytes() != sum {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let mut sections = Vec::new();
+        let mut rest = &body[8..];
+        fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            if rest.len() < n {
+                return None;
+            }
+            let (head, tail) = rest.split_at(n);
+            *rest = tail;
+            Some(head)
+        }
+        let past_end = || corrupt("section runs past the end");
+        loop {
+            let name_len = take(&mut rest, 2).ok_or_else(past_end)?;
+            let name_len = u16::from_le_bytes(name_len.try_into().unwrap()) as usize;
+            let name = take(&mut rest, name_len).ok_or_else(past_end)?;
+            let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt("bad section name"))?;
+            let len = take(&mut rest, 8).ok_or_else(past_end)?;
+            let len = u64::from_le_bytes(len.try_into().unwrap()) as usize;
+            sections.push((name, take(&mut rest, len).ok_or_else(past_end)?.to_vec()));
+            if rest.is_empty() {
+                break;
+            }
+        }
+        let meta_bytes = sections
+            .iter()
+            .find(|(n, _)| n == "meta")
+            .map(|(_, b)| b)
+            .ok_or_else(|| corrupt("no meta section"))?;
+        let meta: CheckpointMeta =
+            serde_json::from_slice(meta_bytes).map_err(|e| corrupt(&format!("meta: {e}")))?;
+        Ok(Self { path: path.to_owned(), meta, sections })
+    }
+
+    /// The bytes of section `name`, if present.
+    pub fn section(&self, name: &str) -> Option<&[u8]> {
+        self.sections.iter().find(|(n, _)| n == name).map(|(_, b)| &b[..])
+    }
+
+    /// Builds the model described by the meta and loads its weights.
+    pub fn model<B: Backend>(&self, device: &B::Device) -> Result<CharRnn<B>, CheckpointError> {
+        let corrupt = |why: String| CheckpointError::Corrupt(self.path.clone(), why);
+        let bytes = self.section("model").ok_or_else(|| corrupt("no model section".into()))?;
+        let record = Recorder::<B>::load(&recorder(), bytes.to_vec(), device)
+            .map_err(|e| corrupt(format!("model: {e}")))?;
+        let model = self.meta.model.init::<B>(device).load_record(record);
+        // The record must have exactly the shapes the meta describes.
+        let expected = self.meta.model.init::<B>(device);
+        let shapes = |m: &CharRnn<B>| {
+            let mut v = Vec::new();
+            for l in &m.layers {
+                v.extend([l.w_ih.dims().to_vec(), l.w_hh.dims().to_vec(), l.b_ih.dims().to_vec()]);
+            }
+            v.push(m.output.weight.dims().to_vec());
+            v
+        };
+        if shapes(&model) != shapes(&expected) {
+            return Err(corrupt("weights do not match the model's shape".into()));
+        }
+        Ok(model)
+    }
+}

@@ -1,0 +1,1030 @@
+//! The LSTM recurrence over a whole sequence on plain `f32` slices: forward, backward (truncated
+//! BPTT) and a single batch-1 step for sampling, tuned for a small x86_64 CPU.
+//!
+//! All arrays are row-major and contiguous. The gate axis (`4H`) holds four blocks of `H` columns in
+//! the order **i, f, g, o** (input, forget, cell candidate, output). For step `t = 0..T`, with
+//! `h_{-1} = h0` and `c_{-1} = c0`:
+//!
+//! ```text
+//! z_t = xp[t] + h_{t-1} · w_hh
+//! i = σ(z_i), f = σ(z_f), g = tanh(z_g), o = σ(z_o)
+//! c_t = f ⊙ c_{t-1} + i ⊙ g
+//! h_t = o ⊙ tanh(c_t)
+//! ```
+//!
+//! Each step does one matrix product (through the `gemm` crate) and one fused elementwise pass;
+//! the elementwise passes use branch-free rational approximations of `tanh` and `σ` (absolute error
+//! below 1e-6), are compiled for AVX-512 and AVX2+FMA besides the baseline and picked at run time,
+//! and are split over batch rows with rayon when the step is large enough to pay for it.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Sizes of one LSTM layer's sequence: `t` steps, `b` rows (batch), `h` hidden units.
+///
+/// # Shapes
+///
+/// The arrays of [`lstm_forward`] and [`lstm_backward`] are `[t, b, 4h]` (gate pre-activations and
+/// their gradients), `[t, b, h]` (hidden and cell states and their gradients), `[h, 4h]` (the
+/// recurrent weights) and `[b, h]` (initial states).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Number of time steps `T`.
+    pub t: usize,
+    /// Number of rows (batch size) `B`.
+    pub b: usize,
+    /// Number of hidden units `H`.
+    pub h: usize,
+}
+
+impl Dims {
+    /// Elements of one step's `[B, H]` block.
+    fn bh(&self) -> usize {
+        self.b * self.h
+    }
+
+    /// Elements of one step's `[B, 4H]` block.
+    fn bg(&self) -> usize {
+        self.b * 4 * self.h
+    }
+}
+
+/// Forward over the whole sequence.
+///
+/// Runs the recurrence for `d.t` steps from `(h0, c0)`, writing every step's hidden and cell state,
+/// and, when `gates` is `Some`, the activated gates `(σ(z_i), σ(z_f), tanh(z_g), σ(z_o))` that
+/// [`lstm_backward`] needs.
+///
+/// # Shapes
+///
+/// - `xp`: `[T, B, 4H]`, the input projection of every step with all biases already added;
+/// - `w_hh`: `[H, 4H]`;
+/// - `h0`, `c0`: `[B, H]`;
+/// - `hs`, `cs` (written): `[T, B, H]`, `h_t` and `c_t`;
+/// - `gates` (written when `Some`): `[T, B, 4H]`.
+///
+/// # Panics
+///
+/// Panics if a slice's length does not match `d`.
+pub fn lstm_forward(
+    d: Dims,
+    xp: &[f32],
+    w_hh: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    hs: &mut [f32],
+    cs: &mut [f32],
+    gates: Option<&mut [f32]>,
+) {
+    let (t_len, b, h) = (d.t, d.b, d.h);
+    let (bh, bg) = (d.bh(), d.bg());
+    assert_eq!(xp.len(), t_len * bg, "xp must be [t, b, 4h]");
+    assert_eq!(w_hh.len(), h * 4 * h, "w_hh must be [h, 4h]");
+    assert_eq!(h0.len(), bh, "h0 must be [b, h]");
+    assert_eq!(c0.len(), bh, "c0 must be [b, h]");
+    assert_eq!(hs.len(), t_len * bh, "hs must be [t, b, h]");
+    assert_eq!(cs.len(), t_len * bh, "cs must be [t, b, h]");
+    if let Some(g) = gates.as_deref() {
+        assert_eq!(g.len(), t_len * bg, "gates must be [t, b, 4h]");
+    }
+    if t_len == 0 || bh == 0 {
+        return;
+    }
+
+    // The pre-activations of step t are built, then activated in place, either in gates[t] (which
+    // so ends up holding the activated gates) or in a one-step scratch buffer.
+    let mut scratch = Vec::new();
+    let mut gates = gates;
+    let simd = simd_level();
+    for t in 0..t_len {
+        let z: &mut [f32] = match gates.as_deref_mut() {
+            Some(g) => &mut g[t * bg..(t + 1) * bg],
+            None => {
+                if scratch.is_empty() {
+                    scratch = vec![0.0; bg];
+                }
+                &mut scratch
+            }
+        };
+        z.copy_from_slice(&xp[t * bg..(t + 1) * bg]);
+        let (h_prev, c_prev, hs_t, cs_t) = if t == 0 {
+            (h0, c0, &mut hs[..bh], &mut cs[..bh])
+        } else {
+            let (hs_done, hs_rest) = hs.split_at_mut(t * bh);
+            let (cs_done, cs_rest) = cs.split_at_mut(t * bh);
+            (
+                &hs_done[(t - 1) * bh..],
+                &cs_done[(t - 1) * bh..] as &[f32],
+                &mut hs_rest[..bh],
+                &mut cs_rest[..bh],
+            )
+        };
+        if b == 1 {
+            rows_axpy(simd, h, h_prev, w_hh, z);
+        } else {
+            // z [B, 4H] += h_prev [B, H] · w_hh [H, 4H]
+            // SAFETY: the lengths were checked above; the three matrices do not overlap.
+            unsafe {
+                matmul(
+                    b,
+                    4 * h,
+                    h,
+                    (z.as_mut_ptr(), 4 * h, 1),
+                    true,
+                    (h_prev.as_ptr(), h, 1),
+                    (w_hh.as_ptr(), 4 * h, 1),
+                );
+            }
+        }
+        forward_pointwise(simd, h, z, c_prev, hs_t, cs_t);
+    }
+}
+
+/// Backward over the whole sequence (truncated BPTT: no gradient arrives for `c_T`).
+///
+/// Takes what [`lstm_forward`] took and wrote (it must have recorded `gates`) and the gradient of
+/// the loss with respect to every `h_t`, and overwrites (does not accumulate into) the gradients of
+/// the pre-activations, of `w_hh` and of the initial states.
+///
+/// # Shapes
+///
+/// - `w_hh`: `[H, 4H]`; `h0`, `c0`: `[B, H]`;
+/// - `hs`, `cs`: `[T, B, H]`; `gates`: `[T, B, 4H]`, as written by [`lstm_forward`];
+/// - `dhs`: `[T, B, H]`, `dL/dh_t` for every `t`;
+/// - `dxp` (written): `[T, B, 4H]`, `dL/dz_t`, which is exactly `dL/dxp`;
+/// - `dw_hh` (written): `[H, 4H]`, `Σ_t h_{t-1}ᵀ · dz_t`;
+/// - `dh0`, `dc0` (written): `[B, H]`.
+///
+/// # Panics
+///
+/// Panics if a slice's length does not match `d`.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_backward(
+    d: Dims,
+    w_hh: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    hs: &[f32],
+    cs: &[f32],
+    gates: &[f32],
+    dhs: &[f32],
+    dxp: &mut [f32],
+    dw_hh: &mut [f32],
+    dh0: &mut [f32],
+    dc0: &mut [f32],
+) {
+    let (t_len, b, h) = (d.t, d.b, d.h);
+    let (bh, bg) = (d.bh(), d.bg());
+    assert_eq!(w_hh.len(), h * 4 * h, "w_hh must be [h, 4h]");
+    assert_eq!(h0.len(), bh, "h0 must be [b, h]");
+    assert_eq!(c0.len(), bh, "c0 must be [b, h]");
+    assert_eq!(hs.len(), t_len * bh, "hs must be [t, b, h]");
+    assert_eq!(cs.len(), t_len * bh, "cs must be [t, b, h]");
+    assert_eq!(gates.len(), t_len * bg, "gates must be [t, b, 4h]");
+    assert_eq!(dhs.len(), t_len * bh, "dhs must be [t, b, h]");
+    assert_eq!(dxp.len(), t_len * bg, "dxp must be [t, b, 4h]");
+    assert_eq!(dw_hh.len(), h * 4 * h, "dw_hh must be [h, 4h]");
+    assert_eq!(dh0.len(), bh, "dh0 must be [b, h]");
+    assert_eq!(dc0.len(), bh, "dc0 must be [b, h]");
+
+    // dh0 and dc0 carry dL/dh_{t-1} and dL/dc_{t-1} from step to step; after step 0 they are the
+    // answer.
+    dh0.fill(0.0);
+    dc0.fill(0.0);
+    if t_len == 0 || bh == 0 {
+        dw_hh.fill(0.0);
+        return;
+    }
+    let simd = simd_level();
+    for t in (0..t_len).rev() {
+        let c_prev = if t == 0 { c0 } else { &cs[(t - 1) * bh..t * bh] };
+        let dz = &mut dxp[t * bg..(t + 1) * bg];
+        backward_pointwise(
+            simd,
+            h,
+            &gates[t * bg..(t + 1) * bg],
+            &cs[t * bh..(t + 1) * bh],
+            c_prev,
+            &dhs[t * bh..(t + 1) * bh],
+            dh0,
+            dc0,
+            dz,
+        );
+        // dh_{t-1} [B, H] = dz_t [B, 4H] · w_hhᵀ [4H, H]
+        // SAFETY: the lengths were checked above; the three matrices do not overlap.
+        unsafe {
+            matmul(
+                b,
+                h,
+                4 * h,
+                (dh0.as_mut_ptr(), h, 1),
+                false,
+                (dz.as_ptr(), 4 * h, 1),
+                (w_hh.as_ptr(), 1, 4 * h),
+            );
+        }
+    }
+
+    // dw_hh [H, 4H] = h0ᵀ [H, B] · dz_0 [B, 4H] + hs[0..T-1]ᵀ [H, (T-1)B] · dz[1..T] [(T-1)B, 4H]
+    // SAFETY: the lengths were checked above; the three matrices do not overlap.
+    unsafe {
+        matmul(
+            h,
+            4 * h,
+            b,
+            (dw_hh.as_mut_ptr(), 4 * h, 1),
+            false,
+            (h0.as_ptr(), 1, h),
+            (dxp.as_ptr(), 4 * h, 1),
+        );
+        if t_len > 1 {
+            matmul(
+                h,
+                4 * h,
+                (t_len - 1) * b,
+                (dw_hh.as_mut_ptr(), 4 * h, 1),
+                true,
+                (hs.as_ptr(), 1, h),
+                (dxp[bg..].as_ptr(), 4 * h, 1),
+            );
+        }
+    }
+}
+
+/// One forward step at batch 1, without allocating: the sampling path.
+///
+/// Overwrites `hc` with the new `(h, c)` and uses `scratch` for the gate pre-activations (on return
+/// it holds the activated gates).
+///
+/// # Shapes
+///
+/// - `xp`: `[4H]`, the step's input projection with all biases added;
+/// - `w_hh`: `[H, 4H]`;
+/// - `hc` (read and written): `[2, H]`, `h` then `c`;
+/// - `scratch`: `[4H]`.
+///
+/// # Panics
+///
+/// Panics if a slice's length does not match `h`.
+pub fn lstm_step(h: usize, xp: &[f32], w_hh: &[f32], hc: &mut [f32], scratch: &mut [f32]) {
+    assert_eq!(xp.len(), 4 * h, "xp must be [4h]");
+    assert_eq!(w_hh.len(), h * 4 * h, "w_hh must be [h, 4h]");
+    assert_eq!(hc.len(), 2 * h, "hc must be [2, h]");
+    assert_eq!(scratch.len(), 4 * h, "scratch must be [4h]");
+    let simd = simd_level();
+    scratch.copy_from_slice(xp);
+    let (h_state, c_state) = hc.split_at_mut(h);
+    rows_axpy(simd, h, h_state, w_hh, scratch);
+    // The pointwise pass reads c_{t-1}[j] before writing c_t[j] and no longer needs h, so it
+    // updates both in place.
+    forward_pointwise_inplace(simd, h, scratch, h_state, c_state);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix products.
+// ---------------------------------------------------------------------------------------------
+
+/// A matrix operand: pointer, row stride, column stride (in elements).
+type Mat<P> = (P, usize, usize);
+
+/// `dst [m, n] = (acc ? dst : 0) + lhs [m, k] · rhs [k, n]`, through `gemm`.
+///
+/// # Safety
+///
+/// Every operand must be valid for its shape and strides; `dst` must not overlap the others.
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Mat<*mut f32>,
+    acc: bool,
+    lhs: Mat<*const f32>,
+    rhs: Mat<*const f32>,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Below ~1 MFLOP the thread hand-off costs more than it saves.
+    let par = if m * n * k >= 1 << 17 {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    // gemm computes dst := alpha·dst + beta·lhs·rhs (alpha is ignored when read_dst is false).
+    gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2 as isize,
+        dst.1 as isize,
+        acc,
+        lhs.0,
+        lhs.2 as isize,
+        lhs.1 as isize,
+        rhs.0,
+        rhs.2 as isize,
+        rhs.1 as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast transcendental functions.
+// ---------------------------------------------------------------------------------------------
+
+/// `a·b + c`, fused when the caller is compiled with FMA (`mul_add` without hardware FMA is a slow
+/// library call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Branch-free `tanh`: a [13/6] rational approximation on `[-7.9, 7.9]` (Eigen's), clamped
+/// outside, absolute error below 1e-6; NaN propagates.
+#[inline(always)]
+fn tanh_fast<const FMA: bool>(x: f32) -> f32 {
+    #[cfg(feature = "stdmath")]
+    return x.tanh();
+    const CLAMP: f32 = 7.905_311;
+    let x = if x > CLAMP { CLAMP } else { x };
+    let x = if x < -CLAMP { -CLAMP } else { x };
+    let x2 = x * x;
+    let mut p = madd::<FMA>(x2, -2.760_768_5e-16, 2.000_187_9e-13);
+    p = madd::<FMA>(x2, p, -8.604_671_5e-11);
+    p = madd::<FMA>(x2, p, 5.122_297e-8);
+    p = madd::<FMA>(x2, p, 1.485_722_4e-5);
+    p = madd::<FMA>(x2, p, 6.372_619_3e-4);
+    p = madd::<FMA>(x2, p, 4.893_524_6e-3);
+    p *= x;
+    let mut q = madd::<FMA>(x2, 1.198_258_4e-6, 1.185_347_1e-4);
+    q = madd::<FMA>(x2, q, 2.268_434_6e-3);
+    q = madd::<FMA>(x2, q, 4.893_525e-3);
+    p / q
+}
+
+/// Branch-free logistic sigmoid, `0.5·tanh(0.5·x) + 0.5`, absolute error below 1e-6.
+#[inline(always)]
+fn sigmoid_fast<const FMA: bool>(x: f32) -> f32 {
+    #[cfg(feature = "stdmath")]
+    return 1.0 / (1.0 + (-x).exp());
+    madd::<FMA>(0.5, tanh_fast::<FMA>(0.5 * x), 0.5)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise passes, compiled per instruction set and dispatched at run time.
+// ---------------------------------------------------------------------------------------------
+
+/// The widest vector instruction set the elementwise loops may use on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Simd {
+    /// The target's baseline.
+    Base,
+    /// AVX2 with FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512 (F and VL) with FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn simd_level() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
+            return Simd::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Base
+}
+
+/// Defines `$name(simd, args..)`, which runs the `#[inline(always)]` generic `$body::<FMA>(args..)`
+/// compiled for the instruction set `simd` names.
+macro_rules! dispatch {
+    ($(#[$doc:meta])* fn $name:ident => $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name(simd: Simd, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512($($arg: $ty),*) {
+                $body::<true>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2($($arg: $ty),*) {
+                $body::<true>($($arg),*)
+            }
+            match simd {
+                // SAFETY: simd_level only reports instruction sets this CPU has.
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 => unsafe { avx2($($arg),*) },
+                Simd::Base => $body::<false>($($arg),*),
+            }
+        }
+    };
+}
+
+/// Rows of one step's `[B, H]` block below which the elementwise pass stays on one thread.
+const PAR_MIN_ELEMS: usize = 1 << 14;
+
+/// How many rows each rayon task takes, or `None` to stay on the calling thread.
+fn par_rows(b: usize, h: usize) -> Option<usize> {
+    let threads = rayon::current_num_threads();
+    if threads < 2 || b < 2 || b * h < PAR_MIN_ELEMS {
+        return None;
+    }
+    Some(b.div_ceil(threads))
+}
+
+/// The forward pointwise pass over `[B, ·]` blocks: activates `z` in place, writes `h_t`, `c_t`.
+fn forward_pointwise(
+    simd: Simd,
+    h: usize,
+    z: &mut [f32],
+    c_prev: &[f32],
+    h_out: &mut [f32],
+    c_out: &mut [f32],
+) {
+    let b = c_prev.len() / h;
+    match par_rows(b, h) {
+        None => forward_rows(simd, h, z, c_prev, h_out, c_out),
+        Some(rows) => z
+            .par_chunks_mut(rows * 4 * h)
+            .zip(c_prev.par_chunks(rows * h))
+            .zip(h_out.par_chunks_mut(rows * h))
+            .zip(c_out.par_chunks_mut(rows * h))
+            .for_each(|(((z, c_prev), h_out), c_out)| {
+                forward_rows(simd, h, z, c_prev, h_out, c_out)
+            }),
+    }
+}
+
+dispatch! {
+    /// [`forward_rows_impl`] for `simd`.
+    fn forward_rows => forward_rows_impl(
+        h: usize, z: &mut [f32], c_prev: &[f32], h_out: &mut [f32], c_out: &mut [f32],
+    )
+}
+
+#[inline(always)]
+fn forward_rows_impl<const FMA: bool>(
+    h: usize,
+    z: &mut [f32],
+    c_prev: &[f32],
+    h_out: &mut [f32],
+    c_out: &mut [f32],
+) {
+    for (((z, c_prev), h_out), c_out) in z
+        .chunks_exact_mut(4 * h)
+        .zip(c_prev.chunks_exact(h))
+        .zip(h_out.chunks_exact_mut(h))
+        .zip(c_out.chunks_exact_mut(h))
+    {
+        let (zi, rest) = z.split_at_mut(h);
+        let (zf, rest) = rest.split_at_mut(h);
+        let (zg, zo) = rest.split_at_mut(h);
+        let (zo, c_prev, h_out, c_out) = (&mut zo[..h], &c_prev[..h], &mut h_out[..h], &mut c_out[..h]);
+        for j in 0..h {
+            let i = sigmoid_fast::<FMA>(zi[j]);
+            let f = sigmoid_fast::<FMA>(zf[j]);
+            let g = tanh_fast::<FMA>(zg[j]);
+            let o = sigmoid_fast::<FMA>(zo[j]);
+            let c = madd::<FMA>(f, c_prev[j], i * g);
+            zi[j] = i;
+            zf[j] = f;
+            zg[j] = g;
+            zo[j] = o;
+            c_out[j] = c;
+            h_out[j] = o * tanh_fast::<FMA>(c);
+        }
+    }
+}
+
+dispatch! {
+    /// One row of the forward pointwise pass with `h` and `c` updated in place.
+    fn forward_pointwise_inplace => forward_inplace_impl(
+        h: usize, z: &mut [f32], h_state: &mut [f32], c_state: &mut [f32],
+    )
+}
+
+#[inline(always)]
+fn forward_inplace_impl<const FMA: bool>(
+    h: usize,
+    z: &mut [f32],
+    h_state: &mut [f32],
+    c_state: &mut [f32],
+) {
+    let (zi, rest) = z.split_at_mut(h);
+    let (zf, rest) = rest.split_at_mut(h);
+    let (zg, zo) = rest.split_at_mut(h);
+    let (zo, h_state, c_state) = (&mut zo[..h], &mut h_state[..h], &mut c_state[..h]);
+    for j in 0..h {
+        let i = sigmoid_fast::<FMA>(zi[j]);
+        let f = sigmoid_fast::<FMA>(zf[j]);
+        let g = tanh_fast::<FMA>(zg[j]);
+        let o = sigmoid_fast::<FMA>(zo[j]);
+        let c = madd::<FMA>(f, c_state[j], i * g);
+        zi[j] = i;
+        zf[j] = f;
+        zg[j] = g;
+        zo[j] = o;
+        c_state[j] = c;
+        h_state[j] = o * tanh_fast::<FMA>(c);
+    }
+}
+
+/// The backward pointwise pass over `[B, ·]` blocks of step `t`.
+///
+/// Reads the activated `gates`, `c_t`, `c_{t-1}` and `dh_t` from the loss; `dh_next` holds the
+/// gradient reaching `h_t` from step `t+1` and `dc_next`, in and out, the gradient reaching `c_t`
+/// from step `t+1`, replaced by the one reaching `c_{t-1}`; writes `dz_t`.
+#[allow(clippy::too_many_arguments)]
+fn backward_pointwise(
+    simd: Simd,
+    h: usize,
+    gates: &[f32],
+    c: &[f32],
+    c_prev: &[f32],
+    dh_loss: &[f32],
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    dz: &mut [f32],
+) {
+    let b = c.len() / h;
+    match par_rows(b, h) {
+        None => backward_rows(simd, h, gates, c, c_prev, dh_loss, dh_next, dc_next, dz),
+        Some(rows) => {
+            let (rh, rg) = (rows * h, rows * 4 * h);
+            gates
+                .par_chunks(rg)
+                .zip(c.par_chunks(rh))
+                .zip(c_prev.par_chunks(rh))
+                .zip(dh_loss.par_chunks(rh))
+                .zip(dh_next.par_chunks(rh))
+                .zip(dc_next.par_chunks_mut(rh))
+                .zip(dz.par_chunks_mut(rg))
+                .for_each(|((((((gates, c), c_prev), dh_loss), dh_next), dc_next), dz)| {
+                    backward_rows(simd, h, gates, c, c_prev, dh_loss, dh_next, dc_next, dz)
+                })
+        }
+    }
+}
+
+dispatch! {
+    /// [`backward_rows_impl`] for `simd`.
+    fn backward_rows => backward_rows_impl(
+        h: usize,
+        gates: &[f32],
+        c: &[f32],
+        c_prev: &[f32],
+        dh_loss: &[f32],
+        dh_next: &[f32],
+        dc_next: &mut [f32],
+        dz: &mut [f32],
+    )
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_rows_impl<const FMA: bool>(
+    h: usize,
+    gates: &[f32],
+    c: &[f32],
+    c_prev: &[f32],
+    dh_loss: &[f32],
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    dz: &mut [f32],
+) {
+    for ((((((gates, c), c_prev), dh_loss), dh_next), dc_next), dz) in gates
+        .chunks_exact(4 * h)
+        .zip(c.chunks_exact(h))
+        .zip(c_prev.chunks_exact(h))
+        .zip(dh_loss.chunks_exact(h))
+        .zip(dh_next.chunks_exact(h))
+        .zip(dc_next.chunks_exact_mut(h))
+        .zip(dz.chunks_exact_mut(4 * h))
+    {
+        let (gi, rest) = gates.split_at(h);
+        let (gf, rest) = rest.split_at(h);
+        let (gg, go) = rest.split_at(h);
+        let (dzi, rest) = dz.split_at_mut(h);
+        let (dzf, rest) = rest.split_at_mut(h);
+        let (dzg, dzo) = rest.split_at_mut(h);
+        let (go, dzo) = (&go[..h], &mut dzo[..h]);
+        let (c, c_prev, dh_loss, dh_next, dc_next) =
+            (&c[..h], &c_prev[..h], &dh_loss[..h], &dh_next[..h], &mut dc_next[..h]);
+        for j in 0..h {
+            let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
+            let dh = dh_loss[j] + dh_next[j];
+            let tc = tanh_fast::<FMA>(c[j]);
+            let dho = dh * o;
+            let dc = madd::<FMA>(dho, madd::<FMA>(-tc, tc, 1.0), dc_next[j]);
+            dzo[j] = dho * tc * (1.0 - o);
+            dzi[j] = dc * g * i * (1.0 - i);
+            dzf[j] = dc * c_prev[j] * f * (1.0 - f);
+            dzg[j] = dc * i * madd::<FMA>(-g, g, 1.0);
+            dc_next[j] = dc * f;
+        }
+    }
+}
+
+dispatch! {
+    /// `z [4H] += h [H] · w_hh [H, 4H]` at batch 1, as row AXPYs over the contiguous rows of `w_hh`.
+    fn rows_axpy => rows_axpy_impl(h: usize, x: &[f32], w: &[f32], z: &mut [f32])
+}
+
+#[inline(always)]
+fn rows_axpy_impl<const FMA: bool>(h: usize, x: &[f32], w: &[f32], z: &mut [f32]) {
+    let n = 4 * h;
+    let z = &mut z[..n];
+    let x = &x[..h];
+    // Four rows per pass over z, to cut its loads and stores fourfold.
+    let mut rows = w[..h * n].chunks_exact(4 * n);
+    let mut k = 0;
+    for quad in rows.by_ref() {
+        let (r0, rest) = quad.split_at(n);
+        let (r1, rest) = rest.split_at(n);
+        let (r2, r3) = rest.split_at(n);
+        let (r3, (a0, a1, a2, a3)) = (&r3[..n], (x[k], x[k + 1], x[k + 2], x[k + 3]));
+        for j in 0..n {
+            let s = madd::<FMA>(a1, r1[j], a0 * r0[j]);
+            let s = madd::<FMA>(a2, r2[j], s);
+            let s = madd::<FMA>(a3, r3[j], s);
+            z[j] += s;
+        }
+        k += 4;
+    }
+    for row in rows.remainder().chunks_exact(n) {
+        let (row, a) = (&row[..n], x[k]);
+        for j in 0..n {
+            z[j] = madd::<FMA>(a, row[j], z[j]);
+        }
+        k += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny deterministic LCG (Knuth's MMIX constants) giving floats in [-1, 1).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self) -> f32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+
+        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+            (0..n).map(|_| self.next() * scale).collect()
+        }
+    }
+
+    fn sig64(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    /// Naive f64 forward: returns (hs, cs, activated gates).
+    fn ref_forward(
+        d: Dims,
+        xp: &[f32],
+        w: &[f32],
+        h0: &[f32],
+        c0: &[f32],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (tn, b, h) = (d.t, d.b, d.h);
+        let g4 = 4 * h;
+        let mut hs = vec![0.0; tn * b * h];
+        let mut cs = vec![0.0; tn * b * h];
+        let mut gs = vec![0.0; tn * b * g4];
+        let mut hp: Vec<f64> = h0.iter().map(|&v| v as f64).collect();
+        let mut cp: Vec<f64> = c0.iter().map(|&v| v as f64).collect();
+        for t in 0..tn {
+            for r in 0..b {
+                let mut z = vec![0.0f64; g4];
+                for (n, zn) in z.iter_mut().enumerate() {
+                    *zn = xp[(t * b + r) * g4 + n] as f64;
+                    for k in 0..h {
+                        *zn += hp[r * h + k] * w[k * g4 + n] as f64;
+                    }
+                }
+                for j in 0..h {
+                    let i = sig64(z[j]);
+                    let f = sig64(z[h + j]);
+                    let g = z[2 * h + j].tanh();
+                    let o = sig64(z[3 * h + j]);
+                    let c = f * cp[r * h + j] + i * g;
+                    let base = (t * b + r) * g4;
+                    gs[base + j] = i;
+                    gs[base + h + j] = f;
+                    gs[base + 2 * h + j] = g;
+                    gs[base + 3 * h + j] = o;
+                    cs[(t * b + r) * h + j] = c;
+                    hs[(t * b + r) * h + j] = o * c.tanh();
+                }
+            }
+            hp.copy_from_slice(&hs[t * b * h..(t + 1) * b * h]);
+            cp.copy_from_slice(&cs[t * b * h..(t + 1) * b * h]);
+        }
+        (hs, cs, gs)
+    }
+
+    /// Naive f64 backward from the f64 forward: returns (dxp, dw_hh, dh0, dc0).
+    #[allow(clippy::too_many_arguments)]
+    fn ref_backward(
+        d: Dims,
+        w: &[f32],
+        h0: &[f32],
+        c0: &[f32],
+        hs: &[f64],
+        cs: &[f64],
+        gs: &[f64],
+        dhs: &[f32],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (tn, b, h) = (d.t, d.b, d.h);
+        let g4 = 4 * h;
+        let mut dxp = vec![0.0; tn * b * g4];
+        let mut dw = vec![0.0; h * g4];
+        let mut dhn = vec![0.0f64; b * h];
+        let mut dcn = vec![0.0f64; b * h];
+        for t in (0..tn).rev() {
+            let mut dh_prev = vec![0.0f64; b * h];
+            for r in 0..b {
+                let base = (t * b + r) * g4;
+                let mut dz = vec![0.0f64; g4];
+                for j in 0..h {
+                    let (i, f, g, o) =
+                        (gs[base + j], gs[base + h + j], gs[base + 2 * h + j], gs[base + 3 * h + j]);
+                    let c = cs[(t * b + r) * h + j];
+                    let cp = if t == 0 { c0[r * h + j] as f64 } else { cs[((t - 1) * b + r) * h + j] };
+                    let dh = dhs[(t * b + r) * h + j] as f64 + dhn[r * h + j];
+                    let tc = c.tanh();
+                    let dc = dh * o * (1.0 - tc * tc) + dcn[r * h + j];
+                    dz[3 * h + j] = dh * tc * o * (1.0 - o);
+                    dz[j] = dc * g * i * (1.0 - i);
+                    dz[h + j] = dc * cp * f * (1.0 - f);
+                    dz[2 * h + j] = dc * i * (1.0 - g * g);
+                    dcn[r * h + j] = dc * f;
+                }
+                for k in 0..h {
+                    let hp = if t == 0 { h0[r * h + k] as f64 } else { hs[((t - 1) * b + r) * h + k] };
+                    for n in 0..g4 {
+                        dh_prev[r * h + k] += dz[n] * w[k * g4 + n] as f64;
+                        dw[k * g4 + n] += hp * dz[n];
+                    }
+                }
+                dxp[base..base + g4].copy_from_slice(&dz);
+            }
+            dhn = dh_prev;
+        }
+        (dxp, dw, dhn, dcn)
+    }
+
+    fn assert_close(name: &str, got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{name}: length");
+        for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+            let err = (g as f64 - w).abs();
+            assert!(err <= tol * (1.0 + w.abs()), "{name}[{k}]: got {g}, want {w}");
+        }
+    }
+
+    struct Case {
+        d: Dims,
+        xp: Vec<f32>,
+        w: Vec<f32>,
+        h0: Vec<f32>,
+        c0: Vec<f32>,
+        dhs: Vec<f32>,
+    }
+
+    fn case(d: Dims, seed: u64) -> Case {
+        let mut rng = Lcg(seed);
+        let (t, b, h) = (d.t, d.b, d.h);
+        Case {
+            d,
+            xp: rng.vec(t * b * 4 * h, 2.0),
+            w: rng.vec(h * 4 * h, 1.0 / (h as f32).sqrt()),
+            h0: rng.vec(b * h, 0.9),
+            c0: rng.vec(b * h, 1.5),
+            dhs: rng.vec(t * b * h, 1.0),
+        }
+    }
+
+    /// Runs the kernel forward and backward: (hs, cs, gates, dxp, dw_hh, dh0, dc0).
+    #[allow(clippy::type_complexity)]
+    fn run(c: &Case) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let d = c.d;
+        let (bh, bg) = (d.t * d.b * d.h, d.t * d.b * 4 * d.h);
+        let (mut hs, mut cs, mut gs) = (vec![0.0; bh], vec![0.0; bh], vec![0.0; bg]);
+        lstm_forward(d, &c.xp, &c.w, &c.h0, &c.c0, &mut hs, &mut cs, Some(&mut gs));
+        let mut dxp = vec![f32::NAN; bg];
+        let mut dw = vec![f32::NAN; d.h * 4 * d.h];
+        let mut dh0 = vec![f32::NAN; d.b * d.h];
+        let mut dc0 = vec![f32::NAN; d.b * d.h];
+        lstm_backward(
+            d, &c.w, &c.h0, &c.c0, &hs, &cs, &gs, &c.dhs, &mut dxp, &mut dw, &mut dh0, &mut dc0,
+        );
+        (hs, cs, gs, dxp, dw, dh0, dc0)
+    }
+
+    #[test]
+    fn fast_math_matches_f64() {
+        let mut worst = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for k in 0..=400_000 {
+            let x = -20.0 + 40.0 * k as f32 / 400_000.0;
+            let (t, s) = ((x as f64).tanh(), sig64(x as f64));
+            worst.0 = worst.0.max((tanh_fast::<false>(x) as f64 - t).abs());
+            worst.1 = worst.1.max((tanh_fast::<true>(x) as f64 - t).abs());
+            worst.2 = worst.2.max((sigmoid_fast::<false>(x) as f64 - s).abs());
+            worst.3 = worst.3.max((sigmoid_fast::<true>(x) as f64 - s).abs());
+        }
+        eprintln!("fast math worst absolute errors: {worst:?}");
+        assert!(worst.0 < 1e-6 && worst.1 < 1e-6, "tanh error {worst:?}");
+        assert!(worst.2 < 1e-6 && worst.3 < 1e-6, "sigmoid error {worst:?}");
+        assert!(tanh_fast::<false>(f32::NAN).is_nan() && sigmoid_fast::<true>(f32::NAN).is_nan());
+        assert_eq!(tanh_fast::<true>(f32::INFINITY), tanh_fast::<true>(100.0));
+        assert_eq!(tanh_fast::<true>(0.0), 0.0);
+    }
+
+    #[test]
+    fn forward_and_backward_match_reference() {
+        let mut seed = 1;
+        for &t in &[1, 3, 7] {
+            for &b in &[1, 2, 5] {
+                for &h in &[1, 4, 9] {
+                    let c = case(Dims { t, b, h }, seed);
+                    seed += 1;
+                    let (hs, cs, gs, dxp, dw, dh0, dc0) = run(&c);
+                    let (rhs, rcs, rgs) = ref_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0);
+                    let name = format!("t={t} b={b} h={h}");
+                    assert_close(&format!("{name} hs"), &hs, &rhs, 1e-5);
+                    assert_close(&format!("{name} cs"), &cs, &rcs, 1e-5);
+                    assert_close(&format!("{name} gates"), &gs, &rgs, 1e-5);
+                    let (rdxp, rdw, rdh0, rdc0) =
+                        ref_backward(c.d, &c.w, &c.h0, &c.c0, &rhs, &rcs, &rgs, &c.dhs);
+                    assert_close(&format!("{name} dxp"), &dxp, &rdxp, 1e-4);
+                    assert_close(&format!("{name} dw_hh"), &dw, &rdw, 1e-4);
+                    assert_close(&format!("{name} dh0"), &dh0, &rdh0, 1e-4);
+                    assert_close(&format!("{name} dc0"), &dc0, &rdc0, 1e-4);
+
+                    // Without recorded gates the states are the same.
+                    let n = t * b * h;
+                    let (mut hs2, mut cs2) = (vec![0.0; n], vec![0.0; n]);
+                    lstm_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0, &mut hs2, &mut cs2, None);
+                    assert_eq!((hs2, cs2), (hs, cs), "{name}: gates None");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_parallel_shape_matches_reference() {
+        // Big enough for the rayon split of the pointwise passes and a threaded gemm.
+        let c = case(Dims { t: 2, b: 40, h: 450 }, 99);
+        let (hs, cs, gs, dxp, dw, dh0, dc0) = run(&c);
+        let (rhs, rcs, rgs) = ref_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0);
+        assert_close("hs", &hs, &rhs, 1e-4);
+        assert_close("cs", &cs, &rcs, 1e-4);
+        let (rdxp, rdw, rdh0, rdc0) = ref_backward(c.d, &c.w, &c.h0, &c.c0, &rhs, &rcs, &rgs, &c.dhs);
+        assert_close("gates", &gs, &rgs, 1e-4);
+        assert_close("dxp", &dxp, &rdxp, 1e-4);
+        assert_close("dw_hh", &dw, &rdw, 1e-3);
+        assert_close("dh0", &dh0, &rdh0, 1e-4);
+        assert_close("dc0", &dc0, &rdc0, 1e-4);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let d = Dims { t: 3, b: 2, h: 3 };
+        let c = case(d, 7);
+        // L = Σ hs ⊙ dhs, so dL/dhs = dhs.
+        let loss = |xp: &[f32], w: &[f32], h0: &[f32], c0: &[f32]| -> f64 {
+            let (hs, _, _) = ref_forward(d, xp, w, h0, c0);
+            hs.iter().zip(&c.dhs).map(|(&h, &g)| h * g as f64).sum()
+        };
+        let (_, _, _, dxp, dw, dh0, dc0) = run(&c);
+        let eps = 1e-3f32;
+        let check = |name: &str, which: usize, grad: &[f32]| {
+            for k in 0..grad.len() {
+                let mut ins = [c.xp.clone(), c.w.clone(), c.h0.clone(), c.c0.clone()];
+                ins[which][k] += eps;
+                let up = loss(&ins[0], &ins[1], &ins[2], &ins[3]);
+                ins[which][k] -= 2.0 * eps;
+                let down = loss(&ins[0], &ins[1], &ins[2], &ins[3]);
+                let fd = (up - down) / (2.0 * eps as f64);
+                let err = (grad[k] as f64 - fd).abs();
+                assert!(err <= 1e-3 * (1.0 + fd.abs()), "{name}[{k}]: got {}, fd {fd}", grad[k]);
+            }
+        };
+        check("dxp", 0, &dxp);
+        check("dw_hh", 1, &dw);
+        check("dh0", 2, &dh0);
+        check("dc0", 3, &dc0);
+    }
+
+    #[test]
+    fn step_equals_forward_at_batch_one() {
+        for &h in &[1, 4, 9, 64] {
+            let c = case(Dims { t: 1, b: 1, h }, 40 + h as u64);
+            let (mut hs, mut cs) = (vec![0.0; h], vec![0.0; h]);
+            lstm_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0, &mut hs, &mut cs, None);
+            let mut hc = [c.h0.clone(), c.c0.clone()].concat();
+            let mut scratch = vec![0.0; 4 * h];
+            lstm_step(h, &c.xp, &c.w, &mut hc, &mut scratch);
+            assert_eq!(&hc[..h], &hs[..], "h, h={h}");
+            assert_eq!(&hc[h..], &cs[..], "c, h={h}");
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_agrees() {
+        let h = 37;
+        let mut rng = Lcg(5);
+        let z0 = rng.vec(3 * 4 * h, 4.0);
+        let c_prev = rng.vec(3 * h, 2.0);
+        let w = rng.vec(h * 4 * h, 0.3);
+        let levels: Vec<Simd> = {
+            let mut v = vec![Simd::Base];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    v.push(Simd::Avx2);
+                }
+                if simd_level() == Simd::Avx512 {
+                    v.push(Simd::Avx512);
+                }
+            }
+            v
+        };
+        let mut outs = Vec::new();
+        for &s in &levels {
+            let mut z = z0.clone();
+            let (mut ho, mut co) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
+            forward_rows(s, h, &mut z, &c_prev, &mut ho, &mut co);
+            let mut dcn = c_prev.clone();
+            let mut dz = vec![0.0; 3 * 4 * h];
+            backward_rows(s, h, &z, &co, &c_prev, &ho, &c_prev, &mut dcn, &mut dz);
+            let mut acc = z0[..4 * h].to_vec();
+            rows_axpy(s, h, &c_prev[..h], &w, &mut acc);
+            outs.push([z, ho, co, dcn, dz, acc].concat());
+        }
+        for (s, o) in levels.iter().zip(&outs) {
+            for (k, (&a, &b)) in o.iter().zip(&outs[0]).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?}[{k}]: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn empty_shapes_are_fine() {
+        let d = Dims { t: 0, b: 2, h: 3 };
+        let (w, h0, c0) = (vec![0.5; 36], vec![1.0; 6], vec![1.0; 6]);
+        lstm_forward(d, &[], &w, &h0, &c0, &mut [], &mut [], Some(&mut []));
+        let (mut dw, mut dh0, mut dc0) = (vec![1.0; 36], vec![1.0; 6], vec![1.0; 6]);
+        lstm_backward(d, &w, &h0, &c0, &[], &[], &[], &[], &mut [], &mut dw, &mut dh0, &mut dc0);
+        assert!(dw.iter().chain(&dh0).chain(&dc0).all(|&v| v == 0.0));
+        let d = Dims { t: 2, b: 0, h: 3 };
+        lstm_forward(d, &[], &w, &[], &[], &mut [], &mut [], None);
+    }
+}
+
+#[doc(hidden)]
+pub mod dev {
+    use super::*;
+    pub fn fwd_pw(h: usize, z: &mut [f32], c_prev: &[f32], h_out: &mut [f32], c_out: &mut [f32], par: bool) {
+        let s = simd_level();
+        if par { forward_pointwise(s, h, z, c_prev, h_out, c_out) } else { forward_rows(s, h, z, c_prev, h_out, c_out) }
+    }
+    pub fn bwd_pw(h: usize, gates: &[f32], c: &[f32], c_prev: &[f32], dl: &[f32], dn: &[f32], dcn: &mut [f32], dz: &mut [f32], par: bool) {
+        let s = simd_level();
+        if par { backward_pointwise(s, h, gates, c, c_prev, dl, dn, dcn, dz) } else { backward_rows(s, h, gates, c, c_prev, dl, dn, dcn, dz) }
+    }
+    pub fn axpy(h: usize, x: &[f32], w: &[f32], z: &mut [f32]) { rows_axpy(simd_level(), h, x, w, z) }
+}

@@ -1,0 +1,169 @@
+//! The character model: one-hot input, stacked LSTM layers with dropout, linear to the vocabulary.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::module::embedding;
+
+use crate::ops::{lstm_sequence, LstmBackend};
+
+/// The model's shape and dropout; everything needed to build an untrained [`CharRnn`].
+#[derive(Config, Debug, PartialEq)]
+pub struct CharRnnConfig {
+    /// Number of distinct characters (input and output size).
+    pub vocab_size: usize,
+    /// Units in each LSTM layer (the notebook's `lstm_size`).
+    #[config(default = 512)]
+    pub lstm_size: usize,
+    /// Stacked LSTM layers (the notebook's `num_layers`).
+    #[config(default = 2)]
+    pub num_layers: usize,
+    /// Probability of keeping each LSTM output in training (the notebook's `keep_prob`).
+    #[config(default = 0.5)]
+    pub keep_prob: f64,
+}
+
+/// One LSTM layer's parameters, gates fused: the four gate blocks (i, f, g, o) side by side.
+///
+/// Two bias vectors, as PyTorch and Burn's `nn::Lstm` have them (TensorFlow has one): the model
+/// then has exactly the parameters of the PyTorch peer we measure against, 3,366,483 for the
+/// notebook's sizes. Only their sum matters to the maths.
+#[derive(Module, Debug)]
+pub struct LstmLayer<B: Backend> {
+    /// Input weights `[input, 4H]`; for the first layer a row per character (one-hot input).
+    pub w_ih: Param<Tensor<B, 2>>,
+    /// Recurrent weights `[H, 4H]`.
+    pub w_hh: Param<Tensor<B, 2>>,
+    /// Input bias `[4H]`.
+    pub b_ih: Param<Tensor<B, 1>>,
+    /// Recurrent bias `[4H]`.
+    pub b_hh: Param<Tensor<B, 1>>,
+}
+
+/// The LSTM state of every layer: `h` and `c`, each `[num_layers, batch, lstm_size]`.
+#[derive(Clone, Debug)]
+pub struct LstmState<B: Backend> {
+    /// Hidden states.
+    pub h: Tensor<B, 3>,
+    /// Cell states.
+    pub c: Tensor<B, 3>,
+}
+
+impl<B: Backend> LstmState<B> {
+    /// The zero state (start of an epoch, start of sampling).
+    pub fn zeros(num_layers: usize, batch: usize, lstm_size: usize, device: &B::Device) -> Self {
+        let z = Tensor::zeros([num_layers, batch, lstm_size], device);
+        Self { h: z.clone(), c: z }
+    }
+
+    /// The same values cut from the autodiff graph (truncated backpropagation through time).
+    pub fn detach(self) -> Self {
+        Self { h: self.h.detach(), c: self.c.detach() }
+    }
+}
+
+/// The notebook's model: one-hot characters → `num_layers` stacked LSTM layers of `lstm_size`,
+/// dropout on each layer's output (training only) → linear to the vocabulary (logits).
+#[derive(Module, Debug)]
+pub struct CharRnn<B: Backend> {
+    /// The LSTM layers, bottom first.
+    pub layers: Vec<LstmLayer<B>>,
+    /// Hidden size to vocabulary logits.
+    pub output: Linear<B>,
+    dropout: Dropout,
+}
+
+impl CharRnnConfig {
+    /// Builds an untrained model. LSTM weights and biases are drawn from
+    /// U(-1/√H, 1/√H), PyTorch's default; the output layer uses Burn's default.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> CharRnn<B> {
+        let h = self.lstm_size;
+        let bound = 1.0 / (h as f64).sqrt();
+        let init = Initializer::Uniform { min: -bound, max: bound };
+        let layers = (0..self.num_layers)
+            .map(|l| {
+                let input = if l == 0 { self.vocab_size } else { h };
+                LstmLayer {
+                    w_ih: init.init([input, 4 * h], device),
+                    w_hh: init.init([h, 4 * h], device),
+                    b_ih: init.init([4 * h], device),
+                    b_hh: init.init([4 * h], device),
+                }
+            })
+            .collect();
+        CharRnn {
+            layers,
+            output: LinearConfig::new(h, self.vocab_size).init(device),
+            dropout: DropoutConfig::new(1.0 - self.keep_prob).init(),
+        }
+    }
+
+    /// Trainable parameters of the model this config builds:
+    /// per layer `4H·(input + H) + 8H`, plus `H·V + V` for the output layer.
+    pub fn num_params(&self) -> usize {
+        let (v, h) = (self.vocab_size, self.lstm_size);
+        let lstm: usize = (0..self.num_layers)
+            .map(|l| {
+                let input = if l == 0 { v } else { h };
+                4 * h * (input + h) + 8 * h
+            })
+            .sum();
+        lstm + h * v + v
+    }
+}
+
+impl<B: Backend> CharRnn<B> {
+    /// Units per LSTM layer.
+    pub fn lstm_size(&self) -> usize {
+        self.layers[0].w_hh.dims()[0]
+    }
+
+    /// The zero state for `batch` rows.
+    pub fn zero_state(&self, batch: usize) -> LstmState<B> {
+        let device = self.layers[0].w_hh.device();
+        LstmState::zeros(self.layers.len(), batch, self.lstm_size(), &device)
+    }
+}
+
+impl<B: LstmBackend> CharRnn<B> {
+    /// Runs the model over a batch of character ids.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, steps]` ids
+    /// - `state`: `[num_layers, batch, lstm_size]` each (zeros when `None`)
+    /// - returns logits `[steps, batch, vocab]` (time-major: row `t·batch + i` of the flattened
+    ///   logits is step `t` of row `i`) and the state after the last step.
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        state: Option<LstmState<B>>,
+    ) -> (Tensor<B, 3>, LstmState<B>) {
+        let [batch, steps] = tokens.dims();
+        let state = state.unwrap_or_else(|| self.zero_state(batch));
+        let h = self.lstm_size();
+        let (mut hs_out, mut cs_out) = (Vec::new(), Vec::new());
+        let mut x: Option<Tensor<B, 3>> = None; // [steps, batch, H], the previous layer's output
+        for (l, layer) in self.layers.iter().enumerate() {
+            let bias = (layer.b_ih.val() + layer.b_hh.val()).reshape([1, 1, 4 * h]);
+            let xp = match x {
+                // One-hot input times W_ih is a row lookup. [steps, batch, 4H]
+                None => embedding(layer.w_ih.val(), tokens.clone().transpose()),
+                Some(x) => x
+                    .reshape([steps * batch, h])
+                    .matmul(layer.w_ih.val())
+                    .reshape([steps, batch, 4 * h]),
+            } + bias;
+            let h0 = state.h.clone().narrow(0, l, 1).reshape([batch, h]);
+            let c0 = state.c.clone().narrow(0, l, 1).reshape([batch, h]);
+            let (hs, c_last) = lstm_sequence(xp, layer.w_hh.val(), h0, c0);
+            hs_out.push(hs.clone().narrow(0, steps - 1, 1).reshape([batch, h]));
+            cs_out.push(c_last);
+            x = Some(self.dropout.forward(hs));
+        }
+        let x = x.expect("at least one layer").reshape([steps * batch, h]);
+        let vocab = self.output.weight.dims()[1];
+        let logits = self.output.forward(x).reshape([steps, batch, vocab]);
+        let state = LstmState { h: Tensor::stack(hs_out, 0), c: Tensor::stack(cs_out, 0) };
+        (logits, state)
+    }
+}

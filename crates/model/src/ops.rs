@@ -1,0 +1,396 @@
+//! The fused LSTM sequence as one operation: forward, hand-written backward, and the backends
+//! that run it.
+//!
+//! # The operation
+//! For a layer with `H` units over `T` steps of a batch of `B` rows, with the input projection of
+//! every step already computed (`xp = x·W_ih + b`, one big matmul or, for one-hot input, a row
+//! lookup), the recurrence is, for `t = 0..T`, with `h_{-1} = h0` and `c_{-1} = c0`:
+//!
+//! ```text
+//! z_t = xp[t] + h_{t-1}·W_hh                      [B, 4H], gate blocks in the order i, f, g, o
+//! i = σ(z_i)   f = σ(z_f)   g = tanh(z_g)   o = σ(z_o)
+//! c_t = f⊙c_{t-1} + i⊙g          h_t = o⊙tanh(c_t)
+//! ```
+//!
+//! # Shapes
+//! `xp: [T, B, 4H]` (time-major, so each step is one contiguous block), `w_hh: [H, 4H]`,
+//! `h0, c0: [B, H]`; out: `hs: [T, B, H]` (every `h_t`) and `c_T: [B, H]`.
+//!
+//! Under autodiff ([`Autodiff`]) the whole sequence is one node of the graph whose backward
+//! ([`LstmKernels::lstm_backward`]) does per step only elementwise work and `dz_t·W_hhᵀ`, then
+//! `dW_hh` as one large matmul over all steps; `dxp` is `dz` itself. No gradient flows back from
+//! `c_T` (it is the carried state, detached by truncated BPTT); gradients do reach `h0` and `c0`.
+//!
+//! CPU backends run the recurrence with the plain-Rust kernels of [`crate::kernel`]; other
+//! backends (CUDA) run it with Burn tensor ops ([`tensor_forward`], [`tensor_backward`]).
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+
+use crate::kernel::{self, Dims};
+
+/// A backend that runs the fused LSTM sequence (see the module docs for the maths and shapes).
+pub trait LstmBackend: Backend {
+    /// Runs the recurrence over all steps; returns `(hs [T, B, H], c_T [B, H])`.
+    fn lstm_sequence(
+        xp: FloatTensor<Self>,
+        w_hh: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        c0: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// What a backend needs besides [`LstmBackend`] for `Autodiff<Self>` to train through the op: a
+/// forward that keeps what the backward needs, and the backward itself.
+pub trait LstmKernels: LstmBackend {
+    /// What the forward keeps for the backward (activated gates, every `c_t` and `h_t`, ...).
+    type LstmCache: Clone + Send + Sync + Debug + 'static;
+
+    /// [`LstmBackend::lstm_sequence`], also returning the cache for [`Self::lstm_backward`].
+    fn lstm_forward_train(
+        xp: FloatTensor<Self>,
+        w_hh: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        c0: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Self::LstmCache);
+
+    /// Given `dL/dhs [T, B, H]`, returns `[dxp, dW_hh, dh0, dc0]`.
+    fn lstm_backward(cache: Self::LstmCache, dhs: FloatTensor<Self>) -> [FloatTensor<Self>; 4];
+}
+
+/// Runs the fused LSTM sequence on tensors: `(hs [T, B, H], c_T [B, H])`.
+pub fn lstm_sequence<B: LstmBackend>(
+    xp: Tensor<B, 3>,
+    w_hh: Tensor<B, 2>,
+    h0: Tensor<B, 2>,
+    c0: Tensor<B, 2>,
+) -> (Tensor<B, 3>, Tensor<B, 2>) {
+    let (hs, c) = B::lstm_sequence(float(xp), float(w_hh), float(h0), float(c0));
+    (from_float(hs), from_float(c))
+}
+
+fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn from_float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Autodiff: the whole sequence is one graph node with a hand-written backward.
+
+#[derive(Debug)]
+struct LstmBackward<B>(PhantomData<B>);
+
+impl<B: LstmKernels> Backward<B, 4> for LstmBackward<B> {
+    type State = B::LstmCache;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dhs = grads.consume::<B>(&ops.node);
+        let input_grads = B::lstm_backward(ops.state, dhs);
+        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
+            if let Some(parent) = parent {
+                grads.register::<B>(parent.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: LstmKernels, C: CheckpointStrategy> LstmBackend for Autodiff<B, C> {
+    fn lstm_sequence(
+        xp: FloatTensor<Self>,
+        w_hh: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        c0: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [xp.node.clone(), w_hh.node.clone(), h0.node.clone(), c0.node.clone()];
+        match LstmBackward::<B>(PhantomData).prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (hs, c, cache) =
+                    B::lstm_forward_train(xp.primitive, w_hh.primitive, h0.primitive, c0.primitive);
+                (prep.finish(cache, hs), <Self as AutodiffBackend>::from_inner(c))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (hs, c) =
+                    B::lstm_sequence(xp.primitive, w_hh.primitive, h0.primitive, c0.primitive);
+                (prep.finish(hs), <Self as AutodiffBackend>::from_inner(c))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU backends: the plain-Rust kernels.
+
+/// What the CPU kernels keep between forward and backward.
+#[derive(Clone, Debug)]
+pub struct NativeCache<B: Backend> {
+    dims: Dims,
+    w_hh: Arc<Vec<f32>>,
+    h0: Arc<Vec<f32>>,
+    c0: Arc<Vec<f32>>,
+    hs: Arc<Vec<f32>>,
+    cs: Arc<Vec<f32>>,
+    gates: Arc<Vec<f32>>,
+    device: B::Device,
+}
+
+fn read<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
+    from_float::<B, 1>(flat::<B>(t))
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 tensor data")
+}
+
+fn flat<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
+    let n = burn::tensor::TensorMetadata::shape(&t).num_elements();
+    B::float_reshape(t, [n].into())
+}
+
+fn write<B: Backend>(v: Vec<f32>, shape: &[usize], device: &B::Device) -> FloatTensor<B> {
+    B::float_from_data(TensorData::new(v, shape.to_vec()), device)
+}
+
+fn native_dims<B: Backend>(xp: &FloatTensor<B>) -> Dims {
+    let shape = burn::tensor::TensorMetadata::shape(xp);
+    Dims { t: shape[0], b: shape[1], h: shape[2] / 4 }
+}
+
+fn native_forward<B: Backend>(
+    xp: FloatTensor<B>,
+    w_hh: FloatTensor<B>,
+    h0: FloatTensor<B>,
+    c0: FloatTensor<B>,
+    keep: bool,
+) -> (FloatTensor<B>, FloatTensor<B>, Option<NativeCache<B>>) {
+    let d = native_dims::<B>(&xp);
+    let device = B::float_device(&xp);
+    let (xp, w_hh, h0, c0) = (read::<B>(xp), read::<B>(w_hh), read::<B>(h0), read::<B>(c0));
+    let mut hs = vec![0.0; d.t * d.b * d.h];
+    let mut cs = vec![0.0; d.t * d.b * d.h];
+    let mut gates = if keep { vec![0.0; d.t * d.b * 4 * d.h] } else { Vec::new() };
+    kernel::lstm_forward(d, &xp, &w_hh, &h0, &c0, &mut hs, &mut cs, keep.then_some(&mut gates[..]));
+    drop(xp);
+    let last = (d.t - 1) * d.b * d.h..d.t * d.b * d.h;
+    let c_t = write::<B>(cs[last].to_vec(), &[d.b, d.h], &device);
+    let hs_out = write::<B>(hs.clone(), &[d.t, d.b, d.h], &device);
+    let cache = keep.then(|| NativeCache {
+        dims: d,
+        w_hh: Arc::new(w_hh),
+        h0: Arc::new(h0),
+        c0: Arc::new(c0),
+        hs: Arc::new(hs),
+        cs: Arc::new(cs),
+        gates: Arc::new(gates),
+        device: device.clone(),
+    });
+    (hs_out, c_t, cache)
+}
+
+fn native_backward<B: Backend>(cache: NativeCache<B>, dhs: FloatTensor<B>) -> [FloatTensor<B>; 4] {
+    let d = cache.dims;
+    let dhs = read::<B>(dhs);
+    let mut dxp = vec![0.0; d.t * d.b * 4 * d.h];
+    let mut dw = vec![0.0; d.h * 4 * d.h];
+    let mut dh0 = vec![0.0; d.b * d.h];
+    let mut dc0 = vec![0.0; d.b * d.h];
+    kernel::lstm_backward(
+        d, &cache.w_hh, &cache.h0, &cache.c0, &cache.hs, &cache.cs, &cache.gates, &dhs, &mut dxp,
+        &mut dw, &mut dh0, &mut dc0,
+    );
+    let dev = &cache.device;
+    [
+        write::<B>(dxp, &[d.t, d.b, 4 * d.h], dev),
+        write::<B>(dw, &[d.h, 4 * d.h], dev),
+        write::<B>(dh0, &[d.b, d.h], dev),
+        write::<B>(dc0, &[d.b, d.h], dev),
+    ]
+}
+
+macro_rules! native_backend {
+    ($backend:ty) => {
+        impl LstmBackend for $backend {
+            fn lstm_sequence(
+                xp: FloatTensor<Self>,
+                w_hh: FloatTensor<Self>,
+                h0: FloatTensor<Self>,
+                c0: FloatTensor<Self>,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+                let (hs, c, _) = native_forward::<Self>(xp, w_hh, h0, c0, false);
+                (hs, c)
+            }
+        }
+
+        impl LstmKernels for $backend {
+            type LstmCache = NativeCache<Self>;
+
+            fn lstm_forward_train(
+                xp: FloatTensor<Self>,
+                w_hh: FloatTensor<Self>,
+                h0: FloatTensor<Self>,
+                c0: FloatTensor<Self>,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>, Self::LstmCache) {
+                let (hs, c, cache) = native_forward::<Self>(xp, w_hh, h0, c0, true);
+                (hs, c, cache.expect("cache kept"))
+            }
+
+            fn lstm_backward(cache: Self::LstmCache, dhs: FloatTensor<Self>) -> [FloatTensor<Self>; 4] {
+                native_backward::<Self>(cache, dhs)
+            }
+        }
+    };
+}
+
+native_backend!(Flex);
+native_backend!(NdArray);
+
+// ---------------------------------------------------------------------------------------------
+// Any backend: the same recurrence in Burn tensor ops (used on CUDA, and as the test reference).
+
+/// What [`tensor_forward`] keeps for [`tensor_backward`].
+#[derive(Clone, Debug)]
+pub struct TensorCache<B: Backend> {
+    w_hh: Tensor<B, 2>,
+    h0: Tensor<B, 2>,
+    c0: Tensor<B, 2>,
+    hs: Tensor<B, 3>,
+    cs: Tensor<B, 3>,
+    gates: Tensor<B, 3>,
+}
+
+/// The recurrence step by step in Burn tensor ops: `(hs [T, B, H], c_T [B, H], cache)`.
+///
+/// On an autodiff backend this is the plain step-by-step reference that the fused op is tested
+/// against (Burn differentiates it op by op).
+pub fn tensor_forward<B: Backend>(
+    xp: Tensor<B, 3>,
+    w_hh: Tensor<B, 2>,
+    h0: Tensor<B, 2>,
+    c0: Tensor<B, 2>,
+) -> (Tensor<B, 3>, Tensor<B, 2>, TensorCache<B>) {
+    let [t, b, h4] = xp.dims();
+    let h = h4 / 4;
+    let (mut h_prev, mut c_prev) = (h0.clone(), c0.clone());
+    let (mut hs, mut cs, mut gates) = (Vec::new(), Vec::new(), Vec::new());
+    for step in 0..t {
+        let z = xp.clone().narrow(0, step, 1).reshape([b, h4]) + h_prev.matmul(w_hh.clone());
+        let i = sigmoid(z.clone().narrow(1, 0, h));
+        let f = sigmoid(z.clone().narrow(1, h, h));
+        let g = z.clone().narrow(1, 2 * h, h).tanh();
+        let o = sigmoid(z.narrow(1, 3 * h, h));
+        let c = f.clone() * c_prev + i.clone() * g.clone();
+        let h_t = o.clone() * c.clone().tanh();
+        gates.push(Tensor::cat(vec![i, f, g, o], 1));
+        hs.push(h_t.clone());
+        cs.push(c.clone());
+        (h_prev, c_prev) = (h_t, c);
+    }
+    let hs = Tensor::stack(hs, 0);
+    let cs = Tensor::stack(cs, 0);
+    let gates = Tensor::stack(gates, 0);
+    let cache = TensorCache { w_hh, h0, c0, hs: hs.clone(), cs, gates };
+    (hs, c_prev, cache)
+}
+
+/// The hand-written backward in Burn tensor ops: `(dxp, dW_hh, dh0, dc0)` from `dL/dhs`.
+pub fn tensor_backward<B: Backend>(
+    cache: TensorCache<B>,
+    dhs: Tensor<B, 3>,
+) -> (Tensor<B, 3>, Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let TensorCache { w_hh, h0, c0, hs, cs, gates } = cache;
+    let [t, b, h] = hs.dims();
+    let step = |x: &Tensor<B, 3>, s: usize| x.clone().narrow(0, s, 1).reshape([b, x.dims()[2]]);
+    let w_hh_t = w_hh.transpose();
+    let mut dh_next = h0.zeros_like();
+    let mut dc_next = c0.zeros_like();
+    let mut dzs = Vec::with_capacity(t);
+    for s in (0..t).rev() {
+        let gate = step(&gates, s);
+        let i = gate.clone().narrow(1, 0, h);
+        let f = gate.clone().narrow(1, h, h);
+        let g = gate.clone().narrow(1, 2 * h, h);
+        let o = gate.narrow(1, 3 * h, h);
+        let c_prev = if s == 0 { c0.clone() } else { step(&cs, s - 1) };
+        let tc = step(&cs, s).tanh();
+        let dh = step(&dhs, s) + dh_next;
+        let dc = dh.clone() * o.clone() * (tc.clone().powi_scalar(2).neg() + 1.0) + dc_next;
+        let dz_o = dh * tc * o.clone() * (o.neg() + 1.0);
+        let dz_i = dc.clone() * g.clone() * i.clone() * (i.clone().neg() + 1.0);
+        let dz_f = dc.clone() * c_prev * f.clone() * (f.clone().neg() + 1.0);
+        let dz_g = dc.clone() * i * (g.powi_scalar(2).neg() + 1.0);
+        let dz = Tensor::cat(vec![dz_i, dz_f, dz_g, dz_o], 1);
+        dh_next = dz.clone().matmul(w_hh_t.clone());
+        dc_next = dc * f;
+        dzs.push(dz);
+    }
+    dzs.reverse();
+    let dz = Tensor::stack::<3>(dzs, 0);
+    let h_prev = if t > 1 {
+        Tensor::cat(vec![h0.unsqueeze_dim::<3>(0), hs.narrow(0, 0, t - 1)], 0)
+    } else {
+        h0.unsqueeze_dim::<3>(0)
+    };
+    let dw = h_prev
+        .reshape([t * b, h])
+        .transpose()
+        .matmul(dz.clone().reshape([t * b, 4 * h]));
+    (dz, dw, dh_next, dc_next)
+}
+
+/// Runs [`tensor_forward`] and [`tensor_backward`] for a backend without CPU kernels.
+#[allow(unused_macros)]
+macro_rules! tensor_backend {
+    ($backend:ty) => {
+        impl LstmBackend for $backend {
+            fn lstm_sequence(
+                xp: FloatTensor<Self>,
+                w_hh: FloatTensor<Self>,
+                h0: FloatTensor<Self>,
+                c0: FloatTensor<Self>,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+                let (hs, c, _) = <Self as LstmKernels>::lstm_forward_train(xp, w_hh, h0, c0);
+                (hs, c)
+            }
+        }
+
+        impl LstmKernels for $backend {
+            type LstmCache = TensorCache<Self>;
+
+            fn lstm_forward_train(
+                xp: FloatTensor<Self>,
+                w_hh: FloatTensor<Self>,
+                h0: FloatTensor<Self>,
+                c0: FloatTensor<Self>,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>, Self::LstmCache) {
+                let (hs, c, cache) = tensor_forward::<Self>(
+                    from_float(xp),
+                    from_float(w_hh),
+                    from_float(h0),
+                    from_float(c0),
+                );
+                (float(hs), float(c), cache)
+            }
+
+            fn lstm_backward(cache: Self::LstmCache, dhs: FloatTensor<Self>) -> [FloatTensor<Self>; 4] {
+                let (dxp, dw, dh0, dc0) = tensor_backward::<Self>(cache, from_float(dhs));
+                [float(dxp), float(dw), float(dh0), float(dc0)]
+            }
+        }
+    };
+}
+
+#[cfg(feature = "cuda")]
+tensor_backend!(burn::backend::Cuda);

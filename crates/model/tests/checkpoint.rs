@@ -1,0 +1,59 @@
+//! Checkpoint files: round trip, and every way a bad file is refused without a panic.
+
+use burn::backend::Flex;
+use karnna_data::Vocab;
+use karnna_model::{Checkpoint, CheckpointError, CheckpointMeta, CharRnnConfig};
+
+fn dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("karnna-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn saved(name: &str) -> (std::path::PathBuf, CheckpointMeta) {
+    let device = Default::default();
+    let vocab = Vocab::from_text("hello, 世界\n");
+    let config = CharRnnConfig::new(vocab.len()).with_lstm_size(5).with_num_layers(2);
+    let model = config.init::<Flex>(&device);
+    let meta = CheckpointMeta { model: config, vocab, iteration: 7, val_loss: Some(1.5), train_loss: None, run: serde_json::json!({"name": "t"}) };
+    let path = dir().join(name);
+    Checkpoint::save(&path, &meta, &model, &[("extra", b"abc")]).unwrap();
+    (path, meta)
+}
+
+#[test]
+fn round_trip_keeps_weights_meta_and_sections() {
+    let device = Default::default();
+    let (path, meta) = saved("a.ckpt");
+    let ckpt = Checkpoint::read(&path).unwrap();
+    assert_eq!(ckpt.meta.vocab, meta.vocab);
+    assert_eq!(ckpt.meta.iteration, 7);
+    assert_eq!(ckpt.section("extra"), Some(&b"abc"[..]));
+    let a = ckpt.model::<Flex>(&device).unwrap();
+    let b = Checkpoint::read(&path).unwrap().model::<Flex>(&device).unwrap();
+    a.layers[1].w_hh.val().into_data().assert_eq(&b.layers[1].w_hh.val().into_data(), true);
+    assert!(!path.with_extension("tmp").exists());
+}
+
+#[test]
+fn bad_files_are_errors() {
+    let (path, _) = saved("b.ckpt");
+    let bytes = std::fs::read(&path).unwrap();
+    let truncated = dir().join("truncated.ckpt");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Checkpoint::read(&truncated).unwrap_err();
+    assert!(matches!(err, CheckpointError::Corrupt(..)), "{err}");
+    assert!(err.to_string().contains("truncated.ckpt: checkpoint is truncated or corrupted"), "{err}");
+
+    let flipped = dir().join("flipped.ckpt");
+    let mut b2 = bytes.clone();
+    let mid = b2.len() / 2;
+    b2[mid] ^= 1;
+    std::fs::write(&flipped, &b2).unwrap();
+    assert!(matches!(Checkpoint::read(&flipped), Err(CheckpointError::Corrupt(..))));
+
+    let other = dir().join("other.txt");
+    std::fs::write(&other, b"just some text, long enough").unwrap();
+    assert!(matches!(Checkpoint::read(&other), Err(CheckpointError::NotACheckpoint(..))));
+    assert!(matches!(Checkpoint::read(&dir().join("none.ckpt")), Err(CheckpointError::Missing(..))));
+}

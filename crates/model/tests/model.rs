@@ -1,0 +1,165 @@
+//! The model against its promises: shapes, carried state, dropout, parameter count, and the
+//! fused LSTM op (forward and all gradients) against Burn's own step-by-step autodiff.
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::{Distribution, Tolerance};
+use karnna_model::ops::{lstm_sequence, tensor_forward};
+use karnna_model::{CharRnnConfig, LstmBackend, LstmState};
+
+type B = Flex;
+type AD = Autodiff<Flex>;
+
+fn tokens<Bk: Backend>(batch: usize, steps: usize, vocab: usize, device: &Bk::Device) -> Tensor<Bk, 2, Int> {
+    let ids: Vec<i64> = (0..batch * steps).map(|i| ((i * 7 + 3) % vocab) as i64).collect();
+    Tensor::<Bk, 1, Int>::from_ints(ids.as_slice(), device).reshape([batch, steps])
+}
+
+#[test]
+fn notebook_parameter_count() {
+    // Two bias vectors per layer (PyTorch style): 3,366,483. TensorFlow's one bias: 3,362,387.
+    let config = CharRnnConfig::new(83);
+    assert_eq!(config.num_params(), 3_366_483);
+    assert_eq!(config.num_params() - 2 * 4 * 512, 3_362_387);
+    let device = Default::default();
+    let small = CharRnnConfig::new(11).with_lstm_size(8).with_num_layers(3);
+    assert_eq!(small.init::<B>(&device).num_params(), small.num_params());
+}
+
+#[test]
+fn output_shapes() {
+    let device = Default::default();
+    let model = CharRnnConfig::new(13).with_lstm_size(6).with_num_layers(3).init::<B>(&device);
+    let (logits, state) = model.forward(tokens::<B>(4, 5, 13, &device), None);
+    assert_eq!(logits.dims(), [5, 4, 13]);
+    assert_eq!(state.h.dims(), [3, 4, 6]);
+    assert_eq!(state.c.dims(), [3, 4, 6]);
+}
+
+fn whole_equals_halves<Bk: LstmBackend>() {
+    let device = Default::default();
+    let model = CharRnnConfig::new(10).with_lstm_size(7).with_num_layers(2).init::<Bk>(&device);
+    let x = tokens::<Bk>(3, 8, 10, &device);
+    let (whole, s_whole) = model.forward(x.clone(), None);
+    let (a, s) = model.forward(x.clone().narrow(1, 0, 5), None);
+    let (b, s_halves) = model.forward(x.narrow(1, 5, 3), Some(s));
+    let halves = Tensor::cat(vec![a, b], 0);
+    whole.into_data().assert_approx_eq::<f32>(&halves.into_data(), Tolerance::default());
+    s_whole.h.into_data().assert_approx_eq::<f32>(&s_halves.h.into_data(), Tolerance::default());
+    s_whole.c.into_data().assert_approx_eq::<f32>(&s_halves.c.into_data(), Tolerance::default());
+}
+
+#[test]
+fn carried_state_equals_one_pass_flex() {
+    whole_equals_halves::<Flex>();
+}
+
+#[test]
+fn carried_state_equals_one_pass_ndarray() {
+    whole_equals_halves::<NdArray>();
+}
+
+#[test]
+fn dropout_only_in_training() {
+    let device = Default::default();
+    let model = CharRnnConfig::new(9).with_lstm_size(16).with_keep_prob(0.5).init::<AD>(&device);
+    let x = tokens::<AD>(2, 6, 9, &device);
+    // Inference (no autodiff): deterministic, equal to the training model's weights run plainly.
+    let valid = model.valid();
+    let (a, _) = valid.forward(tokens::<B>(2, 6, 9, &device), None);
+    let (b, _) = valid.forward(tokens::<B>(2, 6, 9, &device), None);
+    a.clone().into_data().assert_eq(&b.into_data(), true);
+    // Training: dropout changes the output.
+    let (t, _) = model.forward(x, None);
+    let diff = (t.inner() - a).abs().max().into_scalar();
+    assert!(diff > 1e-4, "dropout had no effect in training");
+}
+
+/// The fused op's output and gradients (xp, W_hh, h0, c0) against Burn differentiating the
+/// step-by-step recurrence op by op.
+fn fused_matches_reference(t: usize, b: usize, h: usize, with_state: bool) {
+    let device = Default::default();
+    let rand = |shape: Vec<usize>| Tensor::<B, 1>::random([shape.iter().product::<usize>()], Distribution::Uniform(-1.0, 1.0), &device);
+    let xp = rand(vec![t, b, 4 * h]).reshape([t, b, 4 * h]);
+    let w = rand(vec![h, 4 * h]).reshape([h, 4 * h]);
+    let (h0, c0) = if with_state {
+        (rand(vec![b, h]).reshape([b, h]), rand(vec![b, h]).reshape([b, h]))
+    } else {
+        (Tensor::zeros([b, h], &device), Tensor::zeros([b, h], &device))
+    };
+    let weights = rand(vec![t, b, h]).reshape([t, b, h]); // L = Σ hs ⊙ weights
+
+    let run = |fused: bool| {
+        let leaf = |x: &Tensor<B, 3>| Tensor::<AD, 3>::from_inner(x.clone()).require_grad();
+        let leaf2 = |x: &Tensor<B, 2>| Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+        let (xp, w, h0, c0) = (leaf(&xp), leaf2(&w), leaf2(&h0), leaf2(&c0));
+        let (hs, c_last) = if fused {
+            lstm_sequence(xp.clone(), w.clone(), h0.clone(), c0.clone())
+        } else {
+            let (hs, c, _) = tensor_forward(xp.clone(), w.clone(), h0.clone(), c0.clone());
+            (hs, c)
+        };
+        let loss = (hs.clone() * Tensor::from_inner(weights.clone())).sum();
+        let grads = loss.backward();
+        (
+            hs.inner(),
+            c_last.inner(),
+            xp.grad(&grads).unwrap(),
+            w.grad(&grads).unwrap(),
+            h0.grad(&grads).unwrap(),
+            c0.grad(&grads).unwrap(),
+        )
+    };
+    let f = run(true);
+    let r = run(false);
+    let tol = Tolerance::absolute(1e-4);
+    f.0.into_data().assert_approx_eq::<f32>(&r.0.into_data(), tol);
+    f.1.into_data().assert_approx_eq::<f32>(&r.1.into_data(), tol);
+    f.2.into_data().assert_approx_eq::<f32>(&r.2.into_data(), tol);
+    f.3.into_data().assert_approx_eq::<f32>(&r.3.into_data(), tol);
+    f.4.into_data().assert_approx_eq::<f32>(&r.4.into_data(), tol);
+    f.5.into_data().assert_approx_eq::<f32>(&r.5.into_data(), tol);
+}
+
+#[test]
+fn fused_op_gradients_match_step_by_step_autodiff() {
+    for &(t, b, h, s) in &[(1, 1, 1, false), (3, 2, 4, true), (7, 5, 9, true), (5, 3, 6, false), (2, 4, 3, true)] {
+        fused_matches_reference(t, b, h, s);
+    }
+}
+
+#[test]
+fn tensor_backward_matches_step_by_step_autodiff() {
+    // The tensor-op backward (used on CUDA) against autodiff, on the CPU.
+    use karnna_model::ops::tensor_backward;
+    let device = Default::default();
+    let (t, b, h) = (4, 3, 5);
+    let r = |n: [usize; 3]| Tensor::<B, 3>::random(n, Distribution::Uniform(-1.0, 1.0), &device);
+    let xp = r([t, b, 4 * h]);
+    let w = r([1, h, 4 * h]).reshape([h, 4 * h]);
+    let h0 = r([1, b, h]).reshape([b, h]);
+    let c0 = r([1, b, h]).reshape([b, h]);
+    let dhs = r([t, b, h]);
+    let (_, _, cache) = tensor_forward(xp.clone(), w.clone(), h0.clone(), c0.clone());
+    let (dxp, dw, dh0, dc0) = tensor_backward(cache, dhs.clone());
+
+    let xp_a = Tensor::<AD, 3>::from_inner(xp).require_grad();
+    let w_a = Tensor::<AD, 2>::from_inner(w).require_grad();
+    let h0_a = Tensor::<AD, 2>::from_inner(h0).require_grad();
+    let c0_a = Tensor::<AD, 2>::from_inner(c0).require_grad();
+    let (hs, _, _) = tensor_forward(xp_a.clone(), w_a.clone(), h0_a.clone(), c0_a.clone());
+    let grads = (hs * Tensor::from_inner(dhs)).sum().backward();
+    let tol = Tolerance::absolute(1e-4);
+    dxp.into_data().assert_approx_eq::<f32>(&xp_a.grad(&grads).unwrap().into_data(), tol);
+    dw.into_data().assert_approx_eq::<f32>(&w_a.grad(&grads).unwrap().into_data(), tol);
+    dh0.into_data().assert_approx_eq::<f32>(&h0_a.grad(&grads).unwrap().into_data(), tol);
+    dc0.into_data().assert_approx_eq::<f32>(&c0_a.grad(&grads).unwrap().into_data(), tol);
+}
+
+#[test]
+fn state_helpers() {
+    let device = Default::default();
+    let s = LstmState::<AD>::zeros(2, 3, 4, &device).detach();
+    assert_eq!(s.h.dims(), [2, 3, 4]);
+}

@@ -1,1 +1,255 @@
-fn main() {}
+//! `karnna`: the command line over the karnna crates: `info`, `train`, `sample`, `bench`.
+//!
+//! This binary is only argument parsing, backend choice and glue: it names the concrete Burn
+//! backends (burn-flex, burn-ndarray, and burn-cuda behind the `cuda` feature) and hands them to
+//! `karnna-train` and `karnna-infer`. It holds no model logic. Every error is printed as one line
+//! on stderr with exit code 2; a closed pipe while sampling exits 0.
+
+mod bench;
+mod sample;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use karnna_train::{Corpus, CpuBackend, Device, RunConfig, TrainOptions};
+
+/// karnna: a character-level LSTM that learns a text and writes more of it.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print what a run would train on: characters, vocabulary, batches, iterations, parameters.
+    Info {
+        /// The run's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Train on this text instead of the config's `data`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Train a model; checkpoints go to artifacts/<name>/ (or --run-dir).
+    Train(TrainArgs),
+    /// Write new text from a trained model.
+    Sample(sample::SampleArgs),
+    /// Time a training step and sampling (optionally beside the PyTorch peer).
+    Bench(bench::BenchArgs),
+}
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU (burn-cuda).
+    Cuda,
+}
+
+/// The CPU backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// burn-flex (default: faster here).
+    Flex,
+    /// burn-ndarray.
+    Ndarray,
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// The run's config file (configs/anna.toml, configs/tiny.toml, ...).
+    #[arg(long)]
+    config: PathBuf,
+    /// Train on this text instead of the config's `data`.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// cpu or cuda (default: the config's `device`).
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// CPU backend (default: the config's `cpu_backend`).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+    /// Run folder (default: artifacts/<name>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue from the run folder's latest checkpoint.
+    #[arg(long, conflicts_with = "fresh")]
+    resume: bool,
+    /// Delete the run folder's checkpoints and logs and start over.
+    #[arg(long)]
+    fresh: bool,
+    /// Stop after this many iterations in all, saving a checkpoint (0: no limit).
+    #[arg(long)]
+    max_iters: Option<usize>,
+    /// Passes over the text.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Sequences per batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Characters per sequence.
+    #[arg(long)]
+    num_steps: Option<usize>,
+    /// Units per LSTM layer.
+    #[arg(long)]
+    lstm_size: Option<usize>,
+    /// LSTM layers.
+    #[arg(long)]
+    num_layers: Option<usize>,
+    /// Adam's learning rate.
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// Fraction of outputs kept by dropout in training.
+    #[arg(long)]
+    keep_prob: Option<f64>,
+    /// Global gradient-norm clip (0 disables).
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Plain progress lines instead of the dashboard.
+    #[arg(long)]
+    plain: bool,
+}
+
+/// Loads a config and applies `--data`.
+fn load_config(path: &PathBuf, data: &Option<PathBuf>) -> anyhow::Result<RunConfig> {
+    let mut config = RunConfig::load(path)?;
+    if let Some(d) = data {
+        config.data = d.clone();
+        config.data_url.clear(); // a text given on the command line is never downloaded
+    }
+    Ok(config)
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let mut c = load_config(&args.config, &args.data)?;
+    macro_rules! set {
+        ($($field:ident),*) => { $(if let Some(v) = args.$field { c.$field = v; })* };
+    }
+    set!(epochs, max_iters, batch_size, num_steps, lstm_size, num_layers, learning_rate, keep_prob, grad_clip, seed);
+    if let Some(d) = args.device {
+        c.device = match d {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        };
+    }
+    if let Some(b) = args.backend {
+        c.cpu_backend = match b {
+            BackendArg::Flex => CpuBackend::Flex,
+            BackendArg::Ndarray => CpuBackend::Ndarray,
+        };
+    }
+    c.validate().map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    let opts = TrainOptions {
+        run_dir: args.run_dir.unwrap_or_else(|| PathBuf::from("artifacts").join(&c.name)),
+        config: c.clone(),
+        resume: args.resume,
+        fresh: args.fresh,
+        plain: args.plain,
+    };
+    let report = match (c.device, c.cpu_backend) {
+        (Device::Cpu, CpuBackend::Flex) => karnna_train::train::<burn::backend::Flex>(opts, Default::default()),
+        (Device::Cpu, CpuBackend::Ndarray) => karnna_train::train::<burn::backend::NdArray>(opts, Default::default()),
+        (Device::Cuda, _) => cuda::train(opts),
+    }?;
+    if report.interrupted {
+        println!("stopped at iteration {}", report.iteration);
+    }
+    if let Some(p) = &report.last_checkpoint {
+        println!("last checkpoint: {}", p.display());
+    }
+    if let Some((p, v)) = &report.best {
+        println!("best checkpoint: {} (validation loss {v:.4})", p.display());
+    }
+    println!("sample from it:  cargo xtask sample");
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! The CUDA backend, checked for a device before use.
+    use karnna_train::{TrainOptions, TrainReport};
+
+    pub type Backend = burn::backend::Cuda;
+
+    /// The first CUDA device, or a clear error when there is none.
+    pub fn device() -> anyhow::Result<burn::backend::cuda::CudaDevice> {
+        use burn::prelude::*;
+        let device = burn::backend::cuda::CudaDevice::default();
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let probe = std::panic::catch_unwind(|| {
+            Tensor::<Backend, 1>::from_floats([1.0], &device).into_scalar()
+        });
+        std::panic::set_hook(hook);
+        match probe {
+            Ok(_) => Ok(device),
+            Err(_) => anyhow::bail!("no usable CUDA device: the CUDA driver could not be initialised (use --device cpu)"),
+        }
+    }
+
+    pub fn train(opts: TrainOptions) -> anyhow::Result<TrainReport> {
+        karnna_train::train::<Backend>(opts, device()?)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    //! Stand-in when the binary was built without CUDA.
+    use karnna_train::{TrainOptions, TrainReport};
+
+    const NO_CUDA: &str = "this karnna was built without CUDA: run it through `cargo xtask ... --device cuda`, which builds with the `cuda` feature";
+
+    pub fn train(_: TrainOptions) -> anyhow::Result<TrainReport> {
+        anyhow::bail!(NO_CUDA)
+    }
+
+    pub fn unavailable() -> anyhow::Error {
+        anyhow::anyhow!(NO_CUDA)
+    }
+}
+
+fn info(config: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
+    let c = load_config(&config, &data)?;
+    let corpus = Corpus::load(&c.data, &c, None).map_err(|e| {
+        if !c.data.exists() && !c.data_url.is_empty() {
+            anyhow::anyhow!("{e} (`cargo xtask train` downloads it from {})", c.data_url)
+        } else {
+            e
+        }
+    })?;
+    println!("{}", corpus.describe(&c));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info { config, data } => info(config, data),
+        Command::Train(args) => train(args),
+        Command::Sample(args) => sample::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<karnna_infer::SampleError>()
+                .is_some_and(|s| matches!(s, karnna_infer::SampleError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe))
+    })
+}

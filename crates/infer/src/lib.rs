@@ -1,1 +1,18 @@
-//! stub
+//! Sampling new text from a trained karnna model, one character at a time.
+//!
+//! It owns the top-n / temperature choice ([`pick`], a pure function with an injected RNG), the
+//! models that can be stepped one character at a time ([`CharStepper`]: the Burn model on any
+//! backend, [`BurnStepper`], and the dedicated CPU path, [`CpuCharRnn`], whose weights are read out
+//! of the Burn module into plain arrays), and the priming-and-drawing loop that streams text to a
+//! writer ([`generate`]).
+//!
+//! It depends on `karnna-model` and `karnna-data` only and must never depend on burn-train:
+//! sampling is what users run most, and it should stay light.
+
+mod cpu;
+mod generate;
+mod sampler;
+
+pub use cpu::CpuCharRnn;
+pub use generate::{generate, BurnStepper, CharStepper, SampleError, SampleOptions};
+pub use sampler::{pick, Strategy};

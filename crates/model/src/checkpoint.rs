@@ -185,3 +185,45 @@ impl Checkpoint {
         Ok(model)
     }
 }
+
+/// The notebook's checkpoint name with the validation loss: `i{iteration}_l{lstm_size}_v{loss}`
+/// (`v-` when no validation loss was measured), plus `.ckpt`.
+pub fn checkpoint_name(iteration: usize, lstm_size: usize, val_loss: Option<f64>) -> String {
+    match val_loss {
+        Some(v) => format!("i{iteration}_l{lstm_size}_v{v:.3}.ckpt"),
+        None => format!("i{iteration}_l{lstm_size}_v-.ckpt"),
+    }
+}
+
+/// The checkpoints of a run folder, in iteration order (read from their names).
+pub fn run_checkpoints(dir: &Path) -> std::io::Result<Vec<(usize, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let iteration = name
+            .strip_suffix(".ckpt")
+            .and_then(|n| n.strip_prefix('i'))
+            .and_then(|n| n.split('_').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(it) = iteration {
+            found.push((it, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The file in a run folder that names its best checkpoint (lowest validation loss).
+pub const BEST_POINTER: &str = "best.txt";
+
+/// The run's best checkpoint: the one `best.txt` names, or else its latest.
+pub fn best_checkpoint(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    if let Ok(name) = std::fs::read_to_string(dir.join(BEST_POINTER)) {
+        let path = dir.join(name.trim());
+        if path.is_file() {
+            return Ok(Some(path));
+        }
+    }
+    Ok(run_checkpoints(dir)?.pop().map(|(_, p)| p))
+}

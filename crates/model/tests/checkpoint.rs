@@ -57,3 +57,19 @@ fn bad_files_are_errors() {
     assert!(matches!(Checkpoint::read(&other), Err(CheckpointError::NotACheckpoint(..))));
     assert!(matches!(Checkpoint::read(&dir().join("none.ckpt")), Err(CheckpointError::Missing(..))));
 }
+
+#[test]
+fn names_and_listing() {
+    use karnna_model::checkpoint::{best_checkpoint, checkpoint_name, run_checkpoints};
+    assert_eq!(checkpoint_name(3960, 512, Some(1.2155)), "i3960_l512_v1.216.ckpt");
+    let run = dir().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    for n in ["i200_l8_v2.000.ckpt", "i1000_l8_v1.500.ckpt", "i400_l8_v1.000.ckpt", "notes.txt"] {
+        std::fs::write(run.join(n), b"x").unwrap();
+    }
+    let its: Vec<usize> = run_checkpoints(&run).unwrap().into_iter().map(|(i, _)| i).collect();
+    assert_eq!(its, vec![200, 400, 1000]);
+    assert!(best_checkpoint(&run).unwrap().unwrap().ends_with("i1000_l8_v1.500.ckpt"));
+    std::fs::write(run.join("best.txt"), "i400_l8_v1.000.ckpt\n").unwrap();
+    assert!(best_checkpoint(&run).unwrap().unwrap().ends_with("i400_l8_v1.000.ckpt"));
+}

@@ -56,6 +56,8 @@ pub struct RunConfig {
     pub grad_clip: f64,
     /// Passes over the training text.
     pub epochs: usize,
+    /// Stop after this many iterations in all, even mid-epoch (0: no limit).
+    pub max_iters: usize,
     /// Save a checkpoint every this many iterations (and at the end).
     pub save_every_n: usize,
     /// Measure the validation loss every this many iterations (and at each epoch's end).
@@ -87,6 +89,7 @@ impl Default for RunConfig {
             learning_rate: 0.001,
             grad_clip: 5.0,
             epochs: 20,
+            max_iters: 0,
             save_every_n: 200,
             eval_every: 200,
             log_every: 10,

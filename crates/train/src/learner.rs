@@ -175,9 +175,9 @@ impl CharMetric {
     /// A metric of the given kind.
     pub fn new(kind: CharMetricKind) -> Self {
         let name = match kind {
-            CharMetricKind::BitsPerChar => "Bits/char",
+            CharMetricKind::BitsPerChar => "Bits per char",
             CharMetricKind::Perplexity => "Perplexity",
-            CharMetricKind::CharsPerSecond => "Chars/s",
+            CharMetricKind::CharsPerSecond => "Chars per second",
         };
         Self { kind, name: Arc::new(name.into()), state: NumericMetricState::default(), last: None }
     }
@@ -285,10 +285,15 @@ impl<B: Backend> DataLoader<B, CharBatch<B>> for BatchLoader<B> {
 
 /// An optimizer that can hand out its state (burn-train's `Learner` keeps its optimizer
 /// private): set [`RecordingOptim::request`], step, then [`RecordingOptim::take`] the record.
-#[derive(Clone)]
 pub struct RecordingOptim<O, R> {
     inner: O,
     slot: Arc<Mutex<(bool, Option<R>)>>,
+}
+
+impl<O: Clone, R> Clone for RecordingOptim<O, R> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), slot: self.slot.clone() }
+    }
 }
 
 impl<O, R> RecordingOptim<O, R> {
@@ -304,7 +309,6 @@ impl<O, R> RecordingOptim<O, R> {
 }
 
 /// The training loop's side of a [`RecordingOptim`].
-#[derive(Clone)]
 pub struct OptimHandle<R>(Arc<Mutex<(bool, Option<R>)>>);
 
 impl<R> OptimHandle<R> {

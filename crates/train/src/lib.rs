@@ -1,1 +1,21 @@
-//! stub
+//! Training for karnna: burn-train's learner driven by a strategy that carries the LSTM state
+//! from batch to batch, as the notebook does.
+//!
+//! It owns the run configuration ([`config`]), getting the text ([`fetch`]) and preparing it
+//! ([`corpus`]), the pieces the learner is built from (the model as a training step, the ordered
+//! batch loader, metrics, the optimizer, global-norm clipping: [`learner`]), the run itself with
+//! its checkpoints and resume ([`run`]), and the run's `metrics.csv` and `loss.svg` ([`log`]).
+//!
+//! It builds on `karnna-data` and `karnna-model` and names no concrete backend: the binary
+//! chooses one and calls [`run::train`]. Sampling must not depend on this crate.
+
+pub mod config;
+pub mod corpus;
+pub mod fetch;
+pub mod learner;
+pub mod log;
+pub mod run;
+
+pub use config::{CpuBackend, Device, RunConfig};
+pub use corpus::Corpus;
+pub use run::{train, TrainOptions, TrainReport};

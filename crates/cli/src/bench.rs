@@ -1,0 +1,219 @@
+//! `karnna bench`: seconds per training step and characters per second when sampling, on
+//! random data, optionally alternating with the PyTorch peer for side-by-side ratios.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use karnna_infer::{pick, BurnStepper, CharStepper, CpuCharRnn, Strategy};
+use karnna_model::{CharRnnConfig, LstmKernels};
+use karnna_train::learner::{char_loss, clip_global_norm, Trainee};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::BackendArg;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Units per LSTM layer.
+    #[arg(long, default_value_t = 512)]
+    hidden: usize,
+    /// LSTM layers.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Steps per sequence.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Vocabulary size (anna.txt has 83).
+    #[arg(long, default_value_t = 83)]
+    vocab: usize,
+    /// Timed training steps per run.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Untimed training steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Characters sampled (batch 1, top-5).
+    #[arg(long, default_value_t = 2000)]
+    sample_len: usize,
+    /// Runs of each side (alternating with the peer when --peer is given).
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
+    /// CPU backend for the training step.
+    #[arg(long, value_enum, default_value = "flex")]
+    backend: BackendArg,
+    /// Python interpreter with torch: also run ../shared/peers/torch_charrnn.py, alternating.
+    #[arg(long)]
+    peer: Option<PathBuf>,
+    /// The peer script.
+    #[arg(long, default_value = "../shared/peers/torch_charrnn.py")]
+    peer_script: PathBuf,
+    /// Skip the training step.
+    #[arg(long)]
+    no_train: bool,
+    /// Skip sampling.
+    #[arg(long)]
+    no_sample: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median seconds of a training step: forward, backward, global-norm clip, Adam.
+fn train_step_secs<I: LstmKernels>(a: &BenchArgs) -> f64 {
+    type B<I> = Autodiff<I>;
+    let device = Default::default();
+    I::seed(&device, 0);
+    let config = CharRnnConfig::new(a.vocab).with_lstm_size(a.hidden).with_num_layers(a.layers);
+    let mut model = Trainee { model: config.init::<B<I>>(&device) };
+    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<B<I>, Trainee<B<I>>>();
+    let mut rng = StdRng::seed_from_u64(0);
+    let ids = |rng: &mut StdRng| {
+        let v: Vec<i64> = (0..a.batch * a.steps).map(|_| rng.random_range(0..a.vocab as i64)).collect();
+        Tensor::<B<I>, 1, Int>::from_ints(v.as_slice(), &device).reshape([a.batch, a.steps])
+    };
+    let mut state = None;
+    let mut times = Vec::new();
+    for i in 0..a.warmup + a.iters {
+        let (x, y) = (ids(&mut rng), ids(&mut rng));
+        let t = Instant::now();
+        let (logits, s) = model.model.forward(x, state.take());
+        let loss = char_loss(logits, y);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        clip_global_norm(&model, &mut grads, 5.0);
+        model = optim.step(0.001, model, grads);
+        // Read something back so lazy backends finish the step.
+        let _ = model.model.output.bias.as_ref().unwrap().val().into_data();
+        state = Some(s.detach());
+        if i >= a.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let _ = model.valid();
+    median(times)
+}
+
+/// Characters per second sampling `len` characters, top-5, batch 1.
+fn sample_rate(stepper: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
+    let mut rng = StdRng::seed_from_u64(0);
+    let strategy = Strategy::TopN { n: 5.min(vocab), temperature: 1.0 };
+    stepper.reset();
+    let mut next = 0;
+    let t = Instant::now();
+    for _ in 0..len {
+        next = pick(stepper.step(next), strategy, &mut rng);
+    }
+    len as f64 / t.elapsed().as_secs_f64()
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
+    let mut cmd = Command::new(python);
+    cmd.arg(&a.peer_script).args(["--mode", mode, "--threads", "2"]);
+    cmd.args(["--hidden", &a.hidden.to_string(), "--layers", &a.layers.to_string()]);
+    if mode == "train" {
+        cmd.args(["--batch", &a.batch.to_string(), "--steps", &a.steps.to_string()]);
+        cmd.args(["--iters", &a.iters.to_string(), "--warmup", &a.warmup.to_string()]);
+    } else {
+        cmd.args(["--sample-len", &a.sample_len.to_string(), "--no-mkldnn"]);
+    }
+    let out = cmd.output().with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!("the peer failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = if mode == "train" { "train_s_per_batch=" } else { "sample_chars_per_s=" };
+    let peak = text.lines().find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("peak_rss_mib=")).map(str::to_owned));
+    if let Some(p) = peak {
+        println!("peer_peak_rss_mib={p}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("the peer printed no {key}"))
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if a.hidden == 0 || a.layers == 0 || a.batch == 0 || a.steps == 0 || a.vocab == 0 || a.iters == 0 || a.repeats == 0 {
+        bail!("bench sizes, --iters and --repeats must be at least 1");
+    }
+    println!(
+        "bench: {}x{} LSTM, batch {}x{}, vocab {}, backend {:?}, {} threads available",
+        a.layers, a.hidden, a.batch, a.steps, a.vocab, a.backend,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let (mut ours_t, mut peer_t, mut ours_s, mut peer_s, mut burn_s) = (vec![], vec![], vec![], vec![], vec![]);
+    for r in 0..a.repeats {
+        if !a.no_train {
+            let t = match a.backend {
+                BackendArg::Flex => train_step_secs::<Flex>(&a),
+                BackendArg::Ndarray => train_step_secs::<NdArray>(&a),
+            };
+            println!("run {r}: karnna train_s_per_batch={t:.4}");
+            ours_t.push(t);
+            if let Some(p) = &a.peer {
+                let t = peer(&a, p, "train")?;
+                println!("run {r}: pytorch train_s_per_batch={t:.4}");
+                peer_t.push(t);
+            }
+        }
+        if !a.no_sample {
+            let device = Default::default();
+            let config = CharRnnConfig::new(a.vocab).with_lstm_size(a.hidden).with_num_layers(a.layers);
+            let model = config.init::<Flex>(&device);
+            let rate = sample_rate(&mut CpuCharRnn::new(&model), a.sample_len, a.vocab);
+            println!("run {r}: karnna sample_chars_per_s={rate:.1}");
+            ours_s.push(rate);
+            let burn_len = (a.sample_len / 10).max(20);
+            let rate = sample_rate(&mut BurnStepper::new(model, device), burn_len, a.vocab);
+            println!("run {r}: karnna (burn-flex forward) sample_chars_per_s={rate:.1}");
+            burn_s.push(rate);
+            if let Some(p) = &a.peer {
+                let rate = peer(&a, p, "sample")?;
+                println!("run {r}: pytorch sample_chars_per_s={rate:.1}");
+                peer_s.push(rate);
+            }
+        }
+    }
+    println!("--- medians over {} run(s)", a.repeats);
+    if !ours_t.is_empty() {
+        let t = median(ours_t);
+        println!("train_s_per_batch={t:.4}");
+        println!("train_chars_per_s={:.0}", (a.batch * a.steps) as f64 / t);
+        if !peer_t.is_empty() {
+            let p = median(peer_t);
+            println!("peer_train_s_per_batch={p:.4}");
+            println!("train_speedup_vs_peer={:.2}", p / t);
+        }
+    }
+    if !ours_s.is_empty() {
+        let s = median(ours_s);
+        println!("sample_chars_per_s={s:.1}");
+        println!("sample_chars_per_s_burn_forward={:.1}", median(burn_s));
+        if !peer_s.is_empty() {
+            let p = median(peer_s);
+            println!("peer_sample_chars_per_s={p:.1}");
+            println!("sample_speedup_vs_peer={:.2}", s / p);
+        }
+    }
+    if let Some(m) = peak_rss_mib() {
+        println!("peak_rss_mib={m:.0}");
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! `karnna sample`: text from a checkpoint, streamed to stdout.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use karnna_infer::{generate, CharStepper, CpuCharRnn, SampleOptions, Strategy};
+use karnna_model::checkpoint::{best_checkpoint, run_checkpoints};
+use karnna_model::Checkpoint;
+
+use crate::DeviceArg;
+
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// Sample from this run folder's best checkpoint (default: the most recent run).
+    #[arg(long, conflicts_with = "checkpoint")]
+    run: Option<PathBuf>,
+    /// Sample from this checkpoint file.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Where runs are looked for.
+    #[arg(long, default_value = "artifacts")]
+    artifacts: PathBuf,
+    /// Text to start from (printed first).
+    #[arg(long, default_value = "Far")]
+    prime: String,
+    /// Characters to draw after the prime.
+    #[arg(long, default_value_t = 2000)]
+    len: usize,
+    /// Draw among the N most likely characters (the notebook's pick_top_n).
+    #[arg(long, default_value_t = 5)]
+    top_n: usize,
+    /// Softmax temperature (> 0): lower is more conservative.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Always take the most likely character.
+    #[arg(long)]
+    argmax: bool,
+    /// Seed of the draws (default: a new one each time).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu or cuda.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Sample from every checkpoint of the run, in iteration order.
+    #[arg(long, conflicts_with = "checkpoint")]
+    all_checkpoints: bool,
+}
+
+/// The run folder with the most recently written checkpoint under `artifacts`.
+fn latest_run(artifacts: &Path) -> anyhow::Result<PathBuf> {
+    let none = || anyhow::anyhow!("{}: no training run found (train one first: cargo xtask train --config configs/tiny.toml)", artifacts.display());
+    let entries = std::fs::read_dir(artifacts).map_err(|_| none())?;
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(ckpts) = run_checkpoints(&dir) else { continue };
+        for (_, p) in ckpts {
+            let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            if let Some(t) = t {
+                if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                    best = Some((t, dir.clone()));
+                }
+            }
+        }
+    }
+    best.map(|(_, d)| d).ok_or_else(none)
+}
+
+pub fn run(args: SampleArgs) -> anyhow::Result<()> {
+    if args.temperature.is_nan() || args.temperature <= 0.0 || !args.temperature.is_finite() {
+        bail!("--temperature must be positive, got {}", args.temperature);
+    }
+    let checkpoints: Vec<PathBuf> = match (&args.checkpoint, &args.run) {
+        (Some(file), _) => vec![file.clone()],
+        (None, run) => {
+            let dir = match run {
+                Some(d) => d.clone(),
+                None => latest_run(&args.artifacts)?,
+            };
+            let no_ckpt = || anyhow::anyhow!("{}: no checkpoints in this run folder", dir.display());
+            if args.all_checkpoints {
+                let all: Vec<PathBuf> = run_checkpoints(&dir).map_err(|_| no_ckpt())?.into_iter().map(|(_, p)| p).collect();
+                if all.is_empty() {
+                    return Err(no_ckpt());
+                }
+                all
+            } else {
+                vec![best_checkpoint(&dir).map_err(|_| no_ckpt())?.ok_or_else(no_ckpt)?]
+            }
+        }
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130); // a second Ctrl-C: leave now
+        }
+    });
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    });
+    let mut out = std::io::stdout().lock();
+    let many = checkpoints.len() > 1;
+    for path in &checkpoints {
+        let ckpt = Checkpoint::read(path)?;
+        let vocab = &ckpt.meta.vocab;
+        let strategy = if args.argmax {
+            Strategy::Argmax
+        } else {
+            if args.top_n == 0 || args.top_n > vocab.len() {
+                bail!("--top-n must be between 1 and {} (the vocabulary size), got {}", vocab.len(), args.top_n);
+            }
+            Strategy::TopN { n: args.top_n, temperature: args.temperature }
+        };
+        let mut model = stepper(&ckpt, args.device)?;
+        if many {
+            use std::io::Write;
+            let val = ckpt.meta.val_loss.map_or("-".into(), |v| format!("{v:.3}"));
+            writeln!(out, "==> {} (iteration {}, validation loss {val}) <==", path.display(), ckpt.meta.iteration)?;
+        }
+        let opts = SampleOptions { prime: args.prime.clone(), len: args.len, strategy, seed };
+        generate(model.as_mut(), vocab, &opts, &mut out, &stop).with_context(|| format!("sampling from {}", path.display()))?;
+        use std::io::Write;
+        writeln!(out)?;
+        if many {
+            writeln!(out)?;
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The model of `ckpt` ready to step: the dedicated CPU path, or Burn on CUDA.
+fn stepper(ckpt: &Checkpoint, device: DeviceArg) -> anyhow::Result<Box<dyn CharStepper>> {
+    match device {
+        DeviceArg::Cpu => {
+            let model = ckpt.model::<burn::backend::Flex>(&Default::default())?;
+            Ok(Box::new(CpuCharRnn::new(&model)))
+        }
+        #[cfg(feature = "cuda")]
+        DeviceArg::Cuda => {
+            let device = crate::cuda::device()?;
+            let model = ckpt.model::<crate::cuda::Backend>(&device)?;
+            Ok(Box::new(karnna_infer::BurnStepper::new(model, device)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Cuda => Err(crate::cuda::unavailable()),
+    }
+}

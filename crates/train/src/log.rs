@@ -1,0 +1,222 @@
+//! What a run leaves besides checkpoints: `metrics.csv`, one row per iteration, and `loss.svg`,
+//! the train and validation loss against iterations, redrawn at each validation.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// One iteration's figures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// Iterations done (optimizer steps), from 1.
+    pub iteration: usize,
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// Training loss of this iteration's batch (nats per character).
+    pub train_loss: f64,
+    /// Validation loss, when measured at this iteration.
+    pub val_loss: Option<f64>,
+    /// Characters trained per second in this iteration.
+    pub chars_per_s: f64,
+    /// Seconds since the run began (resumed runs continue the count).
+    pub elapsed_s: f64,
+}
+
+const HEADER: &str = "iteration,epoch,train_loss,val_loss,chars_per_s,elapsed_s";
+
+/// `metrics.csv` and `loss.svg` of one run folder.
+pub struct MetricsLog {
+    csv: PathBuf,
+    svg: PathBuf,
+    rows: Vec<Row>,
+}
+
+impl MetricsLog {
+    /// Opens the log of `dir`, keeping rows up to `keep_through` iterations (those after it are
+    /// dropped: a resumed run redoes them). A new run passes 0.
+    pub fn open(dir: &Path, keep_through: usize) -> std::io::Result<Self> {
+        let csv = dir.join("metrics.csv");
+        let rows = match std::fs::read_to_string(&csv) {
+            Ok(text) => text.lines().skip(1).filter_map(parse_row).filter(|r| r.iteration <= keep_through).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let log = Self { csv, svg: dir.join("loss.svg"), rows };
+        let mut text = format!("{HEADER}\n");
+        for r in &log.rows {
+            text.push_str(&format_row(r));
+        }
+        std::fs::write(&log.csv, text)?;
+        Ok(log)
+    }
+
+    /// Rows so far.
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// Appends a row to `metrics.csv` (and redraws `loss.svg` when it has a validation loss).
+    pub fn push(&mut self, row: Row) -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.csv)?;
+        f.write_all(format_row(&row).as_bytes())?;
+        let redraw = row.val_loss.is_some();
+        self.rows.push(row);
+        if redraw {
+            self.draw()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `loss.svg` (atomically).
+    pub fn draw(&self) -> std::io::Result<()> {
+        let tmp = self.svg.with_extension("svg.tmp");
+        std::fs::write(&tmp, loss_svg(&self.rows))?;
+        std::fs::rename(tmp, &self.svg)
+    }
+}
+
+fn format_row(r: &Row) -> String {
+    let val = r.val_loss.map(|v| format!("{v:.5}")).unwrap_or_default();
+    format!(
+        "{},{},{:.5},{},{:.0},{:.2}\n",
+        r.iteration, r.epoch, r.train_loss, val, r.chars_per_s, r.elapsed_s
+    )
+}
+
+fn parse_row(line: &str) -> Option<Row> {
+    let f: Vec<&str> = line.split(',').collect();
+    if f.len() != 6 {
+        return None;
+    }
+    Some(Row {
+        iteration: f[0].parse().ok()?,
+        epoch: f[1].parse().ok()?,
+        train_loss: f[2].parse().ok()?,
+        val_loss: if f[3].is_empty() { None } else { Some(f[3].parse().ok()?) },
+        chars_per_s: f[4].parse().ok()?,
+        elapsed_s: f[5].parse().ok()?,
+    })
+}
+
+/// An SVG plot of train loss (thin line, smoothed over a few iterations) and validation loss
+/// (thick line with dots) against iterations.
+pub fn loss_svg(rows: &[Row]) -> String {
+    let (w, h, left, right, top, bottom) = (800.0, 480.0, 70.0, 20.0, 40.0, 50.0);
+    let max_it = rows.iter().map(|r| r.iteration).max().unwrap_or(1).max(1) as f64;
+    let losses = rows.iter().flat_map(|r| std::iter::once(r.train_loss).chain(r.val_loss));
+    let (mut lo, mut hi) = losses.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if lo > hi {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(0.01);
+    let (lo, hi) = ((lo - pad).max(0.0), hi + pad);
+    let x = |it: f64| left + (w - left - right) * it / max_it;
+    let y = |v: f64| top + (h - top - bottom) * (1.0 - (v - lo) / (hi - lo));
+
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="22" text-anchor="middle" font-size="15">karnna: loss (nats per character)</text>
+"#,
+        w / 2.0
+    );
+    for i in 0..=5 {
+        let v = lo + (hi - lo) * i as f64 / 5.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v:.2}</text>"##,
+            w - right,
+            left - 6.0,
+            y(v) + 4.0,
+            y = y(v)
+        );
+        let it = max_it * i as f64 / 5.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0}</text>"#,
+            x(it),
+            h - bottom + 18.0,
+            it
+        );
+    }
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="{}" text-anchor="middle">iteration</text><rect x="{left}" y="{top}" width="{}" height="{}" fill="none" stroke="#444"/>"##,
+        (left + w - right) / 2.0,
+        h - 12.0,
+        w - left - right,
+        h - top - bottom
+    );
+    // Train loss, smoothed with a trailing mean over a window that keeps ~400 points.
+    let window = (rows.len() / 400).max(1);
+    let train: Vec<String> = rows
+        .windows(window)
+        .filter(|ws| ws.iter().all(|r| r.train_loss.is_finite()))
+        .map(|ws| {
+            let mean = ws.iter().map(|r| r.train_loss).sum::<f64>() / ws.len() as f64;
+            format!("{:.1},{:.1}", x(ws[ws.len() - 1].iteration as f64), y(mean))
+        })
+        .collect();
+    let _ = writeln!(s, r##"<polyline fill="none" stroke="#1f77b4" stroke-width="1.2" points="{}"/>"##, train.join(" "));
+    let val: Vec<(f64, f64)> =
+        rows.iter().filter_map(|r| r.val_loss.map(|v| (x(r.iteration as f64), y(v)))).collect();
+    let pts: Vec<String> = val.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
+    let _ = writeln!(s, r##"<polyline fill="none" stroke="#d62728" stroke-width="2.5" points="{}"/>"##, pts.join(" "));
+    for (a, b) in &val {
+        let _ = writeln!(s, r##"<circle cx="{a:.1}" cy="{b:.1}" r="3.5" fill="#d62728"/>"##);
+    }
+    let (lx, ly) = (w - right - 160.0, top + 20.0);
+    let _ = write!(
+        s,
+        r##"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="#1f77b4" stroke-width="2"/><text x="{}" y="{}">train</text>
+<line x1="{lx}" x2="{}" y1="{}" y2="{}" stroke="#d62728" stroke-width="2.5"/><text x="{}" y="{}">validation</text>
+</svg>
+"##,
+        lx + 24.0,
+        lx + 30.0,
+        ly + 4.0,
+        lx + 24.0,
+        ly + 18.0,
+        ly + 18.0,
+        lx + 30.0,
+        ly + 22.0
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: usize, val: Option<f64>) -> Row {
+        Row { iteration: i, epoch: 1, train_loss: 4.0 / i as f64, val_loss: val, chars_per_s: 100.0, elapsed_s: i as f64 }
+    }
+
+    #[test]
+    fn csv_round_trips_and_resume_truncates() {
+        let dir = std::env::temp_dir().join(format!("karnna-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = MetricsLog::open(&dir, 0).unwrap();
+        for i in 1..=10 {
+            log.push(row(i, (i % 5 == 0).then_some(1.0 / i as f64))).unwrap();
+        }
+        assert!(dir.join("loss.svg").exists());
+        let again = MetricsLog::open(&dir, 6).unwrap();
+        assert_eq!(again.rows().len(), 6);
+        assert_eq!(again.rows()[4].val_loss, Some(0.2));
+        let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        assert_eq!(text.lines().count(), 7);
+        assert!(text.starts_with(HEADER));
+    }
+
+    #[test]
+    fn svg_has_both_curves() {
+        let rows: Vec<Row> = (1..=50).map(|i| row(i, (i % 10 == 0).then_some(2.0))).collect();
+        let svg = loss_svg(&rows);
+        assert_eq!(svg.matches("<circle").count(), 5);
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.trim_end().ends_with("</svg>"));
+    }
+}

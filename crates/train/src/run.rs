@@ -1,0 +1,482 @@
+//! A training run on burn-train's learner, with karnna's strategy: the LSTM state carried from
+//! batch to batch, global-norm clipping, validation every `eval_every` iterations, checkpoints
+//! every `save_every_n`, exact resume, and `metrics.csv` / `loss.svg`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use burn::backend::{Autodiff, Flex};
+use burn::data::dataloader::Progress;
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, Optimizer};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::train::metric::{CpuMemory, CpuUse, IterationSpeedMetric, LearningRateMetric, LossMetric};
+use burn::train::renderer::{
+    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining, ProgressType, TrainingProgress,
+};
+use burn::train::{
+    EventProcessorTraining, Learner, LearnerEvent, LearningComponentsMarker,
+    SupervisedLearningStrategy, SupervisedTraining, SupervisedTrainingEventProcessor,
+    TrainLoader, TrainingComponents, TrainingItem, TrainingStrategy, ValidLoader,
+};
+use karnna_model::checkpoint::{checkpoint_name, run_checkpoints, BEST_POINTER};
+use karnna_model::{Checkpoint, CheckpointMeta, LstmKernels, LstmState};
+
+use crate::config::RunConfig;
+use crate::corpus::Corpus;
+use crate::learner::{
+    clip_global_norm, BatchLoader, CharMetric, CharMetricKind, OptimHandle, RecordingOptim,
+    Trainee,
+};
+use crate::log::{MetricsLog, Row};
+
+/// What to run and where.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// The resolved configuration (command-line overrides applied).
+    pub config: RunConfig,
+    /// The run folder (`artifacts/<name>` unless `--run-dir`).
+    pub run_dir: PathBuf,
+    /// Continue from the run folder's latest checkpoint.
+    pub resume: bool,
+    /// Delete the run folder's checkpoints and logs and start over.
+    pub fresh: bool,
+    /// Plain progress lines instead of the dashboard (also chosen when stdout is not a terminal).
+    pub plain: bool,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// Iterations done in all.
+    pub iteration: usize,
+    /// The last checkpoint written.
+    pub last_checkpoint: Option<PathBuf>,
+    /// The best checkpoint by validation loss, and that loss.
+    pub best: Option<(PathBuf, f64)>,
+    /// Stopped early by the user.
+    pub interrupted: bool,
+}
+
+type Optim<I> = RecordingOptim<
+    burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, Trainee<Autodiff<I>>, Autodiff<I>>,
+    OptimRecord<I>,
+>;
+type OptimRecord<I> = <burn::optim::adaptor::OptimizerAdaptor<
+    burn::optim::Adam,
+    Trainee<Autodiff<I>>,
+    Autodiff<I>,
+> as Optimizer<Trainee<Autodiff<I>>, Autodiff<I>>>::Record;
+type Components<I> = LearningComponentsMarker<Autodiff<I>, f64, Trainee<Autodiff<I>>, Optim<I>>;
+
+fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
+    NamedMpkBytesRecorder::default()
+}
+
+/// Prepares the run folder, builds or restores the model and optimizer, and trains with
+/// burn-train's learner on `Autodiff<I>` (its dashboard when stdout is a terminal).
+pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::Result<TrainReport> {
+    let dir = &opts.run_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the run folder", dir.display()))?;
+    let existing = run_checkpoints(dir)?;
+    if !existing.is_empty() && !opts.resume && !opts.fresh {
+        bail!(
+            "{}: has {} checkpoint(s) already; pass --resume to continue the run or --fresh to start over",
+            dir.display(),
+            existing.len()
+        );
+    }
+    if opts.fresh {
+        for (_, path) in &existing {
+            std::fs::remove_file(path)?;
+        }
+        for name in [BEST_POINTER, "metrics.csv", "loss.svg"] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+    let resume_from = match (opts.resume, existing.last()) {
+        (true, Some((_, path))) => Some(Checkpoint::read(path)?),
+        (true, None) => bail!("{}: no checkpoint to resume from", dir.display()),
+        _ => None,
+    };
+
+    // A resumed run keeps its own shape and batches; only the length of the run can change.
+    let mut config = opts.config.clone();
+    if let Some(ckpt) = &resume_from {
+        let saved: RunConfig = serde_json::from_value(ckpt.meta.run.clone())
+            .with_context(|| format!("{}: the run config inside is unreadable", ckpt.path.display()))?;
+        config = RunConfig {
+            epochs: config.epochs,
+            max_iters: config.max_iters,
+            data: config.data.clone(),
+            device: config.device,
+            cpu_backend: config.cpu_backend,
+            ..saved
+        };
+    }
+    crate::fetch::ensure_text(&config.data, &config.data_url, &config.data_sha256)?;
+    let corpus = Corpus::load(&config.data, &config, resume_from.as_ref().map(|c| c.meta.vocab.clone()))?;
+    let model_config = config.model(corpus.vocab.len());
+    let total = corpus.total_iterations(config.epochs);
+    let plain = opts.plain || !std::io::stdout().is_terminal();
+
+    println!("{}", corpus.describe(&config));
+    println!("run folder:      {}", dir.display());
+
+    // The resolved config and the vocabulary, before the first step.
+    std::fs::write(dir.join("config.toml"), toml::to_string_pretty(&config)?)?;
+    std::fs::write(dir.join("vocab.json"), serde_json::to_string(&corpus.vocab)?)?;
+
+    type B<I> = Autodiff<I>;
+    I::seed(&device, config.seed);
+    let mut model = model_config.init::<B<I>>(&device);
+    let adam = AdamConfig::new().with_epsilon(1e-8).init::<B<I>, Trainee<B<I>>>();
+    let optim: Optim<I> = RecordingOptim::new(adam);
+    let handle = optim.handle();
+    let mut start_iteration = 0;
+    let mut start_state = None;
+    let mut optim_record = None;
+    if let Some(ckpt) = &resume_from {
+        model = ckpt.model::<B<I>>(&device)?;
+        start_iteration = ckpt.meta.iteration;
+        let bad = |what: &str| anyhow::anyhow!("{}: {what} missing or unreadable", ckpt.path.display());
+        let bytes = ckpt.section("optim").ok_or_else(|| bad("optimizer state"))?;
+        let record: OptimRecord<I> =
+            Recorder::<B<I>>::load(&recorder(), bytes.to_vec(), &device).map_err(|_| bad("optimizer state"))?;
+        optim_record = Some(record);
+        let state = ckpt.section("state").ok_or_else(|| bad("LSTM state"))?;
+        start_state = decode_state::<B<I>>(state, &model_config, config.batch_size, &device);
+        println!("resuming:        {} (iteration {start_iteration})", ckpt.path.display());
+    }
+    let stop_at = if config.max_iters > 0 { config.max_iters.min(total) } else { total };
+    if start_iteration >= stop_at {
+        bail!(
+            "{}: the run is complete ({start_iteration} of {stop_at} iterations); raise --epochs or --max-iters to train further",
+            dir.display()
+        );
+    }
+
+    let log = MetricsLog::open(dir, start_iteration)?;
+    let elapsed0 = log.rows().last().map_or(0.0, |r| r.elapsed_s);
+    let best = best_so_far(dir);
+    let carry = Arc::new(Carry::<I> {
+        config: config.clone(),
+        dir: dir.clone(),
+        vocab: corpus.vocab.clone(),
+        start_iteration,
+        total,
+        max_iters: (config.max_iters > 0).then_some(config.max_iters),
+        plain,
+        handle,
+        shared: Mutex::new(Shared {
+            start_state,
+            log,
+            elapsed0,
+            best,
+            last_checkpoint: None,
+            error: None,
+            interrupted: false,
+            iteration: start_iteration,
+        }),
+    });
+
+    let train_loader: TrainLoader<Components<I>> = Arc::new(BatchLoader::<B<I>>::new(corpus.train.clone(), device.clone()));
+    let valid_batches = corpus.val.clone().unwrap_or_else(|| corpus.train.clone());
+    let valid_loader: ValidLoader<Components<I>> = Arc::new(BatchLoader::<I>::new(valid_batches, device.clone()));
+    let mut training = SupervisedTraining::new(dir, train_loader, valid_loader)
+        .metrics((
+            LossMetric::<Flex>::new(),
+            CharMetric::new(CharMetricKind::BitsPerChar),
+            CharMetric::new(CharMetricKind::Perplexity),
+            CharMetric::new(CharMetricKind::CharsPerSecond),
+            LearningRateMetric::new(),
+            IterationSpeedMetric::new(),
+        ))
+        .metrics((CpuUse::new(), CpuMemory::new()))
+        .num_epochs(config.epochs)
+        .with_training_strategy(TrainingStrategy::Custom(carry.clone()));
+    if plain {
+        training = training.renderer(Quiet);
+    }
+    let interrupter = training.interrupter();
+    let _ = ctrlc::set_handler(move || interrupter.stop(Some("interrupted (Ctrl-C)")));
+
+    let mut learner = Learner::new(Trainee { model }, optim, config.learning_rate);
+    if let Some(record) = optim_record {
+        learner.load_optim(record);
+    }
+    let _result = training.launch(learner);
+
+    let shared = carry.shared.lock().unwrap();
+    if let Some(e) = &shared.error {
+        bail!("{e}");
+    }
+    Ok(TrainReport {
+        iteration: shared.iteration,
+        last_checkpoint: shared.last_checkpoint.clone(),
+        best: shared.best.clone(),
+        interrupted: shared.interrupted,
+    })
+}
+
+/// The best checkpoint recorded in a run folder and its validation loss.
+fn best_so_far(dir: &Path) -> Option<(PathBuf, f64)> {
+    let name = std::fs::read_to_string(dir.join(BEST_POINTER)).ok()?;
+    let path = dir.join(name.trim());
+    let loss = Checkpoint::read(&path).ok()?.meta.val_loss?;
+    Some((path, loss))
+}
+
+fn encode_state<B: Backend>(state: &LstmState<B>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in [&state.h, &state.c] {
+        for v in t.to_data().convert::<f32>().to_vec::<f32>().expect("f32 state") {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode_state<B: Backend>(
+    bytes: &[u8],
+    model: &karnna_model::CharRnnConfig,
+    batch: usize,
+    device: &B::Device,
+) -> Option<LstmState<B>> {
+    let shape = [model.num_layers, batch, model.lstm_size];
+    let n = shape.iter().product::<usize>();
+    if bytes.is_empty() {
+        return None; // saved at the end of an epoch: the next one starts from zeros
+    }
+    let floats: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    (floats.len() == 2 * n).then(|| LstmState {
+        h: Tensor::from_data(TensorData::new(floats[..n].to_vec(), shape), device),
+        c: Tensor::from_data(TensorData::new(floats[n..].to_vec(), shape), device),
+    })
+}
+
+/// Mutable state of the strategy (its `fit` takes `&self`).
+struct Shared<B: Backend> {
+    start_state: Option<LstmState<B>>,
+    log: MetricsLog,
+    elapsed0: f64,
+    best: Option<(PathBuf, f64)>,
+    last_checkpoint: Option<PathBuf>,
+    error: Option<String>,
+    interrupted: bool,
+    iteration: usize,
+}
+
+/// karnna's training strategy for burn-train: the notebook's loop with the LSTM state carried
+/// across the batches of an epoch, feeding the learner's event processor (dashboard, metrics).
+struct Carry<I: LstmKernels> {
+    config: RunConfig,
+    dir: PathBuf,
+    vocab: karnna_data::Vocab,
+    start_iteration: usize,
+    total: usize,
+    max_iters: Option<usize>,
+    plain: bool,
+    handle: OptimHandle<OptimRecord<I>>,
+    shared: Mutex<Shared<Autodiff<I>>>,
+}
+
+/// The seed of iteration `it`'s dropout masks: a function of the run's seed and the iteration
+/// only, so a resumed run draws the masks the uninterrupted run would have.
+fn step_seed(seed: u64, it: usize) -> u64 {
+    let mut z = seed ^ (it as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z ^ (z >> 31)
+}
+
+impl<I: LstmKernels> Carry<I> {
+    /// Validation loss over the whole validation split, the state carried across its batches.
+    fn validate(
+        &self,
+        model: &Trainee<I>,
+        loader: &ValidLoader<Components<I>>,
+        processor: &mut SupervisedTrainingEventProcessor<Components<I>>,
+        epoch: usize,
+        iteration: usize,
+    ) -> f64 {
+        let (mut total, mut n, mut state) = (0.0, 0usize, None);
+        let mut iter = loader.iter();
+        while let Some(batch) = iter.next() {
+            let (out, s) = model.eval_batch(batch, state.take());
+            state = Some(s);
+            total += out.loss_value();
+            n += 1;
+            let item = TrainingItem::new(out, iter.progress(), Progress::new(epoch, self.config.epochs), Some(iteration), None);
+            processor.process_valid(LearnerEvent::ProcessedItem(item));
+        }
+        processor.process_valid(LearnerEvent::EndEpoch(epoch));
+        total / n.max(1) as f64
+    }
+
+    /// Writes a checkpoint (model, config, vocabulary, optimizer, carried state) and updates
+    /// the best-checkpoint pointer.
+    fn save(
+        &self,
+        shared: &mut Shared<Autodiff<I>>,
+        model: &Trainee<Autodiff<I>>,
+        iteration: usize,
+        val_loss: Option<f64>,
+        train_loss: f64,
+        state: Option<&LstmState<Autodiff<I>>>,
+    ) -> anyhow::Result<PathBuf> {
+        let optim = self.handle.take().context("optimizer state was not recorded")?;
+        let optim = Recorder::<Autodiff<I>>::record(&recorder(), optim, ())?;
+        let state = state.map(encode_state).unwrap_or_default();
+        let meta = CheckpointMeta {
+            model: self.config.model(self.vocab.len()),
+            vocab: self.vocab.clone(),
+            iteration,
+            val_loss,
+            train_loss: Some(train_loss),
+            run: serde_json::to_value(&self.config)?,
+        };
+        let path = self.dir.join(checkpoint_name(iteration, self.config.lstm_size, val_loss));
+        Checkpoint::save(&path, &meta, &model.model, &[("optim", &optim), ("state", &state)])?;
+        if let Some(v) = val_loss {
+            if shared.best.as_ref().is_none_or(|(_, b)| v < *b) {
+                let tmp = self.dir.join("best.txt.tmp");
+                std::fs::write(&tmp, format!("{}\n", path.file_name().unwrap().to_string_lossy()))?;
+                std::fs::rename(tmp, self.dir.join(BEST_POINTER))?;
+                shared.best = Some((path.clone(), v));
+            }
+        }
+        shared.last_checkpoint = Some(path.clone());
+        Ok(path)
+    }
+}
+
+impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
+    fn fit(
+        &self,
+        components: TrainingComponents<Components<I>>,
+        mut learner: Learner<Components<I>>,
+        train_loader: TrainLoader<Components<I>>,
+        valid_loader: ValidLoader<Components<I>>,
+        _starting_epoch: usize,
+    ) -> (Trainee<Autodiff<I>>, SupervisedTrainingEventProcessor<Components<I>>) {
+        let mut processor = components.event_processor;
+        let interrupter = components.interrupter;
+        let cfg = &self.config;
+        let per_epoch = train_loader.num_items();
+        let device = learner.model().model.layers[0].w_hh.device();
+        let mut shared = self.shared.lock().unwrap();
+        let mut state = shared.start_state.take();
+        let mut iteration = self.start_iteration;
+        let stop_at = self.max_iters.map_or(self.total, |m| m.min(self.total));
+        let started = Instant::now();
+        let has_val = cfg.val_fraction > 0.0;
+
+        'epochs: for epoch in iteration / per_epoch + 1..=cfg.epochs {
+            let first = iteration % per_epoch;
+            if first == 0 {
+                state = None; // the notebook resets the state at each epoch
+            }
+            let loader = train_loader.slice(first, per_epoch);
+            let mut batches = loader.iter();
+            let mut k = first;
+            while let Some(batch) = batches.next() {
+                let t0 = Instant::now();
+                I::seed(&device, step_seed(cfg.seed, iteration));
+                learner.lr_step();
+                let model = learner.model();
+                let (out, mut grads, next_state) = model.train_batch(batch, state.take());
+                let loss = out.loss_value();
+                if !loss.is_finite() {
+                    let last = shared.last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string());
+                    shared.error = Some(format!(
+                        "the loss became {loss} at iteration {}: stopping (last good checkpoint: {last}); try a lower learning_rate or grad_clip",
+                        iteration + 1
+                    ));
+                    break 'epochs;
+                }
+                clip_global_norm(&model, &mut grads, cfg.grad_clip);
+                self.handle.request();
+                learner.optimizer_step(grads);
+                iteration += 1;
+                k += 1;
+                state = Some(next_state);
+                let secs = t0.elapsed().as_secs_f64();
+                let chars = out.chars;
+                let item = TrainingItem::new(out, Progress::new(k, per_epoch), Progress::new(epoch, cfg.epochs), Some(iteration), Some(learner.lr_current()));
+                processor.process_train(LearnerEvent::ProcessedItem(item));
+
+                let end_of_epoch = k == per_epoch;
+                let stopping = interrupter.should_stop() || iteration >= stop_at;
+                let saving = iteration % cfg.save_every_n == 0 || end_of_epoch || stopping;
+                let val_loss = (has_val && (iteration % cfg.eval_every == 0 || saving))
+                    .then(|| self.validate(&learner.model().valid(), &valid_loader, &mut processor, epoch, iteration));
+                let row = Row {
+                    iteration,
+                    epoch,
+                    train_loss: loss,
+                    val_loss,
+                    chars_per_s: chars as f64 / secs,
+                    elapsed_s: shared.elapsed0 + started.elapsed().as_secs_f64(),
+                };
+                if self.plain && (iteration % cfg.log_every == 0 || val_loss.is_some() || iteration == self.start_iteration + 1) {
+                    print_line(&row, self.total, cfg.epochs, secs);
+                }
+                let mut result = shared.log.push(row).map_err(anyhow::Error::from);
+                if saving && result.is_ok() {
+                    let carried = (!end_of_epoch).then_some(state.as_ref()).flatten();
+                    result = self
+                        .save(&mut shared, &learner.model(), iteration, val_loss, loss, carried)
+                        .map(|p| println!("saved {}", p.display()));
+                }
+                if let Err(e) = result {
+                    shared.error = Some(format!("{}: {e:#}", self.dir.display()));
+                    break 'epochs;
+                }
+                shared.iteration = iteration;
+                if stopping {
+                    shared.interrupted = interrupter.should_stop();
+                    break 'epochs;
+                }
+            }
+            processor.process_train(LearnerEvent::EndEpoch(epoch));
+        }
+        (learner.model(), processor)
+    }
+}
+
+fn print_line(row: &Row, total: usize, epochs: usize, secs: f64) {
+    let val = row.val_loss.map_or(String::new(), |v| format!("  val {v:.4}"));
+    let t = row.elapsed_s as u64;
+    println!(
+        "iter {:>6}/{total}  epoch {}/{epochs}  loss {:.4}{val}  {secs:.3} s/it  {:.0} chars/s  {}m{:02}s",
+        row.iteration, row.epoch, row.train_loss, row.chars_per_s, t / 60, t % 60
+    );
+}
+
+/// The renderer when stdout is not a terminal: the strategy prints its own plain lines.
+struct Quiet;
+
+impl MetricsRendererTraining for Quiet {
+    fn update_train(&mut self, _: MetricState) {}
+    fn update_valid(&mut self, _: MetricState) {}
+    fn render_train(&mut self, _: TrainingProgress, _: Vec<ProgressType>) {}
+    fn render_valid(&mut self, _: TrainingProgress, _: Vec<ProgressType>) {}
+    fn on_train_end(&mut self, _: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn std::error::Error>> {
+        Ok(())
+    }
+}
+
+impl MetricsRendererEvaluation for Quiet {
+    fn update_test(&mut self, _: EvaluationName, _: MetricState) {}
+    fn render_test(&mut self, _: EvaluationProgress, _: Vec<ProgressType>) {}
+}
+
+impl MetricsRenderer for Quiet {
+    fn manual_close(&mut self) {}
+    fn register_metric(&mut self, _: burn::train::metric::MetricDefinition) {}
+}

@@ -119,7 +119,7 @@ impl RunConfig {
             _ => err(format!("cannot read: {e}")),
         })?;
         let config: Self = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
             let msg = e.message().replace('\n', " ");
             err(match line {
                 Some(l) => format!("line {l}: {msg}"),

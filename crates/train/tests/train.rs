@@ -1,0 +1,183 @@
+//! Training behaviour: the carried state reaches the next batch, clipping bounds the global
+//! norm, and a run stopped and resumed ends exactly where an uninterrupted one does.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use karnna_data::{Batches, Vocab};
+use karnna_model::{Checkpoint, CharRnnConfig};
+use karnna_train::learner::{char_loss, clip_global_norm, CharBatch, Trainee};
+use karnna_train::{train, RunConfig, TrainOptions};
+
+type AD = Autodiff<Flex>;
+
+const TEXT: &str = "Happy families are all alike; every unhappy family is unhappy in its own way.\n\
+Everything was in confusion in the Oblonskys' house. The wife had discovered that the husband \
+was carrying on an intrigue with a French girl, who had been a governess in their family.\n";
+
+fn text_ids(vocab: &Vocab) -> Vec<u32> {
+    vocab.encode(&TEXT.repeat(4)).unwrap()
+}
+
+#[test]
+fn carried_state_changes_the_next_batch() {
+    let device = Default::default();
+    let vocab = Vocab::from_text(TEXT);
+    let batches = Batches::new(text_ids(&vocab), 3, 20).unwrap();
+    assert!(batches.len() >= 2);
+    let model = CharRnnConfig::new(vocab.len()).with_lstm_size(16).init::<Flex>(&device);
+    let trainee = Trainee { model };
+    let b0 = CharBatch::<Flex>::new(&batches.get(0), &device);
+    let b1 = CharBatch::<Flex>::new(&batches.get(1), &device);
+    let (_, state) = trainee.eval_batch(b0, None);
+    let (with_state, _) = trainee.eval_batch(b1.clone(), Some(state));
+    let (from_zero, _) = trainee.eval_batch(b1, None);
+    let (a, b) = (with_state.loss_value(), from_zero.loss_value());
+    assert!((a - b).abs() > 1e-4, "loss with carried state {a} equals loss from zeros {b}");
+}
+
+struct Norm<'a> {
+    grads: &'a GradientsParams,
+    sum: f64,
+}
+
+impl ModuleVisitor<AD> for Norm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
+        if let Some(g) = self.grads.get::<Flex, D>(param.id) {
+            self.sum += g.powi_scalar(2).sum().into_scalar() as f64;
+        }
+    }
+}
+
+fn global_norm(model: &Trainee<AD>, grads: &GradientsParams) -> f64 {
+    let mut n = Norm { grads, sum: 0.0 };
+    model.visit(&mut n);
+    n.sum.sqrt()
+}
+
+#[test]
+fn clipping_bounds_the_global_norm_and_keeps_the_direction() {
+    let device = Default::default();
+    let vocab = Vocab::from_text(TEXT);
+    let batches = Batches::new(text_ids(&vocab), 3, 20).unwrap();
+    // No dropout, so two backward passes give the same gradients.
+    let config = CharRnnConfig::new(vocab.len()).with_lstm_size(16).with_keep_prob(1.0);
+    let model = Trainee { model: config.init::<AD>(&device) };
+    let grads_of = || {
+        let batch = CharBatch::<AD>::new(&batches.get(0), &device);
+        let (logits, _) = model.model.forward(batch.inputs, None);
+        let loss = char_loss(logits, batch.targets);
+        GradientsParams::from_grads(loss.backward(), &model)
+    };
+    let grads = grads_of();
+    let before = global_norm(&model, &grads);
+    assert!(before > 0.1, "norm {before}");
+    let w_before = grads.get::<Flex, 2>(model.model.layers[0].w_hh.id).unwrap();
+
+    // A loose bound changes nothing.
+    let mut loose = grads_of();
+    let reported = clip_global_norm(&model, &mut loose, before * 2.0);
+    assert!((reported - before).abs() < 1e-3 * before);
+    assert!((global_norm(&model, &loose) - before).abs() < 1e-3 * before);
+
+    // A tight bound scales every gradient by the same factor, to the bound.
+    let mut tight = grads;
+    let max = before / 10.0;
+    clip_global_norm(&model, &mut tight, max);
+    let after = global_norm(&model, &tight);
+    assert!((after - max).abs() < 1e-3 * max, "clipped norm {after}, bound {max}");
+    let w_after = tight.get::<Flex, 2>(model.model.layers[0].w_hh.id).unwrap();
+    w_after.into_data().assert_approx_eq::<f32>(&(w_before / 10.0).into_data(), burn::tensor::Tolerance::absolute(1e-6));
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("karnna-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn config(data: &Path) -> RunConfig {
+    RunConfig {
+        name: "t".into(),
+        data: data.to_owned(),
+        batch_size: 3,
+        num_steps: 10,
+        lstm_size: 12,
+        num_layers: 2,
+        keep_prob: 0.8,
+        learning_rate: 0.01,
+        epochs: 2,
+        save_every_n: 3,
+        eval_every: 3,
+        val_fraction: 0.2,
+        ..RunConfig::default()
+    }
+}
+
+fn run(dir: &Path, config: RunConfig, resume: bool) -> karnna_train::TrainReport {
+    train::<Flex>(TrainOptions { config, run_dir: dir.to_owned(), resume, fresh: false, plain: true }, Default::default()).unwrap()
+}
+
+fn weights(path: &Path) -> Vec<f32> {
+    let model = Checkpoint::read(path).unwrap().model::<Flex>(&Default::default()).unwrap();
+    let mut all = Vec::new();
+    for l in &model.layers {
+        all.extend(l.w_hh.val().into_data().to_vec::<f32>().unwrap());
+        all.extend(l.w_ih.val().into_data().to_vec::<f32>().unwrap());
+    }
+    all
+}
+
+#[test]
+fn resume_continues_exactly_and_refuses_to_overwrite() {
+    let dir = scratch("resume");
+    let data = dir.join("text.txt");
+    std::fs::write(&data, TEXT.repeat(3)).unwrap();
+
+    // Uninterrupted: 2 epochs. Stopped after 5 iterations (mid-epoch), then resumed.
+    let straight = run(&dir.join("a"), config(&data), false);
+    let mut first = config(&data);
+    first.max_iters = 5;
+    let stopped = run(&dir.join("b"), first, false);
+    assert_eq!(stopped.iteration, 5);
+    let err = train::<Flex>(
+        TrainOptions { config: config(&data), run_dir: dir.join("b"), resume: false, fresh: false, plain: true },
+        Default::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    let resumed = run(&dir.join("b"), config(&data), true);
+    assert_eq!(resumed.iteration, straight.iteration);
+
+    let a = weights(straight.last_checkpoint.as_ref().unwrap());
+    let b = weights(resumed.last_checkpoint.as_ref().unwrap());
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "resumed weights differ from the uninterrupted run by {diff}");
+
+    // The log continues: one row per iteration, no gaps or repeats.
+    let csv = std::fs::read_to_string(dir.join("b/metrics.csv")).unwrap();
+    let its: Vec<usize> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(its, (1..=straight.iteration).collect::<Vec<_>>());
+    for f in ["config.toml", "vocab.json", "loss.svg", "best.txt"] {
+        assert!(dir.join("b").join(f).exists(), "{f} missing");
+    }
+}
+
+#[test]
+fn too_short_text_is_a_clear_error() {
+    let dir = scratch("short");
+    let data = dir.join("short.txt");
+    std::fs::write(&data, "abc").unwrap();
+    let err = train::<Flex>(
+        TrainOptions { config: config(&data), run_dir: dir.join("r"), resume: false, fresh: false, plain: true },
+        Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("short.txt: too short: 3 characters"), "{err}");
+    assert!(err.contains("need at least"), "{err}");
+}

@@ -22,9 +22,10 @@ pub struct SampleArgs {
     /// Where runs are looked for.
     #[arg(long, default_value = "artifacts")]
     artifacts: PathBuf,
-    /// Text to start from (printed first).
-    #[arg(long, default_value = "Far")]
-    prime: String,
+    /// Text to start from, printed first [default: "Far", the notebook's, when the model knows
+    /// those characters; else a newline]
+    #[arg(long)]
+    prime: Option<String>,
     /// Characters to draw after the prime.
     #[arg(long, default_value_t = 2000)]
     len: usize,
@@ -121,7 +122,8 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             let val = ckpt.meta.val_loss.map_or("-".into(), |v| format!("{v:.3}"));
             writeln!(out, "==> {} (iteration {}, validation loss {val}) <==", path.display(), ckpt.meta.iteration)?;
         }
-        let opts = SampleOptions { prime: args.prime.clone(), len: args.len, strategy, seed };
+        let prime = args.prime.clone().unwrap_or_else(|| default_prime(vocab));
+        let opts = SampleOptions { prime, len: args.len, strategy, seed };
         generate(model.as_mut(), vocab, &opts, &mut out, &stop).with_context(|| format!("sampling from {}", path.display()))?;
         use std::io::Write;
         writeln!(out)?;
@@ -150,5 +152,17 @@ fn stepper(ckpt: &Checkpoint, device: DeviceArg) -> anyhow::Result<Box<dyn CharS
         }
         #[cfg(not(feature = "cuda"))]
         DeviceArg::Cuda => Err(crate::cuda::unavailable()),
+    }
+}
+
+/// The notebook's prime, "Far", when the vocabulary has its characters; else a newline (or the
+/// vocabulary's first character), so sampling a model of any text works without `--prime`.
+fn default_prime(vocab: &karnna_data::Vocab) -> String {
+    if vocab.encode("Far").is_ok() {
+        "Far".into()
+    } else if vocab.id('\n').is_some() {
+        "\n".into()
+    } else {
+        vocab.char(0).to_string()
     }
 }

@@ -50,13 +50,17 @@ fn main() -> ExitCode {
 fn wants_cuda(args: &[String]) -> bool {
     let value = |flag: &str| {
         args.iter().enumerate().find_map(|(i, a)| {
-            a.strip_prefix(&format!("{flag}=")).map(str::to_owned).or_else(|| (a == flag).then(|| args.get(i + 1).cloned()).flatten())
+            a.strip_prefix(&format!("{flag}="))
+                .map(str::to_owned)
+                .or_else(|| (a == flag).then(|| args.get(i + 1).cloned()).flatten())
         })
     };
     if let Some(device) = value("--device") {
         return device == "cuda";
     }
-    let Some(config) = value("--config") else { return false };
+    let Some(config) = value("--config") else {
+        return false;
+    };
     let text = std::fs::read_to_string(config).unwrap_or_default();
     text.lines().any(|line| {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -85,6 +89,8 @@ mod tests {
         std::fs::write(&cfg, "device = \"cuda\"   # the GPU\n").unwrap();
         let cfg = cfg.display().to_string();
         assert!(wants_cuda(&args(&format!("train --config {cfg}"))));
-        assert!(!wants_cuda(&args(&format!("train --config {cfg} --device cpu"))));
+        assert!(!wants_cuda(&args(&format!(
+            "train --config {cfg} --device cpu"
+        ))));
     }
 }

@@ -74,12 +74,20 @@ fn train_step_secs<I: LstmKernels>(a: &BenchArgs) -> f64 {
     type B<I> = Autodiff<I>;
     let device = Default::default();
     I::seed(&device, 0);
-    let config = CharRnnConfig::new(a.vocab).with_lstm_size(a.hidden).with_num_layers(a.layers);
-    let mut model = Trainee { model: config.init::<B<I>>(&device) };
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<B<I>, Trainee<B<I>>>();
+    let config = CharRnnConfig::new(a.vocab)
+        .with_lstm_size(a.hidden)
+        .with_num_layers(a.layers);
+    let mut model = Trainee {
+        model: config.init::<B<I>>(&device),
+    };
+    let mut optim = AdamConfig::new()
+        .with_epsilon(1e-8)
+        .init::<B<I>, Trainee<B<I>>>();
     let mut rng = StdRng::seed_from_u64(0);
     let ids = |rng: &mut StdRng| {
-        let v: Vec<i64> = (0..a.batch * a.steps).map(|_| rng.random_range(0..a.vocab as i64)).collect();
+        let v: Vec<i64> = (0..a.batch * a.steps)
+            .map(|_| rng.random_range(0..a.vocab as i64))
+            .collect();
         Tensor::<B<I>, 1, Int>::from_ints(v.as_slice(), &device).reshape([a.batch, a.steps])
     };
     let mut state = None;
@@ -106,7 +114,10 @@ fn train_step_secs<I: LstmKernels>(a: &BenchArgs) -> f64 {
 /// Characters per second sampling `len` characters, top-5, batch 1.
 fn sample_rate(stepper: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
     let mut rng = StdRng::seed_from_u64(0);
-    let strategy = Strategy::TopN { n: 5.min(vocab), temperature: 1.0 };
+    let strategy = Strategy::TopN {
+        n: 5.min(vocab),
+        temperature: 1.0,
+    };
     stepper.reset();
     let mut next = 0;
     let t = Instant::now();
@@ -125,21 +136,53 @@ fn peak_rss_mib() -> Option<f64> {
 
 fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
     let mut cmd = Command::new(python);
-    cmd.arg(&a.peer_script).args(["--mode", mode, "--threads", "2"]);
-    cmd.args(["--hidden", &a.hidden.to_string(), "--layers", &a.layers.to_string()]);
+    cmd.arg(&a.peer_script)
+        .args(["--mode", mode, "--threads", "2"]);
+    cmd.args([
+        "--hidden",
+        &a.hidden.to_string(),
+        "--layers",
+        &a.layers.to_string(),
+    ]);
     if mode == "train" {
-        cmd.args(["--batch", &a.batch.to_string(), "--steps", &a.steps.to_string()]);
-        cmd.args(["--iters", &a.iters.to_string(), "--warmup", &a.warmup.to_string()]);
+        cmd.args([
+            "--batch",
+            &a.batch.to_string(),
+            "--steps",
+            &a.steps.to_string(),
+        ]);
+        cmd.args([
+            "--iters",
+            &a.iters.to_string(),
+            "--warmup",
+            &a.warmup.to_string(),
+        ]);
     } else {
         cmd.args(["--sample-len", &a.sample_len.to_string(), "--no-mkldnn"]);
     }
-    let out = cmd.output().with_context(|| format!("running {}", python.display()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
     if !out.status.success() {
-        bail!("the peer failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        bail!(
+            "the peer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let key = if mode == "train" { "train_s_per_batch=" } else { "sample_chars_per_s=" };
-    let peak = text.lines().find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("peak_rss_mib=")).map(str::to_owned));
+    let key = if mode == "train" {
+        "train_s_per_batch="
+    } else {
+        "sample_chars_per_s="
+    };
+    let peak = text.lines().find_map(|l| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix("peak_rss_mib="))
+            .map(str::to_owned)
+    });
     if let Some(p) = peak {
         println!("peer_peak_rss_mib={p}");
     }
@@ -150,15 +193,28 @@ fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    if a.hidden == 0 || a.layers == 0 || a.batch == 0 || a.steps == 0 || a.vocab == 0 || a.iters == 0 || a.repeats == 0 {
+    if a.hidden == 0
+        || a.layers == 0
+        || a.batch == 0
+        || a.steps == 0
+        || a.vocab == 0
+        || a.iters == 0
+        || a.repeats == 0
+    {
         bail!("bench sizes, --iters and --repeats must be at least 1");
     }
     println!(
         "bench: {}x{} LSTM, batch {}x{}, vocab {}, backend {:?}, {} threads available",
-        a.layers, a.hidden, a.batch, a.steps, a.vocab, a.backend,
+        a.layers,
+        a.hidden,
+        a.batch,
+        a.steps,
+        a.vocab,
+        a.backend,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let (mut ours_t, mut peer_t, mut ours_s, mut peer_s, mut burn_s) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut ours_t, mut peer_t, mut ours_s, mut peer_s, mut burn_s) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for r in 0..a.repeats {
         if !a.no_train {
             let t = match a.backend {
@@ -175,7 +231,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
         if !a.no_sample {
             let device = Default::default();
-            let config = CharRnnConfig::new(a.vocab).with_lstm_size(a.hidden).with_num_layers(a.layers);
+            let config = CharRnnConfig::new(a.vocab)
+                .with_lstm_size(a.hidden)
+                .with_num_layers(a.layers);
             let model = config.init::<Flex>(&device);
             let rate = sample_rate(&mut CpuCharRnn::new(&model), a.sample_len, a.vocab);
             println!("run {r}: karnna sample_chars_per_s={rate:.1}");

@@ -137,7 +137,18 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     macro_rules! set {
         ($($field:ident),*) => { $(if let Some(v) = args.$field { c.$field = v; })* };
     }
-    set!(epochs, max_iters, batch_size, num_steps, lstm_size, num_layers, learning_rate, keep_prob, grad_clip, seed);
+    set!(
+        epochs,
+        max_iters,
+        batch_size,
+        num_steps,
+        lstm_size,
+        num_layers,
+        learning_rate,
+        keep_prob,
+        grad_clip,
+        seed
+    );
     if let Some(d) = args.device {
         c.device = match d {
             DeviceArg::Cpu => Device::Cpu,
@@ -150,17 +161,24 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             BackendArg::Ndarray => CpuBackend::Ndarray,
         };
     }
-    c.validate().map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    c.validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     let opts = TrainOptions {
-        run_dir: args.run_dir.unwrap_or_else(|| PathBuf::from("artifacts").join(&c.name)),
+        run_dir: args
+            .run_dir
+            .unwrap_or_else(|| PathBuf::from("artifacts").join(&c.name)),
         config: c.clone(),
         resume: args.resume,
         fresh: args.fresh,
         plain: args.plain,
     };
     let report = match (c.device, c.cpu_backend) {
-        (Device::Cpu, CpuBackend::Flex) => karnna_train::train::<burn::backend::Flex>(opts, Default::default()),
-        (Device::Cpu, CpuBackend::Ndarray) => karnna_train::train::<burn::backend::NdArray>(opts, Default::default()),
+        (Device::Cpu, CpuBackend::Flex) => {
+            karnna_train::train::<burn::backend::Flex>(opts, Default::default())
+        }
+        (Device::Cpu, CpuBackend::Ndarray) => {
+            karnna_train::train::<burn::backend::NdArray>(opts, Default::default())
+        }
         (Device::Cuda, _) => cuda::train(opts),
     }?;
     if report.interrupted {
@@ -185,7 +203,7 @@ mod cuda {
 
     /// The first CUDA device, or a clear error when there is none.
     pub fn device() -> anyhow::Result<burn::backend::cuda::CudaDevice> {
-        use burn::prelude::*;
+        use burn::tensor::Tensor;
         let device = burn::backend::cuda::CudaDevice::default();
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));

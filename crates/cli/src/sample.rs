@@ -51,12 +51,16 @@ pub struct SampleArgs {
 
 /// The run folder with the most recently written checkpoint under `artifacts`.
 fn latest_run(artifacts: &Path) -> anyhow::Result<PathBuf> {
-    let none = || anyhow::anyhow!("{}: no training run found (train one first: cargo xtask train --config configs/tiny.toml)", artifacts.display());
+    let none = || {
+        anyhow::anyhow!("{}: no training run found (train one first: cargo xtask train --config configs/tiny.toml)", artifacts.display())
+    };
     let entries = std::fs::read_dir(artifacts).map_err(|_| none())?;
     let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
     for entry in entries.flatten() {
         let dir = entry.path();
-        let Ok(ckpts) = run_checkpoints(&dir) else { continue };
+        let Ok(ckpts) = run_checkpoints(&dir) else {
+            continue;
+        };
         for (_, p) in ckpts {
             let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
             if let Some(t) = t {
@@ -80,15 +84,22 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                 Some(d) => d.clone(),
                 None => latest_run(&args.artifacts)?,
             };
-            let no_ckpt = || anyhow::anyhow!("{}: no checkpoints in this run folder", dir.display());
+            let no_ckpt =
+                || anyhow::anyhow!("{}: no checkpoints in this run folder", dir.display());
             if args.all_checkpoints {
-                let all: Vec<PathBuf> = run_checkpoints(&dir).map_err(|_| no_ckpt())?.into_iter().map(|(_, p)| p).collect();
+                let all: Vec<PathBuf> = run_checkpoints(&dir)
+                    .map_err(|_| no_ckpt())?
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .collect();
                 if all.is_empty() {
                     return Err(no_ckpt());
                 }
                 all
             } else {
-                vec![best_checkpoint(&dir).map_err(|_| no_ckpt())?.ok_or_else(no_ckpt)?]
+                vec![best_checkpoint(&dir)
+                    .map_err(|_| no_ckpt())?
+                    .ok_or_else(no_ckpt)?]
             }
         }
     };
@@ -101,7 +112,9 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         }
     });
     let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
     });
     let mut out = std::io::stdout().lock();
     let many = checkpoints.len() > 1;
@@ -112,19 +125,37 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             Strategy::Argmax
         } else {
             if args.top_n == 0 || args.top_n > vocab.len() {
-                bail!("--top-n must be between 1 and {} (the vocabulary size), got {}", vocab.len(), args.top_n);
+                bail!(
+                    "--top-n must be between 1 and {} (the vocabulary size), got {}",
+                    vocab.len(),
+                    args.top_n
+                );
             }
-            Strategy::TopN { n: args.top_n, temperature: args.temperature }
+            Strategy::TopN {
+                n: args.top_n,
+                temperature: args.temperature,
+            }
         };
         let mut model = stepper(&ckpt, args.device)?;
         if many {
             use std::io::Write;
             let val = ckpt.meta.val_loss.map_or("-".into(), |v| format!("{v:.3}"));
-            writeln!(out, "==> {} (iteration {}, validation loss {val}) <==", path.display(), ckpt.meta.iteration)?;
+            writeln!(
+                out,
+                "==> {} (iteration {}, validation loss {val}) <==",
+                path.display(),
+                ckpt.meta.iteration
+            )?;
         }
         let prime = args.prime.clone().unwrap_or_else(|| default_prime(vocab));
-        let opts = SampleOptions { prime, len: args.len, strategy, seed };
-        generate(model.as_mut(), vocab, &opts, &mut out, &stop).with_context(|| format!("sampling from {}", path.display()))?;
+        let opts = SampleOptions {
+            prime,
+            len: args.len,
+            strategy,
+            seed,
+        };
+        generate(model.as_mut(), vocab, &opts, &mut out, &stop)
+            .with_context(|| format!("sampling from {}", path.display()))?;
         use std::io::Write;
         writeln!(out)?;
         if many {

@@ -5,11 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn karnna(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_karnna")).current_dir(dir).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_karnna"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn workdir(name: &str) -> PathBuf {
@@ -20,7 +27,10 @@ fn workdir(name: &str) -> PathBuf {
 }
 
 fn tiny_config() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny.toml").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/tiny.toml")
+        .display()
+        .to_string()
 }
 
 const SHORT: &str = "Far from here, it was the best of times, it was the worst of times, it was the age of wisdom, \
@@ -31,13 +41,35 @@ fn train_then_sample_a_short_text() {
     let dir = workdir("flow");
     std::fs::write(dir.join("short.txt"), SHORT.repeat(30)).unwrap();
     let cfg = tiny_config();
-    let o = karnna(&dir, &["train", "--config", &cfg, "--data", "short.txt", "--epochs", "4", "--max-iters", "30"]);
+    let o = karnna(
+        &dir,
+        &[
+            "train",
+            "--config",
+            &cfg,
+            "--data",
+            "short.txt",
+            "--epochs",
+            "4",
+            "--max-iters",
+            "30",
+        ],
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("parameters:"), "{out}");
-    assert!(out.contains("iter     30/"), "piped output has plain progress lines: {out}");
+    assert!(
+        out.contains("iter     30/"),
+        "piped output has plain progress lines: {out}"
+    );
     let run = dir.join("artifacts/tiny");
-    for f in ["config.toml", "vocab.json", "metrics.csv", "loss.svg", "best.txt"] {
+    for f in [
+        "config.toml",
+        "vocab.json",
+        "metrics.csv",
+        "loss.svg",
+        "best.txt",
+    ] {
         assert!(run.join(f).exists(), "{f}");
     }
 
@@ -52,17 +84,35 @@ fn train_then_sample_a_short_text() {
     assert!(a.stdout.starts_with(b"Far"));
     assert_eq!(a.stdout, b.stdout);
 
-    let all = karnna(&dir, &["sample", "--all-checkpoints", "--len", "20", "--seed", "1"]);
+    let all = karnna(
+        &dir,
+        &["sample", "--all-checkpoints", "--len", "20", "--seed", "1"],
+    );
     let (out, _) = text(&all);
     assert!(out.matches("==> ").count() >= 2, "{out}");
 
     for (args, needle) in [
-        (vec!["sample", "--top-n", "0"], "--top-n must be between 1 and"),
-        (vec!["sample", "--top-n", "1000"], "--top-n must be between 1 and"),
-        (vec!["sample", "--temperature", "0"], "--temperature must be positive"),
+        (
+            vec!["sample", "--top-n", "0"],
+            "--top-n must be between 1 and",
+        ),
+        (
+            vec!["sample", "--top-n", "1000"],
+            "--top-n must be between 1 and",
+        ),
+        (
+            vec!["sample", "--temperature", "0"],
+            "--temperature must be positive",
+        ),
         (vec!["sample", "--prime", "Zq字"], "cannot read them"),
-        (vec!["sample", "--checkpoint", "nothing.ckpt"], "nothing.ckpt: no such checkpoint"),
-        (vec!["sample", "--checkpoint", "short.txt"], "short.txt: not a karnna checkpoint"),
+        (
+            vec!["sample", "--checkpoint", "nothing.ckpt"],
+            "nothing.ckpt: no such checkpoint",
+        ),
+        (
+            vec!["sample", "--checkpoint", "short.txt"],
+            "short.txt: not a karnna checkpoint",
+        ),
     ] {
         let o = karnna(&dir, &args);
         let (_, err) = text(&o);
@@ -79,11 +129,26 @@ fn bad_input_is_one_line_and_exit_2() {
     std::fs::write(dir.join("bad.toml"), "num_layers = 0\n").unwrap();
     let cfg = tiny_config();
     for (args, needle) in [
-        (vec!["info", "--config", cfg.as_str(), "--data", "missing.txt"], "missing.txt: no such file"),
-        (vec!["info", "--config", cfg.as_str(), "--data", "bad.txt"], "bad.txt: not valid UTF-8 at byte 3"),
-        (vec!["info", "--config", "bad.toml"], "bad.toml: num_layers must be at least 1"),
-        (vec!["train", "--config", cfg.as_str(), "--data", "bad.txt"], "not valid UTF-8"),
-        (vec!["train", "--config", cfg.as_str(), "--keep-prob", "1.5"], "keep_prob must be in (0, 1]"),
+        (
+            vec!["info", "--config", cfg.as_str(), "--data", "missing.txt"],
+            "missing.txt: no such file",
+        ),
+        (
+            vec!["info", "--config", cfg.as_str(), "--data", "bad.txt"],
+            "bad.txt: not valid UTF-8 at byte 3",
+        ),
+        (
+            vec!["info", "--config", "bad.toml"],
+            "bad.toml: num_layers must be at least 1",
+        ),
+        (
+            vec!["train", "--config", cfg.as_str(), "--data", "bad.txt"],
+            "not valid UTF-8",
+        ),
+        (
+            vec!["train", "--config", cfg.as_str(), "--keep-prob", "1.5"],
+            "keep_prob must be in (0, 1]",
+        ),
         (vec!["sample"], "no training run found"),
     ] {
         let o = karnna(&dir, &args);
@@ -98,11 +163,26 @@ fn bad_input_is_one_line_and_exit_2() {
 fn info_on_anna_when_present() {
     let anna = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/anna.txt");
     if !anna.exists() {
-        eprintln!("SKIPPED info_on_anna_when_present: {} is absent", anna.display());
+        eprintln!(
+            "SKIPPED info_on_anna_when_present: {} is absent",
+            anna.display()
+        );
         return;
     }
-    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/anna.toml").display().to_string();
-    let o = karnna(&workdir("anna"), &["info", "--config", &cfg, "--data", &anna.display().to_string()]);
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/anna.toml")
+        .display()
+        .to_string();
+    let o = karnna(
+        &workdir("anna"),
+        &[
+            "info",
+            "--config",
+            &cfg,
+            "--data",
+            &anna.display().to_string(),
+        ],
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("characters:      1985223"), "{out}");

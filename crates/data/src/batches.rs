@@ -40,7 +40,12 @@ impl Batches {
             return None;
         }
         let len = ids.len().saturating_sub(1) / (n_seqs * n_steps);
-        (len > 0).then_some(Self { ids, n_seqs, n_steps, len })
+        (len > 0).then_some(Self {
+            ids,
+            n_seqs,
+            n_steps,
+            len,
+        })
     }
 
     /// Batches in one pass over the text (one epoch).
@@ -80,7 +85,12 @@ impl Batches {
             inputs.extend_from_slice(&self.ids[start..start + m]);
             targets.extend_from_slice(&self.ids[start + 1..start + m + 1]);
         }
-        Batch { inputs, targets, n_seqs: n, n_steps: m }
+        Batch {
+            inputs,
+            targets,
+            n_seqs: n,
+            n_steps: m,
+        }
     }
 
     /// All batches of an epoch, in order.
@@ -140,7 +150,12 @@ mod tests {
     #[test]
     fn needs_one_id_past_the_last_window() {
         assert!(Batches::new((0..6).collect::<Vec<u32>>(), 2, 3).is_none());
-        assert_eq!(Batches::new((0..7).collect::<Vec<u32>>(), 2, 3).unwrap().len(), 1);
+        assert_eq!(
+            Batches::new((0..7).collect::<Vec<u32>>(), 2, 3)
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(Batches::new(vec![1, 2, 3], 0, 1).is_none());
     }
 
@@ -154,7 +169,13 @@ mod tests {
 
     #[test]
     fn min_len_is_exact() {
-        for &(n, m, f) in &[(2, 3, 0.1), (100, 100, 0.1), (4, 5, 0.0), (3, 3, 0.5), (7, 2, 0.25)] {
+        for &(n, m, f) in &[
+            (2, 3, 0.1),
+            (100, 100, 0.1),
+            (4, 5, 0.0),
+            (3, 3, 0.5),
+            (7, 2, 0.25),
+        ] {
             let len = min_text_len(n, m, f);
             let ok = |l: usize| {
                 let v = split_len(l, f);

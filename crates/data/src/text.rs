@@ -57,8 +57,13 @@ pub enum DataError {
 /// Errors: missing file, unreadable file, invalid UTF-8 (with the byte offset), empty text.
 pub fn load_text(path: &Path) -> Result<String, DataError> {
     let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => DataError::Missing { path: path.to_owned() },
-        _ => DataError::Io { path: path.to_owned(), source },
+        std::io::ErrorKind::NotFound => DataError::Missing {
+            path: path.to_owned(),
+        },
+        _ => DataError::Io {
+            path: path.to_owned(),
+            source,
+        },
     })?;
     let text = String::from_utf8(bytes).map_err(|e| DataError::NotUtf8 {
         path: path.to_owned(),
@@ -66,7 +71,9 @@ pub fn load_text(path: &Path) -> Result<String, DataError> {
     })?;
     let text = normalize_newlines(text.strip_prefix('\u{feff}').unwrap_or(&text));
     if text.is_empty() {
-        return Err(DataError::Empty { path: path.to_owned() });
+        return Err(DataError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(text)
 }
@@ -123,13 +130,20 @@ mod tests {
         let path = temp_file("bad.txt", b"hello \xff world");
         let err = load_text(&path).unwrap_err();
         assert!(matches!(err, DataError::NotUtf8 { offset: 6, .. }), "{err}");
-        assert!(err.to_string().ends_with("bad.txt: not valid UTF-8 at byte 6"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("bad.txt: not valid UTF-8 at byte 6"),
+            "{err}"
+        );
     }
 
     #[test]
     fn empty_file_is_an_error() {
         let path = temp_file("empty.txt", b"\xef\xbb\xbf");
-        assert!(matches!(load_text(&path).unwrap_err(), DataError::Empty { .. }));
+        assert!(matches!(
+            load_text(&path).unwrap_err(),
+            DataError::Empty { .. }
+        ));
     }
 
     #[test]

@@ -27,7 +27,11 @@ pub struct UnknownChars(pub Vec<char>);
 pub struct VocabError(String);
 
 fn describe(chars: &[char]) -> String {
-    chars.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
+    chars
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Vocab {
@@ -38,7 +42,11 @@ impl Vocab {
     }
 
     fn from_sorted(chars: Vec<char>) -> Self {
-        let ids = chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+        let ids = chars
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (c, i as u32))
+            .collect();
         Self { chars, ids }
     }
 
@@ -134,7 +142,10 @@ mod tests {
         let v = Vocab::from_text("abc");
         let err = v.encode("axbyx").unwrap_err();
         assert_eq!(err.0, vec!['x', 'y']);
-        assert_eq!(err.to_string(), "characters not in the vocabulary: 'x', 'y'");
+        assert_eq!(
+            err.to_string(),
+            "characters not in the vocabulary: 'x', 'y'"
+        );
     }
 
     #[test]

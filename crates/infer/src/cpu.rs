@@ -1,59 +1,148 @@
 //! The dedicated CPU inference path: the model's weights read out of the Burn module into plain
-//! arrays, and a fused step (one row lookup, one vector-matrix product per weight matrix, the
-//! LSTM cell from `karnna_model::kernel`) with no autodiff and no per-op dispatch.
+//! arrays, and a fused step per character with no autodiff and no per-op dispatch.
+//!
+//! Sampling is bound by streaming the weights (12 MB a character for the notebook's 2x512
+//! model), so the hidden units of each layer are split into one part per core, each with its
+//! gate columns copied into one contiguous block: the cores stream their blocks side by side,
+//! each computes its units' gates and cell update, and they meet once per layer (`rayon::join`).
 
 use burn::prelude::*;
-use karnna_model::kernel::lstm_step;
 use karnna_model::CharRnn;
 
 use crate::generate::CharStepper;
 
+/// One part of a layer: `units` hidden units starting at `first`, with the weight columns of
+/// their four gates (i, f, g, o) side by side.
+struct Part {
+    first: usize,
+    units: usize,
+    w_ih: Vec<f32>, // [input, 4·units]
+    w_hh: Vec<f32>, // [H, 4·units]
+    bias: Vec<f32>, // [4·units], b_ih + b_hh
+}
+
 struct Layer {
-    w_ih: Vec<f32>, // [input, 4H]
-    w_hh: Vec<f32>, // [H, 4H]
-    bias: Vec<f32>, // [4H], b_ih + b_hh
-    hc: Vec<f32>,   // [2, H]: h then c
+    parts: Vec<Part>,
+    /// Hidden state before / after this character, and the cell state, each `[H]`.
+    h: Vec<f32>,
+    h_next: Vec<f32>,
+    c: Vec<f32>,
 }
 
 /// A [`CharRnn`] for batch-1 sampling on the CPU.
 pub struct CpuCharRnn {
     h: usize,
-    vocab: usize,
     layers: Vec<Layer>,
     out_w: Vec<f32>, // [H, V]
     out_b: Vec<f32>, // [V]
-    xp: Vec<f32>,
-    scratch: Vec<f32>,
     logits: Vec<f32>,
 }
 
 fn floats<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 weights")
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 weights")
+}
+
+/// The columns of `w` (`[rows, 4H]`) for units `first..first + units` of each gate, packed into
+/// `[rows, 4·units]`.
+fn gate_columns(w: &[f32], h: usize, first: usize, units: usize) -> Vec<f32> {
+    let rows = w.len() / (4 * h);
+    let mut out = Vec::with_capacity(rows * 4 * units);
+    for r in 0..rows {
+        for g in 0..4 {
+            let start = r * 4 * h + g * h + first;
+            out.extend_from_slice(&w[start..start + units]);
+        }
+    }
+    out
 }
 
 /// `out += x · w` for `x: [k]`, `w: [k, n]` (row-major), `out: [n]`: one contiguous row of `w`
 /// per element of `x`, which the compiler vectorises.
 fn vec_mat_acc(x: &[f32], w: &[f32], out: &mut [f32]) {
     let n = out.len();
-    for (k, &xk) in x.iter().enumerate() {
-        for (o, &wv) in out.iter_mut().zip(&w[k * n..(k + 1) * n]) {
+    for (xk, row) in x.iter().zip(w.chunks_exact(n)) {
+        for (o, &wv) in out.iter_mut().zip(row) {
             *o += xk * wv;
         }
     }
 }
 
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl Part {
+    /// This part's gates and cell update: `z = bias + x·W_ih + h·W_hh` (or a row of `W_ih` for
+    /// one-hot input), then `c = f·c + i·g`, `h = o·tanh(c)` for its units.
+    fn step(&self, input: Input, h_prev: &[f32], c: &mut [f32], h_out: &mut [f32]) {
+        let n = 4 * self.units;
+        let mut z = self.bias.clone();
+        match input {
+            Input::OneHot(id) => {
+                let row = &self.w_ih[id * n..(id + 1) * n];
+                z.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            }
+            Input::Dense(x) => vec_mat_acc(x, &self.w_ih, &mut z),
+        }
+        vec_mat_acc(h_prev, &self.w_hh, &mut z);
+        let u = self.units;
+        for j in 0..u {
+            let (i, f, g, o) = (
+                sigmoid(z[j]),
+                sigmoid(z[u + j]),
+                z[2 * u + j].tanh(),
+                sigmoid(z[3 * u + j]),
+            );
+            c[j] = f * c[j] + i * g;
+            h_out[j] = o * c[j].tanh();
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    OneHot(usize),
+    Dense(&'a [f32]),
+}
+
 impl CpuCharRnn {
-    /// Copies the weights out of `model` (any backend).
+    /// Copies the weights out of `model` (any backend), split for the available cores.
     pub fn new<B: Backend>(model: &CharRnn<B>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_parts(model, cores.min(2))
+    }
+
+    /// As [`CpuCharRnn::new`], with each layer split into `parts` (1 or 2) parts.
+    pub fn with_parts<B: Backend>(model: &CharRnn<B>, parts: usize) -> Self {
         let h = model.lstm_size();
+        let parts = parts.clamp(1, 2).min(h);
+        let bounds: Vec<(usize, usize)> = (0..parts)
+            .map(|p| (p * h / parts, (p + 1) * h / parts - p * h / parts))
+            .collect();
         let layers = model
             .layers
             .iter()
-            .map(|l| Layer {
-                w_ih: floats(l.w_ih.val()),
-                w_hh: floats(l.w_hh.val()),
-                bias: floats(l.b_ih.val() + l.b_hh.val()),
-                hc: vec![0.0; 2 * h],
+            .map(|l| {
+                let (w_ih, w_hh) = (floats(l.w_ih.val()), floats(l.w_hh.val()));
+                let bias = floats(l.b_ih.val() + l.b_hh.val());
+                Layer {
+                    parts: bounds
+                        .iter()
+                        .map(|&(first, units)| Part {
+                            first,
+                            units,
+                            w_ih: gate_columns(&w_ih, h, first, units),
+                            w_hh: gate_columns(&w_hh, h, first, units),
+                            bias: gate_columns(&bias, h, first, units),
+                        })
+                        .collect(),
+                    h: vec![0.0; h],
+                    h_next: vec![0.0; h],
+                    c: vec![0.0; h],
+                }
             })
             .collect();
         let out_w = floats(model.output.weight.val());
@@ -61,41 +150,61 @@ impl CpuCharRnn {
             Some(b) => floats(b.val()),
             None => vec![0.0; out_w.len() / h],
         };
-        let vocab = out_b.len();
-        Self { h, vocab, layers, out_w, out_b, xp: vec![0.0; 4 * h], scratch: vec![0.0; 4 * h], logits: vec![0.0; vocab] }
+        let logits = vec![0.0; out_b.len()];
+        Self {
+            h,
+            layers,
+            out_w,
+            out_b,
+            logits,
+        }
     }
 }
 
 impl CharStepper for CpuCharRnn {
     fn reset(&mut self) {
         for l in &mut self.layers {
-            l.hc.fill(0.0);
+            l.h.fill(0.0);
+            l.c.fill(0.0);
         }
     }
 
     fn step(&mut self, id: u32) -> &[f32] {
-        let (h, g) = (self.h, 4 * self.h);
         for i in 0..self.layers.len() {
             let (below, rest) = self.layers.split_at_mut(i);
             let layer = &mut rest[0];
-            self.xp.copy_from_slice(&layer.bias);
-            match below.last() {
-                // One-hot input: a row of W_ih.
-                None => {
-                    let row = &layer.w_ih[id as usize * g..(id as usize + 1) * g];
-                    self.xp.iter_mut().zip(row).for_each(|(x, w)| *x += w);
+            let input = match below.last() {
+                None => Input::OneHot(id as usize),
+                Some(prev) => Input::Dense(&prev.h),
+            };
+            let Layer {
+                parts,
+                h,
+                h_next,
+                c,
+            } = layer;
+            match parts.as_slice() {
+                [one] => one.step(input, h, c, h_next),
+                [a, b] => {
+                    let (c_a, c_b) = c.split_at_mut(b.first);
+                    let (h_a, h_b) = h_next.split_at_mut(b.first);
+                    let h_prev = &h[..];
+                    rayon::join(
+                        || a.step(input, h_prev, c_a, h_a),
+                        || b.step(input, h_prev, c_b, h_b),
+                    );
                 }
-                Some(prev) => vec_mat_acc(&prev.hc[..h], &layer.w_ih, &mut self.xp),
+                _ => unreachable!("one or two parts"),
             }
-            lstm_step(h, &self.xp, &layer.w_hh, &mut layer.hc, &mut self.scratch);
+            std::mem::swap(h, h_next);
         }
         self.logits.copy_from_slice(&self.out_b);
-        let top = &self.layers.last().expect("a layer").hc[..h];
+        let top = &self.layers.last().expect("a layer").h[..self.h];
         vec_mat_acc(top, &self.out_w, &mut self.logits);
         &self.logits
     }
 
     fn vocab_size(&self) -> usize {
-        self.vocab
+        self.out_b.len()
     }
 }

@@ -33,7 +33,12 @@ pub struct BurnStepper<B: LstmBackend> {
 impl<B: LstmBackend> BurnStepper<B> {
     /// Wraps `model` (built on `device`).
     pub fn new(model: CharRnn<B>, device: B::Device) -> Self {
-        Self { model, state: None, device, logits: Vec::new() }
+        Self {
+            model,
+            state: None,
+            device,
+            logits: Vec::new(),
+        }
     }
 }
 
@@ -46,7 +51,11 @@ impl<B: LstmBackend> CharStepper for BurnStepper<B> {
         let x = Tensor::<B, 2, Int>::from_ints([[id as i64]], &self.device);
         let (logits, state) = self.model.forward(x, self.state.take());
         self.state = Some(state);
-        self.logits = logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits");
+        self.logits = logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 logits");
         &self.logits
     }
 
@@ -72,7 +81,9 @@ pub struct SampleOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum SampleError {
     /// The prime has characters the model never saw.
-    #[error("the prime has characters the model's vocabulary lacks, so the model cannot read them: {0}")]
+    #[error(
+        "the prime has characters the model's vocabulary lacks, so the model cannot read them: {0}"
+    )]
     Prime(String),
     /// The prime is empty.
     #[error("the prime is empty: give at least one character")]
@@ -96,7 +107,12 @@ pub fn generate(
         return Err(SampleError::EmptyPrime);
     }
     let prime = vocab.encode(&opts.prime).map_err(|e| {
-        SampleError::Prime(e.0.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", "))
+        SampleError::Prime(
+            e.0.iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
     })?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     model.reset();

@@ -35,11 +35,17 @@ pub fn pick(logits: &[f32], strategy: Strategy, rng: &mut impl Rng) -> u32 {
     };
     // The n largest, by logit (the softmax keeps the order).
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
     order.truncate(n);
     let top = logits[order[0] as usize];
-    let weights: Vec<f64> =
-        order.iter().map(|&i| (((logits[i as usize] - top) / temperature) as f64).exp()).collect();
+    let weights: Vec<f64> = order
+        .iter()
+        .map(|&i| (((logits[i as usize] - top) / temperature) as f64).exp())
+        .collect();
     let total: f64 = weights.iter().sum();
     if !total.is_finite() || total <= 0.0 {
         return order[0];
@@ -66,14 +72,24 @@ mod tests {
         for _ in 0..draws {
             counts[pick(logits, strategy, &mut rng) as usize] += 1;
         }
-        counts.into_iter().map(|c| c as f64 / draws as f64).collect()
+        counts
+            .into_iter()
+            .map(|c| c as f64 / draws as f64)
+            .collect()
     }
 
     #[test]
     fn only_the_top_n_are_drawn_with_renormalised_probabilities() {
         // Probabilities 0.4, 0.3, 0.2, 0.1 as logits (ids shuffled).
         let logits = [0.2f32.ln(), 0.4f32.ln(), 0.1f32.ln(), 0.3f32.ln()];
-        let h = histogram(&logits, Strategy::TopN { n: 2, temperature: 1.0 }, 40_000);
+        let h = histogram(
+            &logits,
+            Strategy::TopN {
+                n: 2,
+                temperature: 1.0,
+            },
+            40_000,
+        );
         assert_eq!(h[0], 0.0);
         assert_eq!(h[2], 0.0);
         // 0.4 / 0.7 and 0.3 / 0.7.
@@ -84,7 +100,14 @@ mod tests {
     #[test]
     fn top_n_of_all_matches_the_softmax() {
         let logits = [1.0f32, 2.0, 3.0];
-        let h = histogram(&logits, Strategy::TopN { n: 3, temperature: 1.0 }, 60_000);
+        let h = histogram(
+            &logits,
+            Strategy::TopN {
+                n: 3,
+                temperature: 1.0,
+            },
+            60_000,
+        );
         let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
         for (i, &l) in logits.iter().enumerate() {
             assert!((h[i] - (l as f64).exp() / z).abs() < 0.01, "{h:?}");
@@ -94,20 +117,42 @@ mod tests {
     #[test]
     fn low_temperature_tends_to_argmax() {
         let logits = [1.0f32, 1.5, 1.2, 0.3];
-        assert_eq!(pick(&logits, Strategy::Argmax, &mut StdRng::seed_from_u64(0)), 1);
-        let h = histogram(&logits, Strategy::TopN { n: 4, temperature: 0.01 }, 5_000);
+        assert_eq!(
+            pick(&logits, Strategy::Argmax, &mut StdRng::seed_from_u64(0)),
+            1
+        );
+        let h = histogram(
+            &logits,
+            Strategy::TopN {
+                n: 4,
+                temperature: 0.01,
+            },
+            5_000,
+        );
         assert!(h[1] > 0.999, "{h:?}");
-        let warm = histogram(&logits, Strategy::TopN { n: 4, temperature: 1.0 }, 5_000);
+        let warm = histogram(
+            &logits,
+            Strategy::TopN {
+                n: 4,
+                temperature: 1.0,
+            },
+            5_000,
+        );
         assert!(warm[1] < 0.5, "{warm:?}");
     }
 
     #[test]
     fn same_seed_same_draws() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let s = Strategy::TopN { n: 5, temperature: 0.8 };
+        let s = Strategy::TopN {
+            n: 5,
+            temperature: 0.8,
+        };
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..100).map(|_| pick(&logits, s, &mut rng)).collect::<Vec<_>>()
+            (0..100)
+                .map(|_| pick(&logits, s, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));

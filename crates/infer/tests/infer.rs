@@ -4,35 +4,58 @@ use std::sync::atomic::AtomicBool;
 
 use burn::backend::Flex;
 use karnna_data::Vocab;
-use karnna_infer::{generate, BurnStepper, CharStepper, CpuCharRnn, SampleError, SampleOptions, Strategy};
+use karnna_infer::{
+    generate, BurnStepper, CharStepper, CpuCharRnn, SampleError, SampleOptions, Strategy,
+};
 use karnna_model::CharRnnConfig;
 
 #[test]
 fn cpu_path_equals_burn_forward() {
     let device = Default::default();
     for (layers, h) in [(1, 7), (2, 16), (3, 33)] {
-        let model = CharRnnConfig::new(11).with_lstm_size(h).with_num_layers(layers).init::<Flex>(&device);
-        let mut fast = CpuCharRnn::new(&model);
-        let mut burn = BurnStepper::new(model, device);
-        for &id in &[3u32, 0, 10, 5, 5, 7, 1, 2, 9, 4] {
-            let a = fast.step(id).to_vec();
-            let b = burn.step(id).to_vec();
-            assert_eq!(a.len(), 11);
-            for (x, y) in a.iter().zip(&b) {
-                assert!((x - y).abs() < 1e-4, "{layers}x{h}: {x} vs {y}");
+        let model = CharRnnConfig::new(11)
+            .with_lstm_size(h)
+            .with_num_layers(layers)
+            .init::<Flex>(&device);
+        for parts in [1, 2] {
+            let mut fast = CpuCharRnn::with_parts(&model, parts);
+            let mut burn = BurnStepper::new(model.clone(), device);
+            for &id in &[3u32, 0, 10, 5, 5, 7, 1, 2, 9, 4] {
+                let a = fast.step(id).to_vec();
+                let b = burn.step(id).to_vec();
+                assert_eq!(a.len(), 11);
+                for (x, y) in a.iter().zip(&b) {
+                    assert!(
+                        (x - y).abs() < 1e-4,
+                        "{layers}x{h}, {parts} parts: {x} vs {y}"
+                    );
+                }
             }
+            // Reset really starts over.
+            fast.reset();
+            burn.reset();
+            let (a, b) = (fast.step(3).to_vec(), burn.step(3).to_vec());
+            assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4));
         }
-        // Reset really starts over.
-        fast.reset();
-        burn.reset();
-        let (a, b) = (fast.step(3).to_vec(), burn.step(3).to_vec());
-        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4));
     }
 }
 
-fn sample(stepper: &mut CpuCharRnn, seed: u64, prime: &str, len: usize) -> Result<String, SampleError> {
+fn sample(
+    stepper: &mut CpuCharRnn,
+    seed: u64,
+    prime: &str,
+    len: usize,
+) -> Result<String, SampleError> {
     let vocab = Vocab::from_text(FARMS);
-    let opts = SampleOptions { prime: prime.into(), len, strategy: Strategy::TopN { n: 3, temperature: 1.0 }, seed };
+    let opts = SampleOptions {
+        prime: prime.into(),
+        len,
+        strategy: Strategy::TopN {
+            n: 3,
+            temperature: 1.0,
+        },
+        seed,
+    };
     let mut out = Vec::new();
     generate(stepper, &vocab, &opts, &mut out, &AtomicBool::new(false))?;
     Ok(String::from_utf8(out).unwrap())
@@ -61,15 +84,32 @@ fn prime_errors_name_the_characters() {
     let err = sample(&mut m, 1, "Farz!", 5).unwrap_err().to_string();
     assert!(err.contains("'z', '!'"), "{err}");
     assert!(err.contains("cannot read them"), "{err}");
-    assert!(matches!(sample(&mut m, 1, "", 5), Err(SampleError::EmptyPrime)));
+    assert!(matches!(
+        sample(&mut m, 1, "", 5),
+        Err(SampleError::EmptyPrime)
+    ));
 }
 
 #[test]
 fn stops_when_asked() {
     let vocab = Vocab::from_text("ab");
-    let model = CharRnnConfig::new(2).with_lstm_size(4).init::<Flex>(&Default::default());
-    let opts = SampleOptions { prime: "a".into(), len: 1_000_000, strategy: Strategy::Argmax, seed: 0 };
+    let model = CharRnnConfig::new(2)
+        .with_lstm_size(4)
+        .init::<Flex>(&Default::default());
+    let opts = SampleOptions {
+        prime: "a".into(),
+        len: 1_000_000,
+        strategy: Strategy::Argmax,
+        seed: 0,
+    };
     let mut out = Vec::new();
-    generate(&mut CpuCharRnn::new(&model), &vocab, &opts, &mut out, &AtomicBool::new(true)).unwrap();
+    generate(
+        &mut CpuCharRnn::new(&model),
+        &vocab,
+        &opts,
+        &mut out,
+        &AtomicBool::new(true),
+    )
+    .unwrap();
     assert_eq!(out, b"a");
 }

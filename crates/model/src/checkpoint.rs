@@ -68,7 +68,9 @@ pub struct Checkpoint {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
@@ -90,7 +92,9 @@ impl Checkpoint {
         let model = Recorder::<B>::record(&recorder(), model.clone().into_record(), ())
             .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         let mut buf = MAGIC.to_vec();
-        let all = [("meta", &meta[..]), ("model", &model[..])].into_iter().chain(sections.iter().copied());
+        let all = [("meta", &meta[..]), ("model", &model[..])]
+            .into_iter()
+            .chain(sections.iter().copied());
         for (name, bytes) in all {
             buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
             buf.extend_from_slice(name.as_bytes());
@@ -154,18 +158,27 @@ impl Checkpoint {
             .ok_or_else(|| corrupt("no meta section"))?;
         let meta: CheckpointMeta =
             serde_json::from_slice(meta_bytes).map_err(|e| corrupt(&format!("meta: {e}")))?;
-        Ok(Self { path: path.to_owned(), meta, sections })
+        Ok(Self {
+            path: path.to_owned(),
+            meta,
+            sections,
+        })
     }
 
     /// The bytes of section `name`, if present.
     pub fn section(&self, name: &str) -> Option<&[u8]> {
-        self.sections.iter().find(|(n, _)| n == name).map(|(_, b)| &b[..])
+        self.sections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| &b[..])
     }
 
     /// Builds the model described by the meta and loads its weights.
     pub fn model<B: Backend>(&self, device: &B::Device) -> Result<CharRnn<B>, CheckpointError> {
         let corrupt = |why: String| CheckpointError::Corrupt(self.path.clone(), why);
-        let bytes = self.section("model").ok_or_else(|| corrupt("no model section".into()))?;
+        let bytes = self
+            .section("model")
+            .ok_or_else(|| corrupt("no model section".into()))?;
         let record = Recorder::<B>::load(&recorder(), bytes.to_vec(), device)
             .map_err(|e| corrupt(format!("model: {e}")))?;
         let model = self.meta.model.init::<B>(device).load_record(record);
@@ -174,7 +187,11 @@ impl Checkpoint {
         let shapes = |m: &CharRnn<B>| {
             let mut v = Vec::new();
             for l in &m.layers {
-                v.extend([l.w_ih.dims().to_vec(), l.w_hh.dims().to_vec(), l.b_ih.dims().to_vec()]);
+                v.extend([
+                    l.w_ih.dims().to_vec(),
+                    l.w_hh.dims().to_vec(),
+                    l.b_ih.dims().to_vec(),
+                ]);
             }
             v.push(m.output.weight.dims().to_vec());
             v

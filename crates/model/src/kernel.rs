@@ -197,7 +197,11 @@ pub fn lstm_backward(
     }
     let simd = simd_level();
     for t in (0..t_len).rev() {
-        let c_prev = if t == 0 { c0 } else { &cs[(t - 1) * bh..t * bh] };
+        let c_prev = if t == 0 {
+            c0
+        } else {
+            &cs[(t - 1) * bh..t * bh]
+        };
         let dz = &mut dxp[t * bg..(t + 1) * bg];
         backward_pointwise(
             simd,
@@ -505,7 +509,8 @@ fn forward_rows_impl<const FMA: bool>(
         let (zi, rest) = z.split_at_mut(h);
         let (zf, rest) = rest.split_at_mut(h);
         let (zg, zo) = rest.split_at_mut(h);
-        let (zo, c_prev, h_out, c_out) = (&mut zo[..h], &c_prev[..h], &mut h_out[..h], &mut c_out[..h]);
+        let (zo, c_prev, h_out, c_out) =
+            (&mut zo[..h], &c_prev[..h], &mut h_out[..h], &mut c_out[..h]);
         for j in 0..h {
             let i = sigmoid_fast::<FMA>(zi[j]);
             let f = sigmoid_fast::<FMA>(zf[j]);
@@ -585,9 +590,11 @@ fn backward_pointwise(
                 .zip(dh_next.par_chunks(rh))
                 .zip(dc_next.par_chunks_mut(rh))
                 .zip(dz.par_chunks_mut(rg))
-                .for_each(|((((((gates, c), c_prev), dh_loss), dh_next), dc_next), dz)| {
-                    backward_rows(simd, h, gates, c, c_prev, dh_loss, dh_next, dc_next, dz)
-                })
+                .for_each(
+                    |((((((gates, c), c_prev), dh_loss), dh_next), dc_next), dz)| {
+                        backward_rows(simd, h, gates, c, c_prev, dh_loss, dh_next, dc_next, dz)
+                    },
+                )
         }
     }
 }
@@ -634,8 +641,13 @@ fn backward_rows_impl<const FMA: bool>(
         let (dzf, rest) = rest.split_at_mut(h);
         let (dzg, dzo) = rest.split_at_mut(h);
         let (go, dzo) = (&go[..h], &mut dzo[..h]);
-        let (c, c_prev, dh_loss, dh_next, dc_next) =
-            (&c[..h], &c_prev[..h], &dh_loss[..h], &dh_next[..h], &mut dc_next[..h]);
+        let (c, c_prev, dh_loss, dh_next, dc_next) = (
+            &c[..h],
+            &c_prev[..h],
+            &dh_loss[..h],
+            &dh_next[..h],
+            &mut dc_next[..h],
+        );
         for j in 0..h {
             let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
             let dh = dh_loss[j] + dh_next[j];
@@ -780,10 +792,18 @@ mod tests {
                 let base = (t * b + r) * g4;
                 let mut dz = vec![0.0f64; g4];
                 for j in 0..h {
-                    let (i, f, g, o) =
-                        (gs[base + j], gs[base + h + j], gs[base + 2 * h + j], gs[base + 3 * h + j]);
+                    let (i, f, g, o) = (
+                        gs[base + j],
+                        gs[base + h + j],
+                        gs[base + 2 * h + j],
+                        gs[base + 3 * h + j],
+                    );
                     let c = cs[(t * b + r) * h + j];
-                    let cp = if t == 0 { c0[r * h + j] as f64 } else { cs[((t - 1) * b + r) * h + j] };
+                    let cp = if t == 0 {
+                        c0[r * h + j] as f64
+                    } else {
+                        cs[((t - 1) * b + r) * h + j]
+                    };
                     let dh = dhs[(t * b + r) * h + j] as f64 + dhn[r * h + j];
                     let tc = c.tanh();
                     let dc = dh * o * (1.0 - tc * tc) + dcn[r * h + j];
@@ -794,7 +814,11 @@ mod tests {
                     dcn[r * h + j] = dc * f;
                 }
                 for k in 0..h {
-                    let hp = if t == 0 { h0[r * h + k] as f64 } else { hs[((t - 1) * b + r) * h + k] };
+                    let hp = if t == 0 {
+                        h0[r * h + k] as f64
+                    } else {
+                        hs[((t - 1) * b + r) * h + k]
+                    };
                     for n in 0..g4 {
                         dh_prev[r * h + k] += dz[n] * w[k * g4 + n] as f64;
                         dw[k * g4 + n] += hp * dz[n];
@@ -811,7 +835,10 @@ mod tests {
         assert_eq!(got.len(), want.len(), "{name}: length");
         for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
             let err = (g as f64 - w).abs();
-            assert!(err <= tol * (1.0 + w.abs()), "{name}[{k}]: got {g}, want {w}");
+            assert!(
+                err <= tol * (1.0 + w.abs()),
+                "{name}[{k}]: got {g}, want {w}"
+            );
         }
     }
 
@@ -839,11 +866,30 @@ mod tests {
 
     /// Runs the kernel forward and backward: (hs, cs, gates, dxp, dw_hh, dh0, dc0).
     #[allow(clippy::type_complexity)]
-    fn run(c: &Case) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn run(
+        c: &Case,
+    ) -> (
+        Vec<f32>,
+        Vec<f32>,
+        Vec<f32>,
+        Vec<f32>,
+        Vec<f32>,
+        Vec<f32>,
+        Vec<f32>,
+    ) {
         let d = c.d;
         let (bh, bg) = (d.t * d.b * d.h, d.t * d.b * 4 * d.h);
         let (mut hs, mut cs, mut gs) = (vec![0.0; bh], vec![0.0; bh], vec![0.0; bg]);
-        lstm_forward(d, &c.xp, &c.w, &c.h0, &c.c0, &mut hs, &mut cs, Some(&mut gs));
+        lstm_forward(
+            d,
+            &c.xp,
+            &c.w,
+            &c.h0,
+            &c.c0,
+            &mut hs,
+            &mut cs,
+            Some(&mut gs),
+        );
         let mut dxp = vec![f32::NAN; bg];
         let mut dw = vec![f32::NAN; d.h * 4 * d.h];
         let mut dh0 = vec![f32::NAN; d.b * d.h];
@@ -907,12 +953,20 @@ mod tests {
     #[test]
     fn large_parallel_shape_matches_reference() {
         // Big enough for the rayon split of the pointwise passes and a threaded gemm.
-        let c = case(Dims { t: 2, b: 40, h: 450 }, 99);
+        let c = case(
+            Dims {
+                t: 2,
+                b: 40,
+                h: 450,
+            },
+            99,
+        );
         let (hs, cs, gs, dxp, dw, dh0, dc0) = run(&c);
         let (rhs, rcs, rgs) = ref_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0);
         assert_close("hs", &hs, &rhs, 1e-4);
         assert_close("cs", &cs, &rcs, 1e-4);
-        let (rdxp, rdw, rdh0, rdc0) = ref_backward(c.d, &c.w, &c.h0, &c.c0, &rhs, &rcs, &rgs, &c.dhs);
+        let (rdxp, rdw, rdh0, rdc0) =
+            ref_backward(c.d, &c.w, &c.h0, &c.c0, &rhs, &rcs, &rgs, &c.dhs);
         assert_close("gates", &gs, &rgs, 1e-4);
         assert_close("dxp", &dxp, &rdxp, 1e-4);
         assert_close("dw_hh", &dw, &rdw, 1e-3);
@@ -940,7 +994,11 @@ mod tests {
                 let down = loss(&ins[0], &ins[1], &ins[2], &ins[3]);
                 let fd = (up - down) / (2.0 * eps as f64);
                 let err = (grad[k] as f64 - fd).abs();
-                assert!(err <= 1e-3 * (1.0 + fd.abs()), "{name}[{k}]: got {}, fd {fd}", grad[k]);
+                assert!(
+                    err <= 1e-3 * (1.0 + fd.abs()),
+                    "{name}[{k}]: got {}, fd {fd}",
+                    grad[k]
+                );
             }
         };
         check("dxp", 0, &dxp);
@@ -997,7 +1055,10 @@ mod tests {
         }
         for (s, o) in levels.iter().zip(&outs) {
             for (k, (&a, &b)) in o.iter().zip(&outs[0]).enumerate() {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{s:?}[{k}]: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{s:?}[{k}]: {a} vs {b}"
+                );
             }
         }
     }
@@ -1008,7 +1069,20 @@ mod tests {
         let (w, h0, c0) = (vec![0.5; 36], vec![1.0; 6], vec![1.0; 6]);
         lstm_forward(d, &[], &w, &h0, &c0, &mut [], &mut [], Some(&mut []));
         let (mut dw, mut dh0, mut dc0) = (vec![1.0; 36], vec![1.0; 6], vec![1.0; 6]);
-        lstm_backward(d, &w, &h0, &c0, &[], &[], &[], &[], &mut [], &mut dw, &mut dh0, &mut dc0);
+        lstm_backward(
+            d,
+            &w,
+            &h0,
+            &c0,
+            &[],
+            &[],
+            &[],
+            &[],
+            &mut [],
+            &mut dw,
+            &mut dh0,
+            &mut dc0,
+        );
         assert!(dw.iter().chain(&dh0).chain(&dc0).all(|&v| v == 0.0));
         let d = Dims { t: 2, b: 0, h: 3 };
         lstm_forward(d, &[], &w, &[], &[], &mut [], &mut [], None);
@@ -1018,13 +1092,40 @@ mod tests {
 #[doc(hidden)]
 pub mod dev {
     use super::*;
-    pub fn fwd_pw(h: usize, z: &mut [f32], c_prev: &[f32], h_out: &mut [f32], c_out: &mut [f32], par: bool) {
+    pub fn fwd_pw(
+        h: usize,
+        z: &mut [f32],
+        c_prev: &[f32],
+        h_out: &mut [f32],
+        c_out: &mut [f32],
+        par: bool,
+    ) {
         let s = simd_level();
-        if par { forward_pointwise(s, h, z, c_prev, h_out, c_out) } else { forward_rows(s, h, z, c_prev, h_out, c_out) }
+        if par {
+            forward_pointwise(s, h, z, c_prev, h_out, c_out)
+        } else {
+            forward_rows(s, h, z, c_prev, h_out, c_out)
+        }
     }
-    pub fn bwd_pw(h: usize, gates: &[f32], c: &[f32], c_prev: &[f32], dl: &[f32], dn: &[f32], dcn: &mut [f32], dz: &mut [f32], par: bool) {
+    pub fn bwd_pw(
+        h: usize,
+        gates: &[f32],
+        c: &[f32],
+        c_prev: &[f32],
+        dl: &[f32],
+        dn: &[f32],
+        dcn: &mut [f32],
+        dz: &mut [f32],
+        par: bool,
+    ) {
         let s = simd_level();
-        if par { backward_pointwise(s, h, gates, c, c_prev, dl, dn, dcn, dz) } else { backward_rows(s, h, gates, c, c_prev, dl, dn, dcn, dz) }
+        if par {
+            backward_pointwise(s, h, gates, c, c_prev, dl, dn, dcn, dz)
+        } else {
+            backward_rows(s, h, gates, c, c_prev, dl, dn, dcn, dz)
+        }
     }
-    pub fn axpy(h: usize, x: &[f32], w: &[f32], z: &mut [f32]) { rows_axpy(simd_level(), h, x, w, z) }
+    pub fn axpy(h: usize, x: &[f32], w: &[f32], z: &mut [f32]) {
+        rows_axpy(simd_level(), h, x, w, z)
+    }
 }

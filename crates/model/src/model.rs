@@ -59,7 +59,10 @@ impl<B: Backend> LstmState<B> {
 
     /// The same values cut from the autodiff graph (truncated backpropagation through time).
     pub fn detach(self) -> Self {
-        Self { h: self.h.detach(), c: self.c.detach() }
+        Self {
+            h: self.h.detach(),
+            c: self.c.detach(),
+        }
     }
 }
 
@@ -81,7 +84,10 @@ impl CharRnnConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> CharRnn<B> {
         let h = self.lstm_size;
         let bound = 1.0 / (h as f64).sqrt();
-        let init = Initializer::Uniform { min: -bound, max: bound };
+        let init = Initializer::Uniform {
+            min: -bound,
+            max: bound,
+        };
         let layers = (0..self.num_layers)
             .map(|l| {
                 let input = if l == 0 { self.vocab_size } else { h };
@@ -165,7 +171,10 @@ impl<B: LstmBackend> CharRnn<B> {
         let x = x.expect("at least one layer").reshape([steps * batch, h]);
         let vocab = self.output.weight.dims()[1];
         let logits = self.output.forward(x).reshape([steps, batch, vocab]);
-        let state = LstmState { h: Tensor::stack(hs_out, 0), c: Tensor::stack(cs_out, 0) };
+        let state = LstmState {
+            h: Tensor::stack(hs_out, 0),
+            c: Tensor::stack(cs_out, 0),
+        };
         (logits, state)
     }
 }

@@ -115,12 +115,24 @@ impl<B: LstmKernels, C: CheckpointStrategy> LstmBackend for Autodiff<B, C> {
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let nodes = [xp.node.clone(), w_hh.node.clone(), h0.node.clone(), c0.node.clone()];
-        match LstmBackward::<B>(PhantomData).prepare::<C>(nodes).compute_bound().stateful() {
+        let nodes = [
+            xp.node.clone(),
+            w_hh.node.clone(),
+            h0.node.clone(),
+            c0.node.clone(),
+        ];
+        match LstmBackward::<B>(PhantomData)
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
                 let (hs, c, cache) =
                     B::lstm_forward_train(xp.primitive, w_hh.primitive, h0.primitive, c0.primitive);
-                (prep.finish(cache, hs), <Self as AutodiffBackend>::from_inner(c))
+                (
+                    prep.finish(cache, hs),
+                    <Self as AutodiffBackend>::from_inner(c),
+                )
             }
             OpsKind::UnTracked(prep) => {
                 let (hs, c) =
@@ -166,7 +178,11 @@ fn write<B: Backend>(v: Vec<f32>, shape: &[usize], device: &B::Device) -> FloatT
 
 fn native_dims<B: Backend>(xp: &FloatTensor<B>) -> Dims {
     let shape = burn::tensor::TensorMetadata::shape(xp);
-    Dims { t: shape[0], b: shape[1], h: shape[2] / 4 }
+    Dims {
+        t: shape[0],
+        b: shape[1],
+        h: shape[2] / 4,
+    }
 }
 
 fn native_forward<B: Backend>(
@@ -181,8 +197,21 @@ fn native_forward<B: Backend>(
     let (xp, w_hh, h0, c0) = (read::<B>(xp), read::<B>(w_hh), read::<B>(h0), read::<B>(c0));
     let mut hs = vec![0.0; d.t * d.b * d.h];
     let mut cs = vec![0.0; d.t * d.b * d.h];
-    let mut gates = if keep { vec![0.0; d.t * d.b * 4 * d.h] } else { Vec::new() };
-    kernel::lstm_forward(d, &xp, &w_hh, &h0, &c0, &mut hs, &mut cs, keep.then_some(&mut gates[..]));
+    let mut gates = if keep {
+        vec![0.0; d.t * d.b * 4 * d.h]
+    } else {
+        Vec::new()
+    };
+    kernel::lstm_forward(
+        d,
+        &xp,
+        &w_hh,
+        &h0,
+        &c0,
+        &mut hs,
+        &mut cs,
+        keep.then_some(&mut gates[..]),
+    );
     drop(xp);
     let last = (d.t - 1) * d.b * d.h..d.t * d.b * d.h;
     let c_t = write::<B>(cs[last].to_vec(), &[d.b, d.h], &device);
@@ -208,8 +237,18 @@ fn native_backward<B: Backend>(cache: NativeCache<B>, dhs: FloatTensor<B>) -> [F
     let mut dh0 = vec![0.0; d.b * d.h];
     let mut dc0 = vec![0.0; d.b * d.h];
     kernel::lstm_backward(
-        d, &cache.w_hh, &cache.h0, &cache.c0, &cache.hs, &cache.cs, &cache.gates, &dhs, &mut dxp,
-        &mut dw, &mut dh0, &mut dc0,
+        d,
+        &cache.w_hh,
+        &cache.h0,
+        &cache.c0,
+        &cache.hs,
+        &cache.cs,
+        &cache.gates,
+        &dhs,
+        &mut dxp,
+        &mut dw,
+        &mut dh0,
+        &mut dc0,
     );
     let dev = &cache.device;
     [
@@ -247,7 +286,10 @@ macro_rules! native_backend {
                 (hs, c, cache.expect("cache kept"))
             }
 
-            fn lstm_backward(cache: Self::LstmCache, dhs: FloatTensor<Self>) -> [FloatTensor<Self>; 4] {
+            fn lstm_backward(
+                cache: Self::LstmCache,
+                dhs: FloatTensor<Self>,
+            ) -> [FloatTensor<Self>; 4] {
                 native_backward::<Self>(cache, dhs)
             }
         }
@@ -301,7 +343,14 @@ pub fn tensor_forward<B: Backend>(
     let hs = Tensor::stack(hs, 0);
     let cs = Tensor::stack(cs, 0);
     let gates = Tensor::stack(gates, 0);
-    let cache = TensorCache { w_hh, h0, c0, hs: hs.clone(), cs, gates };
+    let cache = TensorCache {
+        w_hh,
+        h0,
+        c0,
+        hs: hs.clone(),
+        cs,
+        gates,
+    };
     (hs, c_prev, cache)
 }
 
@@ -310,7 +359,14 @@ pub fn tensor_backward<B: Backend>(
     cache: TensorCache<B>,
     dhs: Tensor<B, 3>,
 ) -> (Tensor<B, 3>, Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
-    let TensorCache { w_hh, h0, c0, hs, cs, gates } = cache;
+    let TensorCache {
+        w_hh,
+        h0,
+        c0,
+        hs,
+        cs,
+        gates,
+    } = cache;
     let [t, b, h] = hs.dims();
     let step = |x: &Tensor<B, 3>, s: usize| x.clone().narrow(0, s, 1).reshape([b, x.dims()[2]]);
     let w_hh_t = w_hh.transpose();
@@ -384,7 +440,10 @@ macro_rules! tensor_backend {
                 (float(hs), float(c), cache)
             }
 
-            fn lstm_backward(cache: Self::LstmCache, dhs: FloatTensor<Self>) -> [FloatTensor<Self>; 4] {
+            fn lstm_backward(
+                cache: Self::LstmCache,
+                dhs: FloatTensor<Self>,
+            ) -> [FloatTensor<Self>; 4] {
                 let (dxp, dw, dh0, dc0) = tensor_backward::<Self>(cache, from_float(dhs));
                 [float(dxp), float(dw), float(dh0), float(dc0)]
             }

@@ -2,7 +2,7 @@
 
 use burn::backend::Flex;
 use karnna_data::Vocab;
-use karnna_model::{Checkpoint, CheckpointError, CheckpointMeta, CharRnnConfig};
+use karnna_model::{CharRnnConfig, Checkpoint, CheckpointError, CheckpointMeta};
 
 fn dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("karnna-ckpt-{}", std::process::id()));
@@ -13,9 +13,18 @@ fn dir() -> std::path::PathBuf {
 fn saved(name: &str) -> (std::path::PathBuf, CheckpointMeta) {
     let device = Default::default();
     let vocab = Vocab::from_text("hello, 世界\n");
-    let config = CharRnnConfig::new(vocab.len()).with_lstm_size(5).with_num_layers(2);
+    let config = CharRnnConfig::new(vocab.len())
+        .with_lstm_size(5)
+        .with_num_layers(2);
     let model = config.init::<Flex>(&device);
-    let meta = CheckpointMeta { model: config, vocab, iteration: 7, val_loss: Some(1.5), train_loss: None, run: serde_json::json!({"name": "t"}) };
+    let meta = CheckpointMeta {
+        model: config,
+        vocab,
+        iteration: 7,
+        val_loss: Some(1.5),
+        train_loss: None,
+        run: serde_json::json!({"name": "t"}),
+    };
     let path = dir().join(name);
     Checkpoint::save(&path, &meta, &model, &[("extra", b"abc")]).unwrap();
     (path, meta)
@@ -30,8 +39,15 @@ fn round_trip_keeps_weights_meta_and_sections() {
     assert_eq!(ckpt.meta.iteration, 7);
     assert_eq!(ckpt.section("extra"), Some(&b"abc"[..]));
     let a = ckpt.model::<Flex>(&device).unwrap();
-    let b = Checkpoint::read(&path).unwrap().model::<Flex>(&device).unwrap();
-    a.layers[1].w_hh.val().into_data().assert_eq(&b.layers[1].w_hh.val().into_data(), true);
+    let b = Checkpoint::read(&path)
+        .unwrap()
+        .model::<Flex>(&device)
+        .unwrap();
+    a.layers[1]
+        .w_hh
+        .val()
+        .into_data()
+        .assert_eq(&b.layers[1].w_hh.val().into_data(), true);
     assert!(!path.with_extension("tmp").exists());
 }
 
@@ -43,33 +59,64 @@ fn bad_files_are_errors() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let err = Checkpoint::read(&truncated).unwrap_err();
     assert!(matches!(err, CheckpointError::Corrupt(..)), "{err}");
-    assert!(err.to_string().contains("truncated.ckpt: checkpoint is truncated or corrupted"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("truncated.ckpt: checkpoint is truncated or corrupted"),
+        "{err}"
+    );
 
     let flipped = dir().join("flipped.ckpt");
     let mut b2 = bytes.clone();
     let mid = b2.len() / 2;
     b2[mid] ^= 1;
     std::fs::write(&flipped, &b2).unwrap();
-    assert!(matches!(Checkpoint::read(&flipped), Err(CheckpointError::Corrupt(..))));
+    assert!(matches!(
+        Checkpoint::read(&flipped),
+        Err(CheckpointError::Corrupt(..))
+    ));
 
     let other = dir().join("other.txt");
     std::fs::write(&other, b"just some text, long enough").unwrap();
-    assert!(matches!(Checkpoint::read(&other), Err(CheckpointError::NotACheckpoint(..))));
-    assert!(matches!(Checkpoint::read(&dir().join("none.ckpt")), Err(CheckpointError::Missing(..))));
+    assert!(matches!(
+        Checkpoint::read(&other),
+        Err(CheckpointError::NotACheckpoint(..))
+    ));
+    assert!(matches!(
+        Checkpoint::read(&dir().join("none.ckpt")),
+        Err(CheckpointError::Missing(..))
+    ));
 }
 
 #[test]
 fn names_and_listing() {
     use karnna_model::checkpoint::{best_checkpoint, checkpoint_name, run_checkpoints};
-    assert_eq!(checkpoint_name(3960, 512, Some(1.2155)), "i3960_l512_v1.216.ckpt");
+    assert_eq!(
+        checkpoint_name(3960, 512, Some(1.2155)),
+        "i3960_l512_v1.216.ckpt"
+    );
     let run = dir().join("run");
     std::fs::create_dir_all(&run).unwrap();
-    for n in ["i200_l8_v2.000.ckpt", "i1000_l8_v1.500.ckpt", "i400_l8_v1.000.ckpt", "notes.txt"] {
+    for n in [
+        "i200_l8_v2.000.ckpt",
+        "i1000_l8_v1.500.ckpt",
+        "i400_l8_v1.000.ckpt",
+        "notes.txt",
+    ] {
         std::fs::write(run.join(n), b"x").unwrap();
     }
-    let its: Vec<usize> = run_checkpoints(&run).unwrap().into_iter().map(|(i, _)| i).collect();
+    let its: Vec<usize> = run_checkpoints(&run)
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(its, vec![200, 400, 1000]);
-    assert!(best_checkpoint(&run).unwrap().unwrap().ends_with("i1000_l8_v1.500.ckpt"));
+    assert!(best_checkpoint(&run)
+        .unwrap()
+        .unwrap()
+        .ends_with("i1000_l8_v1.500.ckpt"));
     std::fs::write(run.join("best.txt"), "i400_l8_v1.000.ckpt\n").unwrap();
-    assert!(best_checkpoint(&run).unwrap().unwrap().ends_with("i400_l8_v1.000.ckpt"));
+    assert!(best_checkpoint(&run)
+        .unwrap()
+        .unwrap()
+        .ends_with("i400_l8_v1.000.ckpt"));
 }

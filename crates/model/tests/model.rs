@@ -11,8 +11,15 @@ use karnna_model::{CharRnnConfig, LstmBackend, LstmState};
 type B = Flex;
 type AD = Autodiff<Flex>;
 
-fn tokens<Bk: Backend>(batch: usize, steps: usize, vocab: usize, device: &Bk::Device) -> Tensor<Bk, 2, Int> {
-    let ids: Vec<i64> = (0..batch * steps).map(|i| ((i * 7 + 3) % vocab) as i64).collect();
+fn tokens<Bk: Backend>(
+    batch: usize,
+    steps: usize,
+    vocab: usize,
+    device: &Bk::Device,
+) -> Tensor<Bk, 2, Int> {
+    let ids: Vec<i64> = (0..batch * steps)
+        .map(|i| ((i * 7 + 3) % vocab) as i64)
+        .collect();
     Tensor::<Bk, 1, Int>::from_ints(ids.as_slice(), device).reshape([batch, steps])
 }
 
@@ -30,7 +37,10 @@ fn notebook_parameter_count() {
 #[test]
 fn output_shapes() {
     let device = Default::default();
-    let model = CharRnnConfig::new(13).with_lstm_size(6).with_num_layers(3).init::<B>(&device);
+    let model = CharRnnConfig::new(13)
+        .with_lstm_size(6)
+        .with_num_layers(3)
+        .init::<B>(&device);
     let (logits, state) = model.forward(tokens::<B>(4, 5, 13, &device), None);
     assert_eq!(logits.dims(), [5, 4, 13]);
     assert_eq!(state.h.dims(), [3, 4, 6]);
@@ -39,15 +49,26 @@ fn output_shapes() {
 
 fn whole_equals_halves<Bk: LstmBackend>() {
     let device = Default::default();
-    let model = CharRnnConfig::new(10).with_lstm_size(7).with_num_layers(2).init::<Bk>(&device);
+    let model = CharRnnConfig::new(10)
+        .with_lstm_size(7)
+        .with_num_layers(2)
+        .init::<Bk>(&device);
     let x = tokens::<Bk>(3, 8, 10, &device);
     let (whole, s_whole) = model.forward(x.clone(), None);
     let (a, s) = model.forward(x.clone().narrow(1, 0, 5), None);
     let (b, s_halves) = model.forward(x.narrow(1, 5, 3), Some(s));
     let halves = Tensor::cat(vec![a, b], 0);
-    whole.into_data().assert_approx_eq::<f32>(&halves.into_data(), Tolerance::default());
-    s_whole.h.into_data().assert_approx_eq::<f32>(&s_halves.h.into_data(), Tolerance::default());
-    s_whole.c.into_data().assert_approx_eq::<f32>(&s_halves.c.into_data(), Tolerance::default());
+    whole
+        .into_data()
+        .assert_approx_eq::<f32>(&halves.into_data(), Tolerance::default());
+    s_whole
+        .h
+        .into_data()
+        .assert_approx_eq::<f32>(&s_halves.h.into_data(), Tolerance::default());
+    s_whole
+        .c
+        .into_data()
+        .assert_approx_eq::<f32>(&s_halves.c.into_data(), Tolerance::default());
 }
 
 #[test]
@@ -63,7 +84,10 @@ fn carried_state_equals_one_pass_ndarray() {
 #[test]
 fn dropout_only_in_training() {
     let device = Default::default();
-    let model = CharRnnConfig::new(9).with_lstm_size(16).with_keep_prob(0.5).init::<AD>(&device);
+    let model = CharRnnConfig::new(9)
+        .with_lstm_size(16)
+        .with_keep_prob(0.5)
+        .init::<AD>(&device);
     let x = tokens::<AD>(2, 6, 9, &device);
     // Inference (no autodiff): deterministic, equal to the training model's weights run plainly.
     let valid = model.valid();
@@ -80,13 +104,25 @@ fn dropout_only_in_training() {
 /// step-by-step recurrence op by op.
 fn fused_matches_reference(t: usize, b: usize, h: usize, with_state: bool) {
     let device = Default::default();
-    let rand = |shape: Vec<usize>| Tensor::<B, 1>::random([shape.iter().product::<usize>()], Distribution::Uniform(-1.0, 1.0), &device);
+    let rand = |shape: Vec<usize>| {
+        Tensor::<B, 1>::random(
+            [shape.iter().product::<usize>()],
+            Distribution::Uniform(-1.0, 1.0),
+            &device,
+        )
+    };
     let xp = rand(vec![t, b, 4 * h]).reshape([t, b, 4 * h]);
     let w = rand(vec![h, 4 * h]).reshape([h, 4 * h]);
     let (h0, c0) = if with_state {
-        (rand(vec![b, h]).reshape([b, h]), rand(vec![b, h]).reshape([b, h]))
+        (
+            rand(vec![b, h]).reshape([b, h]),
+            rand(vec![b, h]).reshape([b, h]),
+        )
     } else {
-        (Tensor::zeros([b, h], &device), Tensor::zeros([b, h], &device))
+        (
+            Tensor::zeros([b, h], &device),
+            Tensor::zeros([b, h], &device),
+        )
     };
     let weights = rand(vec![t, b, h]).reshape([t, b, h]); // L = Σ hs ⊙ weights
 
@@ -114,17 +150,29 @@ fn fused_matches_reference(t: usize, b: usize, h: usize, with_state: bool) {
     let f = run(true);
     let r = run(false);
     let tol = Tolerance::absolute(1e-4);
-    f.0.into_data().assert_approx_eq::<f32>(&r.0.into_data(), tol);
-    f.1.into_data().assert_approx_eq::<f32>(&r.1.into_data(), tol);
-    f.2.into_data().assert_approx_eq::<f32>(&r.2.into_data(), tol);
-    f.3.into_data().assert_approx_eq::<f32>(&r.3.into_data(), tol);
-    f.4.into_data().assert_approx_eq::<f32>(&r.4.into_data(), tol);
-    f.5.into_data().assert_approx_eq::<f32>(&r.5.into_data(), tol);
+    f.0.into_data()
+        .assert_approx_eq::<f32>(&r.0.into_data(), tol);
+    f.1.into_data()
+        .assert_approx_eq::<f32>(&r.1.into_data(), tol);
+    f.2.into_data()
+        .assert_approx_eq::<f32>(&r.2.into_data(), tol);
+    f.3.into_data()
+        .assert_approx_eq::<f32>(&r.3.into_data(), tol);
+    f.4.into_data()
+        .assert_approx_eq::<f32>(&r.4.into_data(), tol);
+    f.5.into_data()
+        .assert_approx_eq::<f32>(&r.5.into_data(), tol);
 }
 
 #[test]
 fn fused_op_gradients_match_step_by_step_autodiff() {
-    for &(t, b, h, s) in &[(1, 1, 1, false), (3, 2, 4, true), (7, 5, 9, true), (5, 3, 6, false), (2, 4, 3, true)] {
+    for &(t, b, h, s) in &[
+        (1, 1, 1, false),
+        (3, 2, 4, true),
+        (7, 5, 9, true),
+        (5, 3, 6, false),
+        (2, 4, 3, true),
+    ] {
         fused_matches_reference(t, b, h, s);
     }
 }
@@ -151,10 +199,14 @@ fn tensor_backward_matches_step_by_step_autodiff() {
     let (hs, _, _) = tensor_forward(xp_a.clone(), w_a.clone(), h0_a.clone(), c0_a.clone());
     let grads = (hs * Tensor::from_inner(dhs)).sum().backward();
     let tol = Tolerance::absolute(1e-4);
-    dxp.into_data().assert_approx_eq::<f32>(&xp_a.grad(&grads).unwrap().into_data(), tol);
-    dw.into_data().assert_approx_eq::<f32>(&w_a.grad(&grads).unwrap().into_data(), tol);
-    dh0.into_data().assert_approx_eq::<f32>(&h0_a.grad(&grads).unwrap().into_data(), tol);
-    dc0.into_data().assert_approx_eq::<f32>(&c0_a.grad(&grads).unwrap().into_data(), tol);
+    dxp.into_data()
+        .assert_approx_eq::<f32>(&xp_a.grad(&grads).unwrap().into_data(), tol);
+    dw.into_data()
+        .assert_approx_eq::<f32>(&w_a.grad(&grads).unwrap().into_data(), tol);
+    dh0.into_data()
+        .assert_approx_eq::<f32>(&h0_a.grad(&grads).unwrap().into_data(), tol);
+    dc0.into_data()
+        .assert_approx_eq::<f32>(&c0_a.grad(&grads).unwrap().into_data(), tol);
 }
 
 #[test]

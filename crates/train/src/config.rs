@@ -113,7 +113,10 @@ pub struct ConfigError {
 impl RunConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError { path: path.to_owned(), message };
+        let err = |message: String| ConfigError {
+            path: path.to_owned(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => err("no such config file".into()),
             _ => err(format!("cannot read: {e}")),
@@ -148,22 +151,38 @@ impl RunConfig {
             }
         }
         if !(self.keep_prob > 0.0 && self.keep_prob <= 1.0) {
-            return Err(format!("keep_prob must be in (0, 1], got {}", self.keep_prob));
+            return Err(format!(
+                "keep_prob must be in (0, 1], got {}",
+                self.keep_prob
+            ));
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
-            return Err(format!("val_fraction must be in [0, 1), got {}", self.val_fraction));
+            return Err(format!(
+                "val_fraction must be in [0, 1), got {}",
+                self.val_fraction
+            ));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(format!("learning_rate must be positive, got {}", self.learning_rate));
+            return Err(format!(
+                "learning_rate must be positive, got {}",
+                self.learning_rate
+            ));
         }
         if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
-            return Err(format!("grad_clip must be 0 (off) or positive, got {}", self.grad_clip));
+            return Err(format!(
+                "grad_clip must be 0 (off) or positive, got {}",
+                self.grad_clip
+            ));
         }
         if self.name.is_empty() || self.name.contains(['/', '\\']) {
-            return Err(format!("name must be a plain folder name, got {:?}", self.name));
+            return Err(format!(
+                "name must be a plain folder name, got {:?}",
+                self.name
+            ));
         }
         if !self.data_sha256.is_empty()
-            && (self.data_sha256.len() != 64 || !self.data_sha256.chars().all(|c| c.is_ascii_hexdigit()))
+            && (self.data_sha256.len() != 64
+                || !self.data_sha256.chars().all(|c| c.is_ascii_hexdigit()))
         {
             return Err("data_sha256 must be 64 hexadecimal digits".into());
         }
@@ -205,16 +224,33 @@ mod tests {
         assert!(n >= 3, "expected anna, anna-cpu and tiny configs");
         let anna = RunConfig::load(&root.join("anna.toml")).unwrap();
         let notebook = RunConfig::default();
-        assert_eq!((anna.batch_size, anna.num_steps, anna.lstm_size, anna.num_layers), (100, 100, 512, 2));
-        assert_eq!((anna.keep_prob, anna.learning_rate, anna.grad_clip), (0.5, 0.001, 5.0));
-        assert_eq!((anna.epochs, anna.save_every_n), (notebook.epochs, notebook.save_every_n));
+        assert_eq!(
+            (
+                anna.batch_size,
+                anna.num_steps,
+                anna.lstm_size,
+                anna.num_layers
+            ),
+            (100, 100, 512, 2)
+        );
+        assert_eq!(
+            (anna.keep_prob, anna.learning_rate, anna.grad_clip),
+            (0.5, 0.001, 5.0)
+        );
+        assert_eq!(
+            (anna.epochs, anna.save_every_n),
+            (notebook.epochs, notebook.save_every_n)
+        );
     }
 
     #[test]
     fn unknown_key_is_named() {
         let p = write("unknown.toml", "name = \"x\"\nlstm_sise = 3\n");
         let e = RunConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("unknown.toml: line 2: unknown field `lstm_sise`"), "{e}");
+        assert!(
+            e.contains("unknown.toml: line 2: unknown field `lstm_sise`"),
+            "{e}"
+        );
         assert!(!e.contains('\n'));
     }
 

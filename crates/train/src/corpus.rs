@@ -31,7 +31,10 @@ impl Corpus {
         let text = load_text(path)?;
         let vocab = vocab.unwrap_or_else(|| Vocab::from_text(&text));
         let ids = vocab.encode(&text).map_err(|e| {
-            anyhow::anyhow!("{}: {e}, which the checkpoint's vocabulary lacks", path.display())
+            anyhow::anyhow!(
+                "{}: {e}, which the checkpoint's vocabulary lacks",
+                path.display()
+            )
         })?;
         let (n, m) = (config.batch_size, config.num_steps);
         let chars = ids.len();
@@ -42,13 +45,30 @@ impl Corpus {
             } else {
                 String::new()
             };
-            return Err(DataError::TooShort { path: path.to_owned(), chars, n_seqs: n, n_steps: m, split, need }.into());
+            return Err(DataError::TooShort {
+                path: path.to_owned(),
+                chars,
+                n_seqs: n,
+                n_steps: m,
+                split,
+                need,
+            }
+            .into());
         }
         let val_chars = split_len(chars, config.val_fraction);
         let train_chars = chars - val_chars;
         let train = Batches::new(ids[..train_chars].to_vec(), n, m).expect("length checked");
-        let val = (val_chars > 0).then(|| Batches::new(ids[train_chars..].to_vec(), n, m).expect("length checked"));
-        Ok(Self { path: path.to_owned(), chars, vocab, train_chars, val_chars, train, val })
+        let val = (val_chars > 0)
+            .then(|| Batches::new(ids[train_chars..].to_vec(), n, m).expect("length checked"));
+        Ok(Self {
+            path: path.to_owned(),
+            chars,
+            vocab,
+            train_chars,
+            val_chars,
+            train,
+            val,
+        })
     }
 
     /// Iterations for `epochs` passes.

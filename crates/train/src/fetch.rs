@@ -15,7 +15,10 @@ pub fn ensure_text(path: &Path, url: &str, sha256: &str) -> anyhow::Result<()> {
     }
     let by_hand = format!("download it yourself and put it at {}", path.display());
     download(path, url, sha256).with_context(|| {
-        format!("{}: missing, and fetching it from {url} failed ({by_hand})", path.display())
+        format!(
+            "{}: missing, and fetching it from {url} failed ({by_hand})",
+            path.display()
+        )
     })
 }
 
@@ -23,10 +26,20 @@ fn download(path: &Path, url: &str, sha256: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let response = ureq::get(url).timeout(std::time::Duration::from_secs(60)).call().map_err(|e| {
-        anyhow::anyhow!(e.to_string().lines().next().unwrap_or("request failed").to_owned())
-    })?;
-    let total: Option<u64> = response.header("content-length").and_then(|v| v.parse().ok());
+    let response = ureq::get(url)
+        .timeout(std::time::Duration::from_secs(60))
+        .call()
+        .map_err(|e| {
+            anyhow::anyhow!(e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("request failed")
+                .to_owned())
+        })?;
+    let total: Option<u64> = response
+        .header("content-length")
+        .and_then(|v| v.parse().ok());
     let mut reader = response.into_reader();
     let part = path.with_extension("part");
     let mut file = std::fs::File::create(&part)?;
@@ -41,7 +54,11 @@ fn download(path: &Path, url: &str, sha256: &str) -> anyhow::Result<()> {
         hasher.update(&buf[..n]);
         done += n as u64;
         match total {
-            Some(t) => eprint!("\rdownloading {url}: {:.1} / {:.1} MB", done as f64 / 1e6, t as f64 / 1e6),
+            Some(t) => eprint!(
+                "\rdownloading {url}: {:.1} / {:.1} MB",
+                done as f64 / 1e6,
+                t as f64 / 1e6
+            ),
             None => eprint!("\rdownloading {url}: {:.1} MB", done as f64 / 1e6),
         }
     }
@@ -75,7 +92,10 @@ mod tests {
             let (mut s, _) = listener.accept().unwrap();
             let mut req = [0u8; 1024];
             let _ = s.read(&mut req);
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
             s.write_all(head.as_bytes()).unwrap();
             s.write_all(body).unwrap();
         });
@@ -116,7 +136,13 @@ mod tests {
         // Nothing listens on port 9 (discard) here: the connection is refused.
         let err = ensure_text(&path, "http://127.0.0.1:9/anna.txt", "").unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.starts_with(&format!("{}: missing, and fetching it from", path.display())), "{msg}");
+        assert!(
+            msg.starts_with(&format!(
+                "{}: missing, and fetching it from",
+                path.display()
+            )),
+            "{msg}"
+        );
         assert!(!msg.contains('\n'), "{msg}");
     }
 }

@@ -43,7 +43,10 @@ impl<B: Backend> CharBatch<B> {
             let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
             Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).reshape(shape)
         };
-        Self { inputs: ints(&batch.inputs), targets: ints(&batch.targets) }
+        Self {
+            inputs: ints(&batch.inputs),
+            targets: ints(&batch.targets),
+        }
     }
 }
 
@@ -69,7 +72,14 @@ impl<B: AutodiffBackend + LstmBackend> Trainee<B> {
         let (logits, state) = self.model.forward(batch.inputs, state);
         let loss = char_loss(logits, batch.targets);
         let grads = GradientsParams::from_grads(loss.backward(), self);
-        (CharOutput { loss: loss.detach(), chars }, grads, state.detach())
+        (
+            CharOutput {
+                loss: loss.detach(),
+                chars,
+            },
+            grads,
+            state.detach(),
+        )
     }
 }
 
@@ -82,7 +92,13 @@ impl<B: Backend + LstmBackend> Trainee<B> {
     ) -> (CharOutput<B>, LstmState<B>) {
         let chars = batch.inputs.dims().iter().product();
         let (logits, state) = self.model.forward(batch.inputs, state);
-        (CharOutput { loss: char_loss(logits, batch.targets), chars }, state)
+        (
+            CharOutput {
+                loss: char_loss(logits, batch.targets),
+                chars,
+            },
+            state,
+        )
     }
 }
 
@@ -135,7 +151,10 @@ impl<B: Backend> ItemLazy for CharOutput<B> {
     type ItemSync = CharOutputSync;
 
     fn sync(self) -> CharOutputSync {
-        CharOutputSync { loss: self.loss_value(), chars: self.chars }
+        CharOutputSync {
+            loss: self.loss_value(),
+            chars: self.chars,
+        }
     }
 }
 
@@ -179,7 +198,12 @@ impl CharMetric {
             CharMetricKind::Perplexity => "Perplexity",
             CharMetricKind::CharsPerSecond => "Chars per second",
         };
-        Self { kind, name: Arc::new(name.into()), state: NumericMetricState::default(), last: None }
+        Self {
+            kind,
+            name: Arc::new(name.into()),
+            state: NumericMetricState::default(),
+            last: None,
+        }
     }
 }
 
@@ -192,7 +216,11 @@ impl Metric for CharMetric {
 
     fn attributes(&self) -> MetricAttributes {
         let higher = matches!(self.kind, CharMetricKind::CharsPerSecond);
-        NumericAttributes { unit: None, higher_is_better: higher }.into()
+        NumericAttributes {
+            unit: None,
+            higher_is_better: higher,
+        }
+        .into()
     }
 
     fn update(&mut self, item: &CharOutputSync, _: &MetricMetadata) -> SerializedEntry {
@@ -206,7 +234,11 @@ impl Metric for CharMetric {
                 (secs.map_or(0.0, |s| item.chars as f64 / s.max(1e-9)), 0)
             }
         };
-        self.state.update(value, 1, FormatOptions::new(self.name()).precision(precision))
+        self.state.update(
+            value,
+            1,
+            FormatOptions::new(self.name()).precision(precision),
+        )
     }
 
     fn clear(&mut self) {
@@ -238,7 +270,12 @@ pub struct BatchLoader<B: Backend> {
 impl<B: Backend> BatchLoader<B> {
     /// A loader over every batch of `batches`.
     pub fn new(batches: Batches, device: B::Device) -> Self {
-        Self { end: batches.len(), batches, start: 0, device }
+        Self {
+            end: batches.len(),
+            batches,
+            start: 0,
+            device,
+        }
     }
 }
 
@@ -266,7 +303,10 @@ impl<B: Backend> DataLoaderIterator<CharBatch<B>> for BatchIter<'_, B> {
 
 impl<B: Backend> DataLoader<B, CharBatch<B>> for BatchLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<CharBatch<B>> + 'a> {
-        Box::new(BatchIter { loader: self, next: self.start })
+        Box::new(BatchIter {
+            loader: self,
+            next: self.start,
+        })
     }
 
     fn num_items(&self) -> usize {
@@ -274,12 +314,19 @@ impl<B: Backend> DataLoader<B, CharBatch<B>> for BatchLoader<B> {
     }
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, CharBatch<B>>> {
-        Arc::new(Self { device: device.clone(), ..self.clone() })
+        Arc::new(Self {
+            device: device.clone(),
+            ..self.clone()
+        })
     }
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, CharBatch<B>>> {
         let (start, end) = (self.start + start, (self.start + end).min(self.end));
-        Arc::new(Self { start, end, ..self.clone() })
+        Arc::new(Self {
+            start,
+            end,
+            ..self.clone()
+        })
     }
 }
 
@@ -292,14 +339,20 @@ pub struct RecordingOptim<O, R> {
 
 impl<O: Clone, R> Clone for RecordingOptim<O, R> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), slot: self.slot.clone() }
+        Self {
+            inner: self.inner.clone(),
+            slot: self.slot.clone(),
+        }
     }
 }
 
 impl<O, R> RecordingOptim<O, R> {
     /// Wraps `inner`.
     pub fn new(inner: O) -> Self {
-        Self { inner, slot: Arc::new(Mutex::new((false, None))) }
+        Self {
+            inner,
+            slot: Arc::new(Mutex::new((false, None))),
+        }
     }
 
     /// A handle on the same slot, for the training loop.
@@ -350,7 +403,10 @@ where
     }
 
     fn load_record(self, record: Self::Record) -> Self {
-        Self { inner: self.inner.load_record(record), slot: self.slot }
+        Self {
+            inner: self.inner.load_record(record),
+            slot: self.slot,
+        }
     }
 }
 
@@ -384,16 +440,22 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                self.grads.register::<B::InnerBackend, D>(param.id, g * self.scale);
+                self.grads
+                    .register::<B::InnerBackend, D>(param.id, g * self.scale);
             }
         }
     }
 
     let mut sum = SumSquares::<B> { grads, total: None };
     module.visit(&mut sum);
-    let norm = sum.total.map_or(0.0, |t| t.into_scalar().elem::<f64>().sqrt());
+    let norm = sum
+        .total
+        .map_or(0.0, |t| t.into_scalar().elem::<f64>().sqrt());
     if max_norm > 0.0 && norm > max_norm {
-        module.visit(&mut Scale { grads, scale: max_norm / norm });
+        module.visit(&mut Scale {
+            grads,
+            scale: max_norm / norm,
+        });
     }
     norm
 }

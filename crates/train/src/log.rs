@@ -37,11 +37,20 @@ impl MetricsLog {
     pub fn open(dir: &Path, keep_through: usize) -> std::io::Result<Self> {
         let csv = dir.join("metrics.csv");
         let rows = match std::fs::read_to_string(&csv) {
-            Ok(text) => text.lines().skip(1).filter_map(parse_row).filter(|r| r.iteration <= keep_through).collect(),
+            Ok(text) => text
+                .lines()
+                .skip(1)
+                .filter_map(parse_row)
+                .filter(|r| r.iteration <= keep_through)
+                .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        let log = Self { csv, svg: dir.join("loss.svg"), rows };
+        let log = Self {
+            csv,
+            svg: dir.join("loss.svg"),
+            rows,
+        };
         let mut text = format!("{HEADER}\n");
         for r in &log.rows {
             text.push_str(&format_row(r));
@@ -92,7 +101,11 @@ fn parse_row(line: &str) -> Option<Row> {
         iteration: f[0].parse().ok()?,
         epoch: f[1].parse().ok()?,
         train_loss: f[2].parse().ok()?,
-        val_loss: if f[3].is_empty() { None } else { Some(f[3].parse().ok()?) },
+        val_loss: if f[3].is_empty() {
+            None
+        } else {
+            Some(f[3].parse().ok()?)
+        },
         chars_per_s: f[4].parse().ok()?,
         elapsed_s: f[5].parse().ok()?,
     })
@@ -103,8 +116,12 @@ fn parse_row(line: &str) -> Option<Row> {
 pub fn loss_svg(rows: &[Row]) -> String {
     let (w, h, left, right, top, bottom) = (800.0, 480.0, 70.0, 20.0, 40.0, 50.0);
     let max_it = rows.iter().map(|r| r.iteration).max().unwrap_or(1).max(1) as f64;
-    let losses = rows.iter().flat_map(|r| std::iter::once(r.train_loss).chain(r.val_loss));
-    let (mut lo, mut hi) = losses.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let losses = rows
+        .iter()
+        .flat_map(|r| std::iter::once(r.train_loss).chain(r.val_loss));
+    let (mut lo, mut hi) = losses
+        .filter(|v| v.is_finite())
+        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
     if lo > hi {
         (lo, hi) = (0.0, 1.0);
     }
@@ -159,13 +176,26 @@ pub fn loss_svg(rows: &[Row]) -> String {
             format!("{:.1},{:.1}", x(ws[ws.len() - 1].iteration as f64), y(mean))
         })
         .collect();
-    let _ = writeln!(s, r##"<polyline fill="none" stroke="#1f77b4" stroke-width="1.2" points="{}"/>"##, train.join(" "));
-    let val: Vec<(f64, f64)> =
-        rows.iter().filter_map(|r| r.val_loss.map(|v| (x(r.iteration as f64), y(v)))).collect();
+    let _ = writeln!(
+        s,
+        r##"<polyline fill="none" stroke="#1f77b4" stroke-width="1.2" points="{}"/>"##,
+        train.join(" ")
+    );
+    let val: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| r.val_loss.map(|v| (x(r.iteration as f64), y(v))))
+        .collect();
     let pts: Vec<String> = val.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
-    let _ = writeln!(s, r##"<polyline fill="none" stroke="#d62728" stroke-width="2.5" points="{}"/>"##, pts.join(" "));
+    let _ = writeln!(
+        s,
+        r##"<polyline fill="none" stroke="#d62728" stroke-width="2.5" points="{}"/>"##,
+        pts.join(" ")
+    );
     for (a, b) in &val {
-        let _ = writeln!(s, r##"<circle cx="{a:.1}" cy="{b:.1}" r="3.5" fill="#d62728"/>"##);
+        let _ = writeln!(
+            s,
+            r##"<circle cx="{a:.1}" cy="{b:.1}" r="3.5" fill="#d62728"/>"##
+        );
     }
     let (lx, ly) = (w - right - 160.0, top + 20.0);
     let _ = write!(
@@ -191,7 +221,14 @@ mod tests {
     use super::*;
 
     fn row(i: usize, val: Option<f64>) -> Row {
-        Row { iteration: i, epoch: 1, train_loss: 4.0 / i as f64, val_loss: val, chars_per_s: 100.0, elapsed_s: i as f64 }
+        Row {
+            iteration: i,
+            epoch: 1,
+            train_loss: 4.0 / i as f64,
+            val_loss: val,
+            chars_per_s: 100.0,
+            elapsed_s: i as f64,
+        }
     }
 
     #[test]
@@ -200,7 +237,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut log = MetricsLog::open(&dir, 0).unwrap();
         for i in 1..=10 {
-            log.push(row(i, (i % 5 == 0).then_some(1.0 / i as f64))).unwrap();
+            log.push(row(i, (i % 5 == 0).then_some(1.0 / i as f64)))
+                .unwrap();
         }
         assert!(dir.join("loss.svg").exists());
         let again = MetricsLog::open(&dir, 6).unwrap();
@@ -213,7 +251,9 @@ mod tests {
 
     #[test]
     fn svg_has_both_curves() {
-        let rows: Vec<Row> = (1..=50).map(|i| row(i, (i % 10 == 0).then_some(2.0))).collect();
+        let rows: Vec<Row> = (1..=50)
+            .map(|i| row(i, (i % 10 == 0).then_some(2.0)))
+            .collect();
         let svg = loss_svg(&rows);
         assert_eq!(svg.matches("<circle").count(), 5);
         assert_eq!(svg.matches("<polyline").count(), 2);

@@ -14,15 +14,17 @@ use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, Optimizer};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::train::metric::{CpuMemory, CpuUse, IterationSpeedMetric, LearningRateMetric, LossMetric};
+use burn::train::metric::{
+    CpuMemory, CpuUse, IterationSpeedMetric, LearningRateMetric, LossMetric,
+};
 use burn::train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
 use burn::train::{
     EventProcessorTraining, Learner, LearnerEvent, LearningComponentsMarker,
-    SupervisedLearningStrategy, SupervisedTraining, SupervisedTrainingEventProcessor,
-    TrainLoader, TrainingComponents, TrainingItem, TrainingStrategy, ValidLoader,
+    SupervisedLearningStrategy, SupervisedTraining, SupervisedTrainingEventProcessor, TrainLoader,
+    TrainingComponents, TrainingItem, TrainingStrategy, ValidLoader,
 };
 use karnna_model::checkpoint::{checkpoint_name, run_checkpoints, BEST_POINTER};
 use karnna_model::{Checkpoint, CheckpointMeta, LstmKernels, LstmState};
@@ -30,8 +32,7 @@ use karnna_model::{Checkpoint, CheckpointMeta, LstmKernels, LstmState};
 use crate::config::RunConfig;
 use crate::corpus::Corpus;
 use crate::learner::{
-    clip_global_norm, BatchLoader, CharMetric, CharMetricKind, OptimHandle, RecordingOptim,
-    Trainee,
+    clip_global_norm, BatchLoader, CharMetric, CharMetricKind, OptimHandle, RecordingOptim, Trainee,
 };
 use crate::log::{MetricsLog, Row};
 
@@ -82,7 +83,8 @@ fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
 /// burn-train's learner on `Autodiff<I>` (its dashboard when stdout is a terminal).
 pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::Result<TrainReport> {
     let dir = &opts.run_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the run folder", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the run folder", dir.display()))?;
     let existing = run_checkpoints(dir)?;
     if !existing.is_empty() && !opts.resume && !opts.fresh {
         bail!(
@@ -108,8 +110,13 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     // A resumed run keeps its own shape and batches; only the length of the run can change.
     let mut config = opts.config.clone();
     if let Some(ckpt) = &resume_from {
-        let saved: RunConfig = serde_json::from_value(ckpt.meta.run.clone())
-            .with_context(|| format!("{}: the run config inside is unreadable", ckpt.path.display()))?;
+        let saved: RunConfig =
+            serde_json::from_value(ckpt.meta.run.clone()).with_context(|| {
+                format!(
+                    "{}: the run config inside is unreadable",
+                    ckpt.path.display()
+                )
+            })?;
         config = RunConfig {
             epochs: config.epochs,
             max_iters: config.max_iters,
@@ -120,7 +127,11 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
         };
     }
     crate::fetch::ensure_text(&config.data, &config.data_url, &config.data_sha256)?;
-    let corpus = Corpus::load(&config.data, &config, resume_from.as_ref().map(|c| c.meta.vocab.clone()))?;
+    let corpus = Corpus::load(
+        &config.data,
+        &config,
+        resume_from.as_ref().map(|c| c.meta.vocab.clone()),
+    )?;
     let model_config = config.model(corpus.vocab.len());
     let total = corpus.total_iterations(config.epochs);
     let plain = opts.plain || !std::io::stdout().is_terminal();
@@ -130,12 +141,17 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
 
     // The resolved config and the vocabulary, before the first step.
     std::fs::write(dir.join("config.toml"), toml::to_string_pretty(&config)?)?;
-    std::fs::write(dir.join("vocab.json"), serde_json::to_string(&corpus.vocab)?)?;
+    std::fs::write(
+        dir.join("vocab.json"),
+        serde_json::to_string(&corpus.vocab)?,
+    )?;
 
     type B<I> = Autodiff<I>;
     I::seed(&device, config.seed);
     let mut model = model_config.init::<B<I>>(&device);
-    let adam = AdamConfig::new().with_epsilon(1e-8).init::<B<I>, Trainee<B<I>>>();
+    let adam = AdamConfig::new()
+        .with_epsilon(1e-8)
+        .init::<B<I>, Trainee<B<I>>>();
     let optim: Optim<I> = RecordingOptim::new(adam);
     let handle = optim.handle();
     let mut start_iteration = 0;
@@ -144,16 +160,26 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     if let Some(ckpt) = &resume_from {
         model = ckpt.model::<B<I>>(&device)?;
         start_iteration = ckpt.meta.iteration;
-        let bad = |what: &str| anyhow::anyhow!("{}: {what} missing or unreadable", ckpt.path.display());
-        let bytes = ckpt.section("optim").ok_or_else(|| bad("optimizer state"))?;
-        let record: OptimRecord<I> =
-            Recorder::<B<I>>::load(&recorder(), bytes.to_vec(), &device).map_err(|_| bad("optimizer state"))?;
+        let bad =
+            |what: &str| anyhow::anyhow!("{}: {what} missing or unreadable", ckpt.path.display());
+        let bytes = ckpt
+            .section("optim")
+            .ok_or_else(|| bad("optimizer state"))?;
+        let record: OptimRecord<I> = Recorder::<B<I>>::load(&recorder(), bytes.to_vec(), &device)
+            .map_err(|_| bad("optimizer state"))?;
         optim_record = Some(record);
         let state = ckpt.section("state").ok_or_else(|| bad("LSTM state"))?;
         start_state = decode_state::<B<I>>(state, &model_config, config.batch_size, &device);
-        println!("resuming:        {} (iteration {start_iteration})", ckpt.path.display());
+        println!(
+            "resuming:        {} (iteration {start_iteration})",
+            ckpt.path.display()
+        );
     }
-    let stop_at = if config.max_iters > 0 { config.max_iters.min(total) } else { total };
+    let stop_at = if config.max_iters > 0 {
+        config.max_iters.min(total)
+    } else {
+        total
+    };
     if start_iteration >= stop_at {
         bail!(
             "{}: the run is complete ({start_iteration} of {stop_at} iterations); raise --epochs or --max-iters to train further",
@@ -185,9 +211,13 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
         }),
     });
 
-    let train_loader: TrainLoader<Components<I>> = Arc::new(BatchLoader::<B<I>>::new(corpus.train.clone(), device.clone()));
+    let train_loader: TrainLoader<Components<I>> = Arc::new(BatchLoader::<B<I>>::new(
+        corpus.train.clone(),
+        device.clone(),
+    ));
     let valid_batches = corpus.val.clone().unwrap_or_else(|| corpus.train.clone());
-    let valid_loader: ValidLoader<Components<I>> = Arc::new(BatchLoader::<I>::new(valid_batches, device.clone()));
+    let valid_loader: ValidLoader<Components<I>> =
+        Arc::new(BatchLoader::<I>::new(valid_batches, device.clone()));
     let mut training = SupervisedTraining::new(dir, train_loader, valid_loader)
         .metrics((
             LossMetric::<Flex>::new(),
@@ -235,7 +265,12 @@ fn best_so_far(dir: &Path) -> Option<(PathBuf, f64)> {
 fn encode_state<B: Backend>(state: &LstmState<B>) -> Vec<u8> {
     let mut out = Vec::new();
     for t in [&state.h, &state.c] {
-        for v in t.to_data().convert::<f32>().to_vec::<f32>().expect("f32 state") {
+        for v in t
+            .to_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 state")
+        {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
@@ -253,7 +288,10 @@ fn decode_state<B: Backend>(
     if bytes.is_empty() {
         return None; // saved at the end of an epoch: the next one starts from zeros
     }
-    let floats: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let floats: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     (floats.len() == 2 * n).then(|| LstmState {
         h: Tensor::from_data(TensorData::new(floats[..n].to_vec(), shape), device),
         c: Tensor::from_data(TensorData::new(floats[n..].to_vec(), shape), device),
@@ -311,7 +349,13 @@ impl<I: LstmKernels> Carry<I> {
             state = Some(s);
             total += out.loss_value();
             n += 1;
-            let item = TrainingItem::new(out, iter.progress(), Progress::new(epoch, self.config.epochs), Some(iteration), None);
+            let item = TrainingItem::new(
+                out,
+                iter.progress(),
+                Progress::new(epoch, self.config.epochs),
+                Some(iteration),
+                None,
+            );
             processor.process_valid(LearnerEvent::ProcessedItem(item));
         }
         processor.process_valid(LearnerEvent::EndEpoch(epoch));
@@ -329,7 +373,10 @@ impl<I: LstmKernels> Carry<I> {
         train_loss: f64,
         state: Option<&LstmState<Autodiff<I>>>,
     ) -> anyhow::Result<PathBuf> {
-        let optim = self.handle.take().context("optimizer state was not recorded")?;
+        let optim = self
+            .handle
+            .take()
+            .context("optimizer state was not recorded")?;
         let optim = Recorder::<Autodiff<I>>::record(&recorder(), optim, ())?;
         let state = state.map(encode_state).unwrap_or_default();
         let meta = CheckpointMeta {
@@ -340,12 +387,22 @@ impl<I: LstmKernels> Carry<I> {
             train_loss: Some(train_loss),
             run: serde_json::to_value(&self.config)?,
         };
-        let path = self.dir.join(checkpoint_name(iteration, self.config.lstm_size, val_loss));
-        Checkpoint::save(&path, &meta, &model.model, &[("optim", &optim), ("state", &state)])?;
+        let path = self
+            .dir
+            .join(checkpoint_name(iteration, self.config.lstm_size, val_loss));
+        Checkpoint::save(
+            &path,
+            &meta,
+            &model.model,
+            &[("optim", &optim), ("state", &state)],
+        )?;
         if let Some(v) = val_loss {
             if shared.best.as_ref().is_none_or(|(_, b)| v < *b) {
                 let tmp = self.dir.join("best.txt.tmp");
-                std::fs::write(&tmp, format!("{}\n", path.file_name().unwrap().to_string_lossy()))?;
+                std::fs::write(
+                    &tmp,
+                    format!("{}\n", path.file_name().unwrap().to_string_lossy()),
+                )?;
                 std::fs::rename(tmp, self.dir.join(BEST_POINTER))?;
                 shared.best = Some((path.clone(), v));
             }
@@ -363,7 +420,10 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
         train_loader: TrainLoader<Components<I>>,
         valid_loader: ValidLoader<Components<I>>,
         _starting_epoch: usize,
-    ) -> (Trainee<Autodiff<I>>, SupervisedTrainingEventProcessor<Components<I>>) {
+    ) -> (
+        Trainee<Autodiff<I>>,
+        SupervisedTrainingEventProcessor<Components<I>>,
+    ) {
         let mut processor = components.event_processor;
         let interrupter = components.interrupter;
         let cfg = &self.config;
@@ -385,6 +445,9 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
             let mut batches = loader.iter();
             let mut k = first;
             while let Some(batch) = batches.next() {
+                if !self.plain {
+                    ctrl_c_as_signal();
+                }
                 let t0 = Instant::now();
                 I::seed(&device, step_seed(cfg.seed, iteration));
                 learner.lr_step();
@@ -392,7 +455,10 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                 let (out, mut grads, next_state) = model.train_batch(batch, state.take());
                 let loss = out.loss_value();
                 if !loss.is_finite() {
-                    let last = shared.last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string());
+                    let last = shared
+                        .last_checkpoint
+                        .as_ref()
+                        .map_or("none".into(), |p| p.display().to_string());
                     shared.error = Some(format!(
                         "the loss became {loss} at iteration {}: stopping (last good checkpoint: {last}); try a lower learning_rate or grad_clip",
                         iteration + 1
@@ -407,14 +473,28 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                 state = Some(next_state);
                 let secs = t0.elapsed().as_secs_f64();
                 let chars = out.chars;
-                let item = TrainingItem::new(out, Progress::new(k, per_epoch), Progress::new(epoch, cfg.epochs), Some(iteration), Some(learner.lr_current()));
+                let item = TrainingItem::new(
+                    out,
+                    Progress::new(k, per_epoch),
+                    Progress::new(epoch, cfg.epochs),
+                    Some(iteration),
+                    Some(learner.lr_current()),
+                );
                 processor.process_train(LearnerEvent::ProcessedItem(item));
 
                 let end_of_epoch = k == per_epoch;
                 let stopping = interrupter.should_stop() || iteration >= stop_at;
                 let saving = iteration % cfg.save_every_n == 0 || end_of_epoch || stopping;
-                let val_loss = (has_val && (iteration % cfg.eval_every == 0 || saving))
-                    .then(|| self.validate(&learner.model().valid(), &valid_loader, &mut processor, epoch, iteration));
+                let val_loss =
+                    (has_val && (iteration % cfg.eval_every == 0 || saving)).then(|| {
+                        self.validate(
+                            &learner.model().valid(),
+                            &valid_loader,
+                            &mut processor,
+                            epoch,
+                            iteration,
+                        )
+                    });
                 let row = Row {
                     iteration,
                     epoch,
@@ -423,15 +503,30 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                     chars_per_s: chars as f64 / secs,
                     elapsed_s: shared.elapsed0 + started.elapsed().as_secs_f64(),
                 };
-                if self.plain && (iteration % cfg.log_every == 0 || val_loss.is_some() || iteration == self.start_iteration + 1) {
+                if self.plain
+                    && (iteration % cfg.log_every == 0
+                        || val_loss.is_some()
+                        || iteration == self.start_iteration + 1)
+                {
                     print_line(&row, self.total, cfg.epochs, secs);
                 }
                 let mut result = shared.log.push(row).map_err(anyhow::Error::from);
                 if saving && result.is_ok() {
                     let carried = (!end_of_epoch).then_some(state.as_ref()).flatten();
                     result = self
-                        .save(&mut shared, &learner.model(), iteration, val_loss, loss, carried)
-                        .map(|p| println!("saved {}", p.display()));
+                        .save(
+                            &mut shared,
+                            &learner.model(),
+                            iteration,
+                            val_loss,
+                            loss,
+                            carried,
+                        )
+                        .map(|p| {
+                            if self.plain {
+                                println!("saved {}", p.display());
+                            }
+                        });
                 }
                 if let Err(e) = result {
                     shared.error = Some(format!("{}: {e:#}", self.dir.display()));
@@ -450,7 +545,9 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
 }
 
 fn print_line(row: &Row, total: usize, epochs: usize, secs: f64) {
-    let val = row.val_loss.map_or(String::new(), |v| format!("  val {v:.4}"));
+    let val = row
+        .val_loss
+        .map_or(String::new(), |v| format!("  val {v:.4}"));
     let t = row.elapsed_s as u64;
     println!(
         "iter {:>6}/{total}  epoch {}/{epochs}  loss {:.4}{val}  {secs:.3} s/it  {:.0} chars/s  {}m{:02}s",
@@ -466,7 +563,10 @@ impl MetricsRendererTraining for Quiet {
     fn update_valid(&mut self, _: MetricState) {}
     fn render_train(&mut self, _: TrainingProgress, _: Vec<ProgressType>) {}
     fn render_valid(&mut self, _: TrainingProgress, _: Vec<ProgressType>) {}
-    fn on_train_end(&mut self, _: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn std::error::Error>> {
+    fn on_train_end(
+        &mut self,
+        _: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     }
 }
@@ -480,3 +580,21 @@ impl MetricsRenderer for Quiet {
     fn manual_close(&mut self) {}
     fn register_metric(&mut self, _: burn::train::metric::MetricDefinition) {}
 }
+
+/// Makes Ctrl-C raise SIGINT again while the dashboard runs: the TUI puts the terminal in raw
+/// mode, which turns Ctrl-C into a key press it ignores. With the signal back, Ctrl-C reaches
+/// the handler that asks the loop to save a checkpoint and stop cleanly.
+#[cfg(unix)]
+fn ctrl_c_as_signal() {
+    // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed, then filled, termios struct.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(libc::STDIN_FILENO, &mut t) == 0 && t.c_lflag & libc::ISIG == 0 {
+            t.c_lflag |= libc::ISIG;
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn ctrl_c_as_signal() {}

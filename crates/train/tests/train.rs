@@ -8,13 +8,14 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use karnna_data::{Batches, Vocab};
-use karnna_model::{Checkpoint, CharRnnConfig};
+use karnna_model::{CharRnnConfig, Checkpoint};
 use karnna_train::learner::{char_loss, clip_global_norm, CharBatch, Trainee};
 use karnna_train::{train, RunConfig, TrainOptions};
 
 type AD = Autodiff<Flex>;
 
-const TEXT: &str = "Happy families are all alike; every unhappy family is unhappy in its own way.\n\
+const TEXT: &str =
+    "Happy families are all alike; every unhappy family is unhappy in its own way.\n\
 Everything was in confusion in the Oblonskys' house. The wife had discovered that the husband \
 was carrying on an intrigue with a French girl, who had been a governess in their family.\n";
 
@@ -28,7 +29,9 @@ fn carried_state_changes_the_next_batch() {
     let vocab = Vocab::from_text(TEXT);
     let batches = Batches::new(text_ids(&vocab), 3, 20).unwrap();
     assert!(batches.len() >= 2);
-    let model = CharRnnConfig::new(vocab.len()).with_lstm_size(16).init::<Flex>(&device);
+    let model = CharRnnConfig::new(vocab.len())
+        .with_lstm_size(16)
+        .init::<Flex>(&device);
     let trainee = Trainee { model };
     let b0 = CharBatch::<Flex>::new(&batches.get(0), &device);
     let b1 = CharBatch::<Flex>::new(&batches.get(1), &device);
@@ -36,7 +39,10 @@ fn carried_state_changes_the_next_batch() {
     let (with_state, _) = trainee.eval_batch(b1.clone(), Some(state));
     let (from_zero, _) = trainee.eval_batch(b1, None);
     let (a, b) = (with_state.loss_value(), from_zero.loss_value());
-    assert!((a - b).abs() > 1e-4, "loss with carried state {a} equals loss from zeros {b}");
+    assert!(
+        (a - b).abs() > 1e-4,
+        "loss with carried state {a} equals loss from zeros {b}"
+    );
 }
 
 struct Norm<'a> {
@@ -64,8 +70,12 @@ fn clipping_bounds_the_global_norm_and_keeps_the_direction() {
     let vocab = Vocab::from_text(TEXT);
     let batches = Batches::new(text_ids(&vocab), 3, 20).unwrap();
     // No dropout, so two backward passes give the same gradients.
-    let config = CharRnnConfig::new(vocab.len()).with_lstm_size(16).with_keep_prob(1.0);
-    let model = Trainee { model: config.init::<AD>(&device) };
+    let config = CharRnnConfig::new(vocab.len())
+        .with_lstm_size(16)
+        .with_keep_prob(1.0);
+    let model = Trainee {
+        model: config.init::<AD>(&device),
+    };
     let grads_of = || {
         let batch = CharBatch::<AD>::new(&batches.get(0), &device);
         let (logits, _) = model.model.forward(batch.inputs, None);
@@ -88,9 +98,15 @@ fn clipping_bounds_the_global_norm_and_keeps_the_direction() {
     let max = before / 10.0;
     clip_global_norm(&model, &mut tight, max);
     let after = global_norm(&model, &tight);
-    assert!((after - max).abs() < 1e-3 * max, "clipped norm {after}, bound {max}");
+    assert!(
+        (after - max).abs() < 1e-3 * max,
+        "clipped norm {after}, bound {max}"
+    );
     let w_after = tight.get::<Flex, 2>(model.model.layers[0].w_hh.id).unwrap();
-    w_after.into_data().assert_approx_eq::<f32>(&(w_before / 10.0).into_data(), burn::tensor::Tolerance::absolute(1e-6));
+    w_after.into_data().assert_approx_eq::<f32>(
+        &(w_before / 10.0).into_data(),
+        burn::tensor::Tolerance::absolute(1e-6),
+    );
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -119,11 +135,24 @@ fn config(data: &Path) -> RunConfig {
 }
 
 fn run(dir: &Path, config: RunConfig, resume: bool) -> karnna_train::TrainReport {
-    train::<Flex>(TrainOptions { config, run_dir: dir.to_owned(), resume, fresh: false, plain: true }, Default::default()).unwrap()
+    train::<Flex>(
+        TrainOptions {
+            config,
+            run_dir: dir.to_owned(),
+            resume,
+            fresh: false,
+            plain: true,
+        },
+        Default::default(),
+    )
+    .unwrap()
 }
 
 fn weights(path: &Path) -> Vec<f32> {
-    let model = Checkpoint::read(path).unwrap().model::<Flex>(&Default::default()).unwrap();
+    let model = Checkpoint::read(path)
+        .unwrap()
+        .model::<Flex>(&Default::default())
+        .unwrap();
     let mut all = Vec::new();
     for l in &model.layers {
         all.extend(l.w_hh.val().into_data().to_vec::<f32>().unwrap());
@@ -145,7 +174,13 @@ fn resume_continues_exactly_and_refuses_to_overwrite() {
     let stopped = run(&dir.join("b"), first, false);
     assert_eq!(stopped.iteration, 5);
     let err = train::<Flex>(
-        TrainOptions { config: config(&data), run_dir: dir.join("b"), resume: false, fresh: false, plain: true },
+        TrainOptions {
+            config: config(&data),
+            run_dir: dir.join("b"),
+            resume: false,
+            fresh: false,
+            plain: true,
+        },
         Default::default(),
     )
     .unwrap_err();
@@ -155,12 +190,23 @@ fn resume_continues_exactly_and_refuses_to_overwrite() {
 
     let a = weights(straight.last_checkpoint.as_ref().unwrap());
     let b = weights(resumed.last_checkpoint.as_ref().unwrap());
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    assert!(diff < 1e-5, "resumed weights differ from the uninterrupted run by {diff}");
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff < 1e-5,
+        "resumed weights differ from the uninterrupted run by {diff}"
+    );
 
     // The log continues: one row per iteration, no gaps or repeats.
     let csv = std::fs::read_to_string(dir.join("b/metrics.csv")).unwrap();
-    let its: Vec<usize> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+    let its: Vec<usize> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(its, (1..=straight.iteration).collect::<Vec<_>>());
     for f in ["config.toml", "vocab.json", "loss.svg", "best.txt"] {
         assert!(dir.join("b").join(f).exists(), "{f} missing");
@@ -173,7 +219,13 @@ fn too_short_text_is_a_clear_error() {
     let data = dir.join("short.txt");
     std::fs::write(&data, "abc").unwrap();
     let err = train::<Flex>(
-        TrainOptions { config: config(&data), run_dir: dir.join("r"), resume: false, fresh: false, plain: true },
+        TrainOptions {
+            config: config(&data),
+            run_dir: dir.join("r"),
+            resume: false,
+            fresh: false,
+            plain: true,
+        },
         Default::default(),
     )
     .unwrap_err()

@@ -10,7 +10,7 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use karnna_infer::{pick, BurnStepper, CharStepper, CpuCharRnn, Strategy};
+use karnna_infer::{default_parts, pick, BurnStepper, CharStepper, CpuCharRnn, Precision, Strategy};
 use karnna_model::{CharRnnConfig, LstmKernels};
 use karnna_train::learner::{char_loss, clip_global_norm, Trainee};
 use rand::rngs::StdRng;
@@ -215,6 +215,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     );
     let (mut ours_t, mut peer_t, mut ours_s, mut peer_s, mut burn_s) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut f16_s = vec![];
     for r in 0..a.repeats {
         if !a.no_train {
             let t = match a.backend {
@@ -238,6 +239,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             let rate = sample_rate(&mut CpuCharRnn::new(&model), a.sample_len, a.vocab);
             println!("run {r}: karnna sample_chars_per_s={rate:.1}");
             ours_s.push(rate);
+            let f16 = CpuCharRnn::with(&model, Precision::F16, default_parts());
+            let rate = sample_rate(&mut { f16 }, a.sample_len, a.vocab);
+            println!("run {r}: karnna (f16 weights) sample_chars_per_s={rate:.1}");
+            f16_s.push(rate);
             let burn_len = (a.sample_len / 10).max(20);
             let rate = sample_rate(&mut BurnStepper::new(model, device), burn_len, a.vocab);
             println!("run {r}: karnna (burn-flex forward) sample_chars_per_s={rate:.1}");
@@ -263,11 +268,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if !ours_s.is_empty() {
         let s = median(ours_s);
         println!("sample_chars_per_s={s:.1}");
+        let f16 = median(f16_s);
+        println!("sample_chars_per_s_f16={f16:.1}");
         println!("sample_chars_per_s_burn_forward={:.1}", median(burn_s));
         if !peer_s.is_empty() {
             let p = median(peer_s);
             println!("peer_sample_chars_per_s={p:.1}");
             println!("sample_speedup_vs_peer={:.2}", s / p);
+            println!("sample_speedup_vs_peer_f16={:.2}", f16 / p);
         }
     }
     if let Some(m) = peak_rss_mib() {

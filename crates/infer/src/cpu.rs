@@ -11,13 +11,95 @@ use karnna_model::CharRnn;
 
 use crate::generate::CharStepper;
 
+/// How the sampler stores the weight matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32, exactly the trained weights.
+    F32,
+    /// f16 (computed in f32): half the bytes to stream per character, so the notebook's model
+    /// fits in the cores' L2 caches; logits differ from f32 by ~1e-3.
+    F16,
+}
+
+/// A weight matrix `[k, n]`, row-major.
+enum Mat {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+impl Mat {
+    fn new(w: Vec<f32>, precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Mat::F32(w),
+            Precision::F16 => Mat::F16(w.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()),
+        }
+    }
+
+    /// `out += x · self`.
+    fn acc(&self, x: &[f32], out: &mut [f32]) {
+        match self {
+            Mat::F32(w) => vec_mat_acc(x, w, out),
+            Mat::F16(w) => vec_mat_acc_f16(x, w, out),
+        }
+    }
+
+    /// `out += self[row]`.
+    fn add_row(&self, row: usize, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            Mat::F32(w) => out.iter_mut().zip(&w[row * n..(row + 1) * n]).for_each(|(a, b)| *a += b),
+            Mat::F16(w) => out
+                .iter_mut()
+                .zip(&w[row * n..(row + 1) * n])
+                .for_each(|(a, &b)| *a += half::f16::from_bits(b).to_f32()),
+        }
+    }
+}
+
+/// `out += x · w` with `w` in f16 bits: AVX-512 converts 16 weights at a time where the CPU has
+/// it; plain conversion otherwise.
+fn vec_mat_acc_f16(x: &[f32], w: &[u16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        return unsafe { vec_mat_acc_f16_avx512(x, w, out) };
+    }
+    let n = out.len();
+    for (xk, row) in x.iter().zip(w.chunks_exact(n)) {
+        for (o, &wv) in out.iter_mut().zip(row) {
+            *o += xk * half::f16::from_bits(wv).to_f32();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn vec_mat_acc_f16_avx512(x: &[f32], w: &[u16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    let blocks = n / 16;
+    assert!(w.len() >= x.len() * n);
+    for (k, &xk) in x.iter().enumerate() {
+        let row = w.as_ptr().add(k * n);
+        let xv = _mm512_set1_ps(xk);
+        for b in 0..blocks {
+            let o = out.as_mut_ptr().add(16 * b);
+            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * b) as *const __m256i));
+            _mm512_storeu_ps(o, _mm512_fmadd_ps(xv, wv, _mm512_loadu_ps(o)));
+        }
+        for j in 16 * blocks..n {
+            out[j] += xk * half::f16::from_bits(*row.add(j)).to_f32();
+        }
+    }
+}
+
 /// One part of a layer: `units` hidden units starting at `first`, with the weight columns of
 /// their four gates (i, f, g, o) side by side.
 struct Part {
     first: usize,
     units: usize,
-    w_ih: Vec<f32>, // [input, 4·units]
-    w_hh: Vec<f32>, // [H, 4·units]
+    w_ih: Mat,      // [input, 4·units]
+    w_hh: Mat,      // [H, 4·units]
     bias: Vec<f32>, // [4·units], b_ih + b_hh
 }
 
@@ -78,16 +160,12 @@ impl Part {
     /// This part's gates and cell update: `z = bias + x·W_ih + h·W_hh` (or a row of `W_ih` for
     /// one-hot input), then `c = f·c + i·g`, `h = o·tanh(c)` for its units.
     fn step(&self, input: Input, h_prev: &[f32], c: &mut [f32], h_out: &mut [f32]) {
-        let n = 4 * self.units;
         let mut z = self.bias.clone();
         match input {
-            Input::OneHot(id) => {
-                let row = &self.w_ih[id * n..(id + 1) * n];
-                z.iter_mut().zip(row).for_each(|(a, b)| *a += b);
-            }
-            Input::Dense(x) => vec_mat_acc(x, &self.w_ih, &mut z),
+            Input::OneHot(id) => self.w_ih.add_row(id, &mut z),
+            Input::Dense(x) => self.w_ih.acc(x, &mut z),
         }
-        vec_mat_acc(h_prev, &self.w_hh, &mut z);
+        self.w_hh.acc(h_prev, &mut z);
         let u = self.units;
         for j in 0..u {
             let (i, f, g, o) = (
@@ -109,14 +187,14 @@ enum Input<'a> {
 }
 
 impl CpuCharRnn {
-    /// Copies the weights out of `model` (any backend), split for the available cores.
+    /// Copies the weights out of `model` (any backend) in f32, split for the available cores.
     pub fn new<B: Backend>(model: &CharRnn<B>) -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_parts(model, cores.min(2))
+        Self::with(model, Precision::F32, default_parts())
     }
 
-    /// As [`CpuCharRnn::new`], with each layer split into `parts` (1 or 2) parts.
-    pub fn with_parts<B: Backend>(model: &CharRnn<B>, parts: usize) -> Self {
+    /// As [`CpuCharRnn::new`], with the weights stored in `precision` and each layer split into
+    /// `parts` (1 or 2) parts.
+    pub fn with<B: Backend>(model: &CharRnn<B>, precision: Precision, parts: usize) -> Self {
         let h = model.lstm_size();
         let parts = parts.clamp(1, 2).min(h);
         let bounds: Vec<(usize, usize)> = (0..parts)
@@ -134,8 +212,8 @@ impl CpuCharRnn {
                         .map(|&(first, units)| Part {
                             first,
                             units,
-                            w_ih: gate_columns(&w_ih, h, first, units),
-                            w_hh: gate_columns(&w_hh, h, first, units),
+                            w_ih: Mat::new(gate_columns(&w_ih, h, first, units), precision),
+                            w_hh: Mat::new(gate_columns(&w_hh, h, first, units), precision),
                             bias: gate_columns(&bias, h, first, units),
                         })
                         .collect(),
@@ -207,4 +285,9 @@ impl CharStepper for CpuCharRnn {
     fn vocab_size(&self) -> usize {
         self.out_b.len()
     }
+}
+
+/// One part per core, up to two.
+pub fn default_parts() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(2)
 }

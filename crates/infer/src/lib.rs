@@ -13,6 +13,6 @@ mod cpu;
 mod generate;
 mod sampler;
 
-pub use cpu::CpuCharRnn;
+pub use cpu::{default_parts, CpuCharRnn, Precision};
 pub use generate::{generate, BurnStepper, CharStepper, SampleError, SampleOptions};
 pub use sampler::{pick, Strategy};

@@ -15,7 +15,13 @@
 //! Each step does one matrix product (through the `gemm` crate) and one fused elementwise pass;
 //! the elementwise passes use branch-free rational approximations of `tanh` and `σ` (absolute error
 //! below 1e-6), are compiled for AVX-512 and AVX2+FMA besides the baseline and picked at run time,
-//! and are split over batch rows with rayon when the step is large enough to pay for it.
+//! and are split over batch rows with rayon when the step is large enough to pay for it. At batch 1
+//! the matrix product is a plain row-AXPY loop split by columns over the threads, faster than a
+//! `gemm` call there. The backward pass multiplies by a transposed copy of `w_hh`, with which `gemm`
+//! runs about twice as fast as through transposed strides.
+//!
+//! `gemm` picks its AVX-512 kernels only when built with its `x86-v4` feature; on an AVX-512 CPU
+//! that roughly halves the time of both passes.
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -66,6 +72,7 @@ impl Dims {
 /// # Panics
 ///
 /// Panics if a slice's length does not match `d`.
+#[allow(clippy::too_many_arguments)]
 pub fn lstm_forward(
     d: Dims,
     xp: &[f32],
@@ -120,7 +127,7 @@ pub fn lstm_forward(
             )
         };
         if b == 1 {
-            rows_axpy(simd, h, h_prev, w_hh, z);
+            vec_mat(simd, h, h_prev, w_hh, z);
         } else {
             // z [B, 4H] += h_prev [B, H] · w_hh [H, 4H]
             // SAFETY: the lengths were checked above; the three matrices do not overlap.
@@ -196,6 +203,14 @@ pub fn lstm_backward(
         return;
     }
     let simd = simd_level();
+    // gemm multiplies by w_hhᵀ about twice as fast from a row-major copy of it as through
+    // transposed strides, which repays the copy (one pass over w_hh) many times over; at batch 1
+    // it is a matrix-vector product either way.
+    let w_t = (b > 1).then(|| transpose(h, 4 * h, w_hh));
+    let (w_rhs, w_rs, w_cs) = match &w_t {
+        Some(w_t) => (w_t.as_ptr(), h, 1),
+        None => (w_hh.as_ptr(), 1, 4 * h),
+    };
     for t in (0..t_len).rev() {
         let c_prev = if t == 0 {
             c0
@@ -224,7 +239,7 @@ pub fn lstm_backward(
                 (dh0.as_mut_ptr(), h, 1),
                 false,
                 (dz.as_ptr(), 4 * h, 1),
-                (w_hh.as_ptr(), 1, 4 * h),
+                (w_rhs, w_rs, w_cs),
             );
         }
     }
@@ -278,7 +293,7 @@ pub fn lstm_step(h: usize, xp: &[f32], w_hh: &[f32], hc: &mut [f32], scratch: &m
     let simd = simd_level();
     scratch.copy_from_slice(xp);
     let (h_state, c_state) = hc.split_at_mut(h);
-    rows_axpy(simd, h, h_state, w_hh, scratch);
+    vec_mat(simd, h, h_state, w_hh, scratch);
     // The pointwise pass reads c_{t-1}[j] before writing c_t[j] and no longer needs h, so it
     // updates both in place.
     forward_pointwise_inplace(simd, h, scratch, h_state, c_state);
@@ -308,7 +323,7 @@ unsafe fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    // Below ~1 MFLOP the thread hand-off costs more than it saves.
+    // Tiny products are not worth waking the pool for (gemm also applies its own threshold).
     let par = if m * n * k >= 1 << 17 {
         Parallelism::Rayon(0)
     } else {
@@ -338,6 +353,22 @@ unsafe fn matmul(
     );
 }
 
+/// The transpose `[cols, rows]` of the row-major `[rows, cols]` matrix `a`, in cache-sized tiles.
+fn transpose(rows: usize, cols: usize, a: &[f32]) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0.0; rows * cols];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = a[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fast transcendental functions.
 // ---------------------------------------------------------------------------------------------
@@ -357,14 +388,12 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// outside, absolute error below 1e-6; NaN propagates.
 #[inline(always)]
 fn tanh_fast<const FMA: bool>(x: f32) -> f32 {
-    #[cfg(feature = "stdmath")]
-    return x.tanh();
     const CLAMP: f32 = 7.905_311;
     let x = if x > CLAMP { CLAMP } else { x };
     let x = if x < -CLAMP { -CLAMP } else { x };
     let x2 = x * x;
-    let mut p = madd::<FMA>(x2, -2.760_768_5e-16, 2.000_187_9e-13);
-    p = madd::<FMA>(x2, p, -8.604_671_5e-11);
+    let mut p = madd::<FMA>(x2, -2.760_768_5e-16, 2.000_188e-13);
+    p = madd::<FMA>(x2, p, -8.604_672e-11);
     p = madd::<FMA>(x2, p, 5.122_297e-8);
     p = madd::<FMA>(x2, p, 1.485_722_4e-5);
     p = madd::<FMA>(x2, p, 6.372_619_3e-4);
@@ -379,8 +408,6 @@ fn tanh_fast<const FMA: bool>(x: f32) -> f32 {
 /// Branch-free logistic sigmoid, `0.5·tanh(0.5·x) + 0.5`, absolute error below 1e-6.
 #[inline(always)]
 fn sigmoid_fast<const FMA: bool>(x: f32) -> f32 {
-    #[cfg(feature = "stdmath")]
-    return 1.0 / (1.0 + (-x).exp());
     madd::<FMA>(0.5, tanh_fast::<FMA>(0.5 * x), 0.5)
 }
 
@@ -450,7 +477,7 @@ macro_rules! dispatch {
     };
 }
 
-/// Rows of one step's `[B, H]` block below which the elementwise pass stays on one thread.
+/// Elements of one step's `[B, H]` block below which the elementwise passes stay on one thread.
 const PAR_MIN_ELEMS: usize = 1 << 14;
 
 /// How many rows each rayon task takes, or `None` to stay on the calling thread.
@@ -509,21 +536,37 @@ fn forward_rows_impl<const FMA: bool>(
         let (zi, rest) = z.split_at_mut(h);
         let (zf, rest) = rest.split_at_mut(h);
         let (zg, zo) = rest.split_at_mut(h);
-        let (zo, c_prev, h_out, c_out) =
-            (&mut zo[..h], &c_prev[..h], &mut h_out[..h], &mut c_out[..h]);
-        for j in 0..h {
-            let i = sigmoid_fast::<FMA>(zi[j]);
-            let f = sigmoid_fast::<FMA>(zf[j]);
-            let g = tanh_fast::<FMA>(zg[j]);
-            let o = sigmoid_fast::<FMA>(zo[j]);
-            let c = madd::<FMA>(f, c_prev[j], i * g);
-            zi[j] = i;
-            zf[j] = f;
-            zg[j] = g;
-            zo[j] = o;
-            c_out[j] = c;
-            h_out[j] = o * tanh_fast::<FMA>(c);
-        }
+        forward_row::<FMA>(zi, zf, zg, zo, c_prev, h_out, c_out);
+    }
+}
+
+/// One row of the forward pointwise pass. Every slice is a separate `&mut` argument, so that LLVM
+/// knows they do not alias and vectorizes the loop without run-time overlap checks.
+#[inline(always)]
+fn forward_row<const FMA: bool>(
+    zi: &mut [f32],
+    zf: &mut [f32],
+    zg: &mut [f32],
+    zo: &mut [f32],
+    c_prev: &[f32],
+    h_out: &mut [f32],
+    c_out: &mut [f32],
+) {
+    let h = zi.len();
+    let (zf, zg, zo) = (&mut zf[..h], &mut zg[..h], &mut zo[..h]);
+    let (c_prev, h_out, c_out) = (&c_prev[..h], &mut h_out[..h], &mut c_out[..h]);
+    for j in 0..h {
+        let i = sigmoid_fast::<FMA>(zi[j]);
+        let f = sigmoid_fast::<FMA>(zf[j]);
+        let g = tanh_fast::<FMA>(zg[j]);
+        let o = sigmoid_fast::<FMA>(zo[j]);
+        let c = madd::<FMA>(f, c_prev[j], i * g);
+        zi[j] = i;
+        zf[j] = f;
+        zg[j] = g;
+        zo[j] = o;
+        c_out[j] = c;
+        h_out[j] = o * tanh_fast::<FMA>(c);
     }
 }
 
@@ -544,7 +587,22 @@ fn forward_inplace_impl<const FMA: bool>(
     let (zi, rest) = z.split_at_mut(h);
     let (zf, rest) = rest.split_at_mut(h);
     let (zg, zo) = rest.split_at_mut(h);
-    let (zo, h_state, c_state) = (&mut zo[..h], &mut h_state[..h], &mut c_state[..h]);
+    forward_row_inplace::<FMA>(zi, zf, zg, zo, h_state, c_state);
+}
+
+/// [`forward_row`] reading `c_{t-1}` from and writing `c_t` to the same slice.
+#[inline(always)]
+fn forward_row_inplace<const FMA: bool>(
+    zi: &mut [f32],
+    zf: &mut [f32],
+    zg: &mut [f32],
+    zo: &mut [f32],
+    h_state: &mut [f32],
+    c_state: &mut [f32],
+) {
+    let h = zi.len();
+    let (zf, zg, zo) = (&mut zf[..h], &mut zg[..h], &mut zo[..h]);
+    let (h_state, c_state) = (&mut h_state[..h], &mut c_state[..h]);
     for j in 0..h {
         let i = sigmoid_fast::<FMA>(zi[j]);
         let f = sigmoid_fast::<FMA>(zf[j]);
@@ -640,47 +698,92 @@ fn backward_rows_impl<const FMA: bool>(
         let (dzi, rest) = dz.split_at_mut(h);
         let (dzf, rest) = rest.split_at_mut(h);
         let (dzg, dzo) = rest.split_at_mut(h);
-        let (go, dzo) = (&go[..h], &mut dzo[..h]);
-        let (c, c_prev, dh_loss, dh_next, dc_next) = (
-            &c[..h],
-            &c_prev[..h],
-            &dh_loss[..h],
-            &dh_next[..h],
-            &mut dc_next[..h],
+        backward_row::<FMA>(
+            [gi, gf, gg, go],
+            c,
+            c_prev,
+            dh_loss,
+            dh_next,
+            dc_next,
+            dzi,
+            dzf,
+            dzg,
+            dzo,
         );
-        for j in 0..h {
-            let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
-            let dh = dh_loss[j] + dh_next[j];
-            let tc = tanh_fast::<FMA>(c[j]);
-            let dho = dh * o;
-            let dc = madd::<FMA>(dho, madd::<FMA>(-tc, tc, 1.0), dc_next[j]);
-            dzo[j] = dho * tc * (1.0 - o);
-            dzi[j] = dc * g * i * (1.0 - i);
-            dzf[j] = dc * c_prev[j] * f * (1.0 - f);
-            dzg[j] = dc * i * madd::<FMA>(-g, g, 1.0);
-            dc_next[j] = dc * f;
-        }
     }
 }
 
-dispatch! {
-    /// `z [4H] += h [H] · w_hh [H, 4H]` at batch 1, as row AXPYs over the contiguous rows of `w_hh`.
-    fn rows_axpy => rows_axpy_impl(h: usize, x: &[f32], w: &[f32], z: &mut [f32])
+/// One row of the backward pointwise pass, with every output a separate `&mut` argument (see
+/// [`forward_row`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_row<const FMA: bool>(
+    gates: [&[f32]; 4],
+    c: &[f32],
+    c_prev: &[f32],
+    dh_loss: &[f32],
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    dzi: &mut [f32],
+    dzf: &mut [f32],
+    dzg: &mut [f32],
+    dzo: &mut [f32],
+) {
+    let h = dc_next.len();
+    let [gi, gf, gg, go] = gates;
+    let (gi, gf, gg, go) = (&gi[..h], &gf[..h], &gg[..h], &go[..h]);
+    let (c, c_prev, dh_loss, dh_next) = (&c[..h], &c_prev[..h], &dh_loss[..h], &dh_next[..h]);
+    let (dzi, dzf, dzg, dzo) = (&mut dzi[..h], &mut dzf[..h], &mut dzg[..h], &mut dzo[..h]);
+    for j in 0..h {
+        let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
+        let dh = dh_loss[j] + dh_next[j];
+        let tc = tanh_fast::<FMA>(c[j]);
+        let dho = dh * o;
+        let dc = madd::<FMA>(dho, madd::<FMA>(-tc, tc, 1.0), dc_next[j]);
+        dzo[j] = dho * tc * (1.0 - o);
+        dzi[j] = dc * g * i * (1.0 - i);
+        dzf[j] = dc * c_prev[j] * f * (1.0 - f);
+        dzg[j] = dc * i * madd::<FMA>(-g, g, 1.0);
+        dc_next[j] = dc * f;
+    }
 }
 
-#[inline(always)]
-fn rows_axpy_impl<const FMA: bool>(h: usize, x: &[f32], w: &[f32], z: &mut [f32]) {
+/// Elements of `w_hh` below which the batch-1 product stays on one thread.
+const PAR_MIN_WEIGHTS: usize = 1 << 18;
+
+/// `z [4H] += x [H] · w_hh [H, 4H]` at batch 1, as AXPYs over the contiguous rows of `w_hh`; the
+/// columns are split between threads when that pays.
+fn vec_mat(simd: Simd, h: usize, x: &[f32], w_hh: &[f32], z: &mut [f32]) {
     let n = 4 * h;
-    let z = &mut z[..n];
-    let x = &x[..h];
-    // Four rows per pass over z, to cut its loads and stores fourfold.
-    let mut rows = w[..h * n].chunks_exact(4 * n);
+    let threads = rayon::current_num_threads();
+    if threads < 2 || h * n < PAR_MIN_WEIGHTS {
+        return axpy_block(simd, &x[..h], w_hh, n, &mut z[..n]);
+    }
+    // Whole 64-byte lines per thread.
+    let cols = n.div_ceil(threads).next_multiple_of(16);
+    z[..n]
+        .par_chunks_mut(cols)
+        .enumerate()
+        .for_each(|(blk, z)| axpy_block(simd, &x[..h], &w_hh[blk * cols..], n, z));
+}
+
+dispatch! {
+    /// [`axpy_block_impl`] for `simd`.
+    fn axpy_block => axpy_block_impl(x: &[f32], w: &[f32], ld: usize, z: &mut [f32])
+}
+
+/// `z [n] += Σ_k x[k] · w[k·ld .. k·ld + n]`.
+#[inline(always)]
+fn axpy_block_impl<const FMA: bool>(x: &[f32], w: &[f32], ld: usize, z: &mut [f32]) {
+    let n = z.len();
     let mut k = 0;
-    for quad in rows.by_ref() {
-        let (r0, rest) = quad.split_at(n);
-        let (r1, rest) = rest.split_at(n);
-        let (r2, r3) = rest.split_at(n);
-        let (r3, (a0, a1, a2, a3)) = (&r3[..n], (x[k], x[k + 1], x[k + 2], x[k + 3]));
+    // Four rows per pass over z, to cut its loads and stores fourfold.
+    while k + 4 <= x.len() {
+        let r0 = &w[k * ld..][..n];
+        let r1 = &w[(k + 1) * ld..][..n];
+        let r2 = &w[(k + 2) * ld..][..n];
+        let r3 = &w[(k + 3) * ld..][..n];
+        let (a0, a1, a2, a3) = (x[k], x[k + 1], x[k + 2], x[k + 3]);
         for j in 0..n {
             let s = madd::<FMA>(a1, r1[j], a0 * r0[j]);
             let s = madd::<FMA>(a2, r2[j], s);
@@ -689,8 +792,8 @@ fn rows_axpy_impl<const FMA: bool>(h: usize, x: &[f32], w: &[f32], z: &mut [f32]
         }
         k += 4;
     }
-    for row in rows.remainder().chunks_exact(n) {
-        let (row, a) = (&row[..n], x[k]);
+    while k < x.len() {
+        let (row, a) = (&w[k * ld..][..n], x[k]);
         for j in 0..n {
             z[j] = madd::<FMA>(a, row[j], z[j]);
         }
@@ -1019,6 +1122,16 @@ mod tests {
             assert_eq!(&hc[..h], &hs[..], "h, h={h}");
             assert_eq!(&hc[h..], &cs[..], "c, h={h}");
         }
+        // Wide enough for the threaded batch-1 product.
+        let h = 300;
+        let c = case(Dims { t: 1, b: 1, h }, 77);
+        let mut hc = [c.h0.clone(), c.c0.clone()].concat();
+        let mut scratch = vec![0.0; 4 * h];
+        lstm_step(h, &c.xp, &c.w, &mut hc, &mut scratch);
+        let (rhs, rcs, rgs) = ref_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0);
+        assert_close("h", &hc[..h], &rhs, 1e-5);
+        assert_close("c", &hc[h..], &rcs, 1e-5);
+        assert_close("gates", &scratch, &rgs, 1e-5);
     }
 
     #[test]
@@ -1050,7 +1163,7 @@ mod tests {
             let mut dz = vec![0.0; 3 * 4 * h];
             backward_rows(s, h, &z, &co, &c_prev, &ho, &c_prev, &mut dcn, &mut dz);
             let mut acc = z0[..4 * h].to_vec();
-            rows_axpy(s, h, &c_prev[..h], &w, &mut acc);
+            axpy_block(s, &c_prev[..h], &w, 4 * h, &mut acc);
             outs.push([z, ho, co, dcn, dz, acc].concat());
         }
         for (s, o) in levels.iter().zip(&outs) {
@@ -1086,46 +1199,5 @@ mod tests {
         assert!(dw.iter().chain(&dh0).chain(&dc0).all(|&v| v == 0.0));
         let d = Dims { t: 2, b: 0, h: 3 };
         lstm_forward(d, &[], &w, &[], &[], &mut [], &mut [], None);
-    }
-}
-
-#[doc(hidden)]
-pub mod dev {
-    use super::*;
-    pub fn fwd_pw(
-        h: usize,
-        z: &mut [f32],
-        c_prev: &[f32],
-        h_out: &mut [f32],
-        c_out: &mut [f32],
-        par: bool,
-    ) {
-        let s = simd_level();
-        if par {
-            forward_pointwise(s, h, z, c_prev, h_out, c_out)
-        } else {
-            forward_rows(s, h, z, c_prev, h_out, c_out)
-        }
-    }
-    pub fn bwd_pw(
-        h: usize,
-        gates: &[f32],
-        c: &[f32],
-        c_prev: &[f32],
-        dl: &[f32],
-        dn: &[f32],
-        dcn: &mut [f32],
-        dz: &mut [f32],
-        par: bool,
-    ) {
-        let s = simd_level();
-        if par {
-            backward_pointwise(s, h, gates, c, c_prev, dl, dn, dcn, dz)
-        } else {
-            backward_rows(s, h, gates, c, c_prev, dl, dn, dcn, dz)
-        }
-    }
-    pub fn axpy(h: usize, x: &[f32], w: &[f32], z: &mut [f32]) {
-        rows_axpy(simd_level(), h, x, w, z)
     }
 }

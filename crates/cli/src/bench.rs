@@ -10,7 +10,9 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use karnna_infer::{default_parts, pick, BurnStepper, CharStepper, CpuCharRnn, Precision, Strategy};
+use karnna_infer::{
+    default_parts, pick, BurnStepper, CharStepper, CpuCharRnn, Precision, Strategy,
+};
 use karnna_model::{CharRnnConfig, LstmKernels};
 use karnna_train::learner::{char_loss, clip_global_norm, Trainee};
 use rand::rngs::StdRng;

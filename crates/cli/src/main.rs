@@ -252,6 +252,13 @@ fn info(config: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Keep freed memory for reuse instead of returning it to the OS at once: each training step
+    // frees and reallocates the same large buffers (~8% of a step went to page faults).
+    // SAFETY: setting a documented mimalloc option; no allocation is in flight.
+    // `mi_option_purge_delay` is 15 in mimalloc's option enum (v2 and v3; the -sys crate does
+    // not name it); -1 means never purge.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { config, data } => info(config, data),

@@ -5,11 +5,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use karnna_infer::{generate, CharStepper, CpuCharRnn, SampleOptions, Strategy};
+use karnna_infer::{
+    default_parts, generate, CharStepper, CpuCharRnn, Precision, SampleOptions, Strategy,
+};
 use karnna_model::checkpoint::{best_checkpoint, run_checkpoints};
 use karnna_model::Checkpoint;
 
 use crate::DeviceArg;
+
+/// Weight precision of the CPU sampler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    /// Half precision weights, f32 arithmetic.
+    F16,
+    /// The trained f32 weights.
+    F32,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct SampleArgs {
@@ -44,6 +55,10 @@ pub struct SampleArgs {
     /// cpu or cuda.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
+    /// Weight precision of the CPU sampler: f16 streams half the bytes (about 1.8x faster here;
+    /// logits within ~1e-3 of f32), f32 is exactly the trained weights.
+    #[arg(long, value_enum, default_value = "f16")]
+    precision: PrecisionArg,
     /// Sample from every checkpoint of the run, in iteration order.
     #[arg(long, conflicts_with = "checkpoint")]
     all_checkpoints: bool,
@@ -136,7 +151,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                 temperature: args.temperature,
             }
         };
-        let mut model = stepper(&ckpt, args.device)?;
+        let mut model = stepper(&ckpt, args.device, args.precision)?;
         if many {
             use std::io::Write;
             let val = ckpt.meta.val_loss.map_or("-".into(), |v| format!("{v:.3}"));
@@ -169,11 +184,23 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
 }
 
 /// The model of `ckpt` ready to step: the dedicated CPU path, or Burn on CUDA.
-fn stepper(ckpt: &Checkpoint, device: DeviceArg) -> anyhow::Result<Box<dyn CharStepper>> {
+fn stepper(
+    ckpt: &Checkpoint,
+    device: DeviceArg,
+    precision: PrecisionArg,
+) -> anyhow::Result<Box<dyn CharStepper>> {
     match device {
         DeviceArg::Cpu => {
             let model = ckpt.model::<burn::backend::Flex>(&Default::default())?;
-            Ok(Box::new(CpuCharRnn::new(&model)))
+            let precision = match precision {
+                PrecisionArg::F16 => Precision::F16,
+                PrecisionArg::F32 => Precision::F32,
+            };
+            Ok(Box::new(CpuCharRnn::with(
+                &model,
+                precision,
+                default_parts(),
+            )))
         }
         #[cfg(feature = "cuda")]
         DeviceArg::Cuda => {

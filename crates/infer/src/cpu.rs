@@ -31,7 +31,11 @@ impl Mat {
     fn new(w: Vec<f32>, precision: Precision) -> Self {
         match precision {
             Precision::F32 => Mat::F32(w),
-            Precision::F16 => Mat::F16(w.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()),
+            Precision::F16 => Mat::F16(
+                w.iter()
+                    .map(|&v| half::f16::from_f32(v).to_bits())
+                    .collect(),
+            ),
         }
     }
 
@@ -47,7 +51,10 @@ impl Mat {
     fn add_row(&self, row: usize, out: &mut [f32]) {
         let n = out.len();
         match self {
-            Mat::F32(w) => out.iter_mut().zip(&w[row * n..(row + 1) * n]).for_each(|(a, b)| *a += b),
+            Mat::F32(w) => out
+                .iter_mut()
+                .zip(&w[row * n..(row + 1) * n])
+                .for_each(|(a, b)| *a += b),
             Mat::F16(w) => out
                 .iter_mut()
                 .zip(&w[row * n..(row + 1) * n])
@@ -289,5 +296,7 @@ impl CharStepper for CpuCharRnn {
 
 /// One part per core, up to two.
 pub fn default_parts() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(2)
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(2)
 }

@@ -17,7 +17,11 @@ fn cpu_path_equals_burn_forward() {
             .with_lstm_size(h)
             .with_num_layers(layers)
             .init::<Flex>(&device);
-        for (parts, precision, tol) in [(1, Precision::F32, 1e-4), (2, Precision::F32, 1e-4), (2, Precision::F16, 1e-2)] {
+        for (parts, precision, tol) in [
+            (1, Precision::F32, 1e-4),
+            (2, Precision::F32, 1e-4),
+            (2, Precision::F16, 1e-2),
+        ] {
             let mut fast = CpuCharRnn::with(&model, precision, parts);
             let mut burn = BurnStepper::new(model.clone(), device);
             for &id in &[3u32, 0, 10, 5, 5, 7, 1, 2, 9, 4] {

@@ -129,6 +129,15 @@ fn sample_rate(stepper: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
     len as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Peak resident memory of the largest child process so far (the peer), in MiB.
+fn peer_peak_rss_mib() -> Option<f64> {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } == 0;
+    (ok && usage.ru_maxrss > 0).then(|| usage.ru_maxrss as f64 / 1024.0)
+}
+
+/// Peak resident memory of this process so far, in MiB.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -282,6 +291,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(m) = peak_rss_mib() {
         println!("peak_rss_mib={m:.0}");
+    }
+    if a.peer.is_some() {
+        if let Some(m) = peer_peak_rss_mib() {
+            println!("peer_peak_rss_mib={m:.0}");
+        }
     }
     Ok(())
 }

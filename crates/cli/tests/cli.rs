@@ -26,6 +26,15 @@ fn workdir(name: &str) -> PathBuf {
     d
 }
 
+/// `karnna ARGS` fails with exit code 2 and a single stderr line containing `needle`.
+fn assert_one_line_error(dir: &Path, args: &[&str], needle: &str) {
+    let o = karnna(dir, args);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+}
+
 fn tiny_config() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../configs/tiny.toml")
@@ -114,11 +123,7 @@ fn train_then_sample_a_short_text() {
             "short.txt: not a karnna checkpoint",
         ),
     ] {
-        let o = karnna(&dir, &args);
-        let (_, err) = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert_one_line_error(&dir, &args, needle);
     }
 }
 
@@ -151,11 +156,7 @@ fn bad_input_is_one_line_and_exit_2() {
         ),
         (vec!["sample"], "no training run found"),
     ] {
-        let o = karnna(&dir, &args);
-        let (_, err) = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert_one_line_error(&dir, &args, needle);
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use burn::backend::Flex;
 use karnna_data::Vocab;
 use karnna_infer::{
-    generate, BurnStepper, CharStepper, CpuCharRnn, SampleError, SampleOptions, Strategy,
+    generate, BurnStepper, CharStepper, CpuCharRnn, Precision, SampleError, SampleOptions, Strategy,
 };
 use karnna_model::CharRnnConfig;
 

@@ -146,6 +146,25 @@ impl<B: LstmBackend> CharRnn<B> {
         tokens: Tensor<B, 2, Int>,
         state: Option<LstmState<B>>,
     ) -> (Tensor<B, 3>, LstmState<B>) {
+        self.forward_with(tokens, state, lstm_sequence)
+    }
+}
+
+impl<B: Backend> CharRnn<B> {
+    /// [`CharRnn::forward`] with the LSTM recurrence of each layer computed by `lstm`
+    /// (`(xp [T, B, 4H], W_hh, h0, c0) -> (hs [T, B, H], c_T)`): the fused op in `forward`, or
+    /// [`crate::ops::tensor_forward`] to check it against Burn's step-by-step autodiff.
+    pub fn forward_with(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        state: Option<LstmState<B>>,
+        lstm: impl Fn(
+            Tensor<B, 3>,
+            Tensor<B, 2>,
+            Tensor<B, 2>,
+            Tensor<B, 2>,
+        ) -> (Tensor<B, 3>, Tensor<B, 2>),
+    ) -> (Tensor<B, 3>, LstmState<B>) {
         let [batch, steps] = tokens.dims();
         let state = state.unwrap_or_else(|| self.zero_state(batch));
         let h = self.lstm_size();
@@ -163,7 +182,7 @@ impl<B: LstmBackend> CharRnn<B> {
             } + bias;
             let h0 = state.h.clone().narrow(0, l, 1).reshape([batch, h]);
             let c0 = state.c.clone().narrow(0, l, 1).reshape([batch, h]);
-            let (hs, c_last) = lstm_sequence(xp, layer.w_hh.val(), h0, c0);
+            let (hs, c_last) = lstm(xp, layer.w_hh.val(), h0, c0);
             hs_out.push(hs.clone().narrow(0, steps - 1, 1).reshape([batch, h]));
             cs_out.push(c_last);
             x = Some(dropout(hs, self.keep_prob));

@@ -134,18 +134,23 @@ fn config(data: &Path) -> RunConfig {
     }
 }
 
+fn try_run(
+    dir: &Path,
+    config: RunConfig,
+    resume: bool,
+) -> anyhow::Result<karnna_train::TrainReport> {
+    let opts = TrainOptions {
+        config,
+        run_dir: dir.to_owned(),
+        resume,
+        fresh: false,
+        plain: true,
+    };
+    train::<Flex>(opts, Default::default())
+}
+
 fn run(dir: &Path, config: RunConfig, resume: bool) -> karnna_train::TrainReport {
-    train::<Flex>(
-        TrainOptions {
-            config,
-            run_dir: dir.to_owned(),
-            resume,
-            fresh: false,
-            plain: true,
-        },
-        Default::default(),
-    )
-    .unwrap()
+    try_run(dir, config, resume).unwrap()
 }
 
 fn weights(path: &Path) -> Vec<f32> {
@@ -173,17 +178,7 @@ fn resume_continues_exactly_and_refuses_to_overwrite() {
     first.max_iters = 5;
     let stopped = run(&dir.join("b"), first, false);
     assert_eq!(stopped.iteration, 5);
-    let err = train::<Flex>(
-        TrainOptions {
-            config: config(&data),
-            run_dir: dir.join("b"),
-            resume: false,
-            fresh: false,
-            plain: true,
-        },
-        Default::default(),
-    )
-    .unwrap_err();
+    let err = try_run(&dir.join("b"), config(&data), false).unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
     let resumed = run(&dir.join("b"), config(&data), true);
     assert_eq!(resumed.iteration, straight.iteration);
@@ -218,18 +213,9 @@ fn too_short_text_is_a_clear_error() {
     let dir = scratch("short");
     let data = dir.join("short.txt");
     std::fs::write(&data, "abc").unwrap();
-    let err = train::<Flex>(
-        TrainOptions {
-            config: config(&data),
-            run_dir: dir.join("r"),
-            resume: false,
-            fresh: false,
-            plain: true,
-        },
-        Default::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = try_run(&dir.join("r"), config(&data), false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("short.txt: too short: 3 characters"), "{err}");
     assert!(err.contains("need at least"), "{err}");
 }

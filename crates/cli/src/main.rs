@@ -123,7 +123,7 @@ struct TrainArgs {
 }
 
 /// Loads a config and applies `--data`.
-fn load_config(path: &PathBuf, data: &Option<PathBuf>) -> anyhow::Result<RunConfig> {
+fn load_config(path: &std::path::Path, data: &Option<PathBuf>) -> anyhow::Result<RunConfig> {
     let mut config = RunConfig::load(path)?;
     if let Some(d) = data {
         config.data = d.clone();

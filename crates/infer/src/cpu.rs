@@ -94,8 +94,8 @@ unsafe fn vec_mat_acc_f16_avx512(x: &[f32], w: &[u16], out: &mut [f32]) {
             let wv = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * b) as *const __m256i));
             _mm512_storeu_ps(o, _mm512_fmadd_ps(xv, wv, _mm512_loadu_ps(o)));
         }
-        for j in 16 * blocks..n {
-            out[j] += xk * half::f16::from_bits(*row.add(j)).to_f32();
+        for (j, o) in out.iter_mut().enumerate().skip(16 * blocks) {
+            *o += xk * half::f16::from_bits(*row.add(j)).to_f32();
         }
     }
 }

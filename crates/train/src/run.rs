@@ -442,9 +442,9 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                 state = None; // the notebook resets the state at each epoch
             }
             let loader = train_loader.slice(first, per_epoch);
-            let mut batches = loader.iter();
+            let batches = loader.iter();
             let mut k = first;
-            while let Some(batch) = batches.next() {
+            for batch in batches {
                 if !self.plain {
                     ctrl_c_as_signal();
                 }
@@ -484,9 +484,9 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
 
                 let end_of_epoch = k == per_epoch;
                 let stopping = interrupter.should_stop() || iteration >= stop_at;
-                let saving = iteration % cfg.save_every_n == 0 || end_of_epoch || stopping;
+                let saving = iteration.is_multiple_of(cfg.save_every_n) || end_of_epoch || stopping;
                 let val_loss =
-                    (has_val && (iteration % cfg.eval_every == 0 || saving)).then(|| {
+                    (has_val && (iteration.is_multiple_of(cfg.eval_every) || saving)).then(|| {
                         self.validate(
                             &learner.model().valid(),
                             &valid_loader,
@@ -504,7 +504,7 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                     elapsed_s: shared.elapsed0 + started.elapsed().as_secs_f64(),
                 };
                 if self.plain
-                    && (iteration % cfg.log_every == 0
+                    && (iteration.is_multiple_of(cfg.log_every)
                         || val_loss.is_some()
                         || iteration == self.start_iteration + 1)
                 {

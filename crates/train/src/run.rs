@@ -485,8 +485,8 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                 let end_of_epoch = k == per_epoch;
                 let stopping = interrupter.should_stop() || iteration >= stop_at;
                 let saving = iteration.is_multiple_of(cfg.save_every_n) || end_of_epoch || stopping;
-                let val_loss =
-                    (has_val && (iteration.is_multiple_of(cfg.eval_every) || saving)).then(|| {
+                let val_loss = (has_val && (iteration.is_multiple_of(cfg.eval_every) || saving))
+                    .then(|| {
                         self.validate(
                             &learner.model().valid(),
                             &valid_loader,

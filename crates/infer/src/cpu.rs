@@ -4,7 +4,9 @@
 //! Sampling is bound by streaming the weights (12 MB a character for the notebook's 2x512
 //! model), so the hidden units of each layer are split into one part per core, each with its
 //! gate columns copied into one contiguous block: the cores stream their blocks side by side,
-//! each computes its units' gates and cell update, and they meet once per layer (`rayon::join`).
+//! each computes its units' gates and cell update, and they meet once per layer. The second
+//! core is a [`Worker`] thread that spins between jobs: a character takes ~0.2 ms, and waking a
+//! sleeping thread (as `rayon::join` does) costs a good part of that.
 
 use burn::prelude::*;
 use karnna_model::CharRnn;
@@ -122,6 +124,7 @@ struct Layer {
 pub struct CpuCharRnn {
     h: usize,
     layers: Vec<Layer>,
+    worker: Option<Worker>,
     out_w: Vec<f32>, // [H, V]
     out_b: Vec<f32>, // [V]
     logits: Vec<f32>,
@@ -239,6 +242,7 @@ impl CpuCharRnn {
         Self {
             h,
             layers,
+            worker: (parts == 2).then(Worker::new),
             out_w,
             out_b,
             logits,
@@ -274,10 +278,10 @@ impl CharStepper for CpuCharRnn {
                     let (c_a, c_b) = c.split_at_mut(b.first);
                     let (h_a, h_b) = h_next.split_at_mut(b.first);
                     let h_prev = &h[..];
-                    rayon::join(
-                        || a.step(input, h_prev, c_a, h_a),
-                        || b.step(input, h_prev, c_b, h_b),
-                    );
+                    let worker = self.worker.as_ref().expect("a worker for two parts");
+                    worker.run(&mut || b.step(input, h_prev, c_b, h_b), || {
+                        a.step(input, h_prev, c_a, h_a)
+                    });
                 }
                 _ => unreachable!("one or two parts"),
             }
@@ -299,4 +303,108 @@ pub fn default_parts() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(2)
+}
+
+/// A job handed to the [`Worker`]: a pointer to a closure that the submitting thread keeps alive
+/// until the worker reports it done.
+struct Job(*mut (dyn FnMut() + Send));
+
+// SAFETY: the closure behind the pointer is `Send`, and only one thread touches it at a time
+// (the submitter writes the pointer before publishing the generation, then waits).
+unsafe impl Send for Job {}
+
+struct Shared {
+    job: std::sync::Mutex<Option<Job>>,
+    submitted: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+    panicked: std::sync::atomic::AtomicBool,
+    quit: std::sync::atomic::AtomicBool,
+}
+
+/// A second thread for the sampler that runs one closure at a time, spinning for a while
+/// between jobs (then parking, so an idle sampler does not burn a core).
+struct Worker {
+    shared: std::sync::Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn new() -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let shared = std::sync::Arc::new(Shared {
+            job: std::sync::Mutex::new(None),
+            submitted: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            panicked: AtomicBool::new(false),
+            quit: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("karnna-sampler".into())
+            .spawn(move || {
+                let mut seen = 0;
+                loop {
+                    let mut spins = 0u32;
+                    while s.submitted.load(Ordering::Acquire) == seen {
+                        if s.quit.load(Ordering::Acquire) {
+                            return;
+                        }
+                        spins += 1;
+                        if spins < 200_000 {
+                            std::hint::spin_loop();
+                        } else {
+                            std::thread::park_timeout(std::time::Duration::from_millis(1));
+                        }
+                    }
+                    seen = s.submitted.load(Ordering::Acquire);
+                    let job = s.job.lock().unwrap().take();
+                    if let Some(Job(f)) = job {
+                        // SAFETY: the submitter keeps the closure alive until `done` reaches `seen`.
+                        let f = unsafe { &mut *f };
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                            s.panicked.store(true, Ordering::Release);
+                        }
+                    }
+                    s.done.store(seen, Ordering::Release);
+                }
+            })
+            .expect("spawn the sampler thread");
+        Self {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `remote` on the worker and `local` here, and returns when both are done.
+    fn run(&self, remote: &mut (dyn FnMut() + Send), local: impl FnOnce()) {
+        use std::sync::atomic::Ordering;
+        // SAFETY: erases the closure's lifetime; this function does not return before the
+        // worker is done with it.
+        let ptr: *mut (dyn FnMut() + Send + 'static) = unsafe { std::mem::transmute(remote) };
+        *self.shared.job.lock().unwrap() = Some(Job(ptr));
+        let n = self.shared.submitted.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
+        local();
+        while self.shared.done.load(Ordering::Acquire) < n {
+            std::hint::spin_loop();
+        }
+        assert!(
+            !self.shared.panicked.load(Ordering::Acquire),
+            "the sampler thread panicked"
+        );
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shared
+            .quit
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
 }

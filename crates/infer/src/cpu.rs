@@ -9,6 +9,7 @@
 //! sleeping thread (as `rayon::join` does) costs a good part of that.
 
 use burn::prelude::*;
+use karnna_model::kernel::lstm_cell;
 use karnna_model::CharRnn;
 
 use crate::generate::CharStepper;
@@ -162,10 +163,6 @@ fn vec_mat_acc(x: &[f32], w: &[f32], out: &mut [f32]) {
     }
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl Part {
     /// This part's gates and cell update: `z = bias + x·W_ih + h·W_hh` (or a row of `W_ih` for
     /// one-hot input), then `c = f·c + i·g`, `h = o·tanh(c)` for its units.
@@ -176,17 +173,7 @@ impl Part {
             Input::Dense(x) => self.w_ih.acc(x, &mut z),
         }
         self.w_hh.acc(h_prev, &mut z);
-        let u = self.units;
-        for j in 0..u {
-            let (i, f, g, o) = (
-                sigmoid(z[j]),
-                sigmoid(z[u + j]),
-                z[2 * u + j].tanh(),
-                sigmoid(z[3 * u + j]),
-            );
-            c[j] = f * c[j] + i * g;
-            h_out[j] = o * c[j].tanh();
-        }
+        lstm_cell(self.units, &mut z, h_out, c);
     }
 }
 

@@ -1,5 +1,5 @@
 //! The LSTM recurrence over a whole sequence on plain `f32` slices: forward, backward (truncated
-//! BPTT) and a single batch-1 step for sampling, tuned for a small x86_64 CPU.
+//! BPTT) and the cell alone for the sampler, tuned for a small x86_64 CPU.
 //!
 //! All arrays are row-major and contiguous. The gate axis (`4H`) holds four blocks of `H` columns in
 //! the order **i, f, g, o** (input, forget, cell candidate, output). For step `t = 0..T`, with
@@ -270,33 +270,28 @@ pub fn lstm_backward(
     }
 }
 
-/// One forward step at batch 1, without allocating: the sampling path.
+/// The LSTM cell of one row, given its gate pre-activations: the pointwise part of a step, for
+/// callers that compute `z` themselves (the sampler, whose layers are split across cores).
 ///
-/// Overwrites `hc` with the new `(h, c)` and uses `scratch` for the gate pre-activations (on return
-/// it holds the activated gates).
+/// On return `z` holds the activated gates, `c` holds `c_t` (it held `c_{t-1}`) and `h_out`
+/// holds `h_t`. Same fast `σ`/`tanh` and instruction-set choice as [`lstm_forward`].
 ///
 /// # Shapes
 ///
-/// - `xp`: `[4H]`, the step's input projection with all biases added;
-/// - `w_hh`: `[H, 4H]`;
-/// - `hc` (read and written): `[2, H]`, `h` then `c`;
-/// - `scratch`: `[4H]`.
+/// - `z` (read and written): `[4H]`, gate blocks i, f, g, o;
+/// - `h_out` (written): `[H]`;
+/// - `c` (read and written): `[H]`.
 ///
 /// # Panics
 ///
 /// Panics if a slice's length does not match `h`.
-pub fn lstm_step(h: usize, xp: &[f32], w_hh: &[f32], hc: &mut [f32], scratch: &mut [f32]) {
-    assert_eq!(xp.len(), 4 * h, "xp must be [4h]");
-    assert_eq!(w_hh.len(), h * 4 * h, "w_hh must be [h, 4h]");
-    assert_eq!(hc.len(), 2 * h, "hc must be [2, h]");
-    assert_eq!(scratch.len(), 4 * h, "scratch must be [4h]");
-    let simd = simd_level();
-    scratch.copy_from_slice(xp);
-    let (h_state, c_state) = hc.split_at_mut(h);
-    vec_mat(simd, h, h_state, w_hh, scratch);
-    // The pointwise pass reads c_{t-1}[j] before writing c_t[j] and no longer needs h, so it
-    // updates both in place.
-    forward_pointwise_inplace(simd, h, scratch, h_state, c_state);
+pub fn lstm_cell(h: usize, z: &mut [f32], h_out: &mut [f32], c: &mut [f32]) {
+    assert_eq!(z.len(), 4 * h, "z must be [4h]");
+    assert_eq!(h_out.len(), h, "h_out must be [h]");
+    assert_eq!(c.len(), h, "c must be [h]");
+    // The pointwise pass reads c_{t-1}[j] before writing c_t[j] and never reads h, so `c` is
+    // updated in place and `h_out` only written.
+    forward_pointwise_inplace(simd_level(), h, z, h_out, c);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1111,27 +1106,30 @@ mod tests {
     }
 
     #[test]
-    fn step_equals_forward_at_batch_one() {
-        for &h in &[1, 4, 9, 64] {
+    fn cell_equals_forward_at_batch_one() {
+        for &h in &[1, 4, 9, 64, 300] {
             let c = case(Dims { t: 1, b: 1, h }, 40 + h as u64);
             let (mut hs, mut cs) = (vec![0.0; h], vec![0.0; h]);
             lstm_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0, &mut hs, &mut cs, None);
-            let mut hc = [c.h0.clone(), c.c0.clone()].concat();
-            let mut scratch = vec![0.0; 4 * h];
-            lstm_step(h, &c.xp, &c.w, &mut hc, &mut scratch);
-            assert_eq!(&hc[..h], &hs[..], "h, h={h}");
-            assert_eq!(&hc[h..], &cs[..], "c, h={h}");
+            // z = xp + h0 · w_hh, summed in f64.
+            let mut z: Vec<f32> = (0..4 * h)
+                .map(|j| {
+                    let dot: f64 = (0..h)
+                        .map(|k| c.h0[k] as f64 * c.w[k * 4 * h + j] as f64)
+                        .sum();
+                    (c.xp[j] as f64 + dot) as f32
+                })
+                .collect();
+            let (mut h_out, mut c_state) = (vec![0.0; h], c.c0.clone());
+            lstm_cell(h, &mut z, &mut h_out, &mut c_state);
+            let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+            assert_close(&format!("h, h={h}"), &h_out, &f64s(&hs), 1e-5);
+            assert_close(&format!("c, h={h}"), &c_state, &f64s(&cs), 1e-5);
+            let (rhs, rcs, rgs) = ref_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0);
+            assert_close("h vs reference", &h_out, &rhs, 1e-5);
+            assert_close("c vs reference", &c_state, &rcs, 1e-5);
+            assert_close("gates vs reference", &z, &rgs, 1e-5);
         }
-        // Wide enough for the threaded batch-1 product.
-        let h = 300;
-        let c = case(Dims { t: 1, b: 1, h }, 77);
-        let mut hc = [c.h0.clone(), c.c0.clone()].concat();
-        let mut scratch = vec![0.0; 4 * h];
-        lstm_step(h, &c.xp, &c.w, &mut hc, &mut scratch);
-        let (rhs, rcs, rgs) = ref_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0);
-        assert_close("h", &hc[..h], &rhs, 1e-5);
-        assert_close("c", &hc[h..], &rcs, 1e-5);
-        assert_close("gates", &scratch, &rgs, 1e-5);
     }
 
     #[test]

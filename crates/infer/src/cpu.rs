@@ -119,6 +119,8 @@ struct Layer {
     h: Vec<f32>,
     h_next: Vec<f32>,
     c: Vec<f32>,
+    /// Gate scratch of each part, `[4·units]`.
+    z: Vec<Vec<f32>>,
 }
 
 /// A [`CharRnn`] for batch-1 sampling on the CPU.
@@ -166,14 +168,15 @@ fn vec_mat_acc(x: &[f32], w: &[f32], out: &mut [f32]) {
 impl Part {
     /// This part's gates and cell update: `z = bias + x·W_ih + h·W_hh` (or a row of `W_ih` for
     /// one-hot input), then `c = f·c + i·g`, `h = o·tanh(c)` for its units.
-    fn step(&self, input: Input, h_prev: &[f32], c: &mut [f32], h_out: &mut [f32]) {
-        let mut z = self.bias.clone();
+    /// `z` is scratch for the gates, `[4·units]`.
+    fn step(&self, input: Input, h_prev: &[f32], c: &mut [f32], h_out: &mut [f32], z: &mut [f32]) {
+        z.copy_from_slice(&self.bias);
         match input {
-            Input::OneHot(id) => self.w_ih.add_row(id, &mut z),
-            Input::Dense(x) => self.w_ih.acc(x, &mut z),
+            Input::OneHot(id) => self.w_ih.add_row(id, z),
+            Input::Dense(x) => self.w_ih.acc(x, z),
         }
-        self.w_hh.acc(h_prev, &mut z);
-        lstm_cell(self.units, &mut z, h_out, c);
+        self.w_hh.acc(h_prev, z);
+        lstm_cell(self.units, z, h_out, c);
     }
 }
 
@@ -217,6 +220,10 @@ impl CpuCharRnn {
                     h: vec![0.0; h],
                     h_next: vec![0.0; h],
                     c: vec![0.0; h],
+                    z: bounds
+                        .iter()
+                        .map(|&(_, units)| vec![0.0; 4 * units])
+                        .collect(),
                 }
             })
             .collect();
@@ -258,16 +265,17 @@ impl CharStepper for CpuCharRnn {
                 h,
                 h_next,
                 c,
+                z,
             } = layer;
-            match parts.as_slice() {
-                [one] => one.step(input, h, c, h_next),
-                [a, b] => {
+            match (parts.as_slice(), z.as_mut_slice()) {
+                ([one], [z]) => one.step(input, h, c, h_next, z),
+                ([a, b], [z_a, z_b]) => {
                     let (c_a, c_b) = c.split_at_mut(b.first);
                     let (h_a, h_b) = h_next.split_at_mut(b.first);
                     let h_prev = &h[..];
                     let worker = self.worker.as_ref().expect("a worker for two parts");
-                    worker.run(&mut || b.step(input, h_prev, c_b, h_b), || {
-                        a.step(input, h_prev, c_a, h_a)
+                    worker.run(&mut || b.step(input, h_prev, c_b, h_b, z_b), || {
+                        a.step(input, h_prev, c_a, h_a, z_a)
                     });
                 }
                 _ => unreachable!("one or two parts"),

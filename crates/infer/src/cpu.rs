@@ -10,7 +10,7 @@
 
 use burn::prelude::*;
 use karnna_model::kernel::lstm_cell;
-use karnna_model::CharRnn;
+use karnna_model::{to_f32_vec, CharRnn};
 
 use crate::generate::CharStepper;
 
@@ -133,13 +133,6 @@ pub struct CpuCharRnn {
     logits: Vec<f32>,
 }
 
-fn floats<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32 weights")
-}
-
 /// The columns of `w` (`[rows, 4H]`) for units `first..first + units` of each gate, packed into
 /// `[rows, 4·units]`.
 fn gate_columns(w: &[f32], h: usize, first: usize, units: usize) -> Vec<f32> {
@@ -204,8 +197,8 @@ impl CpuCharRnn {
             .layers
             .iter()
             .map(|l| {
-                let (w_ih, w_hh) = (floats(l.w_ih.val()), floats(l.w_hh.val()));
-                let bias = floats(l.b_ih.val() + l.b_hh.val());
+                let (w_ih, w_hh) = (to_f32_vec(l.w_ih.val()), to_f32_vec(l.w_hh.val()));
+                let bias = to_f32_vec(l.b_ih.val() + l.b_hh.val());
                 Layer {
                     parts: bounds
                         .iter()
@@ -227,9 +220,9 @@ impl CpuCharRnn {
                 }
             })
             .collect();
-        let out_w = floats(model.output.weight.val());
+        let out_w = to_f32_vec(model.output.weight.val());
         let out_b = match &model.output.bias {
-            Some(b) => floats(b.val()),
+            Some(b) => to_f32_vec(b.val()),
             None => vec![0.0; out_w.len() / h],
         };
         let logits = vec![0.0; out_b.len()];

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::prelude::*;
 use karnna_data::Vocab;
-use karnna_model::{CharRnn, LstmBackend, LstmState};
+use karnna_model::{to_f32_vec, CharRnn, LstmBackend, LstmState};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -51,11 +51,7 @@ impl<B: LstmBackend> CharStepper for BurnStepper<B> {
         let x = Tensor::<B, 2, Int>::from_ints([[id as i64]], &self.device);
         let (logits, state) = self.model.forward(x, self.state.take());
         self.state = Some(state);
-        self.logits = logits
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("f32 logits");
+        self.logits = to_f32_vec(logits);
         &self.logits
     }
 

@@ -198,6 +198,14 @@ impl<B: Backend> CharRnn<B> {
     }
 }
 
+/// The values of a float tensor as a row-major `Vec<f32>` (read back to the host).
+pub fn to_f32_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 tensor data")
+}
+
 /// Dropout on an LSTM layer's output, in training only (on an autodiff backend): each value is
 /// kept with probability `keep_prob` and scaled by `1 / keep_prob`, or zeroed.
 ///
@@ -209,11 +217,11 @@ fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, keep_prob: f64) -> Tenso
     if keep_prob >= 1.0 || !B::ad_enabled(&device) {
         return x;
     }
-    let bits = Tensor::<B, 1>::random([2], Distribution::Uniform(0.0, 1.0), &device)
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32");
+    let bits = to_f32_vec(Tensor::<B, 1>::random(
+        [2],
+        Distribution::Uniform(0.0, 1.0),
+        &device,
+    ));
     let mut state = ((bits[0].to_bits() as u64) << 32) | bits[1].to_bits() as u64;
     let threshold = (keep_prob * 4_294_967_296.0) as u64;
     let scale = (1.0 / keep_prob) as f32;

@@ -160,16 +160,8 @@ pub struct NativeCache<B: Backend> {
 }
 
 fn read<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
-    from_float::<B, 1>(flat::<B>(t))
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32 tensor data")
-}
-
-fn flat<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
     let n = burn::tensor::TensorMetadata::shape(&t).num_elements();
-    B::float_reshape(t, [n].into())
+    crate::to_f32_vec(from_float::<B, 1>(B::float_reshape(t, [n].into())))
 }
 
 fn write<B: Backend>(v: Vec<f32>, shape: &[usize], device: &B::Device) -> FloatTensor<B> {

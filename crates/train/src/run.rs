@@ -265,12 +265,7 @@ fn best_so_far(dir: &Path) -> Option<(PathBuf, f64)> {
 fn encode_state<B: Backend>(state: &LstmState<B>) -> Vec<u8> {
     let mut out = Vec::new();
     for t in [&state.h, &state.c] {
-        for v in t
-            .to_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32 state")
-        {
+        for v in karnna_model::to_f32_vec(t.clone()) {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }

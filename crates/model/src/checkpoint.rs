@@ -234,13 +234,25 @@ pub fn run_checkpoints(dir: &Path) -> std::io::Result<Vec<(usize, PathBuf)>> {
 /// The file in a run folder that names its best checkpoint (lowest validation loss).
 pub const BEST_POINTER: &str = "best.txt";
 
+/// The checkpoint that `best.txt` names, when it names one that exists.
+pub fn best_pointer(dir: &Path) -> Option<PathBuf> {
+    let name = std::fs::read_to_string(dir.join(BEST_POINTER)).ok()?;
+    let path = dir.join(name.trim());
+    path.is_file().then_some(path)
+}
+
+/// Points `best.txt` at `checkpoint` (a file in `dir`), atomically.
+pub fn set_best_pointer(dir: &Path, checkpoint: &Path) -> std::io::Result<()> {
+    let name = checkpoint.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!("{BEST_POINTER}.tmp"));
+    std::fs::write(&tmp, format!("{name}\n"))?;
+    std::fs::rename(tmp, dir.join(BEST_POINTER))
+}
+
 /// The run's best checkpoint: the one `best.txt` names, or else its latest.
 pub fn best_checkpoint(dir: &Path) -> std::io::Result<Option<PathBuf>> {
-    if let Ok(name) = std::fs::read_to_string(dir.join(BEST_POINTER)) {
-        let path = dir.join(name.trim());
-        if path.is_file() {
-            return Ok(Some(path));
-        }
+    match best_pointer(dir) {
+        Some(path) => Ok(Some(path)),
+        None => Ok(run_checkpoints(dir)?.pop().map(|(_, p)| p)),
     }
-    Ok(run_checkpoints(dir)?.pop().map(|(_, p)| p))
 }

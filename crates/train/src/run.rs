@@ -26,7 +26,9 @@ use burn::train::{
     SupervisedLearningStrategy, SupervisedTraining, SupervisedTrainingEventProcessor, TrainLoader,
     TrainingComponents, TrainingItem, TrainingStrategy, ValidLoader,
 };
-use karnna_model::checkpoint::{checkpoint_name, run_checkpoints, BEST_POINTER};
+use karnna_model::checkpoint::{
+    best_pointer, checkpoint_name, run_checkpoints, set_best_pointer, BEST_POINTER,
+};
 use karnna_model::{Checkpoint, CheckpointMeta, LstmKernels, LstmState};
 
 use crate::config::RunConfig;
@@ -256,8 +258,7 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
 
 /// The best checkpoint recorded in a run folder and its validation loss.
 fn best_so_far(dir: &Path) -> Option<(PathBuf, f64)> {
-    let name = std::fs::read_to_string(dir.join(BEST_POINTER)).ok()?;
-    let path = dir.join(name.trim());
+    let path = best_pointer(dir)?;
     let loss = Checkpoint::read(&path).ok()?.meta.val_loss?;
     Some((path, loss))
 }
@@ -393,12 +394,7 @@ impl<I: LstmKernels> Carry<I> {
         )?;
         if let Some(v) = val_loss {
             if shared.best.as_ref().is_none_or(|(_, b)| v < *b) {
-                let tmp = self.dir.join("best.txt.tmp");
-                std::fs::write(
-                    &tmp,
-                    format!("{}\n", path.file_name().unwrap().to_string_lossy()),
-                )?;
-                std::fs::rename(tmp, self.dir.join(BEST_POINTER))?;
+                set_best_pointer(&self.dir, &path)?;
                 shared.best = Some((path.clone(), v));
             }
         }

@@ -209,9 +209,10 @@ pub fn to_f32_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 /// Dropout on an LSTM layer's output, in training only (on an autodiff backend): each value is
 /// kept with probability `keep_prob` and scaled by `1 / keep_prob`, or zeroed.
 ///
-/// The mask is drawn on the host with a fast generator (SplitMix64) seeded from the backend's
-/// own RNG, so runs stay reproducible under `Backend::seed`; Burn's `Dropout` draws every
-/// Bernoulli sample through its generic sampler, which cost ~8% of a training step.
+/// The mask is drawn on the host by [`crate::kernel::dropout_mask`] (a counter-based hash, 16
+/// lanes at a time) from a seed taken from the backend's own RNG, so runs stay reproducible under
+/// `Backend::seed`; Burn's `Dropout` draws every Bernoulli sample through its generic sampler,
+/// which cost ~8% of a training step.
 fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, keep_prob: f64) -> Tensor<B, D> {
     let device = x.device();
     if keep_prob >= 1.0 || !B::ad_enabled(&device) {
@@ -222,23 +223,9 @@ fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, keep_prob: f64) -> Tenso
         Distribution::Uniform(0.0, 1.0),
         &device,
     ));
-    let mut state = ((bits[0].to_bits() as u64) << 32) | bits[1].to_bits() as u64;
-    let threshold = (keep_prob * 4_294_967_296.0) as u64;
-    let scale = (1.0 / keep_prob) as f32;
+    let seed = ((bits[0].to_bits() as u64) << 32) | bits[1].to_bits() as u64;
     let shape = x.shape();
-    let n = shape.num_elements();
-    let mut mask = Vec::with_capacity(n + 1);
-    while mask.len() < n {
-        // SplitMix64: two 32-bit draws per step.
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        for half in [z & 0xFFFF_FFFF, z >> 32] {
-            mask.push(if half < threshold { scale } else { 0.0 });
-        }
-    }
-    mask.truncate(n);
+    let mut mask = vec![0.0; shape.num_elements()];
+    crate::kernel::dropout_mask(seed, keep_prob, &mut mask);
     x * Tensor::from_data(TensorData::new(mask, shape), &device)
 }

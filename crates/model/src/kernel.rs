@@ -97,56 +97,112 @@ pub fn lstm_forward(
     if t_len == 0 || bh == 0 {
         return;
     }
-
     on_worker(|| {
-        // The pre-activations of step t are built, then activated in place, either in gates[t] (which
-        // so ends up holding the activated gates) or in a one-step scratch buffer.
-        let mut scratch = Vec::new();
-        let mut gates = gates;
+        let bounds = row_bounds(b);
         let simd = simd_level();
-        for t in 0..t_len {
-            let z: &mut [f32] = match gates.as_deref_mut() {
-                Some(g) => &mut g[t * bg..(t + 1) * bg],
-                None => {
-                    if scratch.is_empty() {
-                        scratch = vec![0.0; bg];
-                    }
-                    &mut scratch
-                }
-            };
-            z.copy_from_slice(&xp[t * bg..(t + 1) * bg]);
-            let (h_prev, c_prev, hs_t, cs_t) = if t == 0 {
-                (h0, c0, &mut hs[..bh], &mut cs[..bh])
-            } else {
-                let (hs_done, hs_rest) = hs.split_at_mut(t * bh);
-                let (cs_done, cs_rest) = cs.split_at_mut(t * bh);
-                (
-                    &hs_done[(t - 1) * bh..],
-                    &cs_done[(t - 1) * bh..] as &[f32],
-                    &mut hs_rest[..bh],
-                    &mut cs_rest[..bh],
-                )
-            };
-            if b == 1 {
-                vec_mat(simd, h, h_prev, w_hh, z);
-            } else {
-                // z [B, 4H] += h_prev [B, H] · w_hh [H, 4H]
-                // SAFETY: the lengths were checked above; the three matrices do not overlap.
-                unsafe {
-                    matmul(
-                        b,
-                        4 * h,
-                        h,
-                        (z.as_mut_ptr(), 4 * h, 1),
-                        true,
-                        (h_prev.as_ptr(), h, 1),
-                        (w_hh.as_ptr(), 4 * h, 1),
-                    );
-                }
-            }
-            forward_pointwise(simd, h, z, c_prev, hs_t, cs_t);
+        let xp = blocks(xp, b, 4 * h, &bounds);
+        let h0 = blocks(h0, b, h, &bounds);
+        let c0 = blocks(c0, b, h, &bounds);
+        let hs = blocks_mut(hs, b, h, &bounds);
+        let cs = blocks_mut(cs, b, h, &bounds);
+        let gates: Vec<Option<Vec<&mut [f32]>>> = match gates {
+            Some(g) => blocks_mut(g, b, 4 * h, &bounds).into_iter().map(Some).collect(),
+            None => (0..bounds.len() - 1).map(|_| None).collect(),
+        };
+        let parts: Vec<_> = xp
+            .into_iter()
+            .zip(h0)
+            .zip(c0)
+            .zip(hs)
+            .zip(cs)
+            .zip(gates)
+            .map(|(((((xp, h0), c0), hs), cs), gates)| FwdPart {
+                xp,
+                h0: h0[0],
+                c0: c0[0],
+                hs,
+                cs,
+                gates,
+            })
+            .collect();
+        if parts.len() == 1 {
+            parts.into_iter().for_each(|p| forward_part(simd, h, w_hh, p, true));
+        } else {
+            parts
+                .into_par_iter()
+                .for_each(|p| forward_part(simd, h, w_hh, p, false));
         }
     })
+}
+
+/// One block of rows of a sequence for [`forward_part`]: per-step slices of the arrays of
+/// [`lstm_forward`], restricted to the block's rows.
+struct FwdPart<'a> {
+    xp: Vec<&'a [f32]>,
+    h0: &'a [f32],
+    c0: &'a [f32],
+    hs: Vec<&'a mut [f32]>,
+    cs: Vec<&'a mut [f32]>,
+    gates: Option<Vec<&'a mut [f32]>>,
+}
+
+/// The forward recurrence of one block of rows; `threaded` lets its products and pointwise
+/// passes use the thread pool (when the block is the whole batch).
+fn forward_part(simd: Simd, h: usize, w_hh: &[f32], p: FwdPart, threaded: bool) {
+    let FwdPart {
+        xp,
+        h0,
+        c0,
+        mut hs,
+        mut cs,
+        mut gates,
+    } = p;
+    let rows = h0.len() / h;
+    // The pre-activations of step t are built, then activated in place, either in gates[t] (which
+    // so ends up holding the activated gates) or in a one-step scratch buffer.
+    let mut scratch = Vec::new();
+    for t in 0..xp.len() {
+        let z: &mut [f32] = match gates.as_mut() {
+            Some(g) => g[t],
+            None => {
+                if scratch.is_empty() {
+                    scratch = vec![0.0; rows * 4 * h];
+                }
+                &mut scratch
+            }
+        };
+        z.copy_from_slice(xp[t]);
+        let (hs_done, hs_rest) = hs.split_at_mut(t);
+        let (cs_done, cs_rest) = cs.split_at_mut(t);
+        let (h_prev, c_prev): (&[f32], &[f32]) = match t {
+            0 => (h0, c0),
+            _ => (hs_done[t - 1], cs_done[t - 1]),
+        };
+        if rows == 1 {
+            vec_mat(simd, h, h_prev, w_hh, z, threaded);
+        } else {
+            // z [rows, 4H] += h_prev [rows, H] · w_hh [H, 4H]
+            // SAFETY: the blocks have these shapes; the three matrices do not overlap.
+            unsafe {
+                matmul(
+                    rows,
+                    4 * h,
+                    h,
+                    (z.as_mut_ptr(), 4 * h, 1),
+                    true,
+                    (h_prev.as_ptr(), h, 1),
+                    (w_hh.as_ptr(), 4 * h, 1),
+                    threaded,
+                );
+            }
+        }
+        let (h_out, c_out) = (&mut *hs_rest[0], &mut *cs_rest[0]);
+        if threaded {
+            forward_pointwise(simd, h, z, c_prev, h_out, c_out);
+        } else {
+            forward_rows(simd, h, z, c_prev, h_out, c_out);
+        }
+    }
 }
 
 /// Backward over the whole sequence (truncated BPTT: no gradient arrives for `c_T`).
@@ -206,45 +262,50 @@ pub fn lstm_backward(
     }
     on_worker(|| {
         let simd = simd_level();
+        let bounds = row_bounds(b);
         // gemm multiplies by w_hhᵀ about twice as fast from a row-major copy of it as through
-        // transposed strides, which repays the copy (one pass over w_hh) many times over; at batch 1
-        // it is a matrix-vector product either way.
-        let w_t = (b > 1).then(|| transpose(h, 4 * h, w_hh));
-        let (w_rhs, w_rs, w_cs) = match &w_t {
-            Some(w_t) => (w_t.as_ptr(), h, 1),
-            None => (w_hh.as_ptr(), 1, 4 * h),
+        // transposed strides, which repays the copy (one pass over w_hh) many times over; a
+        // single row is a matrix-vector product either way.
+        let w_t = (b > bounds.len() - 1).then(|| transpose(h, 4 * h, w_hh));
+        let w_t = match &w_t {
+            Some(w_t) => (&w_t[..], h, 1),
+            None => (w_hh, 1, 4 * h),
         };
-        for t in (0..t_len).rev() {
-            let c_prev = if t == 0 {
-                c0
-            } else {
-                &cs[(t - 1) * bh..t * bh]
-            };
-            let dz = &mut dxp[t * bg..(t + 1) * bg];
-            backward_pointwise(
-                simd,
-                h,
-                &gates[t * bg..(t + 1) * bg],
-                &cs[t * bh..(t + 1) * bh],
-                c_prev,
-                &dhs[t * bh..(t + 1) * bh],
-                dh0,
-                dc0,
-                dz,
-            );
-            // dh_{t-1} [B, H] = dz_t [B, 4H] · w_hhᵀ [4H, H]
-            // SAFETY: the lengths were checked above; the three matrices do not overlap.
-            unsafe {
-                matmul(
-                    b,
-                    h,
-                    4 * h,
-                    (dh0.as_mut_ptr(), h, 1),
-                    false,
-                    (dz.as_ptr(), 4 * h, 1),
-                    (w_rhs, w_rs, w_cs),
-                );
-            }
+        let gates = blocks(gates, b, 4 * h, &bounds);
+        let cs_b = blocks(cs, b, h, &bounds);
+        let c0 = blocks(c0, b, h, &bounds);
+        let dhs = blocks(dhs, b, h, &bounds);
+        let dxp_b = blocks_mut(dxp, b, 4 * h, &bounds);
+        let dh0 = blocks_mut(dh0, b, h, &bounds);
+        let dc0 = blocks_mut(dc0, b, h, &bounds);
+        let parts: Vec<_> = gates
+            .into_iter()
+            .zip(cs_b)
+            .zip(c0)
+            .zip(dhs)
+            .zip(dxp_b)
+            .zip(dh0)
+            .zip(dc0)
+            .map(
+                |((((((gates, cs), c0), dhs), dz), mut dh0), mut dc0)| BwdPart {
+                    gates,
+                    cs,
+                    c0: c0[0],
+                    dhs,
+                    dz,
+                    dh0: dh0.pop().expect("one step"),
+                    dc0: dc0.pop().expect("one step"),
+                },
+            )
+            .collect();
+        if parts.len() == 1 {
+            parts
+                .into_iter()
+                .for_each(|p| backward_part(simd, h, w_t, p, true));
+        } else {
+            parts
+                .into_par_iter()
+                .for_each(|p| backward_part(simd, h, w_t, p, false));
         }
 
         // dw_hh [H, 4H] = h0ᵀ [H, B] · dz_0 [B, 4H] + hs[0..T-1]ᵀ [H, (T-1)B] · dz[1..T] [(T-1)B, 4H]
@@ -258,6 +319,7 @@ pub fn lstm_backward(
                 false,
                 (h0.as_ptr(), 1, h),
                 (dxp.as_ptr(), 4 * h, 1),
+                true,
             );
             if t_len > 1 {
                 matmul(
@@ -268,10 +330,105 @@ pub fn lstm_backward(
                     true,
                     (hs.as_ptr(), 1, h),
                     (dxp[bg..].as_ptr(), 4 * h, 1),
+                    true,
                 );
             }
         }
     })
+}
+
+/// One block of rows of a sequence for [`backward_part`]: per-step slices of the arrays of
+/// [`lstm_backward`], restricted to the block's rows.
+struct BwdPart<'a> {
+    gates: Vec<&'a [f32]>,
+    cs: Vec<&'a [f32]>,
+    c0: &'a [f32],
+    dhs: Vec<&'a [f32]>,
+    dz: Vec<&'a mut [f32]>,
+    dh0: &'a mut [f32],
+    dc0: &'a mut [f32],
+}
+
+/// The backward recurrence of one block of rows (everything but `dw_hh`, which mixes rows);
+/// `w_t` is `w_hhᵀ` as a matrix operand (slice, row stride, column stride).
+fn backward_part(
+    simd: Simd,
+    h: usize,
+    w_t: (&[f32], usize, usize),
+    p: BwdPart,
+    threaded: bool,
+) {
+    let BwdPart {
+        gates,
+        cs,
+        c0,
+        dhs,
+        mut dz,
+        dh0,
+        dc0,
+    } = p;
+    let rows = c0.len() / h;
+    for t in (0..gates.len()).rev() {
+        let c_prev = if t == 0 { c0 } else { cs[t - 1] };
+        let dz = &mut *dz[t];
+        if threaded {
+            backward_pointwise(simd, h, gates[t], cs[t], c_prev, dhs[t], dh0, dc0, dz);
+        } else {
+            backward_rows(simd, h, gates[t], cs[t], c_prev, dhs[t], dh0, dc0, dz);
+        }
+        // dh_{t-1} [rows, H] = dz_t [rows, 4H] · w_hhᵀ [4H, H]
+        // SAFETY: the blocks have these shapes; the three matrices do not overlap.
+        unsafe {
+            matmul(
+                rows,
+                h,
+                4 * h,
+                (dh0.as_mut_ptr(), h, 1),
+                false,
+                (dz.as_ptr(), 4 * h, 1),
+                (w_t.0.as_ptr(), w_t.1, w_t.2),
+                threaded,
+            );
+        }
+    }
+}
+
+/// Row boundaries splitting `b` rows into one block per thread of the pool (one block when
+/// there is one row or one thread). The rows of an LSTM are independent sequences, so each block
+/// runs its whole recurrence on one thread, with no synchronization between steps: at small
+/// batches that beats splitting each step's product between threads.
+fn row_bounds(b: usize) -> Vec<usize> {
+    let parts = rayon::current_num_threads().min(b).max(1);
+    (0..=parts).map(|p| p * b / parts).collect()
+}
+
+/// The row blocks `bounds` of every step of a `[T, B, width]` array: `out[p][t]`.
+fn blocks<'a>(a: &'a [f32], b: usize, width: usize, bounds: &[usize]) -> Vec<Vec<&'a [f32]>> {
+    let mut out: Vec<Vec<&[f32]>> = vec![Vec::new(); bounds.len() - 1];
+    for step in a.chunks_exact(b * width) {
+        for (p, r) in bounds.windows(2).enumerate() {
+            out[p].push(&step[r[0] * width..r[1] * width]);
+        }
+    }
+    out
+}
+
+/// [`blocks`] of a mutable array.
+fn blocks_mut<'a>(
+    a: &'a mut [f32],
+    b: usize,
+    width: usize,
+    bounds: &[usize],
+) -> Vec<Vec<&'a mut [f32]>> {
+    let mut out: Vec<Vec<&mut [f32]>> = (0..bounds.len() - 1).map(|_| Vec::new()).collect();
+    for mut step in a.chunks_exact_mut(b * width) {
+        for (p, r) in bounds.windows(2).enumerate() {
+            let (block, rest) = step.split_at_mut((r[1] - r[0]) * width);
+            out[p].push(block);
+            step = rest;
+        }
+    }
+    out
 }
 
 /// The LSTM cell of one row, given its gate pre-activations: the pointwise part of a step, for
@@ -318,7 +475,8 @@ fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// A matrix operand: pointer, row stride, column stride (in elements).
 type Mat<P> = (P, usize, usize);
 
-/// `dst [m, n] = (acc ? dst : 0) + lhs [m, k] · rhs [k, n]`, through `gemm`.
+/// `dst [m, n] = (acc ? dst : 0) + lhs [m, k] · rhs [k, n]`, through `gemm`, on the thread pool
+/// when `threaded` and the product is large enough.
 ///
 /// # Safety
 ///
@@ -331,12 +489,13 @@ unsafe fn matmul(
     acc: bool,
     lhs: Mat<*const f32>,
     rhs: Mat<*const f32>,
+    threaded: bool,
 ) {
     if m == 0 || n == 0 {
         return;
     }
     // Tiny products are not worth waking the pool for (gemm also applies its own threshold).
-    let par = if m * n * k >= 1 << 17 {
+    let par = if threaded && m * n * k >= 1 << 17 {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None
@@ -860,10 +1019,10 @@ const PAR_MIN_WEIGHTS: usize = 1 << 18;
 
 /// `z [4H] += x [H] · w_hh [H, 4H]` at batch 1, as AXPYs over the contiguous rows of `w_hh`; the
 /// columns are split between threads when that pays.
-fn vec_mat(simd: Simd, h: usize, x: &[f32], w_hh: &[f32], z: &mut [f32]) {
+fn vec_mat(simd: Simd, h: usize, x: &[f32], w_hh: &[f32], z: &mut [f32], threaded: bool) {
     let n = 4 * h;
     let threads = rayon::current_num_threads();
-    if threads < 2 || h * n < PAR_MIN_WEIGHTS {
+    if !threaded || threads < 2 || h * n < PAR_MIN_WEIGHTS {
         return axpy_block(simd, &x[..h], w_hh, n, &mut z[..n]);
     }
     // Whole 64-byte lines per thread.

@@ -12,13 +12,17 @@
 //! h_t = o ⊙ tanh(c_t)
 //! ```
 //!
-//! Each step does one matrix product (through the `gemm` crate) and one fused elementwise pass;
-//! the elementwise passes use branch-free rational approximations of `tanh` and `σ` (absolute error
-//! below 1e-6), are compiled for AVX-512 and AVX2+FMA besides the baseline and picked at run time,
-//! and are split over batch rows with rayon when the step is large enough to pay for it. At batch 1
+//! The rows of a batch are independent sequences, so [`lstm_forward`] and [`lstm_backward`] split
+//! them into one block per thread and run each block's whole recurrence on its own thread, with
+//! no synchronization between steps; only `dW_hh`, which sums over rows and steps, is one threaded
+//! product at the end. At batch 32 this beat splitting each step's product between the two
+//! threads by about a fifth. Each step of a block does one matrix product (through the `gemm`
+//! crate) and one fused elementwise pass; the elementwise passes use branch-free rational
+//! approximations of `tanh` and `σ` (absolute error below 1e-6), are compiled for AVX-512 and
+//! AVX2+FMA besides the baseline and picked at run time, and work in 16-lane blocks. At batch 1
 //! the matrix product is a plain row-AXPY loop split by columns over the threads, faster than a
-//! `gemm` call there. The backward pass multiplies by a transposed copy of `w_hh`, with which `gemm`
-//! runs about twice as fast as through transposed strides.
+//! `gemm` call there. The backward pass multiplies by a transposed copy of `w_hh`, with which
+//! `gemm` runs about twice as fast as through transposed strides.
 //!
 //! `gemm` picks its AVX-512 kernels only when built with its `x86-v4` feature; on an AVX-512 CPU
 //! that roughly halves the time of both passes.
@@ -197,11 +201,7 @@ fn forward_part(simd: Simd, h: usize, w_hh: &[f32], p: FwdPart, threaded: bool) 
             }
         }
         let (h_out, c_out) = (&mut *hs_rest[0], &mut *cs_rest[0]);
-        if threaded {
-            forward_pointwise(simd, h, z, c_prev, h_out, c_out);
-        } else {
-            forward_rows(simd, h, z, c_prev, h_out, c_out);
-        }
+        forward_rows(simd, h, z, c_prev, h_out, c_out);
     }
 }
 
@@ -371,11 +371,7 @@ fn backward_part(
     for t in (0..gates.len()).rev() {
         let c_prev = if t == 0 { c0 } else { cs[t - 1] };
         let dz = &mut *dz[t];
-        if threaded {
-            backward_pointwise(simd, h, gates[t], cs[t], c_prev, dhs[t], dh0, dc0, dz);
-        } else {
-            backward_rows(simd, h, gates[t], cs[t], c_prev, dhs[t], dh0, dc0, dz);
-        }
+        backward_rows(simd, h, gates[t], cs[t], c_prev, dhs[t], dh0, dc0, dz);
         // dh_{t-1} [rows, H] = dz_t [rows, 4H] · w_hhᵀ [4H, H]
         // SAFETY: the blocks have these shapes; the three matrices do not overlap.
         unsafe {
@@ -648,43 +644,9 @@ macro_rules! dispatch {
     };
 }
 
-/// Elements of one step's `[B, H]` block below which the elementwise passes stay on one thread.
-const PAR_MIN_ELEMS: usize = 1 << 14;
-
-/// How many rows each rayon task takes, or `None` to stay on the calling thread.
-fn par_rows(b: usize, h: usize) -> Option<usize> {
-    let threads = rayon::current_num_threads();
-    if threads < 2 || b < 2 || b * h < PAR_MIN_ELEMS {
-        return None;
-    }
-    Some(b.div_ceil(threads))
-}
-
-/// The forward pointwise pass over `[B, ·]` blocks: activates `z` in place, writes `h_t`, `c_t`.
-fn forward_pointwise(
-    simd: Simd,
-    h: usize,
-    z: &mut [f32],
-    c_prev: &[f32],
-    h_out: &mut [f32],
-    c_out: &mut [f32],
-) {
-    let b = c_prev.len() / h;
-    match par_rows(b, h) {
-        None => forward_rows(simd, h, z, c_prev, h_out, c_out),
-        Some(rows) => z
-            .par_chunks_mut(rows * 4 * h)
-            .zip(c_prev.par_chunks(rows * h))
-            .zip(h_out.par_chunks_mut(rows * h))
-            .zip(c_out.par_chunks_mut(rows * h))
-            .for_each(|(((z, c_prev), h_out), c_out)| {
-                forward_rows(simd, h, z, c_prev, h_out, c_out)
-            }),
-    }
-}
-
 dispatch! {
-    /// [`forward_rows_impl`] for `simd`.
+    /// The forward pointwise pass over `[rows, ·]` blocks ([`forward_rows_impl`]): activates `z` in
+    /// place and writes `h_t` and `c_t`.
     fn forward_rows => forward_rows_impl(
         h: usize, z: &mut [f32], c_prev: &[f32], h_out: &mut [f32], c_out: &mut [f32],
     )
@@ -844,47 +806,12 @@ fn forward_row_inplace<const FMA: bool>(
     }
 }
 
-/// The backward pointwise pass over `[B, ·]` blocks of step `t`.
-///
-/// Reads the activated `gates`, `c_t`, `c_{t-1}` and `dh_t` from the loss; `dh_next` holds the
-/// gradient reaching `h_t` from step `t+1` and `dc_next`, in and out, the gradient reaching `c_t`
-/// from step `t+1`, replaced by the one reaching `c_{t-1}`; writes `dz_t`.
-#[allow(clippy::too_many_arguments)]
-fn backward_pointwise(
-    simd: Simd,
-    h: usize,
-    gates: &[f32],
-    c: &[f32],
-    c_prev: &[f32],
-    dh_loss: &[f32],
-    dh_next: &[f32],
-    dc_next: &mut [f32],
-    dz: &mut [f32],
-) {
-    let b = c.len() / h;
-    match par_rows(b, h) {
-        None => backward_rows(simd, h, gates, c, c_prev, dh_loss, dh_next, dc_next, dz),
-        Some(rows) => {
-            let (rh, rg) = (rows * h, rows * 4 * h);
-            gates
-                .par_chunks(rg)
-                .zip(c.par_chunks(rh))
-                .zip(c_prev.par_chunks(rh))
-                .zip(dh_loss.par_chunks(rh))
-                .zip(dh_next.par_chunks(rh))
-                .zip(dc_next.par_chunks_mut(rh))
-                .zip(dz.par_chunks_mut(rg))
-                .for_each(
-                    |((((((gates, c), c_prev), dh_loss), dh_next), dc_next), dz)| {
-                        backward_rows(simd, h, gates, c, c_prev, dh_loss, dh_next, dc_next, dz)
-                    },
-                )
-        }
-    }
-}
-
 dispatch! {
-    /// [`backward_rows_impl`] for `simd`.
+    /// The backward pointwise pass over `[rows, ·]` blocks of step `t` ([`backward_rows_impl`]).
+    ///
+    /// Reads the activated `gates`, `c_t`, `c_{t-1}` and `dh_t` from the loss; `dh_next` holds the
+    /// gradient reaching `h_t` from step `t+1` and `dc_next`, in and out, the gradient reaching `c_t`
+    /// from step `t+1`, replaced by the one reaching `c_{t-1}`; writes `dz_t`.
     fn backward_rows => backward_rows_impl(
         h: usize,
         gates: &[f32],

@@ -61,17 +61,18 @@ impl Dims {
 
 /// Forward over the whole sequence.
 ///
-/// Runs the recurrence for `d.t` steps from `(h0, c0)`, writing every step's hidden and cell state,
-/// and, when `gates` is `Some`, the activated gates `(σ(z_i), σ(z_f), tanh(z_g), σ(z_o))` that
-/// [`lstm_backward`] needs.
+/// Runs the recurrence for `d.t` steps from `(h0, c0)`, writing every step's hidden and cell
+/// state. `xz` holds the input projection of every step on entry and the activated gates
+/// `(σ(z_i), σ(z_f), tanh(z_g), σ(z_o))`, which [`lstm_backward`] needs, on return: working in
+/// place spares a buffer of the sequence's largest size, and a copy into it.
 ///
 /// # Shapes
 ///
-/// - `xp`: `[T, B, 4H]`, the input projection of every step with all biases already added;
+/// - `xz` (read and written): `[T, B, 4H]`, the input projection of every step with all biases
+///   already added, then the gates;
 /// - `w_hh`: `[H, 4H]`;
 /// - `h0`, `c0`: `[B, H]`;
-/// - `hs`, `cs` (written): `[T, B, H]`, `h_t` and `c_t`;
-/// - `gates` (written when `Some`): `[T, B, 4H]`.
+/// - `hs`, `cs` (written): `[T, B, H]`, `h_t` and `c_t`.
 ///
 /// # Panics
 ///
@@ -79,54 +80,44 @@ impl Dims {
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_forward(
     d: Dims,
-    xp: &[f32],
+    xz: &mut [f32],
     w_hh: &[f32],
     h0: &[f32],
     c0: &[f32],
     hs: &mut [f32],
     cs: &mut [f32],
-    gates: Option<&mut [f32]>,
 ) {
     let (t_len, b, h) = (d.t, d.b, d.h);
     let (bh, bg) = (d.bh(), d.bg());
-    assert_eq!(xp.len(), t_len * bg, "xp must be [t, b, 4h]");
+    assert_eq!(xz.len(), t_len * bg, "xz must be [t, b, 4h]");
     assert_eq!(w_hh.len(), h * 4 * h, "w_hh must be [h, 4h]");
     assert_eq!(h0.len(), bh, "h0 must be [b, h]");
     assert_eq!(c0.len(), bh, "c0 must be [b, h]");
     assert_eq!(hs.len(), t_len * bh, "hs must be [t, b, h]");
     assert_eq!(cs.len(), t_len * bh, "cs must be [t, b, h]");
-    if let Some(g) = gates.as_deref() {
-        assert_eq!(g.len(), t_len * bg, "gates must be [t, b, 4h]");
-    }
     if t_len == 0 || bh == 0 {
         return;
     }
     on_worker(|| {
         let bounds = row_bounds(b);
         let simd = simd_level();
-        let xp = blocks(xp, b, 4 * h, &bounds);
+        let xz = blocks_mut(xz, b, 4 * h, &bounds);
         let h0 = blocks(h0, b, h, &bounds);
         let c0 = blocks(c0, b, h, &bounds);
         let hs = blocks_mut(hs, b, h, &bounds);
         let cs = blocks_mut(cs, b, h, &bounds);
-        let gates: Vec<Option<Vec<&mut [f32]>>> = match gates {
-            Some(g) => blocks_mut(g, b, 4 * h, &bounds).into_iter().map(Some).collect(),
-            None => (0..bounds.len() - 1).map(|_| None).collect(),
-        };
-        let parts: Vec<_> = xp
+        let parts: Vec<_> = xz
             .into_iter()
             .zip(h0)
             .zip(c0)
             .zip(hs)
             .zip(cs)
-            .zip(gates)
-            .map(|(((((xp, h0), c0), hs), cs), gates)| FwdPart {
-                xp,
+            .map(|((((xz, h0), c0), hs), cs)| FwdPart {
+                xz,
                 h0: h0[0],
                 c0: c0[0],
                 hs,
                 cs,
-                gates,
             })
             .collect();
         if parts.len() == 1 {
@@ -142,40 +133,27 @@ pub fn lstm_forward(
 /// One block of rows of a sequence for [`forward_part`]: per-step slices of the arrays of
 /// [`lstm_forward`], restricted to the block's rows.
 struct FwdPart<'a> {
-    xp: Vec<&'a [f32]>,
+    xz: Vec<&'a mut [f32]>,
     h0: &'a [f32],
     c0: &'a [f32],
     hs: Vec<&'a mut [f32]>,
     cs: Vec<&'a mut [f32]>,
-    gates: Option<Vec<&'a mut [f32]>>,
 }
 
 /// The forward recurrence of one block of rows; `threaded` lets its products and pointwise
 /// passes use the thread pool (when the block is the whole batch).
 fn forward_part(simd: Simd, h: usize, w_hh: &[f32], p: FwdPart, threaded: bool) {
     let FwdPart {
-        xp,
+        mut xz,
         h0,
         c0,
         mut hs,
         mut cs,
-        mut gates,
     } = p;
     let rows = h0.len() / h;
-    // The pre-activations of step t are built, then activated in place, either in gates[t] (which
-    // so ends up holding the activated gates) or in a one-step scratch buffer.
-    let mut scratch = Vec::new();
-    for t in 0..xp.len() {
-        let z: &mut [f32] = match gates.as_mut() {
-            Some(g) => g[t],
-            None => {
-                if scratch.is_empty() {
-                    scratch = vec![0.0; rows * 4 * h];
-                }
-                &mut scratch
-            }
-        };
-        z.copy_from_slice(xp[t]);
+    // xz[t] becomes the pre-activations of step t, then its activated gates.
+    for t in 0..xz.len() {
+        let z = &mut *xz[t];
         let (hs_done, hs_rest) = hs.split_at_mut(t);
         let (cs_done, cs_rest) = cs.split_at_mut(t);
         let (h_prev, c_prev): (&[f32], &[f32]) = match t {
@@ -207,16 +185,17 @@ fn forward_part(simd: Simd, h: usize, w_hh: &[f32], p: FwdPart, threaded: bool) 
 
 /// Backward over the whole sequence (truncated BPTT: no gradient arrives for `c_T`).
 ///
-/// Takes what [`lstm_forward`] took and wrote (it must have recorded `gates`) and the gradient of
-/// the loss with respect to every `h_t`, and overwrites (does not accumulate into) the gradients of
-/// the pre-activations, of `w_hh` and of the initial states.
+/// Takes what [`lstm_forward`] took and wrote and the gradient of the loss with respect to every
+/// `h_t`, and overwrites (does not accumulate into) the gradients of the pre-activations (in
+/// place of the gates), of `w_hh` and of the initial states.
 ///
 /// # Shapes
 ///
 /// - `w_hh`: `[H, 4H]`; `h0`, `c0`: `[B, H]`;
-/// - `hs`, `cs`: `[T, B, H]`; `gates`: `[T, B, 4H]`, as written by [`lstm_forward`];
+/// - `hs`, `cs`: `[T, B, H]`, as written by [`lstm_forward`];
+/// - `gz` (read and written): `[T, B, 4H]`, the gates [`lstm_forward`] left in `xz`, then
+///   `dL/dz_t`, which is exactly `dL/dxp`;
 /// - `dhs`: `[T, B, H]`, `dL/dh_t` for every `t`;
-/// - `dxp` (written): `[T, B, 4H]`, `dL/dz_t`, which is exactly `dL/dxp`;
 /// - `dw_hh` (written): `[H, 4H]`, `Σ_t h_{t-1}ᵀ · dz_t`;
 /// - `dh0`, `dc0` (written): `[B, H]`.
 ///
@@ -231,9 +210,8 @@ pub fn lstm_backward(
     c0: &[f32],
     hs: &[f32],
     cs: &[f32],
-    gates: &[f32],
+    gz: &mut [f32],
     dhs: &[f32],
-    dxp: &mut [f32],
     dw_hh: &mut [f32],
     dh0: &mut [f32],
     dc0: &mut [f32],
@@ -245,9 +223,8 @@ pub fn lstm_backward(
     assert_eq!(c0.len(), bh, "c0 must be [b, h]");
     assert_eq!(hs.len(), t_len * bh, "hs must be [t, b, h]");
     assert_eq!(cs.len(), t_len * bh, "cs must be [t, b, h]");
-    assert_eq!(gates.len(), t_len * bg, "gates must be [t, b, 4h]");
+    assert_eq!(gz.len(), t_len * bg, "gz must be [t, b, 4h]");
     assert_eq!(dhs.len(), t_len * bh, "dhs must be [t, b, h]");
-    assert_eq!(dxp.len(), t_len * bg, "dxp must be [t, b, 4h]");
     assert_eq!(dw_hh.len(), h * 4 * h, "dw_hh must be [h, 4h]");
     assert_eq!(dh0.len(), bh, "dh0 must be [b, h]");
     assert_eq!(dc0.len(), bh, "dc0 must be [b, h]");
@@ -271,28 +248,25 @@ pub fn lstm_backward(
             Some(w_t) => (&w_t[..], h, 1),
             None => (w_hh, 1, 4 * h),
         };
-        let gates = blocks(gates, b, 4 * h, &bounds);
+        let gz_b = blocks_mut(gz, b, 4 * h, &bounds);
         let cs_b = blocks(cs, b, h, &bounds);
         let c0 = blocks(c0, b, h, &bounds);
         let dhs = blocks(dhs, b, h, &bounds);
-        let dxp_b = blocks_mut(dxp, b, 4 * h, &bounds);
         let dh0 = blocks_mut(dh0, b, h, &bounds);
         let dc0 = blocks_mut(dc0, b, h, &bounds);
-        let parts: Vec<_> = gates
+        let parts: Vec<_> = gz_b
             .into_iter()
             .zip(cs_b)
             .zip(c0)
             .zip(dhs)
-            .zip(dxp_b)
             .zip(dh0)
             .zip(dc0)
             .map(
-                |((((((gates, cs), c0), dhs), dz), mut dh0), mut dc0)| BwdPart {
-                    gates,
+                |(((((gz, cs), c0), dhs), mut dh0), mut dc0)| BwdPart {
+                    gz,
                     cs,
                     c0: c0[0],
                     dhs,
-                    dz,
                     dh0: dh0.pop().expect("one step"),
                     dc0: dc0.pop().expect("one step"),
                 },
@@ -318,7 +292,7 @@ pub fn lstm_backward(
                 (dw_hh.as_mut_ptr(), 4 * h, 1),
                 false,
                 (h0.as_ptr(), 1, h),
-                (dxp.as_ptr(), 4 * h, 1),
+                (gz.as_ptr(), 4 * h, 1),
                 true,
             );
             if t_len > 1 {
@@ -329,7 +303,7 @@ pub fn lstm_backward(
                     (dw_hh.as_mut_ptr(), 4 * h, 1),
                     true,
                     (hs.as_ptr(), 1, h),
-                    (dxp[bg..].as_ptr(), 4 * h, 1),
+                    (gz[bg..].as_ptr(), 4 * h, 1),
                     true,
                 );
             }
@@ -340,11 +314,10 @@ pub fn lstm_backward(
 /// One block of rows of a sequence for [`backward_part`]: per-step slices of the arrays of
 /// [`lstm_backward`], restricted to the block's rows.
 struct BwdPart<'a> {
-    gates: Vec<&'a [f32]>,
+    gz: Vec<&'a mut [f32]>,
     cs: Vec<&'a [f32]>,
     c0: &'a [f32],
     dhs: Vec<&'a [f32]>,
-    dz: Vec<&'a mut [f32]>,
     dh0: &'a mut [f32],
     dc0: &'a mut [f32],
 }
@@ -359,19 +332,18 @@ fn backward_part(
     threaded: bool,
 ) {
     let BwdPart {
-        gates,
+        mut gz,
         cs,
         c0,
         dhs,
-        mut dz,
         dh0,
         dc0,
     } = p;
     let rows = c0.len() / h;
-    for t in (0..gates.len()).rev() {
+    for t in (0..gz.len()).rev() {
         let c_prev = if t == 0 { c0 } else { cs[t - 1] };
-        let dz = &mut *dz[t];
-        backward_rows(simd, h, gates[t], cs[t], c_prev, dhs[t], dh0, dc0, dz);
+        let dz = &mut *gz[t];
+        backward_rows(simd, h, cs[t], c_prev, dhs[t], dh0, dc0, dz);
         // dh_{t-1} [rows, H] = dz_t [rows, 4H] · w_hhᵀ [4H, H]
         // SAFETY: the blocks have these shapes; the three matrices do not overlap.
         unsafe {
@@ -809,95 +781,101 @@ fn forward_row_inplace<const FMA: bool>(
 dispatch! {
     /// The backward pointwise pass over `[rows, ·]` blocks of step `t` ([`backward_rows_impl`]).
     ///
-    /// Reads the activated `gates`, `c_t`, `c_{t-1}` and `dh_t` from the loss; `dh_next` holds the
-    /// gradient reaching `h_t` from step `t+1` and `dc_next`, in and out, the gradient reaching `c_t`
-    /// from step `t+1`, replaced by the one reaching `c_{t-1}`; writes `dz_t`.
+    /// Reads `c_t`, `c_{t-1}` and `dh_t` from the loss; `dh_next` holds the gradient reaching
+    /// `h_t` from step `t+1` and `dc_next`, in and out, the gradient reaching `c_t` from step
+    /// `t+1`, replaced by the one reaching `c_{t-1}`; `gz` holds the activated gates in and
+    /// `dz_t` out.
     fn backward_rows => backward_rows_impl(
         h: usize,
-        gates: &[f32],
         c: &[f32],
         c_prev: &[f32],
         dh_loss: &[f32],
         dh_next: &[f32],
         dc_next: &mut [f32],
-        dz: &mut [f32],
+        gz: &mut [f32],
     )
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn backward_rows_impl<const FMA: bool>(
     h: usize,
-    gates: &[f32],
     c: &[f32],
     c_prev: &[f32],
     dh_loss: &[f32],
     dh_next: &[f32],
     dc_next: &mut [f32],
-    dz: &mut [f32],
+    gz: &mut [f32],
 ) {
-    for ((((((gates, c), c_prev), dh_loss), dh_next), dc_next), dz) in gates
-        .chunks_exact(4 * h)
-        .zip(c.chunks_exact(h))
+    for (((((c, c_prev), dh_loss), dh_next), dc_next), gz) in c
+        .chunks_exact(h)
         .zip(c_prev.chunks_exact(h))
         .zip(dh_loss.chunks_exact(h))
         .zip(dh_next.chunks_exact(h))
         .zip(dc_next.chunks_exact_mut(h))
-        .zip(dz.chunks_exact_mut(4 * h))
+        .zip(gz.chunks_exact_mut(4 * h))
     {
-        let (gi, rest) = gates.split_at(h);
-        let (gf, rest) = rest.split_at(h);
-        let (gg, go) = rest.split_at(h);
-        let (dzi, rest) = dz.split_at_mut(h);
-        let (dzf, rest) = rest.split_at_mut(h);
-        let (dzg, dzo) = rest.split_at_mut(h);
-        backward_row::<FMA>(
-            [gi, gf, gg, go],
-            c,
-            c_prev,
-            dh_loss,
-            dh_next,
-            dc_next,
-            dzi,
-            dzf,
-            dzg,
-            dzo,
-        );
+        let (gi, rest) = gz.split_at_mut(h);
+        let (gf, rest) = rest.split_at_mut(h);
+        let (gg, go) = rest.split_at_mut(h);
+        backward_row::<FMA>([gi, gf, gg, go], [c, c_prev, dh_loss, dh_next], dc_next);
     }
 }
 
-/// One row of the backward pointwise pass, with every output a separate `&mut` argument (see
-/// [`forward_row`]).
+/// One element of the backward cell: from the activated gates `(i, f, g, o)`, `c_t`, `c_{t-1}`,
+/// the two gradients reaching `h_t` and the one reaching `c_t`, the gradients of the four
+/// pre-activations and the one reaching `c_{t-1}`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn backward_row<const FMA: bool>(
-    gates: [&[f32]; 4],
-    c: &[f32],
-    c_prev: &[f32],
-    dh_loss: &[f32],
-    dh_next: &[f32],
-    dc_next: &mut [f32],
-    dzi: &mut [f32],
-    dzf: &mut [f32],
-    dzg: &mut [f32],
-    dzo: &mut [f32],
-) {
+fn cell_backward<const FMA: bool>(gate: [f32; 4], v: [f32; 4], dc_next: f32) -> ([f32; 4], f32) {
+    let [i, f, g, o] = gate;
+    let [c, c_prev, dh_loss, dh_next] = v;
+    let dh = dh_loss + dh_next;
+    let tc = tanh_fast::<FMA>(c);
+    let dho = dh * o;
+    let dc = madd::<FMA>(dho, madd::<FMA>(-tc, tc, 1.0), dc_next);
+    let dz = [
+        dc * g * i * (1.0 - i),
+        dc * c_prev * f * (1.0 - f),
+        dc * i * madd::<FMA>(-g, g, 1.0),
+        dho * tc * (1.0 - o),
+    ];
+    (dz, dc * f)
+}
+
+/// One row of the backward pointwise pass: `gz` (gate blocks i, f, g, o) holds the activated
+/// gates in and their pre-activations' gradients out; `v` is `[c_t, c_{t-1}, dh_loss, dh_next]`.
+/// Works in blocks of [`LANES`] like [`forward_row`].
+#[inline(always)]
+fn backward_row<const FMA: bool>(gz: [&mut [f32]; 4], v: [&[f32]; 4], dc_next: &mut [f32]) {
     let h = dc_next.len();
-    let [gi, gf, gg, go] = gates;
-    let (gi, gf, gg, go) = (&gi[..h], &gf[..h], &gg[..h], &go[..h]);
-    let (c, c_prev, dh_loss, dh_next) = (&c[..h], &c_prev[..h], &dh_loss[..h], &dh_next[..h]);
-    let (dzi, dzf, dzg, dzo) = (&mut dzi[..h], &mut dzf[..h], &mut dzg[..h], &mut dzo[..h]);
-    for j in 0..h {
-        let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
-        let dh = dh_loss[j] + dh_next[j];
-        let tc = tanh_fast::<FMA>(c[j]);
-        let dho = dh * o;
-        let dc = madd::<FMA>(dho, madd::<FMA>(-tc, tc, 1.0), dc_next[j]);
-        dzo[j] = dho * tc * (1.0 - o);
-        dzi[j] = dc * g * i * (1.0 - i);
-        dzf[j] = dc * c_prev[j] * f * (1.0 - f);
-        dzg[j] = dc * i * madd::<FMA>(-g, g, 1.0);
-        dc_next[j] = dc * f;
+    let [gi, gf, gg, go] = gz;
+    let (gi, gf, gg, go) = (&mut gi[..h], &mut gf[..h], &mut gg[..h], &mut go[..h]);
+    let v = v.map(|v| &v[..h]);
+    let blocks = h / LANES * LANES;
+    for j0 in (0..blocks).step_by(LANES) {
+        let r = j0..j0 + LANES;
+        let mut g = load_gates([gi, gf, gg, go], r.clone());
+        let mut vb = [[0.0f32; LANES]; 4];
+        for (vb, v) in vb.iter_mut().zip(v) {
+            vb.copy_from_slice(&v[r.clone()]);
+        }
+        let mut dc = [0.0f32; LANES];
+        dc.copy_from_slice(&dc_next[r.clone()]);
+        for k in 0..LANES {
+            let gate = [g[0][k], g[1][k], g[2][k], g[3][k]];
+            let (dz, dck) = cell_backward::<FMA>(gate, [vb[0][k], vb[1][k], vb[2][k], vb[3][k]], dc[k]);
+            (g[0][k], g[1][k], g[2][k], g[3][k]) = (dz[0], dz[1], dz[2], dz[3]);
+            dc[k] = dck;
+        }
+        for (dst, src) in [&mut *gi, &mut *gf, &mut *gg, &mut *go].into_iter().zip(&g) {
+            dst[r.clone()].copy_from_slice(src);
+        }
+        dc_next[r].copy_from_slice(&dc);
+    }
+    for j in blocks..h {
+        let gate = [gi[j], gf[j], gg[j], go[j]];
+        let (dz, dc) = cell_backward::<FMA>(gate, [v[0][j], v[1][j], v[2][j], v[3][j]], dc_next[j]);
+        (gi[j], gf[j], gg[j], go[j]) = (dz[0], dz[1], dz[2], dz[3]);
+        dc_next[j] = dc;
     }
 }
 
@@ -1175,23 +1153,15 @@ mod tests {
     ) {
         let d = c.d;
         let (bh, bg) = (d.t * d.b * d.h, d.t * d.b * 4 * d.h);
-        let (mut hs, mut cs, mut gs) = (vec![0.0; bh], vec![0.0; bh], vec![0.0; bg]);
-        lstm_forward(
-            d,
-            &c.xp,
-            &c.w,
-            &c.h0,
-            &c.c0,
-            &mut hs,
-            &mut cs,
-            Some(&mut gs),
-        );
-        let mut dxp = vec![f32::NAN; bg];
+        let (mut hs, mut cs, mut gs) = (vec![0.0; bh], vec![0.0; bh], c.xp.clone());
+        assert_eq!(gs.len(), bg);
+        lstm_forward(d, &mut gs, &c.w, &c.h0, &c.c0, &mut hs, &mut cs);
+        let mut dxp = gs.clone();
         let mut dw = vec![f32::NAN; d.h * 4 * d.h];
         let mut dh0 = vec![f32::NAN; d.b * d.h];
         let mut dc0 = vec![f32::NAN; d.b * d.h];
         lstm_backward(
-            d, &c.w, &c.h0, &c.c0, &hs, &cs, &gs, &c.dhs, &mut dxp, &mut dw, &mut dh0, &mut dc0,
+            d, &c.w, &c.h0, &c.c0, &hs, &cs, &mut dxp, &c.dhs, &mut dw, &mut dh0, &mut dc0,
         );
         (hs, cs, gs, dxp, dw, dh0, dc0)
     }
@@ -1235,12 +1205,6 @@ mod tests {
                     assert_close(&format!("{name} dw_hh"), &dw, &rdw, 1e-4);
                     assert_close(&format!("{name} dh0"), &dh0, &rdh0, 1e-4);
                     assert_close(&format!("{name} dc0"), &dc0, &rdc0, 1e-4);
-
-                    // Without recorded gates the states are the same.
-                    let n = t * b * h;
-                    let (mut hs2, mut cs2) = (vec![0.0; n], vec![0.0; n]);
-                    lstm_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0, &mut hs2, &mut cs2, None);
-                    assert_eq!((hs2, cs2), (hs, cs), "{name}: gates None");
                 }
             }
         }
@@ -1308,7 +1272,7 @@ mod tests {
         for &h in &[1, 4, 9, 64, 300] {
             let c = case(Dims { t: 1, b: 1, h }, 40 + h as u64);
             let (mut hs, mut cs) = (vec![0.0; h], vec![0.0; h]);
-            lstm_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0, &mut hs, &mut cs, None);
+            lstm_forward(c.d, &mut c.xp.clone(), &c.w, &c.h0, &c.c0, &mut hs, &mut cs);
             // z = xp + h0 · w_hh, summed in f64.
             let mut z: Vec<f32> = (0..4 * h)
                 .map(|j| {
@@ -1356,8 +1320,8 @@ mod tests {
             let (mut ho, mut co) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
             forward_rows(s, h, &mut z, &c_prev, &mut ho, &mut co);
             let mut dcn = c_prev.clone();
-            let mut dz = vec![0.0; 3 * 4 * h];
-            backward_rows(s, h, &z, &co, &c_prev, &ho, &c_prev, &mut dcn, &mut dz);
+            let mut dz = z.clone();
+            backward_rows(s, h, &co, &c_prev, &ho, &c_prev, &mut dcn, &mut dz);
             let mut acc = z0[..4 * h].to_vec();
             axpy_block(s, &c_prev[..h], &w, 4 * h, &mut acc);
             outs.push([z, ho, co, dcn, dz, acc].concat());
@@ -1376,7 +1340,7 @@ mod tests {
     fn empty_shapes_are_fine() {
         let d = Dims { t: 0, b: 2, h: 3 };
         let (w, h0, c0) = (vec![0.5; 36], vec![1.0; 6], vec![1.0; 6]);
-        lstm_forward(d, &[], &w, &h0, &c0, &mut [], &mut [], Some(&mut []));
+        lstm_forward(d, &mut [], &w, &h0, &c0, &mut [], &mut []);
         let (mut dw, mut dh0, mut dc0) = (vec![1.0; 36], vec![1.0; 6], vec![1.0; 6]);
         lstm_backward(
             d,
@@ -1385,15 +1349,14 @@ mod tests {
             &c0,
             &[],
             &[],
-            &[],
-            &[],
             &mut [],
+            &[],
             &mut dw,
             &mut dh0,
             &mut dc0,
         );
         assert!(dw.iter().chain(&dh0).chain(&dc0).all(|&v| v == 0.0));
         let d = Dims { t: 2, b: 0, h: 3 };
-        lstm_forward(d, &[], &w, &[], &[], &mut [], &mut [], None);
+        lstm_forward(d, &mut [], &w, &[], &[], &mut [], &mut []);
     }
 }

@@ -186,25 +186,12 @@ fn native_forward<B: Backend>(
 ) -> (FloatTensor<B>, FloatTensor<B>, Option<NativeCache<B>>) {
     let d = native_dims::<B>(&xp);
     let device = B::float_device(&xp);
-    let (xp, w_hh, h0, c0) = (read::<B>(xp), read::<B>(w_hh), read::<B>(h0), read::<B>(c0));
+    // xz: the input projections, turned into the gates in place.
+    let (mut xz, w_hh) = (read::<B>(xp), read::<B>(w_hh));
+    let (h0, c0) = (read::<B>(h0), read::<B>(c0));
     let mut hs = vec![0.0; d.t * d.b * d.h];
     let mut cs = vec![0.0; d.t * d.b * d.h];
-    let mut gates = if keep {
-        vec![0.0; d.t * d.b * 4 * d.h]
-    } else {
-        Vec::new()
-    };
-    kernel::lstm_forward(
-        d,
-        &xp,
-        &w_hh,
-        &h0,
-        &c0,
-        &mut hs,
-        &mut cs,
-        keep.then_some(&mut gates[..]),
-    );
-    drop(xp);
+    kernel::lstm_forward(d, &mut xz, &w_hh, &h0, &c0, &mut hs, &mut cs);
     let last = (d.t - 1) * d.b * d.h..d.t * d.b * d.h;
     let c_t = write::<B>(cs[last].to_vec(), &[d.b, d.h], &device);
     let hs_out = write::<B>(hs.clone(), &[d.t, d.b, d.h], &device);
@@ -215,7 +202,7 @@ fn native_forward<B: Backend>(
         c0: Arc::new(c0),
         hs: Arc::new(hs),
         cs: Arc::new(cs),
-        gates: Arc::new(gates),
+        gates: Arc::new(xz),
         device: device.clone(),
     });
     (hs_out, c_t, cache)
@@ -224,7 +211,8 @@ fn native_forward<B: Backend>(
 fn native_backward<B: Backend>(cache: NativeCache<B>, dhs: FloatTensor<B>) -> [FloatTensor<B>; 4] {
     let d = cache.dims;
     let dhs = read::<B>(dhs);
-    let mut dxp = vec![0.0; d.t * d.b * 4 * d.h];
+    // The gates become dL/dxp in place (the cache is normally its only owner).
+    let mut dxp = Arc::try_unwrap(cache.gates).unwrap_or_else(|g| g.to_vec());
     let mut dw = vec![0.0; d.h * 4 * d.h];
     let mut dh0 = vec![0.0; d.b * d.h];
     let mut dc0 = vec![0.0; d.b * d.h];
@@ -235,9 +223,8 @@ fn native_backward<B: Backend>(cache: NativeCache<B>, dhs: FloatTensor<B>) -> [F
         &cache.c0,
         &cache.hs,
         &cache.cs,
-        &cache.gates,
-        &dhs,
         &mut dxp,
+        &dhs,
         &mut dw,
         &mut dh0,
         &mut dc0,

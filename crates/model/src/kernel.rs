@@ -121,7 +121,9 @@ pub fn lstm_forward(
             })
             .collect();
         if parts.len() == 1 {
-            parts.into_iter().for_each(|p| forward_part(simd, h, w_hh, p, true));
+            parts
+                .into_iter()
+                .for_each(|p| forward_part(simd, h, w_hh, p, true));
         } else {
             parts
                 .into_par_iter()
@@ -261,16 +263,14 @@ pub fn lstm_backward(
             .zip(dhs)
             .zip(dh0)
             .zip(dc0)
-            .map(
-                |(((((gz, cs), c0), dhs), mut dh0), mut dc0)| BwdPart {
-                    gz,
-                    cs,
-                    c0: c0[0],
-                    dhs,
-                    dh0: dh0.pop().expect("one step"),
-                    dc0: dc0.pop().expect("one step"),
-                },
-            )
+            .map(|(((((gz, cs), c0), dhs), mut dh0), mut dc0)| BwdPart {
+                gz,
+                cs,
+                c0: c0[0],
+                dhs,
+                dh0: dh0.pop().expect("one step"),
+                dc0: dc0.pop().expect("one step"),
+            })
             .collect();
         if parts.len() == 1 {
             parts
@@ -324,13 +324,7 @@ struct BwdPart<'a> {
 
 /// The backward recurrence of one block of rows (everything but `dw_hh`, which mixes rows);
 /// `w_t` is `w_hhᵀ` as a matrix operand (slice, row stride, column stride).
-fn backward_part(
-    simd: Simd,
-    h: usize,
-    w_t: (&[f32], usize, usize),
-    p: BwdPart,
-    threaded: bool,
-) {
+fn backward_part(simd: Simd, h: usize, w_t: (&[f32], usize, usize), p: BwdPart, threaded: bool) {
     let BwdPart {
         mut gz,
         cs,
@@ -449,6 +443,7 @@ type Mat<P> = (P, usize, usize);
 /// # Safety
 ///
 /// Every operand must be valid for its shape and strides; `dst` must not overlap the others.
+#[allow(clippy::too_many_arguments)]
 unsafe fn matmul(
     m: usize,
     n: usize,
@@ -862,7 +857,8 @@ fn backward_row<const FMA: bool>(gz: [&mut [f32]; 4], v: [&[f32]; 4], dc_next: &
         dc.copy_from_slice(&dc_next[r.clone()]);
         for k in 0..LANES {
             let gate = [g[0][k], g[1][k], g[2][k], g[3][k]];
-            let (dz, dck) = cell_backward::<FMA>(gate, [vb[0][k], vb[1][k], vb[2][k], vb[3][k]], dc[k]);
+            let (dz, dck) =
+                cell_backward::<FMA>(gate, [vb[0][k], vb[1][k], vb[2][k], vb[3][k]], dc[k]);
             (g[0][k], g[1][k], g[2][k], g[3][k]) = (dz[0], dz[1], dz[2], dz[3]);
             dc[k] = dck;
         }
@@ -895,7 +891,13 @@ pub fn dropout_mask(seed: u64, keep_prob: f64, out: &mut [f32]) {
     if keep_prob >= 1.0 {
         return out.fill(scale);
     }
-    mask_fill(simd_level(), [seed as u32, (seed >> 32) as u32], threshold, scale, out);
+    mask_fill(
+        simd_level(),
+        [seed as u32, (seed >> 32) as u32],
+        threshold,
+        scale,
+        out,
+    );
 }
 
 dispatch! {

@@ -16,13 +16,14 @@
 //! them into one block per thread and run each block's whole recurrence on its own thread, with
 //! no synchronization between steps; only `dW_hh`, which sums over rows and steps, is one threaded
 //! product at the end. At batch 32 this beat splitting each step's product between the two
-//! threads by about a fifth. Each step of a block does one matrix product (through the `gemm`
-//! crate) and one fused elementwise pass; the elementwise passes use branch-free rational
-//! approximations of `tanh` and `σ` (absolute error below 1e-6), are compiled for AVX-512 and
-//! AVX2+FMA besides the baseline and picked at run time, and work in 16-lane blocks. At batch 1
-//! the matrix product is a plain row-AXPY loop split by columns over the threads, faster than a
-//! `gemm` call there. The backward pass multiplies by a transposed copy of `w_hh`, with which
-//! `gemm` runs about twice as fast as through transposed strides.
+//! threads by about a fifth. Each step of a block does one matrix product and one fused
+//! elementwise pass. The product calls `gemm`'s own microkernels on the recurrent weights packed
+//! once per sequence ([`Packed`]; `gemm` itself would pack them again at every step, 12% of a
+//! 2x512 training step); on a CPU without AVX2 it calls `gemm`. The elementwise passes use
+//! branch-free rational approximations of `tanh` and `σ` (absolute error below 1e-6), are compiled
+//! for AVX-512 and AVX2+FMA besides the baseline and picked at run time, and work in 16-lane
+//! blocks. At batch 1 the product is a plain row-AXPY loop split by columns over the threads,
+//! faster than a `gemm` call there. The backward pass multiplies by a transposed copy of `w_hh`.
 //!
 //! `gemm` picks its AVX-512 kernels only when built with its `x86-v4` feature; on an AVX-512 CPU
 //! that roughly halves the time of both passes.
@@ -101,6 +102,7 @@ pub fn lstm_forward(
     on_worker(|| {
         let bounds = row_bounds(b);
         let simd = simd_level();
+        let packed = packed_weights(simd, b, h, 4 * h, w_hh);
         let xz = blocks_mut(xz, b, 4 * h, &bounds);
         let h0 = blocks(h0, b, h, &bounds);
         let c0 = blocks(c0, b, h, &bounds);
@@ -123,11 +125,11 @@ pub fn lstm_forward(
         if parts.len() == 1 {
             parts
                 .into_iter()
-                .for_each(|p| forward_part(simd, h, w_hh, p, true));
+                .for_each(|p| forward_part(simd, h, w_hh, packed.as_ref(), p, true));
         } else {
             parts
                 .into_par_iter()
-                .for_each(|p| forward_part(simd, h, w_hh, p, false));
+                .for_each(|p| forward_part(simd, h, w_hh, packed.as_ref(), p, false));
         }
     })
 }
@@ -144,7 +146,17 @@ struct FwdPart<'a> {
 
 /// The forward recurrence of one block of rows; `threaded` lets its products and pointwise
 /// passes use the thread pool (when the block is the whole batch).
-fn forward_part(simd: Simd, h: usize, w_hh: &[f32], p: FwdPart, threaded: bool) {
+///
+/// `packed`, when given, is `w_hh` packed for the microkernels, used for products of two rows or
+/// more.
+fn forward_part(
+    simd: Simd,
+    h: usize,
+    w_hh: &[f32],
+    packed: Option<&Packed>,
+    p: FwdPart,
+    threaded: bool,
+) {
     let FwdPart {
         mut xz,
         h0,
@@ -164,6 +176,8 @@ fn forward_part(simd: Simd, h: usize, w_hh: &[f32], p: FwdPart, threaded: bool) 
         };
         if rows == 1 {
             vec_mat(simd, h, h_prev, w_hh, z, threaded);
+        } else if let Some(packed) = packed {
+            packed.matmul(z, true, h_prev);
         } else {
             // z [rows, 4H] += h_prev [rows, H] · w_hh [H, 4H]
             // SAFETY: the blocks have these shapes; the three matrices do not overlap.
@@ -246,6 +260,9 @@ pub fn lstm_backward(
         // transposed strides, which repays the copy (one pass over w_hh) many times over; a
         // single row is a matrix-vector product either way.
         let w_t = (b > bounds.len() - 1).then(|| transpose(h, 4 * h, w_hh));
+        let packed = w_t
+            .as_ref()
+            .and_then(|w_t| packed_weights(simd, b, 4 * h, h, w_t));
         let w_t = match &w_t {
             Some(w_t) => (&w_t[..], h, 1),
             None => (w_hh, 1, 4 * h),
@@ -275,11 +292,11 @@ pub fn lstm_backward(
         if parts.len() == 1 {
             parts
                 .into_iter()
-                .for_each(|p| backward_part(simd, h, w_t, p, true));
+                .for_each(|p| backward_part(simd, h, w_t, packed.as_ref(), p, true));
         } else {
             parts
                 .into_par_iter()
-                .for_each(|p| backward_part(simd, h, w_t, p, false));
+                .for_each(|p| backward_part(simd, h, w_t, packed.as_ref(), p, false));
         }
 
         // dw_hh [H, 4H] = h0ᵀ [H, B] · dz_0 [B, 4H] + hs[0..T-1]ᵀ [H, (T-1)B] · dz[1..T] [(T-1)B, 4H]
@@ -324,7 +341,15 @@ struct BwdPart<'a> {
 
 /// The backward recurrence of one block of rows (everything but `dw_hh`, which mixes rows);
 /// `w_t` is `w_hhᵀ` as a matrix operand (slice, row stride, column stride).
-fn backward_part(simd: Simd, h: usize, w_t: (&[f32], usize, usize), p: BwdPart, threaded: bool) {
+/// `packed`, when given, is `w_t` packed for the microkernels.
+fn backward_part(
+    simd: Simd,
+    h: usize,
+    w_t: (&[f32], usize, usize),
+    packed: Option<&Packed>,
+    p: BwdPart,
+    threaded: bool,
+) {
     let BwdPart {
         mut gz,
         cs,
@@ -339,6 +364,10 @@ fn backward_part(simd: Simd, h: usize, w_t: (&[f32], usize, usize), p: BwdPart, 
         let dz = &mut *gz[t];
         backward_rows(simd, h, cs[t], c_prev, dhs[t], dh0, dc0, dz);
         // dh_{t-1} [rows, H] = dz_t [rows, 4H] · w_hhᵀ [4H, H]
+        if let Some(packed) = packed {
+            packed.matmul(dh0, false, dz);
+            continue;
+        }
         // SAFETY: the blocks have these shapes; the three matrices do not overlap.
         unsafe {
             matmul(
@@ -485,6 +514,149 @@ unsafe fn matmul(
         false,
         par,
     );
+}
+
+/// A `gemm` microkernel: `dst [m, n] = (acc ? dst : 0) + lhs [m, k] · rhs [k, n]` for `m` up to
+/// its panel height and `n` up to its width, with `gemm`'s argument order (the type of
+/// `gemm_common::microkernel::MicroKernelFn<f32>`).
+type MicroKernel = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut f32,
+    *const f32,
+    *const f32,
+    isize,
+    isize,
+    isize,
+    isize,
+    isize,
+    f32,
+    f32,
+    u8,
+    bool,
+    bool,
+    bool,
+    *const f32,
+);
+
+/// The microkernels of one instruction set: `ukr[p - 1][q - 1]` takes `p` vectors of `lanes` rows
+/// and `q` columns.
+#[derive(Clone, Copy)]
+struct MicroKernels {
+    ukr: &'static [[MicroKernel; 6]],
+    lanes: usize,
+}
+
+impl MicroKernels {
+    /// The microkernels for `simd`, or `None` where `gemm` has none to call directly.
+    fn new(simd: Simd) -> Option<Self> {
+        match simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => Some(Self {
+                ukr: &gemm_f32::microkernel::avx512f::f32::UKR,
+                lanes: 16,
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => Some(Self {
+                ukr: &gemm_f32::microkernel::fma::f32::UKR,
+                lanes: 8,
+            }),
+            Simd::Base => None,
+        }
+    }
+
+    /// Rows of a panel.
+    fn mr(&self) -> usize {
+        self.ukr.len() * self.lanes
+    }
+}
+
+/// A row-major `[k, n]` right-hand matrix packed once for the microkernels: panel `p` holds, for
+/// each of the `k` rows, its `mr` columns from `p·mr` (zero-padded), contiguous.
+///
+/// `gemm` packs the weights again at every call, that is at every step of the recurrence (12% of a
+/// 2x512 training step); or, below its size threshold, reads them unpacked with a stride of a whole
+/// row per `k`, which is slower still. Packed once per sequence, every step streams them in order.
+struct Packed {
+    kernels: MicroKernels,
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl Packed {
+    fn new(kernels: MicroKernels, k: usize, n: usize, w: &[f32]) -> Self {
+        let mr = kernels.mr();
+        let panels = n.div_ceil(mr);
+        let mut data = vec![0.0; panels * k * mr];
+        for (p, panel) in data.chunks_exact_mut(k * mr).enumerate() {
+            let cols = p * mr..(p * mr + mr).min(n);
+            for (row, out) in panel.chunks_exact_mut(mr).enumerate() {
+                out[..cols.len()].copy_from_slice(&w[row * n..][cols.clone()]);
+            }
+        }
+        Self {
+            kernels,
+            k,
+            n,
+            data,
+        }
+    }
+
+    /// `dst [rows, n] = (acc ? dst : 0) + a [rows, k] · w`, on this thread.
+    fn matmul(&self, dst: &mut [f32], acc: bool, a: &[f32]) {
+        let (k, n, mr) = (self.k, self.n, self.kernels.mr());
+        let rows = a.len() / k;
+        assert_eq!(a.len(), rows * k, "a must be [rows, k]");
+        assert_eq!(dst.len(), rows * n, "dst must be [rows, n]");
+        let lanes = self.kernels.lanes;
+        for (p, panel) in self.data.chunks_exact(k * mr).enumerate() {
+            let m = mr.min(n - p * mr);
+            let ukr_row = &self.kernels.ukr[m.div_ceil(lanes) - 1];
+            for j0 in (0..rows).step_by(6) {
+                let q = 6.min(rows - j0);
+                // In the microkernel's terms this is dstᵀ = panelᵀ · aᵀ: its `m` runs along our
+                // columns (stride 1), its `n` along our rows (stride n), and `a`'s rows are its
+                // right-hand columns (stride k).
+                // SAFETY: the panel holds k·mr values, `a` rows j0..j0+q have k each, and dst
+                // rows j0..j0+q have n ≥ p·mr + m each (checked above); the instruction set was
+                // detected at run time (MicroKernels::new).
+                unsafe {
+                    ukr_row[q - 1](
+                        m,
+                        q,
+                        k,
+                        dst.as_mut_ptr().add(j0 * n + p * mr),
+                        panel.as_ptr(),
+                        a.as_ptr().add(j0 * k),
+                        n as isize,
+                        1,
+                        mr as isize,
+                        1,
+                        k as isize,
+                        1.0,
+                        1.0,
+                        acc as u8,
+                        false,
+                        false,
+                        false,
+                        panel.as_ptr(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `w [k, n]` packed for the per-step products of a batch of `b` rows, when this CPU has
+/// microkernels to call directly and the batch has more than one row (one row takes
+/// [`vec_mat`]).
+fn packed_weights(simd: Simd, b: usize, k: usize, n: usize, w: &[f32]) -> Option<Packed> {
+    if b < 2 {
+        return None;
+    }
+    MicroKernels::new(simd).map(|kernels| Packed::new(kernels, k, n, w))
 }
 
 /// The transpose `[cols, rows]` of the row-major `[rows, cols]` matrix `a`, in cache-sized tiles.
@@ -1334,6 +1506,46 @@ mod tests {
                     (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
                     "{s:?}[{k}]: {a} vs {b}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn packed_products_match_a_plain_product() {
+        let mut sets = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                sets.extend(MicroKernels::new(Simd::Avx2));
+            }
+            if simd_level() == Simd::Avx512 {
+                sets.extend(MicroKernels::new(Simd::Avx512));
+            }
+        }
+        let mut rng = Lcg(11);
+        // Full and partial panels and column blocks, for both instruction sets' panel heights.
+        for (rows, k, n) in [(7, 13, 37), (12, 5, 64), (2, 40, 130), (13, 64, 16)] {
+            let (a, w) = (rng.vec(rows * k, 1.0), rng.vec(k * n, 1.0));
+            let dst0 = rng.vec(rows * n, 1.0);
+            let want = |acc: bool| -> Vec<f64> {
+                (0..rows * n)
+                    .map(|ij| {
+                        let (i, j) = (ij / n, ij % n);
+                        let dot: f64 = (0..k)
+                            .map(|l| a[i * k + l] as f64 * w[l * n + j] as f64)
+                            .sum();
+                        dot + if acc { dst0[ij] as f64 } else { 0.0 }
+                    })
+                    .collect()
+            };
+            for &kernels in &sets {
+                let packed = Packed::new(kernels, k, n, &w);
+                for acc in [false, true] {
+                    let mut dst = dst0.clone();
+                    packed.matmul(&mut dst, acc, &a);
+                    let name = format!("{rows}x{k}x{n} lanes {} acc {acc}", kernels.lanes);
+                    assert_close(&name, &dst, &want(acc), 1e-4);
+                }
             }
         }
     }

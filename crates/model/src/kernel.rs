@@ -18,7 +18,7 @@
 //! product at the end. At batch 32 this beat splitting each step's product between the two
 //! threads by about a fifth. Each step of a block does one matrix product and one fused
 //! elementwise pass. The product calls `gemm`'s own microkernels on the recurrent weights packed
-//! once per sequence ([`Packed`]; `gemm` itself would pack them again at every step, 12% of a
+//! once per sequence (`Packed`; `gemm` itself would pack them again at every step, 12% of a
 //! 2x512 training step); on a CPU without AVX2 it calls `gemm`. The elementwise passes use
 //! branch-free rational approximations of `tanh` and `σ` (absolute error below 1e-6), are compiled
 //! for AVX-512 and AVX2+FMA besides the baseline and picked at run time, and work in 16-lane

@@ -805,10 +805,9 @@ fn forward_rows_impl<const FMA: bool>(
         .zip(h_out.chunks_exact_mut(h))
         .zip(c_out.chunks_exact_mut(h))
     {
-        let (zi, rest) = z.split_at_mut(h);
-        let (zf, rest) = rest.split_at_mut(h);
-        let (zg, zo) = rest.split_at_mut(h);
-        forward_row::<FMA>(zi, zf, zg, zo, c_prev, h_out, c_out);
+        // The row works in place: c_out starts as c_{t-1}.
+        c_out.copy_from_slice(c_prev);
+        forward_inplace_impl::<FMA>(h, z, h_out, c_out);
     }
 }
 
@@ -856,41 +855,6 @@ fn load_gates(z: [&[f32]; 4], r: std::ops::Range<usize>) -> [[f32; LANES]; 4] {
     out
 }
 
-/// One row of the forward pointwise pass.
-#[inline(always)]
-fn forward_row<const FMA: bool>(
-    zi: &mut [f32],
-    zf: &mut [f32],
-    zg: &mut [f32],
-    zo: &mut [f32],
-    c_prev: &[f32],
-    h_out: &mut [f32],
-    c_out: &mut [f32],
-) {
-    let h = zi.len();
-    let (zf, zg, zo) = (&mut zf[..h], &mut zg[..h], &mut zo[..h]);
-    let (c_prev, h_out, c_out) = (&c_prev[..h], &mut h_out[..h], &mut c_out[..h]);
-    let blocks = h / LANES * LANES;
-    for j0 in (0..blocks).step_by(LANES) {
-        let r = j0..j0 + LANES;
-        let mut z = load_gates([zi, zf, zg, zo], r.clone());
-        let mut c = [0.0f32; LANES];
-        c.copy_from_slice(&c_prev[r.clone()]);
-        let mut hv = [0.0f32; LANES];
-        cell_block::<FMA>(&mut z, &mut c, &mut hv);
-        for (dst, src) in [&mut *zi, &mut *zf, &mut *zg, &mut *zo].into_iter().zip(&z) {
-            dst[r.clone()].copy_from_slice(src);
-        }
-        c_out[r.clone()].copy_from_slice(&c);
-        h_out[r].copy_from_slice(&hv);
-    }
-    for j in blocks..h {
-        let (a, c, hv) = cell::<FMA>([zi[j], zf[j], zg[j], zo[j]], c_prev[j]);
-        (zi[j], zf[j], zg[j], zo[j]) = (a[0], a[1], a[2], a[3]);
-        (c_out[j], h_out[j]) = (c, hv);
-    }
-}
-
 dispatch! {
     /// One row of the forward pointwise pass with `h` and `c` updated in place.
     fn forward_pointwise_inplace => forward_inplace_impl(
@@ -908,12 +872,13 @@ fn forward_inplace_impl<const FMA: bool>(
     let (zi, rest) = z.split_at_mut(h);
     let (zf, rest) = rest.split_at_mut(h);
     let (zg, zo) = rest.split_at_mut(h);
-    forward_row_inplace::<FMA>(zi, zf, zg, zo, h_state, c_state);
+    forward_row::<FMA>(zi, zf, zg, zo, h_state, c_state);
 }
 
-/// [`forward_row`] reading `c_{t-1}` from and writing `c_t` to the same slice.
+/// One row of the forward pointwise pass: activates the gate blocks `zi`..`zo` in place, reads
+/// `c_{t-1}` from and writes `c_t` to `c_state`, writes `h_t` to `h_state`.
 #[inline(always)]
-fn forward_row_inplace<const FMA: bool>(
+fn forward_row<const FMA: bool>(
     zi: &mut [f32],
     zf: &mut [f32],
     zg: &mut [f32],

@@ -122,15 +122,9 @@ pub fn lstm_forward(
                 cs,
             })
             .collect();
-        if parts.len() == 1 {
-            parts
-                .into_iter()
-                .for_each(|p| forward_part(simd, h, w_hh, packed.as_ref(), p, true));
-        } else {
-            parts
-                .into_par_iter()
-                .for_each(|p| forward_part(simd, h, w_hh, packed.as_ref(), p, false));
-        }
+        run_blocks(parts, |p, threaded| {
+            forward_part(simd, h, w_hh, packed.as_ref(), p, threaded)
+        });
     })
 }
 
@@ -144,8 +138,8 @@ struct FwdPart<'a> {
     cs: Vec<&'a mut [f32]>,
 }
 
-/// The forward recurrence of one block of rows; `threaded` lets its products and pointwise
-/// passes use the thread pool (when the block is the whole batch).
+/// The forward recurrence of one block of rows; `threaded` lets its `gemm` products use the
+/// thread pool (when the block is the whole batch).
 ///
 /// `packed`, when given, is `w_hh` packed for the microkernels, used for products of two rows or
 /// more.
@@ -289,15 +283,9 @@ pub fn lstm_backward(
                 dc0: dc0.pop().expect("one step"),
             })
             .collect();
-        if parts.len() == 1 {
-            parts
-                .into_iter()
-                .for_each(|p| backward_part(simd, h, w_t, packed.as_ref(), p, true));
-        } else {
-            parts
-                .into_par_iter()
-                .for_each(|p| backward_part(simd, h, w_t, packed.as_ref(), p, false));
-        }
+        run_blocks(parts, |p, threaded| {
+            backward_part(simd, h, w_t, packed.as_ref(), p, threaded)
+        });
 
         // dw_hh [H, 4H] = h0ᵀ [H, B] · dz_0 [B, 4H] + hs[0..T-1]ᵀ [H, (T-1)B] · dz[1..T] [(T-1)B, 4H]
         // SAFETY: the lengths were checked above; the three matrices do not overlap.
@@ -381,6 +369,17 @@ fn backward_part(
                 threaded,
             );
         }
+    }
+}
+
+/// Runs `part(block, threaded)` on every row block: one block per thread of the pool, or, when
+/// there is a single block, on this thread with `threaded` set so that its products may use the
+/// pool.
+fn run_blocks<P: Send>(blocks: Vec<P>, part: impl Fn(P, bool) + Sync) {
+    if blocks.len() == 1 {
+        blocks.into_iter().for_each(|p| part(p, true));
+    } else {
+        blocks.into_par_iter().for_each(|p| part(p, false));
     }
 }
 

@@ -26,6 +26,9 @@ fn text_ids(vocab: &Vocab) -> Vec<u32> {
 #[test]
 fn carried_state_changes_the_next_batch() {
     let device = Default::default();
+    // A fixed initialization: at random ones the untrained model's mean loss moved by less than
+    // the bound below for about one in ten (9.3e-5 in one CI run); with this one it moves 1.6e-3.
+    <Flex as Backend>::seed(&device, 1);
     let vocab = Vocab::from_text(TEXT);
     let batches = Batches::new(text_ids(&vocab), 3, 20).unwrap();
     assert!(batches.len() >= 2);

@@ -1,0 +1,117 @@
+//! The instruction set of the elementwise loops, chosen at run time: [`simd_level`] finds the
+//! widest this CPU has (AVX-512, AVX2 with FMA, or the baseline), and `dispatch!` defines a
+//! function that runs a loop compiled for the one it is given.
+
+/// The widest vector instruction set the elementwise loops may use on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Simd {
+    /// The target's baseline.
+    Base,
+    /// AVX2 with FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512 (F and VL) with FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+pub(super) fn simd_level() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
+            return Simd::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Base
+}
+
+/// Defines `$name(simd, args..)`, which runs the `#[inline(always)]` generic `$body::<FMA>(args..)`
+/// compiled for the instruction set `simd` names.
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident => $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name(simd: $crate::kernel::simd::Simd, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512($($arg: $ty),*) {
+                $body::<true>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2($($arg: $ty),*) {
+                $body::<true>($($arg),*)
+            }
+            match simd {
+                // SAFETY: simd_level only reports instruction sets this CPU has.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernel::simd::Simd::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernel::simd::Simd::Avx2 => unsafe { avx2($($arg),*) },
+                $crate::kernel::simd::Simd::Base => $body::<false>($($arg),*),
+            }
+        }
+    };
+}
+
+pub(super) use dispatch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::cell::{backward_rows, forward_rows};
+    use crate::kernel::test_support::Lcg;
+    use crate::kernel::vecmat::axpy_block;
+
+    #[test]
+    fn every_instruction_set_agrees() {
+        let h = 37;
+        let mut rng = Lcg(5);
+        let z0 = rng.vec(3 * 4 * h, 4.0);
+        let c_prev = rng.vec(3 * h, 2.0);
+        let w = rng.vec(h * 4 * h, 0.3);
+        let levels: Vec<Simd> = {
+            let mut v = vec![Simd::Base];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    v.push(Simd::Avx2);
+                }
+                if simd_level() == Simd::Avx512 {
+                    v.push(Simd::Avx512);
+                }
+            }
+            v
+        };
+        let mut outs = Vec::new();
+        for &s in &levels {
+            let mut z = z0.clone();
+            let (mut ho, mut co) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
+            forward_rows(s, h, &mut z, &c_prev, &mut ho, &mut co);
+            let mut dcn = c_prev.clone();
+            let mut dz = z.clone();
+            backward_rows(s, h, &co, &c_prev, &ho, &c_prev, &mut dcn, &mut dz);
+            let mut acc = z0[..4 * h].to_vec();
+            axpy_block(s, &c_prev[..h], &w, 4 * h, &mut acc);
+            outs.push([z, ho, co, dcn, dz, acc].concat());
+        }
+        for (s, o) in levels.iter().zip(&outs) {
+            for (k, (&a, &b)) in o.iter().zip(&outs[0]).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{s:?}[{k}]: {a} vs {b}"
+                );
+            }
+        }
+    }
+}

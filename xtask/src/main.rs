@@ -36,6 +36,23 @@ fn main() -> ExitCode {
         cmd.args(["--features", "cuda"]);
     }
     cmd.arg("--").args(&args);
+    run(cmd)
+}
+
+/// Becomes `cmd` (Unix `exec`): cargo then execs `karnna` in this same process, so the shell
+/// waits for the program itself. A parent that died on Ctrl-C while `karnna` was still saving a
+/// checkpoint would hand the terminal back to the shell from under the dashboard.
+#[cfg(unix)]
+fn run(mut cmd: Command) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let e = cmd.exec(); // returns only on failure
+    eprintln!("error: cannot run cargo: {e}");
+    ExitCode::from(2)
+}
+
+/// Runs `cmd` and exits with its status (elsewhere than Unix, where there is no `exec`).
+#[cfg(not(unix))]
+fn run(mut cmd: Command) -> ExitCode {
     match cmd.status() {
         Ok(status) => ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8),
         Err(e) => {

@@ -64,6 +64,24 @@ pub enum BackendArg {
     Ndarray,
 }
 
+/// Where the validation part comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ValSplitArg {
+    /// The end of the text.
+    Tail,
+    /// The end of each batch row (the notebook's split_data).
+    Rows,
+}
+
+/// How the untrained weights are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitArg {
+    /// PyTorch's defaults.
+    Pytorch,
+    /// The notebook's TensorFlow 1 initialisation.
+    Tensorflow,
+}
+
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
     /// The run's config file (configs/anna.toml, configs/tiny.toml, ...).
@@ -117,6 +135,12 @@ struct TrainArgs {
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Where the validation part comes from (default: the config's `val_split`).
+    #[arg(long, value_enum)]
+    val_split: Option<ValSplitArg>,
+    /// How the untrained weights are drawn (default: the config's `init`).
+    #[arg(long, value_enum)]
+    init: Option<InitArg>,
     /// Plain progress lines instead of the dashboard.
     #[arg(long)]
     plain: bool,
@@ -132,7 +156,9 @@ fn load_config(path: &std::path::Path, data: &Option<PathBuf>) -> anyhow::Result
     Ok(config)
 }
 
-fn train(args: TrainArgs) -> anyhow::Result<()> {
+/// Trains; a run stopped by a signal exits with the shell's code for it (128 + the signal's
+/// number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), after saving its checkpoint.
+fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut c = load_config(&args.config, &args.data)?;
     macro_rules! set {
         ($($field:ident),*) => { $(if let Some(v) = args.$field { c.$field = v; })* };
@@ -155,6 +181,18 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             DeviceArg::Cuda => Device::Cuda,
         };
     }
+    if let Some(v) = args.val_split {
+        c.val_split = match v {
+            ValSplitArg::Tail => karnna_data::ValSplit::Tail,
+            ValSplitArg::Rows => karnna_data::ValSplit::Rows,
+        };
+    }
+    if let Some(i) = args.init {
+        c.init = match i {
+            InitArg::Pytorch => karnna_model::Init::PyTorch,
+            InitArg::Tensorflow => karnna_model::Init::TensorFlow,
+        };
+    }
     if let Some(b) = args.backend {
         c.cpu_backend = match b {
             BackendArg::Flex => CpuBackend::Flex,
@@ -171,6 +209,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         resume: args.resume,
         fresh: args.fresh,
         plain: args.plain,
+        // The machine's memory on the CPU; a GPU's own memory is not checked yet.
+        memory_limit: match c.device {
+            Device::Cpu => karnna_train::memory::available(),
+            Device::Cuda => None,
+        },
     };
     let report = match (c.device, c.cpu_backend) {
         (Device::Cpu, CpuBackend::Flex) => {
@@ -182,7 +225,14 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         (Device::Cuda, _) => cuda::train(opts),
     }?;
     if report.interrupted {
-        println!("stopped at iteration {}", report.iteration);
+        match report.signal {
+            Some(s) => println!(
+                "stopped at iteration {} ({})",
+                report.iteration,
+                karnna_train::signals::signal_name(s)
+            ),
+            None => println!("stopped at iteration {}", report.iteration),
+        }
     }
     if let Some(p) = &report.last_checkpoint {
         println!("last checkpoint: {}", p.display());
@@ -191,7 +241,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         println!("best checkpoint: {} (validation loss {v:.4})", p.display());
     }
     println!("sample from it:  cargo xtask sample");
-    Ok(())
+    Ok(match report.signal {
+        Some(s) => ExitCode::from(128 + s as u8),
+        None => ExitCode::SUCCESS,
+    })
 }
 
 #[cfg(feature = "cuda")]
@@ -269,13 +322,13 @@ fn main() -> ExitCode {
         .build_global();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info { config, data } => info(config, data),
+        Command::Info { config, data } => info(config, data).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => train(args),
-        Command::Sample(args) => sample::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Sample(args) => sample::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));

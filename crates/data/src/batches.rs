@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 /// One batch: `n_seqs` rows of `n_steps` ids, row-major (`[n_seqs, n_steps]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
@@ -29,6 +31,10 @@ pub struct Batches {
     n_seqs: usize,
     n_steps: usize,
     len: usize,
+    /// Where row 0's first window starts in `ids`.
+    offset: usize,
+    /// Distance in `ids` from the start of one row to the start of the next.
+    stride: usize,
 }
 
 impl Batches {
@@ -45,6 +51,8 @@ impl Batches {
             n_seqs,
             n_steps,
             len,
+            offset: 0,
+            stride: len * n_steps,
         })
     }
 
@@ -77,11 +85,10 @@ impl Batches {
     pub fn get(&self, k: usize) -> Batch {
         assert!(k < self.len, "batch {k} of {}", self.len);
         let (n, m) = (self.n_seqs, self.n_steps);
-        let row_len = self.len * m;
         let mut inputs = Vec::with_capacity(n * m);
         let mut targets = Vec::with_capacity(n * m);
         for row in 0..n {
-            let start = row * row_len + k * m;
+            let start = self.offset + row * self.stride + k * m;
             inputs.extend_from_slice(&self.ids[start..start + m]);
             targets.extend_from_slice(&self.ids[start + 1..start + m + 1]);
         }
@@ -99,15 +106,132 @@ impl Batches {
     }
 }
 
-/// How many of `len` characters go to validation: `round(len * val_fraction)`. The validation
-/// part is taken from the end of the text, as in the notebook's 2017 revision.
+/// Where the validation part of a text comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValSplit {
+    /// The last `val_fraction` of the text, as one passage (karnna's first split).
+    #[default]
+    Tail,
+    /// The notebook's `split_data`: the text laid out as `n_seqs` rows, and the last
+    /// `val_fraction` of each row's batches held out, so validation is `n_seqs` pieces spread
+    /// through the whole text.
+    Rows,
+}
+
+impl ValSplit {
+    /// The name used in config files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValSplit::Tail => "tail",
+            ValSplit::Rows => "rows",
+        }
+    }
+}
+
+/// A text's ids cut into training batches and, when `val_fraction > 0`, validation batches.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// Training batches, one epoch.
+    pub train: Batches,
+    /// Validation batches (none when `val_fraction` is 0).
+    pub val: Option<Batches>,
+    /// Characters in the training part.
+    pub train_chars: usize,
+    /// Characters in the validation part.
+    pub val_chars: usize,
+}
+
+impl Split {
+    /// Splits `ids` the way `how` says and cuts both parts into `n_seqs` x `n_steps` batches.
+    /// `None` when the text is too short for one batch of each (see [`min_text_len`]).
+    ///
+    /// - [`ValSplit::Tail`]: the last `round(len * val_fraction)` ids are validation; each part
+    ///   is laid out on its own.
+    /// - [`ValSplit::Rows`]: exactly the notebook's `split_data`. The text gives
+    ///   `n = (len - 1) / (n_seqs * n_steps)` batches laid out as `n_seqs` rows of `n * n_steps`
+    ///   ids; the first `floor(n * (1 - val_fraction))` batches of every row are training and the
+    ///   rest validation. (The notebook computes `n` from `len`; `len - 1` keeps the last
+    ///   target inside the text and differs only where the notebook's arrays would not line up.)
+    pub fn new(
+        ids: impl Into<Arc<[u32]>>,
+        n_seqs: usize,
+        n_steps: usize,
+        val_fraction: f64,
+        how: ValSplit,
+    ) -> Option<Self> {
+        let ids: Arc<[u32]> = ids.into();
+        let len = ids.len();
+        match how {
+            ValSplit::Tail => {
+                let val_chars = split_len(len, val_fraction);
+                let train_chars = len - val_chars;
+                let train = Batches::new(&ids[..train_chars], n_seqs, n_steps)?;
+                let val = if val_chars > 0 {
+                    Some(Batches::new(&ids[train_chars..], n_seqs, n_steps)?)
+                } else {
+                    None
+                };
+                Some(Self {
+                    train,
+                    val,
+                    train_chars,
+                    val_chars,
+                })
+            }
+            ValSplit::Rows => {
+                let all = Batches::new(ids, n_seqs, n_steps)?;
+                let (train_len, val_len) = row_split(all.len, val_fraction)?;
+                let chars = |batches: usize| batches * n_seqs * n_steps;
+                let val = (val_len > 0).then(|| Batches {
+                    len: val_len,
+                    offset: train_len * n_steps,
+                    ..all.clone()
+                });
+                Some(Self {
+                    train: Batches {
+                        len: train_len,
+                        ..all
+                    },
+                    val,
+                    train_chars: chars(train_len),
+                    val_chars: chars(val_len),
+                })
+            }
+        }
+    }
+}
+
+/// The notebook's `split_idx = int(n_batches * split_frac)`: of `batches` per row, how many
+/// train and how many validate. `None` unless both parts get at least one batch (training only,
+/// when `val_fraction` is 0).
+fn row_split(batches: usize, val_fraction: f64) -> Option<(usize, usize)> {
+    let train = (batches as f64 * (1.0 - val_fraction)).floor() as usize;
+    let val = batches - train;
+    (train > 0 && (val_fraction == 0.0 || val > 0)).then_some((train, val))
+}
+
+/// How many of `len` characters go to validation with [`ValSplit::Tail`]:
+/// `round(len * val_fraction)`, taken from the end of the text.
 pub fn split_len(len: usize, val_fraction: f64) -> usize {
     (len as f64 * val_fraction).round() as usize
 }
 
 /// The smallest text length (in characters) that gives at least one training batch and, when
-/// `val_fraction > 0`, one validation batch of `n_seqs` x `n_steps`.
-pub fn min_text_len(n_seqs: usize, n_steps: usize, val_fraction: f64) -> usize {
+/// `val_fraction > 0`, one validation batch of `n_seqs` x `n_steps`, split the way `how` says.
+pub fn min_text_len(n_seqs: usize, n_steps: usize, val_fraction: f64, how: ValSplit) -> usize {
+    match how {
+        ValSplit::Tail => min_tail_len(n_seqs, n_steps, val_fraction),
+        ValSplit::Rows => {
+            let batches = (1..)
+                .find(|&b| row_split(b, val_fraction).is_some())
+                .expect("val_fraction < 1 leaves a training batch");
+            batches * n_seqs * n_steps + 1
+        }
+    }
+}
+
+fn min_tail_len(n_seqs: usize, n_steps: usize, val_fraction: f64) -> usize {
     let one = n_seqs * n_steps + 1;
     let fits = |len: usize| {
         let val = split_len(len, val_fraction);
@@ -176,13 +300,69 @@ mod tests {
             (3, 3, 0.5),
             (7, 2, 0.25),
         ] {
-            let len = min_text_len(n, m, f);
-            let ok = |l: usize| {
-                let v = split_len(l, f);
-                l - v > n * m && (f == 0.0 || v > n * m)
-            };
-            assert!(ok(len), "{n}x{m} {f}: {len}");
-            assert!(!ok(len - 1), "{n}x{m} {f}: {len} not minimal");
+            for how in [ValSplit::Tail, ValSplit::Rows] {
+                let len = min_text_len(n, m, f, how);
+                let ok = |l: usize| {
+                    Split::new(vec![0u32; l], n, m, f, how)
+                        .is_some_and(|s| f == 0.0 || s.val.is_some())
+                };
+                assert!(ok(len), "{how:?} {n}x{m} {f}: {len}");
+                assert!(!ok(len - 1), "{how:?} {n}x{m} {f}: {len} not minimal");
+            }
         }
+    }
+
+    #[test]
+    fn rows_split_is_the_notebooks_split_data() {
+        // 3 rows x 2 steps over ids 0..=36: (37 - 1) / 6 = 6 batches, rows of 12 ids:
+        //   row 0: 0..12, row 1: 12..24, row 2: 24..36 (id 36 is only a target).
+        // val_fraction 0.34: split_idx = int(6 * 0.66) = 3, so columns 0..6 of each row train
+        // and columns 6..12 validate, as `x[:, :split_idx*num_steps]` / `x[:, split_idx*num_steps:]`.
+        let ids: Vec<u32> = (0..37).collect();
+        let s = Split::new(ids, 3, 2, 0.34, ValSplit::Rows).unwrap();
+        let val = s.val.as_ref().unwrap();
+        assert_eq!((s.train.len(), val.len()), (3, 3));
+        assert_eq!((s.train_chars, s.val_chars), (18, 18));
+        let train: Vec<Batch> = s.train.iter().collect();
+        assert_eq!(train[0].inputs, vec![0, 1, 12, 13, 24, 25]);
+        assert_eq!(train[0].targets, vec![1, 2, 13, 14, 25, 26]);
+        assert_eq!(train[2].inputs, vec![4, 5, 16, 17, 28, 29]);
+        // The last training target of a row is the row's first validation input.
+        assert_eq!(train[2].targets, vec![5, 6, 17, 18, 29, 30]);
+        let valid: Vec<Batch> = val.iter().collect();
+        assert_eq!(valid[0].inputs, vec![6, 7, 18, 19, 30, 31]);
+        assert_eq!(valid[2].inputs, vec![10, 11, 22, 23, 34, 35]);
+        // The last validation target is the next row's first character (or the text's last).
+        assert_eq!(valid[2].targets, vec![11, 12, 23, 24, 35, 36]);
+    }
+
+    #[test]
+    fn rows_split_for_the_notebooks_sizes() {
+        // anna.txt, 100 x 100, val 0.1: 198 batches, split_idx = int(198 * 0.9) = 178, so
+        // 178 training iterations an epoch (3,560 in 20 epochs) and 20 validation batches.
+        let s = Split::new(vec![0u32; 1_985_223], 100, 100, 0.1, ValSplit::Rows).unwrap();
+        assert_eq!((s.train.len(), s.val.unwrap().len()), (178, 20));
+        // Without validation, rows and tail lay the text out the same way.
+        let rows = Split::new((0..1000).collect::<Vec<u32>>(), 4, 10, 0.0, ValSplit::Rows).unwrap();
+        let tail = Split::new((0..1000).collect::<Vec<u32>>(), 4, 10, 0.0, ValSplit::Tail).unwrap();
+        assert!(rows.val.is_none() && tail.val.is_none());
+        assert_eq!(
+            rows.train.iter().collect::<Vec<_>>(),
+            tail.train.iter().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn tail_split_holds_out_the_end() {
+        let ids: Vec<u32> = (0..100).collect();
+        let s = Split::new(ids, 2, 3, 0.3, ValSplit::Tail).unwrap();
+        assert_eq!((s.train_chars, s.val_chars), (70, 30));
+        // Validation starts at id 70: (30 - 1) / 6 = 4 batches, rows of 12.
+        let val = s.val.unwrap();
+        assert_eq!(val.len(), 4);
+        assert_eq!(val.get(0).inputs, vec![70, 71, 72, 82, 83, 84]);
+        // Training never reads into the validation part.
+        let last = s.train.get(s.train.len() - 1);
+        assert!(last.targets.iter().all(|&t| t < 70));
     }
 }

@@ -12,6 +12,6 @@ mod batches;
 mod text;
 mod vocab;
 
-pub use batches::{min_text_len, split_len, Batch, Batches};
+pub use batches::{min_text_len, split_len, Batch, Batches, Split, ValSplit};
 pub use text::{load_text, normalize_newlines, DataError};
 pub use vocab::{UnknownChars, Vocab, VocabError};

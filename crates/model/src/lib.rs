@@ -15,5 +15,5 @@ mod model;
 pub mod ops;
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta};
-pub use model::{to_f32_vec, CharRnn, CharRnnConfig, LstmLayer, LstmState};
+pub use model::{to_f32_vec, CharRnn, CharRnnConfig, Init, LstmLayer, LstmState};
 pub use ops::{LstmBackend, LstmKernels};

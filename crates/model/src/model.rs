@@ -8,6 +8,34 @@ use burn::tensor::{Distribution, TensorData};
 
 use crate::ops::{lstm_sequence, LstmBackend};
 
+/// How an untrained model's weights are drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// PyTorch's `nn.LSTM` and `nn.Linear`: every LSTM weight and bias from U(-1/√H, 1/√H);
+    /// the output layer takes Burn's `Linear` default, which is the same distribution
+    /// (Kaiming-uniform with gain 1/√3 over fan-in H).
+    #[default]
+    PyTorch,
+    /// The notebook's TensorFlow 1 model: `BasicLSTMCell` kernels Glorot-uniform over the
+    /// stacked `[input + H, 4H]` kernel (so `W_ih` and `W_hh` share one bound,
+    /// √(6 / (input + H + 4H))), zero biases with `forget_bias = 1.0` on the forget gate
+    /// (here the forget block of `b_ih`; the sum of the two biases is what the cell sees),
+    /// softmax weights `truncated_normal(stddev = 0.1)` (redrawn beyond two standard
+    /// deviations) and a zero softmax bias.
+    TensorFlow,
+}
+
+impl Init {
+    /// The name used in config files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Init::PyTorch => "pytorch",
+            Init::TensorFlow => "tensorflow",
+        }
+    }
+}
+
 /// The model's shape and dropout; everything needed to build an untrained [`CharRnn`].
 #[derive(Config, Debug, PartialEq)]
 pub struct CharRnnConfig {
@@ -79,29 +107,58 @@ pub struct CharRnn<B: Backend> {
 }
 
 impl CharRnnConfig {
-    /// Builds an untrained model. LSTM weights and biases are drawn from
-    /// U(-1/√H, 1/√H), PyTorch's default; the output layer uses Burn's default.
+    /// Builds an untrained model, initialised as PyTorch does ([`Init::PyTorch`]).
     pub fn init<B: Backend>(&self, device: &B::Device) -> CharRnn<B> {
-        let h = self.lstm_size;
-        let bound = 1.0 / (h as f64).sqrt();
-        let init = Initializer::Uniform {
+        self.init_with(Init::PyTorch, device)
+    }
+
+    /// Builds an untrained model with its weights drawn the way `init` says.
+    pub fn init_with<B: Backend>(&self, init: Init, device: &B::Device) -> CharRnn<B> {
+        let (h, v) = (self.lstm_size, self.vocab_size);
+        let uniform = |bound: f64| Initializer::Uniform {
             min: -bound,
             max: bound,
         };
+        let torch = uniform(1.0 / (h as f64).sqrt());
         let layers = (0..self.num_layers)
             .map(|l| {
-                let input = if l == 0 { self.vocab_size } else { h };
-                LstmLayer {
-                    w_ih: init.init([input, 4 * h], device),
-                    w_hh: init.init([h, 4 * h], device),
-                    b_ih: init.init([4 * h], device),
-                    b_hh: init.init([4 * h], device),
+                let input = if l == 0 { v } else { h };
+                match init {
+                    Init::PyTorch => LstmLayer {
+                        w_ih: torch.init([input, 4 * h], device),
+                        w_hh: torch.init([h, 4 * h], device),
+                        b_ih: torch.init([4 * h], device),
+                        b_hh: torch.init([4 * h], device),
+                    },
+                    Init::TensorFlow => {
+                        let glorot = uniform((6.0 / (input + h + 4 * h) as f64).sqrt());
+                        // Gate order i, f, g, o: the forget block starts at H.
+                        let forget_bias = Tensor::cat(
+                            vec![
+                                Tensor::zeros([h], device),
+                                Tensor::ones([h], device),
+                                Tensor::zeros([2 * h], device),
+                            ],
+                            0,
+                        );
+                        LstmLayer {
+                            w_ih: glorot.init([input, 4 * h], device),
+                            w_hh: glorot.init([h, 4 * h], device),
+                            b_ih: Param::from_tensor(forget_bias),
+                            b_hh: Initializer::Zeros.init([4 * h], device),
+                        }
+                    }
                 }
             })
             .collect();
+        let mut output = LinearConfig::new(h, v).init(device);
+        if init == Init::TensorFlow {
+            output.weight = Param::from_tensor(truncated_normal([h, v], 0.1, device));
+            output.bias = Some(Initializer::Zeros.init([v], device));
+        }
         CharRnn {
             layers,
-            output: LinearConfig::new(h, self.vocab_size).init(device),
+            output,
             keep_prob: self.keep_prob,
         }
     }
@@ -195,6 +252,24 @@ impl<B: Backend> CharRnn<B> {
             c: Tensor::stack(cs_out, 0),
         };
         (logits, state)
+    }
+}
+
+/// TensorFlow's `truncated_normal`: N(0, std²) with every value beyond two standard deviations
+/// drawn again until none is.
+fn truncated_normal<B: Backend, const D: usize>(
+    shape: [usize; D],
+    std: f64,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let normal = || Tensor::<B, D>::random(shape, Distribution::Normal(0.0, std), device);
+    let mut x = normal();
+    loop {
+        let outside = x.clone().abs().greater_elem(2.0 * std);
+        if !outside.clone().any().into_scalar().to_bool() {
+            return x;
+        }
+        x = x.mask_where(outside, normal());
     }
 }
 

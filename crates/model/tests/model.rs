@@ -276,3 +276,69 @@ fn model_gradients_match_step_by_step_autodiff() {
         }
     }
 }
+
+/// Mean, standard deviation and largest magnitude of a parameter's values.
+fn stats<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> (f64, f64, f64) {
+    let v = karnna_model::to_f32_vec(t);
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    let max = v.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+    (mean, var.sqrt(), max)
+}
+
+#[test]
+fn initialisations_draw_what_they_say() {
+    use karnna_model::Init;
+    // The notebook's first layer: 83 characters, 512 units.
+    let (v, h) = (83, 512);
+    let config = CharRnnConfig::new(v).with_lstm_size(h).with_num_layers(2);
+    let device = Default::default();
+    B::seed(&device, 7);
+
+    // PyTorch: every LSTM tensor U(-1/√H, 1/√H): mean 0, std bound/√3, max just under bound.
+    let torch = config.init_with::<B>(Init::PyTorch, &device);
+    let bound = 1.0 / (h as f64).sqrt();
+    for layer in &torch.layers {
+        for (mean, std, max) in [stats(layer.w_ih.val()), stats(layer.w_hh.val())] {
+            assert!(mean.abs() < 0.002, "{mean}");
+            assert!((std / (bound / 3f64.sqrt()) - 1.0).abs() < 0.02, "{std}");
+            assert!(max <= bound && max > 0.99 * bound, "{max}");
+        }
+        let (mean, _, max) = stats(layer.b_ih.val() + layer.b_hh.val());
+        assert!(mean.abs() < 0.01 && max <= 2.0 * bound);
+    }
+    let (_, std, max) = stats(torch.output.weight.val());
+    assert!((std / (bound / 3f64.sqrt()) - 1.0).abs() < 0.03, "{std}");
+    assert!(max <= bound);
+
+    // TensorFlow: Glorot-uniform over the stacked [input + H, 4H] kernel, so both halves of a
+    // layer share the bound √(6 / (input + 5H)): 0.0476 for layer 1, 0.0442 for layer 2.
+    let tf = config.init_with::<B>(Init::TensorFlow, &device);
+    for (l, layer) in tf.layers.iter().enumerate() {
+        let input = if l == 0 { v } else { h };
+        let glorot = (6.0 / (input + 5 * h) as f64).sqrt();
+        for (mean, std, max) in [stats(layer.w_ih.val()), stats(layer.w_hh.val())] {
+            assert!(mean.abs() < 0.001, "{mean}");
+            assert!((std / (glorot / 3f64.sqrt()) - 1.0).abs() < 0.02, "{std}");
+            assert!(max <= glorot && max > 0.99 * glorot, "{max}");
+        }
+        // One bias in effect: 1.0 on the forget gate (block 1 of i, f, g, o), 0 elsewhere.
+        let bias = karnna_model::to_f32_vec(layer.b_ih.val() + layer.b_hh.val());
+        for (j, b) in bias.iter().enumerate() {
+            let want = if (h..2 * h).contains(&j) { 1.0 } else { 0.0 };
+            assert_eq!(*b, want, "bias {j}");
+        }
+    }
+    assert!((0.0476..0.0477).contains(&(6.0 / (v + 5 * h) as f64).sqrt()));
+    // Softmax weights: truncated_normal(stddev 0.1): nothing beyond 0.2, and the standard
+    // deviation of a normal cut at ±2σ, 0.1 × 0.8796; a zero bias.
+    let (mean, std, max) = stats(tf.output.weight.val());
+    assert!(mean.abs() < 0.002, "{mean}");
+    assert!(max <= 0.2 && max > 0.19, "{max}");
+    assert!((std / 0.08796 - 1.0).abs() < 0.02, "{std}");
+    let (_, _, bias_max) = stats(tf.output.bias.as_ref().unwrap().val());
+    assert_eq!(bias_max, 0.0);
+    // The same number of parameters either way.
+    assert_eq!(tf.num_params(), torch.num_params());
+}

@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use karnna_model::CharRnnConfig;
+use karnna_data::ValSplit;
+use karnna_model::{CharRnnConfig, Init};
 use serde::{Deserialize, Serialize};
 
 /// Where the model runs.
@@ -26,6 +27,18 @@ pub enum CpuBackend {
     Ndarray,
 }
 
+/// A published curve drawn beside the run's own in `loss.svg`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReferenceCurve {
+    /// No reference.
+    #[default]
+    None,
+    /// The notebook's 2017 revision: its validation loss every 200 iterations
+    /// ([`crate::log::NOTEBOOK_VAL_LOSS`]), for `configs/anna.toml` with `val_split = "rows"`.
+    Notebook,
+}
+
 /// Everything a run needs, as read from a config file (unknown keys are errors).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -38,8 +51,15 @@ pub struct RunConfig {
     pub data_url: String,
     /// sha256 of the downloaded file, checked before it is kept (empty: not checked).
     pub data_sha256: String,
-    /// Fraction of the text, taken from its end, held out for validation (0 disables).
+    /// Fraction of the text held out for validation (0 disables).
     pub val_fraction: f64,
+    /// Where the validation part comes from: `tail` (the end of the text; the default, so
+    /// configs and checkpoints written before this key existed keep their meaning) or `rows`
+    /// (the end of each batch row: the notebook's `split_data`).
+    pub val_split: ValSplit,
+    /// How the untrained weights are drawn: `pytorch` (default) or `tensorflow` (the
+    /// notebook's: Glorot-uniform kernels, forget-gate bias 1, truncated-normal softmax).
+    pub init: Init,
     /// Sequences per batch (the notebook's `batch_size`, `n_seqs`).
     pub batch_size: usize,
     /// Characters per sequence in a batch (the notebook's `num_steps`).
@@ -70,6 +90,8 @@ pub struct RunConfig {
     pub device: Device,
     /// The CPU backend: `flex` (default, faster) or `ndarray`.
     pub cpu_backend: CpuBackend,
+    /// A published curve to draw beside this run's in `loss.svg`: `none` or `notebook`.
+    pub reference_curve: ReferenceCurve,
 }
 
 impl Default for RunConfig {
@@ -81,6 +103,8 @@ impl Default for RunConfig {
             data_url: String::new(),
             data_sha256: String::new(),
             val_fraction: 0.1,
+            val_split: ValSplit::Tail,
+            init: Init::PyTorch,
             batch_size: 100,
             num_steps: 100,
             lstm_size: 512,
@@ -96,6 +120,7 @@ impl Default for RunConfig {
             seed: 42,
             device: Device::Cpu,
             cpu_backend: CpuBackend::Flex,
+            reference_curve: ReferenceCurve::None,
         }
     }
 }

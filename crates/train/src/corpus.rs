@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use karnna_data::{load_text, min_text_len, split_len, Batches, DataError, Vocab};
+use karnna_data::{load_text, min_text_len, Batches, DataError, Split, ValSplit, Vocab};
 
 use crate::config::RunConfig;
+use crate::memory::MemoryEstimate;
 
 /// A training text ready for a run.
 pub struct Corpus {
@@ -38,10 +39,10 @@ impl Corpus {
         })?;
         let (n, m) = (config.batch_size, config.num_steps);
         let chars = ids.len();
-        let need = min_text_len(n, m, config.val_fraction);
-        if chars < need {
-            let split = if config.val_fraction > 0.0 {
-                format!(" (with val_fraction {})", config.val_fraction)
+        let (f, how) = (config.val_fraction, config.val_split);
+        let Some(split) = Split::new(ids, n, m, f, how) else {
+            let split = if f > 0.0 {
+                format!(" (with val_fraction {f}, val_split {})", how.name())
             } else {
                 String::new()
             };
@@ -51,15 +52,16 @@ impl Corpus {
                 n_seqs: n,
                 n_steps: m,
                 split,
-                need,
+                need: min_text_len(n, m, f, how),
             }
             .into());
-        }
-        let val_chars = split_len(chars, config.val_fraction);
-        let train_chars = chars - val_chars;
-        let train = Batches::new(ids[..train_chars].to_vec(), n, m).expect("length checked");
-        let val = (val_chars > 0)
-            .then(|| Batches::new(ids[train_chars..].to_vec(), n, m).expect("length checked"));
+        };
+        let Split {
+            train,
+            val,
+            train_chars,
+            val_chars,
+        } = split;
         Ok(Self {
             path: path.to_owned(),
             chars,
@@ -90,14 +92,23 @@ impl Corpus {
             "parameters and characters in the same range: a good fit (watch the validation loss)"
         };
         let val_batches = self.val.as_ref().map_or(0, |v| v.len());
+        let split = match (self.val.is_some(), config.val_split) {
+            (false, _) => "none (val_fraction 0)",
+            (true, ValSplit::Tail) => "tail: the last part of the text",
+            (true, ValSplit::Rows) => {
+                "rows: the last batches of each row, spread through the text (the notebook's split_data)"
+            }
+        };
         format!(
             "text:            {}\n\
              characters:      {}\n\
              vocabulary:      {} symbols\n\
              train / val:     {} / {} characters ({} / {} batches of {}x{})\n\
+             val split:       {}\n\
              batches/epoch:   {}\n\
              iterations:      {} ({} epochs)\n\
              parameters:      {} ({} layers x {} units)\n\
+             memory:          {}\n\
              params/chars:    {:.2}: {}",
             self.path.display(),
             self.chars,
@@ -108,12 +119,19 @@ impl Corpus {
             val_batches,
             config.batch_size,
             config.num_steps,
+            split,
             self.train.len(),
             self.total_iterations(config.epochs),
             config.epochs,
             params,
             config.num_layers,
             config.lstm_size,
+            MemoryEstimate::of(
+                &config.model(self.vocab.len()),
+                config.batch_size,
+                config.num_steps
+            )
+            .describe(),
             ratio,
             advice
         )

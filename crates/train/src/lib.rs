@@ -12,10 +12,13 @@
 pub mod config;
 pub mod corpus;
 pub mod fetch;
+pub mod folder;
 pub mod learner;
 pub mod log;
+pub mod memory;
 pub mod run;
+pub mod signals;
 
-pub use config::{CpuBackend, Device, RunConfig};
+pub use config::{CpuBackend, Device, ReferenceCurve, RunConfig};
 pub use corpus::Corpus;
 pub use run::{train, TrainOptions, TrainReport};

@@ -24,11 +24,38 @@ pub struct Row {
 
 const HEADER: &str = "iteration,epoch,train_loss,val_loss,chars_per_s,elapsed_s";
 
+/// The notebook's validation loss (2017 revision, `configs/anna.toml`'s model, its
+/// `split_data` split) every 200 iterations and at its last, 3,560, as it printed them.
+pub const NOTEBOOK_VAL_LOSS: [(usize, f64); 18] = [
+    (200, 2.432),
+    (400, 2.012),
+    (600, 1.783),
+    (800, 1.619),
+    (1000, 1.499),
+    (1200, 1.418),
+    (1400, 1.357),
+    (1600, 1.305),
+    (1800, 1.255),
+    (2000, 1.228),
+    (2200, 1.202),
+    (2400, 1.189),
+    (2600, 1.170),
+    (2800, 1.156),
+    (3000, 1.146),
+    (3200, 1.137),
+    (3400, 1.131),
+    (3560, 1.1225),
+];
+
+/// A published validation curve drawn beside a run's own: a label and `(iteration, loss)`.
+pub type Reference = (&'static str, &'static [(usize, f64)]);
+
 /// `metrics.csv` and `loss.svg` of one run folder.
 pub struct MetricsLog {
     csv: PathBuf,
     svg: PathBuf,
     rows: Vec<Row>,
+    reference: Option<Reference>,
 }
 
 impl MetricsLog {
@@ -50,6 +77,7 @@ impl MetricsLog {
             csv,
             svg: dir.join("loss.svg"),
             rows,
+            reference: None,
         };
         let mut text = format!("{HEADER}\n");
         for r in &log.rows {
@@ -57,6 +85,12 @@ impl MetricsLog {
         }
         std::fs::write(&log.csv, text)?;
         Ok(log)
+    }
+
+    /// Draws `reference` in `loss.svg` beside the run's own curves.
+    pub fn with_reference(mut self, reference: Option<Reference>) -> Self {
+        self.reference = reference;
+        self
     }
 
     /// Rows so far.
@@ -79,7 +113,7 @@ impl MetricsLog {
     /// Writes `loss.svg` (atomically).
     pub fn draw(&self) -> std::io::Result<()> {
         let tmp = self.svg.with_extension("svg.tmp");
-        std::fs::write(&tmp, loss_svg(&self.rows))?;
+        std::fs::write(&tmp, loss_svg(&self.rows, self.reference))?;
         std::fs::rename(tmp, &self.svg)
     }
 }
@@ -112,13 +146,27 @@ fn parse_row(line: &str) -> Option<Row> {
 }
 
 /// An SVG plot of train loss (thin line, smoothed over a few iterations) and validation loss
-/// (thick line with dots) against iterations.
-pub fn loss_svg(rows: &[Row]) -> String {
+/// (thick line with dots) against iterations, with a reference validation curve (dashed, up to
+/// the run's last iteration) when one is given.
+pub fn loss_svg(rows: &[Row], reference: Option<Reference>) -> String {
     let (w, h, left, right, top, bottom) = (800.0, 480.0, 70.0, 20.0, 40.0, 50.0);
-    let max_it = rows.iter().map(|r| r.iteration).max().unwrap_or(1).max(1) as f64;
+    let last_it = rows.iter().map(|r| r.iteration).max().unwrap_or(1).max(1);
+    let max_it = last_it as f64;
+    let reference = reference.map(|(label, points)| {
+        let shown: Vec<(usize, f64)> = points
+            .iter()
+            .copied()
+            .filter(|&(it, _)| it <= last_it)
+            .collect();
+        (label, shown)
+    });
+    let ref_losses = reference
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(_, v)| v));
     let losses = rows
         .iter()
-        .flat_map(|r| std::iter::once(r.train_loss).chain(r.val_loss));
+        .flat_map(|r| std::iter::once(r.train_loss).chain(r.val_loss))
+        .chain(ref_losses);
     let (mut lo, mut hi) = losses
         .filter(|v| v.is_finite())
         .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
@@ -198,6 +246,22 @@ pub fn loss_svg(rows: &[Row]) -> String {
         );
     }
     let (lx, ly) = (w - right - 160.0, top + 20.0);
+    if let Some((label, points)) = &reference {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|&(it, v)| format!("{:.1},{:.1}", x(it as f64), y(v)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r##"<polyline fill="none" stroke="#555" stroke-width="2" stroke-dasharray="6 4" points="{}"/>
+<line x1="{lx}" x2="{}" y1="{y3}" y2="{y3}" stroke="#555" stroke-width="2" stroke-dasharray="6 4"/><text x="{}" y="{}">{label}</text>"##,
+            pts.join(" "),
+            lx + 24.0,
+            lx + 30.0,
+            ly + 40.0,
+            y3 = ly + 36.0,
+        );
+    }
     let _ = write!(
         s,
         r##"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="#1f77b4" stroke-width="2"/><text x="{}" y="{}">train</text>
@@ -254,9 +318,26 @@ mod tests {
         let rows: Vec<Row> = (1..=50)
             .map(|i| row(i, (i % 10 == 0).then_some(2.0)))
             .collect();
-        let svg = loss_svg(&rows);
+        let svg = loss_svg(&rows, None);
         assert_eq!(svg.matches("<circle").count(), 5);
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn svg_draws_the_reference_up_to_the_run() {
+        let rows: Vec<Row> = (1..=450)
+            .map(|i| row(i, (i % 200 == 0).then_some(2.0)))
+            .collect();
+        let svg = loss_svg(&rows, Some(("notebook", &NOTEBOOK_VAL_LOSS)));
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(svg.contains(">notebook</text>"));
+        // Iterations 200 and 400 of the reference: two points on the dashed line.
+        let dashed = svg
+            .lines()
+            .find(|l| l.starts_with("<polyline") && l.contains("stroke-dasharray"))
+            .unwrap();
+        let points = dashed.split("points=\"").nth(1).unwrap();
+        assert_eq!(points.split_whitespace().count(), 2, "{dashed}");
     }
 }

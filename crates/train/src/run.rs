@@ -3,7 +3,7 @@
 //! every `save_every_n`, exact resume, and `metrics.csv` / `loss.svg`.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,17 +26,18 @@ use burn::train::{
     SupervisedLearningStrategy, SupervisedTraining, SupervisedTrainingEventProcessor, TrainLoader,
     TrainingComponents, TrainingItem, TrainingStrategy, ValidLoader,
 };
-use karnna_model::checkpoint::{
-    best_pointer, checkpoint_name, run_checkpoints, set_best_pointer, BEST_POINTER,
-};
+use karnna_model::checkpoint::{checkpoint_name, set_best_pointer};
 use karnna_model::{Checkpoint, CheckpointMeta, LstmKernels, LstmState};
 
-use crate::config::RunConfig;
+use crate::config::{ReferenceCurve, RunConfig};
 use crate::corpus::Corpus;
+use crate::folder::RunFolder;
 use crate::learner::{
     clip_global_norm, BatchLoader, CharMetric, CharMetricKind, OptimHandle, RecordingOptim, Trainee,
 };
-use crate::log::{MetricsLog, Row};
+use crate::log::{MetricsLog, Row, NOTEBOOK_VAL_LOSS};
+use crate::memory::MemoryEstimate;
+use crate::signals::StopOnSignal;
 
 /// What to run and where.
 #[derive(Clone, Debug)]
@@ -51,6 +52,9 @@ pub struct TrainOptions {
     pub fresh: bool,
     /// Plain progress lines instead of the dashboard (also chosen when stdout is not a terminal).
     pub plain: bool,
+    /// Memory the run may take, in bytes (see [`crate::memory::available`]); a run whose
+    /// estimate exceeds it is refused before anything is allocated. `None`: not checked.
+    pub memory_limit: Option<u64>,
 }
 
 /// How a run ended.
@@ -62,8 +66,10 @@ pub struct TrainReport {
     pub last_checkpoint: Option<PathBuf>,
     /// The best checkpoint by validation loss, and that loss.
     pub best: Option<(PathBuf, f64)>,
-    /// Stopped early by the user.
+    /// Stopped early by the user (a signal, or the dashboard's stop key).
     pub interrupted: bool,
+    /// The signal that stopped it, if one did (2 SIGINT, 15 SIGTERM, 1 SIGHUP).
+    pub signal: Option<i32>,
 }
 
 type Optim<I> = RecordingOptim<
@@ -84,30 +90,9 @@ fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
 /// Prepares the run folder, builds or restores the model and optimizer, and trains with
 /// burn-train's learner on `Autodiff<I>` (its dashboard when stdout is a terminal).
 pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::Result<TrainReport> {
+    let folder = RunFolder::lock(&opts.run_dir)?;
     let dir = &opts.run_dir;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create the run folder", dir.display()))?;
-    let existing = run_checkpoints(dir)?;
-    if !existing.is_empty() && !opts.resume && !opts.fresh {
-        bail!(
-            "{}: has {} checkpoint(s) already; pass --resume to continue the run or --fresh to start over",
-            dir.display(),
-            existing.len()
-        );
-    }
-    if opts.fresh {
-        for (_, path) in &existing {
-            std::fs::remove_file(path)?;
-        }
-        for name in [BEST_POINTER, "metrics.csv", "loss.svg"] {
-            let _ = std::fs::remove_file(dir.join(name));
-        }
-    }
-    let resume_from = match (opts.resume, existing.last()) {
-        (true, Some((_, path))) => Some(Checkpoint::read(path)?),
-        (true, None) => bail!("{}: no checkpoint to resume from", dir.display()),
-        _ => None,
-    };
+    let resume_from = folder.prepare(opts.resume, opts.fresh)?;
 
     // A resumed run keeps its own shape and batches; only the length of the run can change.
     let mut config = opts.config.clone();
@@ -140,6 +125,15 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
 
     println!("{}", corpus.describe(&config));
     println!("run folder:      {}", dir.display());
+    let need = MemoryEstimate::of(&model_config, config.batch_size, config.num_steps);
+    if let Some(limit) = opts.memory_limit.filter(|&l| need.total() > l) {
+        bail!(
+            "{}: not enough memory for this model: training it needs {}, and {} is available; make lstm_size, num_layers, batch_size or num_steps smaller",
+            dir.display(),
+            need.describe(),
+            crate::memory::bytes(limit)
+        );
+    }
 
     // The resolved config and the vocabulary, before the first step.
     std::fs::write(dir.join("config.toml"), toml::to_string_pretty(&config)?)?;
@@ -150,7 +144,7 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
 
     type B<I> = Autodiff<I>;
     I::seed(&device, config.seed);
-    let mut model = model_config.init::<B<I>>(&device);
+    let mut model = model_config.init_with::<B<I>>(config.init, &device);
     let adam = AdamConfig::new()
         .with_epsilon(1e-8)
         .init::<B<I>, Trainee<B<I>>>();
@@ -189,9 +183,13 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
         );
     }
 
-    let log = MetricsLog::open(dir, start_iteration)?;
+    let reference = match config.reference_curve {
+        ReferenceCurve::None => None,
+        ReferenceCurve::Notebook => Some(("notebook", &NOTEBOOK_VAL_LOSS[..])),
+    };
+    let log = MetricsLog::open(dir, start_iteration)?.with_reference(reference);
     let elapsed0 = log.rows().last().map_or(0.0, |r| r.elapsed_s);
-    let best = best_so_far(dir);
+    let best = folder.best();
     let carry = Arc::new(Carry::<I> {
         config: config.clone(),
         dir: dir.clone(),
@@ -235,14 +233,16 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     if plain {
         training = training.renderer(Quiet);
     }
-    let interrupter = training.interrupter();
-    let _ = ctrlc::set_handler(move || interrupter.stop(Some("interrupted (Ctrl-C)")));
+    let signals =
+        StopOnSignal::install(training.interrupter()).context("cannot listen for stop signals")?;
 
     let mut learner = Learner::new(Trainee { model }, optim, config.learning_rate);
     if let Some(record) = optim_record {
         learner.load_optim(record);
     }
     let _result = training.launch(learner);
+    let signal = signals.received();
+    drop(signals);
 
     let shared = carry.shared.lock().unwrap();
     if let Some(e) = &shared.error {
@@ -253,14 +253,8 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
         last_checkpoint: shared.last_checkpoint.clone(),
         best: shared.best.clone(),
         interrupted: shared.interrupted,
+        signal,
     })
-}
-
-/// The best checkpoint recorded in a run folder and its validation loss.
-fn best_so_far(dir: &Path) -> Option<(PathBuf, f64)> {
-    let path = best_pointer(dir)?;
-    let loss = Checkpoint::read(&path).ok()?.meta.val_loss?;
-    Some((path, loss))
 }
 
 fn encode_state<B: Backend>(state: &LstmState<B>) -> Vec<u8> {

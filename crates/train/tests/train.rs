@@ -148,6 +148,7 @@ fn try_run(
         resume,
         fresh: false,
         plain: true,
+        memory_limit: None,
     };
     train::<Flex>(opts, Default::default())
 }

@@ -1,0 +1,280 @@
+//! Stopping and sharing safely, on a real training process: signals save a checkpoint and exit
+//! with the signal's status, a busy run folder refuses a second run (and frees itself when its
+//! process dies, even by SIGKILL), and a model too big for memory is refused before it allocates.
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+use karnna_model::checkpoint::run_checkpoints;
+use karnna_model::Checkpoint;
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("karnna-stops-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("short.txt"),
+        "It was the best of times, it was the worst of times, it was the age of wisdom.\n"
+            .repeat(60),
+    )
+    .unwrap();
+    d
+}
+
+fn tiny_config() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/tiny.toml")
+        .display()
+        .to_string()
+}
+
+fn karnna(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_karnna"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A training run that would go on for a long time, and its stdout lines as they come.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(dir: &Path, extra: &[&str]) -> Self {
+        let cfg = tiny_config();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_karnna"))
+            .current_dir(dir)
+            .args([
+                "train",
+                "--config",
+                &cfg,
+                "--data",
+                "short.txt",
+                "--epochs",
+                "100000",
+                "--max-iters",
+                "0",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to two minutes) for a stdout line that starts with `prefix`.
+    fn wait_for(&mut self, prefix: &str) {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) => {
+                    let hit = line.starts_with(prefix);
+                    self.seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(e) => panic!("no line starting {prefix:?} ({e}): {:?}", self.seen),
+            }
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: sends a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Waits for the process to end: its exit code (None when killed) and the rest of stdout.
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        let status = self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        let mut err = String::new();
+        use std::io::Read;
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.code(), self.seen.join("\n"), err)
+    }
+}
+
+#[test]
+fn each_stop_signal_saves_a_checkpoint_of_the_current_iteration() {
+    for (signal, name, code) in [
+        (libc::SIGTERM, "SIGTERM", 143),
+        (libc::SIGINT, "SIGINT", 130),
+        (libc::SIGHUP, "SIGHUP", 129),
+    ] {
+        let dir = workdir(name);
+        let mut run = Running::start(&dir, &[]);
+        run.wait_for("saved "); // past the first periodic checkpoint
+        run.signal(signal);
+        let (status, out, err) = run.finish();
+        assert_eq!(status, Some(code), "{name}: {out}\n{err}");
+        assert!(err.is_empty(), "{name}: nothing on stderr, got {err}");
+        let stopped: usize = out
+            .lines()
+            .find_map(|l| l.strip_prefix("stopped at iteration "))
+            .and_then(|rest| rest.strip_suffix(&format!(" ({name})")))
+            .unwrap_or_else(|| panic!("{name}: no stop line in {out}"))
+            .parse()
+            .unwrap();
+        // The last checkpoint is the iteration it stopped at, whole and loadable.
+        let run_dir = dir.join("artifacts/tiny");
+        let (last, path) = run_checkpoints(&run_dir).unwrap().pop().unwrap();
+        assert_eq!(last, stopped, "{name}: {out}");
+        Checkpoint::read(&path).unwrap();
+        let name_of = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(out.contains(&name_of), "{name}: {out}");
+        // And the run goes on from it.
+        let again = karnna(
+            &dir,
+            &[
+                "train",
+                "--config",
+                &tiny_config(),
+                "--data",
+                "short.txt",
+                "--resume",
+                "--epochs",
+                "100000",
+                "--max-iters",
+                &(stopped + 3).to_string(),
+            ],
+        );
+        assert!(
+            again.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_busy_run_folder_refuses_a_second_run_and_is_freed_by_sigkill() {
+    let dir = workdir("lock");
+    let mut first = Running::start(&dir, &[]);
+    first.wait_for("saved ");
+    let run_dir = dir.join("artifacts/tiny");
+    let config_before = std::fs::read(run_dir.join("config.toml")).unwrap();
+    let checkpoints_before = run_checkpoints(&run_dir).unwrap();
+
+    // A second run with --fresh (which would delete the checkpoints) and another shape
+    // (which would rewrite config.toml) is refused before it touches anything.
+    let second = karnna(
+        &dir,
+        &[
+            "train",
+            "--config",
+            &tiny_config(),
+            "--data",
+            "short.txt",
+            "--fresh",
+            "--lstm-size",
+            "16",
+        ],
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "process {} is training in this folder",
+            first.child.id()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(run_dir.join("config.toml")).unwrap(),
+        config_before
+    );
+    let now = run_checkpoints(&run_dir).unwrap();
+    for c in &checkpoints_before {
+        assert!(now.contains(c), "{c:?} was removed");
+    }
+
+    // Sampling from the folder while it trains is allowed.
+    let sample = karnna(&dir, &["sample", "--run", "artifacts/tiny", "--len", "20"]);
+    assert!(
+        sample.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sample.stderr)
+    );
+
+    // SIGKILL: no chance to clean up, yet the OS drops the lock with the process.
+    first.signal(libc::SIGKILL);
+    let (status, _, _) = first.finish();
+    assert_eq!(status, None);
+    let (last, _) = run_checkpoints(&run_dir).unwrap().pop().unwrap();
+    let resumed = karnna(
+        &dir,
+        &[
+            "train",
+            "--config",
+            &tiny_config(),
+            "--data",
+            "short.txt",
+            "--resume",
+            "--epochs",
+            "100000",
+            "--max-iters",
+            &(last + 2).to_string(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{err}");
+}
+
+#[test]
+fn a_model_too_big_for_memory_is_refused_before_it_allocates() {
+    let dir = workdir("memory");
+    let o = karnna(
+        &dir,
+        &[
+            "train",
+            "--config",
+            &tiny_config(),
+            "--data",
+            "short.txt",
+            "--lstm-size",
+            "200000",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("not enough memory for this model"), "{err}");
+    assert!(err.contains("TiB") && err.contains("is available"), "{err}");
+    // Nothing was trained or saved.
+    assert!(run_checkpoints(&dir.join("artifacts/tiny"))
+        .unwrap_or_default()
+        .is_empty());
+    // `info` shows the estimate.
+    let info = karnna(
+        &dir,
+        &["info", "--config", &tiny_config(), "--data", "short.txt"],
+    );
+    let out = String::from_utf8_lossy(&info.stdout);
+    assert!(out.contains("memory:          about"), "{out}");
+}

@@ -249,27 +249,25 @@ fn a_busy_run_folder_refuses_a_second_run_and_is_freed_by_sigkill() {
 #[test]
 fn a_model_too_big_for_memory_is_refused_before_it_allocates() {
     let dir = workdir("memory");
+    let cfg = tiny_config();
+    let base = ["train", "--config", &cfg, "--data", "short.txt"];
+    // A run folder with a checkpoint in it...
+    let first = karnna(&dir, &[&base[..], &["--max-iters", "3"]].concat());
+    assert!(first.status.success());
+    let run_dir = dir.join("artifacts/tiny");
+    let before = run_checkpoints(&run_dir).unwrap();
+    assert_eq!(before.len(), 1);
+    // ...keeps it when a --fresh run is refused for its size.
     let o = karnna(
         &dir,
-        &[
-            "train",
-            "--config",
-            &tiny_config(),
-            "--data",
-            "short.txt",
-            "--lstm-size",
-            "200000",
-        ],
+        &[&base[..], &["--fresh", "--lstm-size", "200000"]].concat(),
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("not enough memory for this model"), "{err}");
     assert!(err.contains("TiB") && err.contains("is available"), "{err}");
-    // Nothing was trained or saved.
-    assert!(run_checkpoints(&dir.join("artifacts/tiny"))
-        .unwrap_or_default()
-        .is_empty());
+    assert_eq!(run_checkpoints(&run_dir).unwrap(), before);
     // `info` shows the estimate.
     let info = karnna(
         &dir,

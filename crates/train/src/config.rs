@@ -266,6 +266,11 @@ mod tests {
             (anna.epochs, anna.save_every_n),
             (notebook.epochs, notebook.save_every_n)
         );
+        // The notebook's validation split, initialisation and curve to compare with.
+        assert_eq!(
+            (anna.val_split, anna.init, anna.reference_curve),
+            (ValSplit::Rows, Init::TensorFlow, ReferenceCurve::Notebook)
+        );
     }
 
     #[test]

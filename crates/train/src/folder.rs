@@ -74,8 +74,10 @@ impl RunFolder {
 
     /// Applies the run-folder rules and returns the checkpoint to resume from, if any:
     /// - a folder with checkpoints is refused unless `resume` or `fresh` says what to do;
-    /// - `fresh` deletes its checkpoints, `best.txt`, `metrics.csv` and `loss.svg`;
     /// - `resume` reads the latest checkpoint (an error when there is none).
+    ///
+    /// Nothing is deleted here: a `fresh` run calls [`RunFolder::clear`] once every check
+    /// that could still refuse the run has passed.
     pub fn prepare(&self, resume: bool, fresh: bool) -> anyhow::Result<Option<Checkpoint>> {
         let dir = &self.dir;
         let existing = run_checkpoints(dir)?;
@@ -86,19 +88,23 @@ impl RunFolder {
                 existing.len()
             );
         }
-        if fresh {
-            for (_, path) in &existing {
-                std::fs::remove_file(path)?;
-            }
-            for name in [BEST_POINTER, "metrics.csv", "loss.svg"] {
-                let _ = std::fs::remove_file(dir.join(name));
-            }
-        }
         match (resume, existing.last()) {
             (true, Some((_, path))) => Ok(Some(Checkpoint::read(path)?)),
             (true, None) => bail!("{}: no checkpoint to resume from", dir.display()),
             _ => Ok(None),
         }
+    }
+
+    /// Deletes the folder's checkpoints, `best.txt`, `metrics.csv` and `loss.svg` (`--fresh`).
+    pub fn clear(&self) -> anyhow::Result<()> {
+        for (_, path) in run_checkpoints(&self.dir)? {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("{}: cannot delete", path.display()))?;
+        }
+        for name in [BEST_POINTER, "metrics.csv", "loss.svg"] {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
+        Ok(())
     }
 
     /// The best checkpoint recorded in the folder and its validation loss.

@@ -135,6 +135,10 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
         );
     }
 
+    if opts.fresh {
+        folder.clear()?;
+    }
+
     // The resolved config and the vocabulary, before the first step.
     std::fs::write(dir.join("config.toml"), toml::to_string_pretty(&config)?)?;
     std::fs::write(

@@ -2,15 +2,10 @@
 //! it, and get one-line errors with exit code 2 for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn karnna(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_karnna"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{karnna, tiny_config};
 
 fn text(o: &Output) -> (String, String) {
     (
@@ -33,13 +28,6 @@ fn assert_one_line_error(dir: &Path, args: &[&str], needle: &str) {
     assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
     assert!(err.contains(needle), "{args:?}: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-}
-
-fn tiny_config() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../configs/tiny.toml")
-        .display()
-        .to_string()
 }
 
 const SHORT: &str = "Far from here, it was the best of times, it was the worst of times, it was the age of wisdom, \

@@ -12,6 +12,9 @@ use std::time::Duration;
 use karnna_model::checkpoint::run_checkpoints;
 use karnna_model::Checkpoint;
 
+mod common;
+use common::{karnna, tiny_config};
+
 fn workdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("karnna-stops-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -25,19 +28,31 @@ fn workdir(name: &str) -> PathBuf {
     d
 }
 
-fn tiny_config() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../configs/tiny.toml")
-        .display()
-        .to_string()
+/// `karnna train` on `short.txt` with the tiny config, then `extra`.
+fn train_args(extra: &[&str]) -> Vec<String> {
+    let base = ["train", "--config", &tiny_config(), "--data", "short.txt"].map(String::from);
+    base.into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect()
 }
 
-fn karnna(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_karnna"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
+fn train(dir: &Path, extra: &[&str]) -> Output {
+    let args = train_args(extra);
+    karnna(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Resumes the run in `dir` and trains until iteration `until`.
+fn resume_until(dir: &Path, until: usize) -> Output {
+    train(
+        dir,
+        &[
+            "--resume",
+            "--epochs",
+            "100000",
+            "--max-iters",
+            &until.to_string(),
+        ],
+    )
 }
 
 /// A training run that would go on for a long time, and its stdout lines as they come.
@@ -49,20 +64,9 @@ struct Running {
 
 impl Running {
     fn start(dir: &Path, extra: &[&str]) -> Self {
-        let cfg = tiny_config();
         let mut child = Command::new(env!("CARGO_BIN_EXE_karnna"))
             .current_dir(dir)
-            .args([
-                "train",
-                "--config",
-                &cfg,
-                "--data",
-                "short.txt",
-                "--epochs",
-                "100000",
-                "--max-iters",
-                "0",
-            ])
+            .args(train_args(&["--epochs", "100000", "--max-iters", "0"]))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -148,21 +152,7 @@ fn each_stop_signal_saves_a_checkpoint_of_the_current_iteration() {
         let name_of = path.file_name().unwrap().to_string_lossy().into_owned();
         assert!(out.contains(&name_of), "{name}: {out}");
         // And the run goes on from it.
-        let again = karnna(
-            &dir,
-            &[
-                "train",
-                "--config",
-                &tiny_config(),
-                "--data",
-                "short.txt",
-                "--resume",
-                "--epochs",
-                "100000",
-                "--max-iters",
-                &(stopped + 3).to_string(),
-            ],
-        );
+        let again = resume_until(&dir, stopped + 3);
         assert!(
             again.status.success(),
             "{name}: {}",
@@ -182,19 +172,7 @@ fn a_busy_run_folder_refuses_a_second_run_and_is_freed_by_sigkill() {
 
     // A second run with --fresh (which would delete the checkpoints) and another shape
     // (which would rewrite config.toml) is refused before it touches anything.
-    let second = karnna(
-        &dir,
-        &[
-            "train",
-            "--config",
-            &tiny_config(),
-            "--data",
-            "short.txt",
-            "--fresh",
-            "--lstm-size",
-            "16",
-        ],
-    );
+    let second = train(&dir, &["--fresh", "--lstm-size", "16"]);
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -227,21 +205,7 @@ fn a_busy_run_folder_refuses_a_second_run_and_is_freed_by_sigkill() {
     let (status, _, _) = first.finish();
     assert_eq!(status, None);
     let (last, _) = run_checkpoints(&run_dir).unwrap().pop().unwrap();
-    let resumed = karnna(
-        &dir,
-        &[
-            "train",
-            "--config",
-            &tiny_config(),
-            "--data",
-            "short.txt",
-            "--resume",
-            "--epochs",
-            "100000",
-            "--max-iters",
-            &(last + 2).to_string(),
-        ],
-    );
+    let resumed = resume_until(&dir, last + 2);
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{err}");
 }
@@ -249,19 +213,14 @@ fn a_busy_run_folder_refuses_a_second_run_and_is_freed_by_sigkill() {
 #[test]
 fn a_model_too_big_for_memory_is_refused_before_it_allocates() {
     let dir = workdir("memory");
-    let cfg = tiny_config();
-    let base = ["train", "--config", &cfg, "--data", "short.txt"];
     // A run folder with a checkpoint in it...
-    let first = karnna(&dir, &[&base[..], &["--max-iters", "3"]].concat());
+    let first = train(&dir, &["--max-iters", "3"]);
     assert!(first.status.success());
     let run_dir = dir.join("artifacts/tiny");
     let before = run_checkpoints(&run_dir).unwrap();
     assert_eq!(before.len(), 1);
     // ...keeps it when a --fresh run is refused for its size.
-    let o = karnna(
-        &dir,
-        &[&base[..], &["--fresh", "--lstm-size", "200000"]].concat(),
-    );
+    let o = train(&dir, &["--fresh", "--lstm-size", "200000"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");

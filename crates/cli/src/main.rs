@@ -224,23 +224,27 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         (Device::Cuda, _) => cuda::train(opts),
     }?;
+    // The summary. Written without `println!`, which panics when the terminal is gone (a run
+    // stopped by SIGHUP has already saved its checkpoint; only these lines are lost).
+    let mut summary = String::new();
     if report.interrupted {
-        match report.signal {
-            Some(s) => println!(
-                "stopped at iteration {} ({})",
-                report.iteration,
-                karnna_train::signals::signal_name(s)
-            ),
-            None => println!("stopped at iteration {}", report.iteration),
+        summary += &format!("stopped at iteration {}", report.iteration);
+        if let Some(s) = report.signal {
+            summary += &format!(" ({})", karnna_train::signals::signal_name(s));
         }
+        summary.push('\n');
     }
     if let Some(p) = &report.last_checkpoint {
-        println!("last checkpoint: {}", p.display());
+        summary += &format!("last checkpoint: {}\n", p.display());
     }
     if let Some((p, v)) = &report.best {
-        println!("best checkpoint: {} (validation loss {v:.4})", p.display());
+        summary += &format!(
+            "best checkpoint: {} (validation loss {v:.4})\n",
+            p.display()
+        );
     }
-    println!("sample from it:  cargo xtask sample");
+    summary += "sample from it:  cargo xtask sample\n";
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), summary.as_bytes());
     Ok(match report.signal {
         Some(s) => ExitCode::from(128 + s as u8),
         None => ExitCode::SUCCESS,

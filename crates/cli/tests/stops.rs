@@ -134,6 +134,10 @@ fn each_stop_signal_saves_a_checkpoint_of_the_current_iteration() {
         let mut run = Running::start(&dir, &[]);
         run.wait_for("saved "); // past the first periodic checkpoint
         run.signal(signal);
+        // A second one while the first is being handled (finishing the iteration, validating,
+        // saving) changes nothing: the checkpoint below is whole.
+        std::thread::sleep(Duration::from_millis(2));
+        run.signal(signal);
         let (status, out, err) = run.finish();
         assert_eq!(status, Some(code), "{name}: {out}\n{err}");
         assert!(err.is_empty(), "{name}: nothing on stderr, got {err}");

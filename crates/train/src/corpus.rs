@@ -107,7 +107,7 @@ impl Corpus {
              val split:       {}\n\
              batches/epoch:   {}\n\
              iterations:      {} ({} epochs)\n\
-             parameters:      {} ({} layers x {} units)\n\
+             parameters:      {} ({} layers x {} units), initialised as {}\n\
              memory:          {}\n\
              params/chars:    {:.2}: {}",
             self.path.display(),
@@ -126,6 +126,7 @@ impl Corpus {
             params,
             config.num_layers,
             config.lstm_size,
+            config.init.name(),
             MemoryEstimate::of(
                 &config.model(self.vocab.len()),
                 config.batch_size,

@@ -209,10 +209,10 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         resume: args.resume,
         fresh: args.fresh,
         plain: args.plain,
-        // The machine's memory on the CPU; a GPU's own memory is not checked yet.
+        // What the machine has free on the CPU; the device's own memory on a GPU.
         memory_limit: match c.device {
             Device::Cpu => karnna_train::memory::available(),
-            Device::Cuda => None,
+            Device::Cuda => cuda::memory(),
         },
     };
     let report = match (c.device, c.cpu_backend) {
@@ -277,6 +277,16 @@ mod cuda {
     pub fn train(opts: TrainOptions) -> anyhow::Result<TrainReport> {
         karnna_train::train::<Backend>(opts, device()?)
     }
+
+    /// The first device's memory in bytes, or `None` without a usable device. cubecl's CUDA
+    /// runtime reads `cuDeviceTotalMem` and allows pages of a quarter of it, which is the one
+    /// figure it exposes: the total is four pages.
+    pub fn memory() -> Option<u64> {
+        use cubecl::Runtime;
+        let device = device().ok()?;
+        let client = cubecl::cuda::CudaRuntime::client(&device);
+        Some(client.properties().memory.max_page_size.saturating_mul(4))
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -288,6 +298,10 @@ mod cuda {
 
     pub fn train(_: TrainOptions) -> anyhow::Result<TrainReport> {
         anyhow::bail!(NO_CUDA)
+    }
+
+    pub fn memory() -> Option<u64> {
+        None
     }
 
     pub fn unavailable() -> anyhow::Error {

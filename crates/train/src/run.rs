@@ -91,7 +91,7 @@ fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
 /// burn-train's learner on `Autodiff<I>` (its dashboard when stdout is a terminal).
 pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::Result<TrainReport> {
     let folder = RunFolder::lock(&opts.run_dir)?;
-    let dir = &opts.run_dir;
+    let dir = folder.dir();
     let resume_from = folder.prepare(opts.resume, opts.fresh)?;
 
     // A resumed run keeps its own shape and batches; only the length of the run can change.
@@ -196,7 +196,7 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     let best = folder.best();
     let carry = Arc::new(Carry::<I> {
         config: config.clone(),
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
         vocab: corpus.vocab.clone(),
         start_iteration,
         total,

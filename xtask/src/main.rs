@@ -1,6 +1,6 @@
 //! `cargo xtask`: the commands a karnna user types. Each builds the `karnna` binary in release
-//! (a user must never wait on a debug build by accident), with the `cuda` feature when the run
-//! asks for the GPU, and runs it with the remaining arguments.
+//! (a user must never wait on a debug build by accident), with the `cuda` or `wgpu` feature when
+//! the run asks for that GPU backend, and runs it with the remaining arguments.
 //!
 //! This crate is a thin orchestrator with no dependencies: it must hold no model or training
 //! logic (that lives in `crates/`).
@@ -15,25 +15,34 @@ tasks:
   train    train a model, with a live dashboard (cargo xtask train --config configs/tiny.toml)
   sample   write text from the latest run       (cargo xtask sample [--prime Far --len 2000])
   bench    time a training step and sampling    (cargo xtask bench [--peer PYTHON])
+  gpu-check  check a GPU against the CPU, time it (cargo xtask gpu-check [--device cuda|wgpu] [--peer PYTHON])
 
-`cargo xtask <task> --help` lists a task's options. Add `--device cuda` to run on an NVIDIA GPU.";
+`cargo xtask <task> --help` lists a task's options. Add `--device cuda` to run on an NVIDIA GPU,
+`--device wgpu` on any GPU with Vulkan, Metal or DX12.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(task) = args.first() else {
+    let Some(task) = args.first().cloned() else {
         println!("{TASKS}");
         return ExitCode::SUCCESS;
     };
-    if !matches!(task.as_str(), "info" | "train" | "sample" | "bench") {
+    if !matches!(
+        task.as_str(),
+        "info" | "train" | "sample" | "bench" | "gpu-check"
+    ) {
         eprintln!("error: unknown task `{task}`\n\n{TASKS}");
         return ExitCode::from(2);
     }
-    let cuda = wants_cuda(&args);
+    let mut args = args;
+    // gpu-check is for the CUDA machine unless told otherwise.
+    if task == "gpu-check" && device(&args).is_none() {
+        args.extend(["--device".to_string(), "cuda".to_string()]);
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["run", "--quiet", "--release", "--package", "karnna"]);
-    if cuda {
-        cmd.args(["--features", "cuda"]);
+    if let Some(feature) = gpu_feature(&args) {
+        cmd.args(["--features", feature]);
     }
     cmd.arg("--").args(&args);
     run(cmd)
@@ -62,27 +71,38 @@ fn run(mut cmd: Command) -> ExitCode {
     }
 }
 
-/// True when the command line says `--device cuda`, or names a config whose `device` is cuda
-/// and no `--device` overrides it.
-fn wants_cuda(args: &[String]) -> bool {
-    let value = |flag: &str| {
-        args.iter().enumerate().find_map(|(i, a)| {
-            a.strip_prefix(&format!("{flag}="))
-                .map(str::to_owned)
-                .or_else(|| (a == flag).then(|| args.get(i + 1).cloned()).flatten())
-        })
+/// The value of `--device` on the command line (`--device X` or `--device=X`).
+fn device(args: &[String]) -> Option<String> {
+    flag(args, "--device")
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix(&format!("{name}="))
+            .map(str::to_owned)
+            .or_else(|| (a == name).then(|| args.get(i + 1).cloned()).flatten())
+    })
+}
+
+/// The GPU feature the run needs: `--device cuda|wgpu` on the command line, or else the
+/// `device` of the config it names.
+fn gpu_feature(args: &[String]) -> Option<&'static str> {
+    let named = |device: &str| match device {
+        "cuda" => Some("cuda"),
+        "wgpu" => Some("wgpu"),
+        _ => None,
     };
-    if let Some(device) = value("--device") {
-        return device == "cuda";
+    if let Some(d) = device(args) {
+        return named(&d);
     }
-    let Some(config) = value("--config") else {
-        return false;
-    };
-    let text = std::fs::read_to_string(config).unwrap_or_default();
-    text.lines().any(|line| {
+    let text = std::fs::read_to_string(flag(args, "--config")?).unwrap_or_default();
+    text.lines().find_map(|line| {
         let line = line.split('#').next().unwrap_or("").trim();
         let mut kv = line.splitn(2, '=').map(str::trim);
-        kv.next() == Some("device") && kv.next() == Some("\"cuda\"")
+        if kv.next() != Some("device") {
+            return None;
+        }
+        named(kv.next()?.trim_matches('"'))
     })
 }
 
@@ -95,19 +115,28 @@ mod tests {
     }
 
     #[test]
-    fn cuda_from_flag_or_config() {
-        assert!(wants_cuda(&args("train --device cuda")));
-        assert!(wants_cuda(&args("sample --device=cuda")));
-        assert!(!wants_cuda(&args("train --device cpu")));
-        assert!(!wants_cuda(&args("train --config ../configs/anna.toml")));
+    fn gpu_feature_from_flag_or_config() {
+        assert_eq!(gpu_feature(&args("train --device cuda")), Some("cuda"));
+        assert_eq!(gpu_feature(&args("sample --device=cuda")), Some("cuda"));
+        assert_eq!(gpu_feature(&args("bench --device wgpu")), Some("wgpu"));
+        assert_eq!(gpu_feature(&args("train --device cpu")), None);
+        assert_eq!(gpu_feature(&args("train --config ../configs/anna.toml")), None);
         let dir = std::env::temp_dir().join(format!("xtask-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("gpu.toml");
         std::fs::write(&cfg, "device = \"cuda\"   # the GPU\n").unwrap();
         let cfg = cfg.display().to_string();
-        assert!(wants_cuda(&args(&format!("train --config {cfg}"))));
-        assert!(!wants_cuda(&args(&format!(
-            "train --config {cfg} --device cpu"
-        ))));
+        assert_eq!(gpu_feature(&args(&format!("train --config {cfg}"))), Some("cuda"));
+        assert_eq!(
+            gpu_feature(&args(&format!("train --config {cfg} --device wgpu"))),
+            Some("wgpu")
+        );
+        assert_eq!(gpu_feature(&args(&format!("train --config {cfg} --device cpu"))), None);
+        let other = dir.join("wgpu.toml");
+        std::fs::write(&other, "device = 'wgpu'\n").unwrap();
+        assert_eq!(
+            gpu_feature(&args(&format!("train --config {}", other.display()))),
+            Some("wgpu")
+        );
     }
 }

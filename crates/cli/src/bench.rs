@@ -18,7 +18,7 @@ use karnna_train::learner::{char_loss, clip_global_norm, Trainee};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::BackendArg;
+use crate::{BackendArg, DeviceArg};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// CPU backend for the training step.
     #[arg(long, value_enum, default_value = "flex")]
     backend: BackendArg,
+    /// cpu, cuda or wgpu. On a GPU, sampling is Burn's forward one character at a time, and
+    /// the peer runs on CUDA when the device is cuda (on the CPU otherwise).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
     /// Python interpreter with torch: also run ../shared/peers/torch_charrnn.py, alternating.
     #[arg(long)]
     peer: Option<PathBuf>,
@@ -72,9 +76,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Median seconds of a training step: forward, backward, global-norm clip, Adam.
-fn train_step_secs<I: LstmKernels>(a: &BenchArgs) -> f64 {
+fn train_step_secs<I: LstmKernels>(a: &BenchArgs, device: I::Device) -> f64 {
     type B<I> = Autodiff<I>;
-    let device = Default::default();
     I::seed(&device, 0);
     let config = CharRnnConfig::new(a.vocab)
         .with_lstm_size(a.hidden)
@@ -113,6 +116,37 @@ fn train_step_secs<I: LstmKernels>(a: &BenchArgs) -> f64 {
     median(times)
 }
 
+/// [`train_step_secs`] on a GPU backend.
+struct GpuTrainStep<'a>(&'a BenchArgs);
+
+impl karnna_gpu::OnBackend for GpuTrainStep<'_> {
+    type Output = f64;
+
+    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<f64> {
+        Ok(train_step_secs::<B>(self.0, device))
+    }
+}
+
+/// [`sample_rate`] of Burn's forward on a GPU backend (an untrained model: the speed does not
+/// depend on the weights).
+struct GpuSample<'a>(&'a BenchArgs);
+
+impl karnna_gpu::OnBackend for GpuSample<'_> {
+    type Output = f64;
+
+    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<f64> {
+        let a = self.0;
+        let config = CharRnnConfig::new(a.vocab)
+            .with_lstm_size(a.hidden)
+            .with_num_layers(a.layers);
+        let model = config.init::<B>(&device);
+        let mut stepper = BurnStepper::new(model, device);
+        // Compile the step's kernels before timing.
+        sample_rate(&mut stepper, 5, a.vocab);
+        Ok(sample_rate(&mut stepper, a.sample_len, a.vocab))
+    }
+}
+
 /// Characters per second sampling `len` characters, top-5, batch 1.
 fn sample_rate(stepper: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
     let mut rng = StdRng::seed_from_u64(0);
@@ -149,6 +183,9 @@ fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
     let mut cmd = Command::new(python);
     cmd.arg(&a.peer_script)
         .args(["--mode", mode, "--threads", "2"]);
+    if a.device == DeviceArg::Cuda {
+        cmd.args(["--device", "cuda"]);
+    }
     cmd.args([
         "--hidden",
         &a.hidden.to_string(),
@@ -169,7 +206,10 @@ fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
             &a.warmup.to_string(),
         ]);
     } else {
-        cmd.args(["--sample-len", &a.sample_len.to_string(), "--no-mkldnn"]);
+        cmd.args(["--sample-len", &a.sample_len.to_string()]);
+        if a.device != DeviceArg::Cuda {
+            cmd.arg("--no-mkldnn");
+        }
     }
     let out = cmd
         .output()
@@ -203,7 +243,21 @@ fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("the peer printed no {key}"))
 }
 
-pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+/// The medians a bench run printed last, for callers that print them their own way.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Figures {
+    /// karnna's seconds per training step.
+    pub train_s_per_batch: Option<f64>,
+    /// The peer's seconds per training step.
+    pub peer_train_s_per_batch: Option<f64>,
+    /// karnna's characters per second sampling (f32 weights on the CPU).
+    pub sample_chars_per_s: Option<f64>,
+    /// The peer's characters per second sampling.
+    pub peer_sample_chars_per_s: Option<f64>,
+}
+
+/// Runs the benchmark and prints its figures; returns the medians.
+pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
     if a.hidden == 0
         || a.layers == 0
         || a.batch == 0
@@ -215,12 +269,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         bail!("bench sizes, --iters and --repeats must be at least 1");
     }
     println!(
-        "bench: {}x{} LSTM, batch {}x{}, vocab {}, backend {:?}, {} threads available",
+        "bench: {}x{} LSTM, batch {}x{}, vocab {}, device {:?}, cpu backend {:?}, {} threads available",
         a.layers,
         a.hidden,
         a.batch,
         a.steps,
         a.vocab,
+        a.device,
         a.backend,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
@@ -229,9 +284,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut f16_s = vec![];
     for r in 0..a.repeats {
         if !a.no_train {
-            let t = match a.backend {
-                BackendArg::Flex => train_step_secs::<Flex>(&a),
-                BackendArg::Ndarray => train_step_secs::<NdArray>(&a),
+            let t = match (a.device.gpu(), a.backend) {
+                (Some(gpu), _) => karnna_gpu::run_on(gpu, GpuTrainStep(&a))?,
+                (None, BackendArg::Flex) => train_step_secs::<Flex>(&a, Default::default()),
+                (None, BackendArg::Ndarray) => train_step_secs::<NdArray>(&a, Default::default()),
             };
             println!("run {r}: karnna train_s_per_batch={t:.4}");
             ours_t.push(t);
@@ -241,7 +297,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 peer_t.push(t);
             }
         }
-        if !a.no_sample {
+        if !a.no_sample && a.device.gpu().is_some() {
+            let gpu = a.device.gpu().expect("a GPU");
+            let rate = karnna_gpu::run_on(gpu, GpuSample(&a))?;
+            println!("run {r}: karnna sample_chars_per_s={rate:.1}");
+            ours_s.push(rate);
+            if let Some(p) = &a.peer {
+                let rate = peer(&a, p, "sample")?;
+                println!("run {r}: pytorch sample_chars_per_s={rate:.1}");
+                peer_s.push(rate);
+            }
+        } else if !a.no_sample {
             let device = Default::default();
             let config = CharRnnConfig::new(a.vocab)
                 .with_lstm_size(a.hidden)
@@ -266,27 +332,35 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
     }
     println!("--- medians over {} run(s)", a.repeats);
+    let mut figures = Figures::default();
     if !ours_t.is_empty() {
         let t = median(ours_t);
+        figures.train_s_per_batch = Some(t);
         println!("train_s_per_batch={t:.4}");
         println!("train_chars_per_s={:.0}", (a.batch * a.steps) as f64 / t);
         if !peer_t.is_empty() {
             let p = median(peer_t);
+            figures.peer_train_s_per_batch = Some(p);
             println!("peer_train_s_per_batch={p:.4}");
             println!("train_speedup_vs_peer={:.2}", p / t);
         }
     }
     if !ours_s.is_empty() {
         let s = median(ours_s);
+        figures.sample_chars_per_s = Some(s);
         println!("sample_chars_per_s={s:.1}");
-        let f16 = median(f16_s);
-        println!("sample_chars_per_s_f16={f16:.1}");
-        println!("sample_chars_per_s_burn_forward={:.1}", median(burn_s));
+        if !f16_s.is_empty() {
+            println!("sample_chars_per_s_f16={:.1}", median(f16_s.clone()));
+            println!("sample_chars_per_s_burn_forward={:.1}", median(burn_s));
+        }
         if !peer_s.is_empty() {
             let p = median(peer_s);
+            figures.peer_sample_chars_per_s = Some(p);
             println!("peer_sample_chars_per_s={p:.1}");
             println!("sample_speedup_vs_peer={:.2}", s / p);
-            println!("sample_speedup_vs_peer_f16={:.2}", f16 / p);
+            if !f16_s.is_empty() {
+                println!("sample_speedup_vs_peer_f16={:.2}", median(f16_s) / p);
+            }
         }
     }
     if let Some(m) = peak_rss_mib() {
@@ -297,5 +371,5 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             println!("peer_peak_rss_mib={m:.0}");
         }
     }
-    Ok(())
+    Ok(figures)
 }

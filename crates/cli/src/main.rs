@@ -1,11 +1,12 @@
 //! `karnna`: the command line over the karnna crates: `info`, `train`, `sample`, `bench`.
 //!
-//! This binary is only argument parsing, backend choice and glue: it names the concrete Burn
-//! backends (burn-flex, burn-ndarray, and burn-cuda behind the `cuda` feature) and hands them to
-//! `karnna-train` and `karnna-infer`. It holds no model logic. Every error is printed as one line
+//! This binary is only argument parsing, backend choice and glue: it names the CPU backends
+//! (burn-flex, burn-ndarray), reaches the GPU ones (burn-cuda, burn-wgpu, behind the `cuda` and
+//! `wgpu` features) through `karnna-gpu`, and hands them to `karnna-train` and `karnna-infer`. It holds no model logic. Every error is printed as one line
 //! on stderr with exit code 2; a closed pipe while sampling exits 0.
 
 mod bench;
+mod gpu_check;
 mod sample;
 
 /// mimalloc keeps freed large blocks for reuse; glibc's malloc returns every tensor-sized block
@@ -17,7 +18,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use karnna_train::{Corpus, CpuBackend, Device, RunConfig, TrainOptions};
+use karnna_gpu::{Gpu, OnBackend};
+use karnna_model::LstmKernels;
+use karnna_train::{Corpus, CpuBackend, Device, RunConfig, TrainOptions, TrainReport};
 
 /// karnna: a character-level LSTM that learns a text and writes more of it.
 #[derive(Parser, Debug)]
@@ -44,6 +47,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Time a training step and sampling (optionally beside the PyTorch peer).
     Bench(bench::BenchArgs),
+    /// Check a GPU against the CPU (fused op, training steps, sampling) and time it.
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 /// Where the model runs.
@@ -53,6 +58,19 @@ pub enum DeviceArg {
     Cpu,
     /// An NVIDIA GPU (burn-cuda).
     Cuda,
+    /// Any GPU with Vulkan, Metal or DX12 (burn-wgpu): AMD, Intel, Apple, NVIDIA.
+    Wgpu,
+}
+
+impl DeviceArg {
+    /// The GPU backend, or `None` for the CPU.
+    pub fn gpu(self) -> Option<Gpu> {
+        match self {
+            DeviceArg::Cpu => None,
+            DeviceArg::Cuda => Some(Gpu::Cuda),
+            DeviceArg::Wgpu => Some(Gpu::Wgpu),
+        }
+    }
 }
 
 /// The CPU backend.
@@ -90,7 +108,7 @@ struct TrainArgs {
     /// Train on this text instead of the config's `data`.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// cpu or cuda (default: the config's `device`).
+    /// cpu, cuda or wgpu (default: the config's `device`).
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
     /// CPU backend (default: the config's `cpu_backend`).
@@ -179,6 +197,7 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         c.device = match d {
             DeviceArg::Cpu => Device::Cpu,
             DeviceArg::Cuda => Device::Cuda,
+            DeviceArg::Wgpu => Device::Wgpu,
         };
     }
     if let Some(v) = args.val_split {
@@ -210,19 +229,15 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         fresh: args.fresh,
         plain: args.plain,
         // What the machine has free on the CPU; the device's own memory on a GPU.
-        memory_limit: match c.device {
-            Device::Cpu => karnna_train::memory::available(),
-            Device::Cuda => cuda::memory(),
+        memory_limit: match config_gpu(c.device) {
+            None => karnna_train::memory::available(),
+            Some(gpu) => karnna_gpu::memory(gpu),
         },
     };
-    let report = match (c.device, c.cpu_backend) {
-        (Device::Cpu, CpuBackend::Flex) => {
-            karnna_train::train::<burn::backend::Flex>(opts, Default::default())
-        }
-        (Device::Cpu, CpuBackend::Ndarray) => {
-            karnna_train::train::<burn::backend::NdArray>(opts, Default::default())
-        }
-        (Device::Cuda, _) => cuda::train(opts),
+    let report = match (config_gpu(c.device), c.cpu_backend) {
+        (None, CpuBackend::Flex) => Train(opts).run::<burn::backend::Flex>(Default::default()),
+        (None, CpuBackend::Ndarray) => Train(opts).run::<burn::backend::NdArray>(Default::default()),
+        (Some(gpu), _) => karnna_gpu::run_on(gpu, Train(opts)),
     }?;
     // The summary. Written without `println!`, which panics when the terminal is gone (a run
     // stopped by SIGHUP has already saved its checkpoint; only these lines are lost).
@@ -251,61 +266,23 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-#[cfg(feature = "cuda")]
-mod cuda {
-    //! The CUDA backend, checked for a device before use.
-    use karnna_train::{TrainOptions, TrainReport};
-
-    pub type Backend = burn::backend::Cuda;
-
-    /// The first CUDA device, or a clear error when there is none.
-    pub fn device() -> anyhow::Result<burn::backend::cuda::CudaDevice> {
-        use burn::tensor::Tensor;
-        let device = burn::backend::cuda::CudaDevice::default();
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let probe = std::panic::catch_unwind(|| {
-            Tensor::<Backend, 1>::from_floats([1.0], &device).into_scalar()
-        });
-        std::panic::set_hook(hook);
-        match probe {
-            Ok(_) => Ok(device),
-            Err(_) => anyhow::bail!("no usable CUDA device: the CUDA driver could not be initialised (use --device cpu)"),
-        }
-    }
-
-    pub fn train(opts: TrainOptions) -> anyhow::Result<TrainReport> {
-        karnna_train::train::<Backend>(opts, device()?)
-    }
-
-    /// The first device's memory in bytes, or `None` without a usable device. cubecl's CUDA
-    /// runtime reads `cuDeviceTotalMem` and allows pages of a quarter of it, which is the one
-    /// figure it exposes: the total is four pages.
-    pub fn memory() -> Option<u64> {
-        use cubecl::Runtime;
-        let device = device().ok()?;
-        let client = cubecl::cuda::CudaRuntime::client(&device);
-        Some(client.properties().memory.max_page_size.saturating_mul(4))
+/// The GPU a config's `device` names, or `None` for the CPU.
+fn config_gpu(device: Device) -> Option<Gpu> {
+    match device {
+        Device::Cpu => None,
+        Device::Cuda => Some(Gpu::Cuda),
+        Device::Wgpu => Some(Gpu::Wgpu),
     }
 }
 
-#[cfg(not(feature = "cuda"))]
-mod cuda {
-    //! Stand-in when the binary was built without CUDA.
-    use karnna_train::{TrainOptions, TrainReport};
+/// A training run, on whichever backend the config chose.
+struct Train(TrainOptions);
 
-    const NO_CUDA: &str = "this karnna was built without CUDA: run it through `cargo xtask ... --device cuda`, which builds with the `cuda` feature";
+impl OnBackend for Train {
+    type Output = TrainReport;
 
-    pub fn train(_: TrainOptions) -> anyhow::Result<TrainReport> {
-        anyhow::bail!(NO_CUDA)
-    }
-
-    pub fn memory() -> Option<u64> {
-        None
-    }
-
-    pub fn unavailable() -> anyhow::Error {
-        anyhow::anyhow!(NO_CUDA)
+    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<TrainReport> {
+        karnna_train::train::<B>(self.0, device)
     }
 }
 
@@ -343,7 +320,8 @@ fn main() -> ExitCode {
         Command::Info { config, data } => info(config, data).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => train(args),
         Command::Sample(args) => sample::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(args).map(|_| ExitCode::SUCCESS),
+        Command::GpuCheck(args) => gpu_check::run(args),
     };
     match result {
         Ok(code) => code,

@@ -52,7 +52,7 @@ pub struct SampleArgs {
     /// Seed of the draws (default: a new one each time).
     #[arg(long)]
     seed: Option<u64>,
-    /// cpu or cuda.
+    /// cpu, cuda or wgpu (on a GPU, Burn's forward one character at a time).
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
     /// Weight precision of the CPU sampler: f16 streams half the bytes (about 1.8x faster here;
@@ -183,14 +183,14 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The model of `ckpt` ready to step: the dedicated CPU path, or Burn on CUDA.
+/// The model of `ckpt` ready to step: the dedicated CPU path, or Burn on a GPU.
 fn stepper(
     ckpt: &Checkpoint,
     device: DeviceArg,
     precision: PrecisionArg,
 ) -> anyhow::Result<Box<dyn CharStepper>> {
-    match device {
-        DeviceArg::Cpu => {
+    match device.gpu() {
+        None => {
             let model = ckpt.model::<burn::backend::Flex>(&Default::default())?;
             let precision = match precision {
                 PrecisionArg::F16 => Precision::F16,
@@ -202,14 +202,22 @@ fn stepper(
                 default_parts(),
             )))
         }
-        #[cfg(feature = "cuda")]
-        DeviceArg::Cuda => {
-            let device = crate::cuda::device()?;
-            let model = ckpt.model::<crate::cuda::Backend>(&device)?;
-            Ok(Box::new(karnna_infer::BurnStepper::new(model, device)))
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceArg::Cuda => Err(crate::cuda::unavailable()),
+        Some(gpu) => karnna_gpu::run_on(gpu, GpuStepper(ckpt)),
+    }
+}
+
+/// A checkpoint's model stepped by Burn on a GPU backend.
+struct GpuStepper<'a>(&'a Checkpoint);
+
+impl karnna_gpu::OnBackend for GpuStepper<'_> {
+    type Output = Box<dyn CharStepper>;
+
+    fn run<B: karnna_model::LstmKernels>(
+        self,
+        device: B::Device,
+    ) -> anyhow::Result<Box<dyn CharStepper>> {
+        let model = self.0.model::<B>(&device)?;
+        Ok(Box::new(karnna_infer::BurnStepper::new(model, device)))
     }
 }
 

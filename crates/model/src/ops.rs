@@ -21,8 +21,10 @@
 //! `dW_hh` as one large matmul over all steps; `dxp` is `dz` itself. No gradient flows back from
 //! `c_T` (it is the carried state, detached by truncated BPTT); gradients do reach `h0` and `c0`.
 //!
-//! CPU backends run the recurrence with the plain-Rust kernels of [`crate::kernel`]; other
-//! backends (CUDA) run it with Burn tensor ops ([`tensor_forward`], [`tensor_backward`]).
+//! CPU backends run the recurrence with the plain-Rust kernels of [`crate::kernel`]; the GPU
+//! backends (burn-cuda and burn-wgpu, each behind its cargo feature) share one implementation in
+//! Burn tensor ops ([`tensor_forward`], [`tensor_backward`]), which CubeCL compiles and fuses for
+//! either runtime.
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
@@ -279,7 +281,7 @@ native_backend!(Flex);
 native_backend!(NdArray);
 
 // ---------------------------------------------------------------------------------------------
-// Any backend: the same recurrence in Burn tensor ops (used on CUDA, and as the test reference).
+// Any backend: the same recurrence in Burn tensor ops (used on the GPUs, and as the test reference).
 
 /// What [`tensor_forward`] keeps for [`tensor_backward`].
 #[derive(Clone, Debug)]
@@ -385,7 +387,8 @@ pub fn tensor_backward<B: Backend>(
     (dz, dw, dh_next, dc_next)
 }
 
-/// Runs [`tensor_forward`] and [`tensor_backward`] for a backend without CPU kernels.
+/// Runs [`tensor_forward`] and [`tensor_backward`] for a backend without CPU kernels: the GPU
+/// backends, one implementation for both.
 #[allow(unused_macros)]
 macro_rules! tensor_backend {
     ($backend:ty) => {
@@ -432,3 +435,5 @@ macro_rules! tensor_backend {
 
 #[cfg(feature = "cuda")]
 tensor_backend!(burn::backend::Cuda);
+#[cfg(feature = "wgpu")]
+tensor_backend!(burn::backend::Wgpu);

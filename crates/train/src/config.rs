@@ -15,6 +15,8 @@ pub enum Device {
     Cpu,
     /// An NVIDIA GPU through burn-cuda (build with the `cuda` feature).
     Cuda,
+    /// Any GPU with Vulkan, Metal or DX12 through burn-wgpu (build with the `wgpu` feature).
+    Wgpu,
 }
 
 /// Which Burn backend runs on the CPU.
@@ -86,7 +88,7 @@ pub struct RunConfig {
     pub log_every: usize,
     /// Seed for the weights and for dropout (the run is reproducible for a seed).
     pub seed: u64,
-    /// `cpu` or `cuda`.
+    /// `cpu`, `cuda` or `wgpu`.
     pub device: Device,
     /// The CPU backend: `flex` (default, faster) or `ndarray`.
     pub cpu_backend: CpuBackend,

@@ -1,0 +1,113 @@
+//! `karnna gpu-check`: one command that tells whether a GPU backend computes what the CPU does
+//! and how fast it is. It runs the checks of `karnna_gpu::check` (the ones the tests run on
+//! wgpu) on the chosen device, then the benchmark (a training step of the notebook's 2x512
+//! model at batch 100x100, and sampling), and prints machine-readable `key=value` lines.
+//!
+//! It needs nothing but this binary (and, for `--peer`, a Python with PyTorch and the peer
+//! script), so a binary built on a CPU machine with `--features cuda` can be carried to a GPU
+//! machine that has no Rust toolchain.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use karnna_gpu::{check, Gpu, OnBackend};
+use karnna_model::LstmKernels;
+
+use crate::bench;
+
+#[derive(clap::Args, Debug)]
+pub struct GpuCheckArgs {
+    /// The benchmark's sizes and options; `--device` is cuda or wgpu.
+    #[command(flatten)]
+    bench: bench::BenchArgs,
+    /// Run the checks only, no timing.
+    #[arg(long)]
+    no_bench: bool,
+    /// Iterations of each tiny training run in the sampling check.
+    #[arg(long, default_value_t = 40)]
+    check_iters: usize,
+}
+
+/// The three checks on one GPU backend; each result is a line to print, or the failure.
+struct Checks {
+    name: &'static str,
+    iters: usize,
+}
+
+impl OnBackend for Checks {
+    type Output = Vec<(&'static str, anyhow::Result<String>)>;
+
+    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        let dir = std::env::temp_dir().join(format!("karnna-gpu-check-{}", std::process::id()));
+        let op = check::fused_op::<B>(&device).map(|d| {
+            let list: Vec<String> = d.iter().map(ToString::to_string).collect();
+            format!("max |gpu-cpu|: {}", list.join(", "))
+        });
+        let training = check::training::<B>(&device).map(|(cpu, gpu)| {
+            let last = |v: &[f32]| v.last().copied().unwrap_or(f32::NAN);
+            format!(
+                "{} Adam steps, last loss cpu {:.5} gpu {:.5}",
+                check::TRAINING_STEPS,
+                last(&cpu),
+                last(&gpu)
+            )
+        });
+        let sampling = check::sampling::<B>(&device, self.name, &dir, self.iters).map(|s| {
+            let shown: Vec<String> = s
+                .iter()
+                .map(|x| format!("trained on {}: {:?}", x.trained_on, x.cpu.chars().take(60).collect::<String>()))
+                .collect();
+            format!("same argmax text on cpu and {}; {}", self.name, shown.join("; "))
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(vec![
+            ("fused_op", op),
+            ("training", training),
+            ("sampling", sampling),
+        ])
+    }
+}
+
+pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
+    let Some(gpu) = args.bench.device.gpu() else {
+        bail!("gpu-check needs a GPU: --device cuda or --device wgpu");
+    };
+    let checks = karnna_gpu::run_on(
+        gpu,
+        Checks {
+            name: gpu.name(),
+            iters: args.check_iters.max(1),
+        },
+    )?;
+    let mut failed = false;
+    for (name, result) in &checks {
+        match result {
+            Ok(line) => println!("gpu_check_{name}=ok  # {line}"),
+            Err(e) => {
+                failed = true;
+                println!("gpu_check_{name}=FAILED  # {}", format!("{e:#}").replace('\n', " "));
+            }
+        }
+    }
+    if !args.no_bench {
+        let figures = bench::run(args.bench)?;
+        println!("--- gpu-check figures ({})", gpu.name());
+        let line = |key: &str, v: Option<f64>| {
+            if let Some(v) = v {
+                println!("{key}={v:.4}");
+            }
+        };
+        line("gpu_train_s_per_batch", figures.train_s_per_batch);
+        line("gpu_sample_chars_per_s", figures.sample_chars_per_s);
+        let peer_on = if gpu == Gpu::Cuda { "gpu" } else { "cpu" };
+        line(&format!("peer_{peer_on}_train_s_per_batch"), figures.peer_train_s_per_batch);
+        line(&format!("peer_{peer_on}_sample_chars_per_s"), figures.peer_sample_chars_per_s);
+    }
+    Ok(if failed {
+        println!("gpu_check=FAILED");
+        ExitCode::from(1)
+    } else {
+        println!("gpu_check=ok");
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,350 @@
+//! A GPU backend against the CPU, same inputs: the fused LSTM op (output and every gradient),
+//! a few training steps of a small model, and text sampled from checkpoints trained on either
+//! side. The tests run these on wgpu (llvmpipe in CI) and `karnna gpu-check` runs them on the
+//! device it is given, so both hold a GPU to the same tolerances.
+//!
+//! The CPU side is burn-flex with karnna's own kernels (`karnna_model::kernel`); the GPU side
+//! is the Burn tensor path (`karnna_model::ops::tensor_forward` / `tensor_backward`). They
+//! agree only as far as f32 arithmetic summed in different orders allows; each tolerance below
+//! says why it is what it is.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, ensure, Context};
+use burn::backend::{Autodiff, Flex};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use karnna_infer::{generate, BurnStepper, CharStepper, CpuCharRnn, SampleOptions, Strategy};
+use karnna_model::ops::lstm_sequence;
+use karnna_model::{to_f32_vec, CharRnn, CharRnnConfig, Checkpoint, LstmKernels};
+use karnna_train::learner::{char_loss, clip_global_norm, Trainee};
+use karnna_train::{RunConfig, TrainOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Largest difference allowed between the GPU's and the CPU's fused-op results (outputs and
+/// gradients, all of order 1). Both compute in f32 (unit roundoff 6e-8) but sum the matmuls in
+/// different orders (gemm's blocks against the GPU's tiles), and the CPU's `tanh` and `σ` are
+/// approximations within 1e-6; over 6 steps and back that stays near 1e-6. A real fault (a
+/// gate in the wrong block, a missing term of the backward) is of order 0.1. 1e-4 sits between.
+pub const OP_TOLERANCE: f32 = 1e-4;
+
+/// Largest difference allowed between the GPU's and the CPU's training losses (nats, about 2.8
+/// at the start), step by step over [`TRAINING_STEPS`] Adam steps from the same weights. The
+/// op's 1e-6 differences reach the weights through Adam, which divides each gradient by its
+/// own running size, so a weight whose gradient is near zero can move by up to the learning
+/// rate (0.01) on one side and less on the other; the loss then differs by ~1e-4 after a few
+/// steps. 2e-3 allows that while a wrong gradient shows in the first step (~0.05).
+pub const LOSS_TOLERANCE: f32 = 2e-3;
+
+/// Adam steps compared by [`training`].
+pub const TRAINING_STEPS: usize = 8;
+
+/// One compared quantity: its name and the largest absolute difference.
+#[derive(Clone, Debug)]
+pub struct Diff {
+    /// What was compared (`hs`, `dW_hh`, `loss at step 3`, ...).
+    pub name: String,
+    /// The largest absolute difference between GPU and CPU.
+    pub max_abs: f32,
+}
+
+impl std::fmt::Display for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:.2e}", self.name, self.max_abs)
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared tensors differ in size");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| if x.is_nan() || y.is_nan() { f32::INFINITY } else { (x - y).abs() })
+        .fold(0.0, f32::max)
+}
+
+/// Fails, listing every difference, when one is above `tolerance`.
+fn within(diffs: &[Diff], tolerance: f32, what: &str) -> anyhow::Result<()> {
+    if diffs.iter().all(|d| d.max_abs <= tolerance) {
+        return Ok(());
+    }
+    let list: Vec<String> = diffs.iter().map(Diff::to_string).collect();
+    bail!(
+        "{what}: the GPU differs from the CPU by more than {tolerance:.0e}: {}",
+        list.join(", ")
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused op.
+
+/// The fused op's inputs: `T` steps, `B` rows, `H` units, and a weighting of `hs` that makes
+/// the loss (`Σ hs ⊙ r`) give every output its own gradient.
+struct OpInputs {
+    dims: [usize; 3],
+    xp: Vec<f32>,
+    w_hh: Vec<f32>,
+    h0: Vec<f32>,
+    c0: Vec<f32>,
+    r: Vec<f32>,
+}
+
+impl OpInputs {
+    fn new(t: usize, b: usize, h: usize, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut v = |n: usize, scale: f32| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+        };
+        Self {
+            dims: [t, b, h],
+            xp: v(t * b * 4 * h, 1.0),
+            w_hh: v(h * 4 * h, 0.5),
+            h0: v(b * h, 0.5),
+            c0: v(b * h, 0.5),
+            r: v(t * b * h, 1.0),
+        }
+    }
+}
+
+/// `[hs, c_T, dxp, dW_hh, dh0, dc0]` of the fused op on backend `X` (under autodiff).
+fn op_results<X: LstmKernels>(inp: &OpInputs, device: &X::Device) -> [Vec<f32>; 6] {
+    type A<X> = Autodiff<X>;
+    let [t, b, h] = inp.dims;
+    fn tensor<B: Backend, const D: usize>(v: &[f32], shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+        Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
+    }
+    let xp = tensor::<A<X>, 3>(&inp.xp, [t, b, 4 * h], device).require_grad();
+    let w_hh = tensor::<A<X>, 2>(&inp.w_hh, [h, 4 * h], device).require_grad();
+    let h0 = tensor::<A<X>, 2>(&inp.h0, [b, h], device).require_grad();
+    let c0 = tensor::<A<X>, 2>(&inp.c0, [b, h], device).require_grad();
+    let r = tensor::<A<X>, 3>(&inp.r, [t, b, h], device);
+    let (hs, c) = lstm_sequence(xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
+    let grads = (hs.clone() * r).sum().backward();
+    let grad = |g: Option<Tensor<X, 3>>| to_f32_vec(g.expect("a gradient"));
+    let grad2 = |g: Option<Tensor<X, 2>>| to_f32_vec(g.expect("a gradient"));
+    [
+        to_f32_vec(hs),
+        to_f32_vec(c),
+        grad(xp.grad(&grads)),
+        grad2(w_hh.grad(&grads)),
+        grad2(h0.grad(&grads)),
+        grad2(c0.grad(&grads)),
+    ]
+}
+
+/// The fused LSTM op on `G` against the CPU kernel, same inputs (6 steps, 3 rows, 16 units):
+/// the outputs `hs` and `c_T` and the gradients of `xp`, `W_hh`, `h0` and `c0`, each within
+/// [`OP_TOLERANCE`].
+pub fn fused_op<G: LstmKernels>(device: &G::Device) -> anyhow::Result<Vec<Diff>> {
+    let inputs = OpInputs::new(6, 3, 16, 7);
+    let cpu = op_results::<Flex>(&inputs, &Default::default());
+    let gpu = op_results::<G>(&inputs, device);
+    let names = ["hs", "c_T", "dxp", "dW_hh", "dh0", "dc0"];
+    let diffs: Vec<Diff> = names
+        .iter()
+        .zip(cpu.iter().zip(&gpu))
+        .map(|(name, (c, g))| Diff {
+            name: name.to_string(),
+            max_abs: max_abs_diff(c, g),
+        })
+        .collect();
+    within(&diffs, OP_TOLERANCE, "fused LSTM op")?;
+    Ok(diffs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training steps.
+
+fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
+    NamedMpkBytesRecorder::default()
+}
+
+/// The model of `bytes` (recorded on any backend) on backend `B`.
+fn load<B: Backend>(
+    config: &CharRnnConfig,
+    bytes: &[u8],
+    device: &B::Device,
+) -> CharRnn<B> {
+    let record = Recorder::<B>::load(&recorder(), bytes.to_vec(), device).expect("a record");
+    config.init::<B>(device).load_record(record)
+}
+
+/// Losses of `TRAINING_STEPS` Adam steps (global-norm clip 5, learning rate 0.01, the state
+/// carried between batches as in training) from the weights in `bytes`, on backend `X`.
+fn training_losses<X: LstmKernels>(
+    config: &CharRnnConfig,
+    bytes: &[u8],
+    batches: &[(Vec<i64>, Vec<i64>)],
+    shape: [usize; 2],
+    device: &X::Device,
+) -> Vec<f32> {
+    type A<X> = Autodiff<X>;
+    let mut model = Trainee {
+        model: load::<A<X>>(config, bytes, device),
+    };
+    let mut optim = AdamConfig::new()
+        .with_epsilon(1e-8)
+        .init::<A<X>, Trainee<A<X>>>();
+    let ids = |v: &[i64]| Tensor::<A<X>, 1, Int>::from_ints(v, device).reshape(shape);
+    let mut state = None;
+    let mut losses = Vec::new();
+    for (x, y) in batches {
+        let (logits, s) = model.model.forward(ids(x), state.take());
+        let loss = char_loss(logits, ids(y));
+        losses.push(to_f32_vec(loss.clone())[0]);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        clip_global_norm(&model, &mut grads, 5.0);
+        model = optim.step(0.01, model, grads);
+        state = Some(s.detach());
+    }
+    losses
+}
+
+/// [`TRAINING_STEPS`] training steps of a 2x32 model (vocabulary 16, batch 4x12, no dropout) on
+/// `G` and on the CPU from the same weights and batches: every step's loss within
+/// [`LOSS_TOLERANCE`]. Returns `(cpu, gpu)` losses.
+pub fn training<G: LstmKernels>(device: &G::Device) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let shape = [4, 12];
+    let config = CharRnnConfig::new(16)
+        .with_lstm_size(32)
+        .with_num_layers(2)
+        .with_keep_prob(1.0);
+    let cpu_device = Default::default();
+    let start = config.init::<Flex>(&cpu_device);
+    let bytes = Recorder::<Flex>::record(&recorder(), start.into_record(), ())
+        .context("recording the start weights")?;
+    // Random inputs whose targets follow from them (y = 3x + 1 mod 16), so the loss falls.
+    let mut rng = StdRng::seed_from_u64(3);
+    let batches: Vec<_> = (0..TRAINING_STEPS)
+        .map(|_| {
+            let x: Vec<i64> = (0..shape[0] * shape[1])
+                .map(|_| rng.random_range(0..16))
+                .collect();
+            let y = x.iter().map(|v| (3 * v + 1) % 16).collect();
+            (x, y)
+        })
+        .collect();
+    let cpu = training_losses::<Flex>(&config, &bytes, &batches, shape, &cpu_device);
+    let gpu = training_losses::<G>(&config, &bytes, &batches, shape, device);
+    let diffs: Vec<Diff> = cpu
+        .iter()
+        .zip(&gpu)
+        .enumerate()
+        .map(|(i, (c, g))| Diff {
+            name: format!("loss at step {i}"),
+            max_abs: max_abs_diff(&[*c], &[*g]),
+        })
+        .collect();
+    within(&diffs, LOSS_TOLERANCE, "training steps")?;
+    ensure!(
+        cpu.last() < cpu.first(),
+        "training steps: the loss did not fall ({cpu:?}), so the comparison proves nothing"
+    );
+    Ok((cpu, gpu))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling across devices.
+
+/// A short text that a tiny model learns in a few dozen iterations, so that its most likely
+/// next character is rarely a near tie (argmax sampling must not hinge on the last bit).
+const TEXT: &str = "Happy families are all alike; every unhappy family is unhappy in its own way.\n\
+Everything was in confusion in the Oblonskys' house.\n";
+
+/// Text sampled with argmax from one checkpoint on the CPU sampler and on the GPU.
+#[derive(Clone, Debug)]
+pub struct CrossSample {
+    /// Where the checkpoint was trained (`cpu` or the GPU's name).
+    pub trained_on: String,
+    /// The checkpoint's validation loss (uniform guessing over the 29 characters: 3.37).
+    pub val_loss: Option<f64>,
+    /// The text the CPU sampler wrote.
+    pub cpu: String,
+    /// The text the GPU wrote.
+    pub gpu: String,
+}
+
+fn sample_text(stepper: &mut dyn CharStepper, ckpt: &Checkpoint, len: usize) -> anyhow::Result<String> {
+    let opts = SampleOptions {
+        prime: "Happy".into(),
+        len,
+        strategy: Strategy::Argmax,
+        seed: 1,
+    };
+    let mut out = Vec::new();
+    generate(stepper, &ckpt.meta.vocab, &opts, &mut out, &AtomicBool::new(false))?;
+    Ok(String::from_utf8(out)?)
+}
+
+/// Trains a tiny run of `X` in `dir` (`iters` iterations) and returns its last checkpoint.
+fn train_tiny<X: LstmKernels>(dir: &Path, iters: usize, device: X::Device) -> anyhow::Result<Checkpoint> {
+    std::fs::create_dir_all(dir)?;
+    let data = dir.join("text.txt");
+    std::fs::write(&data, TEXT.repeat(20))?;
+    let config = RunConfig {
+        name: "gpu-check".into(),
+        data,
+        batch_size: 4,
+        num_steps: 24,
+        lstm_size: 32,
+        num_layers: 2,
+        keep_prob: 1.0,
+        learning_rate: 0.02,
+        epochs: 1000,
+        max_iters: iters,
+        save_every_n: iters,
+        eval_every: iters,
+        log_every: iters,
+        ..RunConfig::default()
+    };
+    let opts = TrainOptions {
+        config,
+        run_dir: dir.join("run"),
+        resume: false,
+        fresh: true,
+        plain: true,
+        memory_limit: None,
+    };
+    let report = karnna_train::train::<X>(opts, device)?;
+    let path = report.last_checkpoint.context("the run saved no checkpoint")?;
+    Ok(Checkpoint::read(&path)?)
+}
+
+/// Trains a tiny model for `iters` iterations on the CPU and on `G` (in `dir`), then samples
+/// 200 characters with argmax from each checkpoint on the CPU sampler and on `G`: a
+/// checkpoint must write the same text wherever it was trained and wherever it samples.
+pub fn sampling<G: LstmKernels>(
+    device: &G::Device,
+    gpu_name: &str,
+    dir: &Path,
+    iters: usize,
+) -> anyhow::Result<Vec<CrossSample>> {
+    let trained = [
+        ("cpu", train_tiny::<Flex>(&dir.join("cpu"), iters, Default::default())?),
+        (gpu_name, train_tiny::<G>(&dir.join(gpu_name), iters, device.clone())?),
+    ];
+    let mut out = Vec::new();
+    for (trained_on, ckpt) in trained {
+        let cpu_model = ckpt.model::<Flex>(&Default::default())?;
+        let cpu = sample_text(&mut CpuCharRnn::new(&cpu_model), &ckpt, 200)?;
+        let gpu_model = ckpt.model::<G>(device)?;
+        let gpu = sample_text(&mut BurnStepper::new(gpu_model, device.clone()), &ckpt, 200)?;
+        if cpu != gpu {
+            let at = cpu.chars().zip(gpu.chars()).take_while(|(a, b)| a == b).count();
+            bail!(
+                "sampling: a checkpoint trained on {trained_on} writes different text on the CPU and on {gpu_name} from character {at}: {cpu:?} against {gpu:?}"
+            );
+        }
+        out.push(CrossSample {
+            trained_on: trained_on.to_string(),
+            val_loss: ckpt.meta.val_loss,
+            cpu,
+            gpu,
+        });
+    }
+    Ok(out)
+}

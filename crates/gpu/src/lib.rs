@@ -1,0 +1,176 @@
+//! karnna's GPU backends: burn-cuda (NVIDIA) and burn-wgpu (Vulkan, Metal and DX12: AMD, Intel,
+//! Apple and NVIDIA GPUs, and Mesa's software Vulkan, llvmpipe, which CI runs on). Each is behind
+//! its cargo feature (`cuda`, `wgpu`); code written once over the backend ([`OnBackend`]) runs on
+//! the one chosen at run time ([`run_on`]), after a probe has turned a missing device into one
+//! clear error. [`check`] holds the comparisons of a GPU backend with the CPU kernels that the
+//! tests and `karnna gpu-check` both run.
+//!
+//! It knows the concrete GPU backends so that no other library crate has to; it must not depend
+//! on the command line (clap, argument parsing), which stays in `crates/cli`.
+
+pub mod check;
+
+use burn::tensor::Tensor;
+use karnna_model::LstmKernels;
+
+/// A GPU backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gpu {
+    /// NVIDIA GPUs through burn-cuda.
+    Cuda,
+    /// Any GPU with Vulkan, Metal or DX12 through burn-wgpu.
+    Wgpu,
+}
+
+impl Gpu {
+    /// Its name on the command line and in configs (`cuda`, `wgpu`), also its cargo feature.
+    pub fn name(self) -> &'static str {
+        match self {
+            Gpu::Cuda => "cuda",
+            Gpu::Wgpu => "wgpu",
+        }
+    }
+
+    /// Whether this build has the backend (its cargo feature was on).
+    pub fn built(self) -> bool {
+        match self {
+            Gpu::Cuda => cfg!(feature = "cuda"),
+            Gpu::Wgpu => cfg!(feature = "wgpu"),
+        }
+    }
+}
+
+/// Work written once over the backend `B` and run on whichever [`run_on`] chooses: a training
+/// run, a sampler, a benchmark.
+pub trait OnBackend {
+    /// What the work returns.
+    type Output;
+    /// Runs the work on `device` of backend `B`.
+    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<Self::Output>;
+}
+
+/// Runs `job` on the first device of `gpu`: an error naming the cargo feature when this build
+/// lacks the backend, or saying that no device was found.
+pub fn run_on<J: OnBackend>(gpu: Gpu, job: J) -> anyhow::Result<J::Output> {
+    match gpu {
+        Gpu::Cuda => cuda::run(job),
+        Gpu::Wgpu => wgpu::run(job),
+    }
+}
+
+/// The memory a run on `gpu` may take, in bytes, for the check before training; `None` when
+/// the backend does not say (wgpu exposes buffer limits, not the device's memory) or there is
+/// no device.
+pub fn memory(gpu: Gpu) -> Option<u64> {
+    match gpu {
+        Gpu::Cuda => cuda::memory(),
+        Gpu::Wgpu => None,
+    }
+}
+
+/// Whether `device` computes: a one-element tensor written and read back. GPU runtimes start
+/// lazily and panic (deep inside the runtime) when they find no device, so the probe catches
+/// that panic, silencing the default hook meanwhile, and returns its message.
+pub fn probe<B: burn::tensor::backend::Backend>(device: &B::Device) -> Result<(), String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    // Unwind safety: on a panic the caller gets an error and does not use the device.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Tensor::<B, 1>::from_floats([1.0], device).into_scalar();
+    }));
+    std::panic::set_hook(hook);
+    result.map_err(|e| {
+        let text = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        // The runtime's messages can span lines (adapter lists); the first one says it.
+        text.lines().next().unwrap_or("").to_string()
+    })
+}
+
+/// Why a build without the backend cannot run on it.
+fn not_built(gpu: Gpu) -> anyhow::Error {
+    anyhow::anyhow!(
+        "this karnna was built without {0}: run it through `cargo xtask ... --device {0}`, which builds with the `{0}` feature",
+        gpu.name()
+    )
+}
+
+#[cfg(feature = "cuda")]
+pub mod cuda {
+    //! burn-cuda: NVIDIA GPUs.
+    use super::{probe, OnBackend};
+
+    /// The CUDA backend.
+    pub type Backend = burn::backend::Cuda;
+
+    /// The first CUDA device, or a clear error when there is none.
+    pub fn device() -> anyhow::Result<burn::backend::cuda::CudaDevice> {
+        let device = burn::backend::cuda::CudaDevice::default();
+        probe::<Backend>(&device).map_err(|_| {
+            anyhow::anyhow!("no usable CUDA device: the CUDA driver could not be initialised (use --device cpu, or --device wgpu for other GPUs)")
+        })?;
+        Ok(device)
+    }
+
+    pub(crate) fn run<J: OnBackend>(job: J) -> anyhow::Result<J::Output> {
+        job.run::<Backend>(device()?)
+    }
+
+    /// The first device's memory in bytes, or `None` without a usable device. cubecl's CUDA
+    /// runtime reads `cuDeviceTotalMem` and allows pages of a quarter of it, which is the one
+    /// figure it exposes: the total is four pages.
+    pub fn memory() -> Option<u64> {
+        use cubecl::Runtime;
+        let device = device().ok()?;
+        let client = cubecl::cuda::CudaRuntime::client(&device);
+        Some(client.properties().memory.max_page_size.saturating_mul(4))
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::{not_built, Gpu, OnBackend};
+
+    pub(crate) fn run<J: OnBackend>(_: J) -> anyhow::Result<J::Output> {
+        Err(not_built(Gpu::Cuda))
+    }
+
+    pub(crate) fn memory() -> Option<u64> {
+        None
+    }
+}
+
+#[cfg(feature = "wgpu")]
+pub mod wgpu {
+    //! burn-wgpu: the first adapter wgpu offers (a discrete GPU before an integrated one, and
+    //! a software one, such as llvmpipe, when there is nothing else).
+    use super::{probe, OnBackend};
+
+    /// The wgpu backend.
+    pub type Backend = burn::backend::Wgpu;
+
+    /// The default wgpu device, or a clear error when wgpu finds no adapter.
+    pub fn device() -> anyhow::Result<burn::backend::wgpu::WgpuDevice> {
+        let device = burn::backend::wgpu::WgpuDevice::default();
+        probe::<Backend>(&device).map_err(|why| {
+            anyhow::anyhow!("no usable wgpu device: {why} (install a Vulkan driver, e.g. Debian's mesa-vulkan-drivers, or use --device cpu)")
+        })?;
+        Ok(device)
+    }
+
+    pub(crate) fn run<J: OnBackend>(job: J) -> anyhow::Result<J::Output> {
+        job.run::<Backend>(device()?)
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+mod wgpu {
+    use super::{not_built, Gpu, OnBackend};
+
+    pub(crate) fn run<J: OnBackend>(_: J) -> anyhow::Result<J::Output> {
+        Err(not_built(Gpu::Wgpu))
+    }
+}

@@ -1,0 +1,62 @@
+//! The GPU checks ([`karnna_gpu::check`]) on a real GPU runtime: burn-wgpu's first adapter
+//! (Mesa's llvmpipe in CI, a software Vulkan GPU). They compile GPU kernels, fuse ops, move
+//! data between host and device and read it back: what the CPU backends never exercise.
+//!
+//! Without a Vulkan device they skip, saying why, except under `CI=true`, where a missing
+//! device fails the run (`.ci/run` installs one).
+#![cfg(feature = "wgpu")]
+
+use karnna_gpu::{check, wgpu};
+
+/// The wgpu device, or `None` (test skipped) outside CI when there is none.
+fn device() -> Option<burn::backend::wgpu::WgpuDevice> {
+    match wgpu::device() {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn fused_op_matches_the_cpu_kernel_on_wgpu() {
+    let Some(device) = device() else { return };
+    let diffs = check::fused_op::<wgpu::Backend>(&device).unwrap();
+    // Every output and gradient was compared, and they are not all trivially equal (zero).
+    assert_eq!(diffs.len(), 6);
+    eprintln!("wgpu against cpu: {diffs:?}");
+}
+
+#[test]
+fn training_steps_match_the_cpu_on_wgpu() {
+    let Some(device) = device() else { return };
+    let (cpu, gpu) = check::training::<wgpu::Backend>(&device).unwrap();
+    assert_eq!(cpu.len(), check::TRAINING_STEPS);
+    assert_eq!(gpu.len(), check::TRAINING_STEPS);
+    eprintln!("losses cpu {cpu:?}\nlosses wgpu {gpu:?}");
+}
+
+#[test]
+fn checkpoints_sample_the_same_text_on_wgpu_and_the_cpu() {
+    let Some(device) = device() else { return };
+    let dir = std::env::temp_dir().join(format!("karnna-wgpu-{}", std::process::id()));
+    let samples = check::sampling::<wgpu::Backend>(&device, "wgpu", &dir, 40).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(samples.len(), 2);
+    for s in &samples {
+        assert_eq!(s.cpu, s.gpu, "trained on {}", s.trained_on);
+        // Both runs learned (uniform guessing scores 3.37), so the text is the model's, not noise.
+        let val = s.val_loss.expect("a validation loss");
+        assert!(val < 2.6, "trained on {}: validation loss {val}", s.trained_on);
+    }
+}
+
+#[test]
+fn the_probe_reports_a_working_device() {
+    let Some(device) = device() else { return };
+    assert_eq!(karnna_gpu::probe::<wgpu::Backend>(&device), Ok(()));
+}

@@ -102,7 +102,7 @@ fn gpu_feature(args: &[String]) -> Option<&'static str> {
         if kv.next() != Some("device") {
             return None;
         }
-        named(kv.next()?.trim_matches('"'))
+        named(kv.next()?.trim_matches(['"', '\'']))
     })
 }
 
@@ -120,18 +120,27 @@ mod tests {
         assert_eq!(gpu_feature(&args("sample --device=cuda")), Some("cuda"));
         assert_eq!(gpu_feature(&args("bench --device wgpu")), Some("wgpu"));
         assert_eq!(gpu_feature(&args("train --device cpu")), None);
-        assert_eq!(gpu_feature(&args("train --config ../configs/anna.toml")), None);
+        assert_eq!(
+            gpu_feature(&args("train --config ../configs/anna.toml")),
+            None
+        );
         let dir = std::env::temp_dir().join(format!("xtask-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("gpu.toml");
         std::fs::write(&cfg, "device = \"cuda\"   # the GPU\n").unwrap();
         let cfg = cfg.display().to_string();
-        assert_eq!(gpu_feature(&args(&format!("train --config {cfg}"))), Some("cuda"));
+        assert_eq!(
+            gpu_feature(&args(&format!("train --config {cfg}"))),
+            Some("cuda")
+        );
         assert_eq!(
             gpu_feature(&args(&format!("train --config {cfg} --device wgpu"))),
             Some("wgpu")
         );
-        assert_eq!(gpu_feature(&args(&format!("train --config {cfg} --device cpu"))), None);
+        assert_eq!(
+            gpu_feature(&args(&format!("train --config {cfg} --device cpu"))),
+            None
+        );
         let other = dir.join("wgpu.toml");
         std::fs::write(&other, "device = 'wgpu'\n").unwrap();
         assert_eq!(

@@ -55,9 +55,19 @@ impl OnBackend for Checks {
         let sampling = check::sampling::<B>(&device, self.name, &dir, self.iters).map(|s| {
             let shown: Vec<String> = s
                 .iter()
-                .map(|x| format!("trained on {}: {:?}", x.trained_on, x.cpu.chars().take(60).collect::<String>()))
+                .map(|x| {
+                    format!(
+                        "trained on {}: {:?}",
+                        x.trained_on,
+                        x.cpu.chars().take(60).collect::<String>()
+                    )
+                })
                 .collect();
-            format!("same argmax text on cpu and {}; {}", self.name, shown.join("; "))
+            format!(
+                "same argmax text on cpu and {}; {}",
+                self.name,
+                shown.join("; ")
+            )
         });
         let _ = std::fs::remove_dir_all(&dir);
         Ok(vec![
@@ -85,7 +95,10 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
             Ok(line) => println!("gpu_check_{name}=ok  # {line}"),
             Err(e) => {
                 failed = true;
-                println!("gpu_check_{name}=FAILED  # {}", format!("{e:#}").replace('\n', " "));
+                println!(
+                    "gpu_check_{name}=FAILED  # {}",
+                    format!("{e:#}").replace('\n', " ")
+                );
             }
         }
     }
@@ -100,8 +113,14 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
         line("gpu_train_s_per_batch", figures.train_s_per_batch);
         line("gpu_sample_chars_per_s", figures.sample_chars_per_s);
         let peer_on = if gpu == Gpu::Cuda { "gpu" } else { "cpu" };
-        line(&format!("peer_{peer_on}_train_s_per_batch"), figures.peer_train_s_per_batch);
-        line(&format!("peer_{peer_on}_sample_chars_per_s"), figures.peer_sample_chars_per_s);
+        line(
+            &format!("peer_{peer_on}_train_s_per_batch"),
+            figures.peer_train_s_per_batch,
+        );
+        line(
+            &format!("peer_{peer_on}_sample_chars_per_s"),
+            figures.peer_sample_chars_per_s,
+        );
     }
     Ok(if failed {
         println!("gpu_check=FAILED");

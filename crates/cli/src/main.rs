@@ -236,7 +236,9 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     let report = match (config_gpu(c.device), c.cpu_backend) {
         (None, CpuBackend::Flex) => Train(opts).run::<burn::backend::Flex>(Default::default()),
-        (None, CpuBackend::Ndarray) => Train(opts).run::<burn::backend::NdArray>(Default::default()),
+        (None, CpuBackend::Ndarray) => {
+            Train(opts).run::<burn::backend::NdArray>(Default::default())
+        }
         (Some(gpu), _) => karnna_gpu::run_on(gpu, Train(opts)),
     }?;
     // The summary. Written without `println!`, which panics when the terminal is gone (a run

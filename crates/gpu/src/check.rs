@@ -29,17 +29,23 @@ use rand::{Rng, SeedableRng};
 /// Largest difference allowed between the GPU's and the CPU's fused-op results (outputs and
 /// gradients, all of order 1). Both compute in f32 (unit roundoff 6e-8) but sum the matmuls in
 /// different orders (gemm's blocks against the GPU's tiles), and the CPU's `tanh` and `σ` are
-/// approximations within 1e-6; over 6 steps and back that stays near 1e-6. A real fault (a
-/// gate in the wrong block, a missing term of the backward) is of order 0.1. 1e-4 sits between.
+/// approximations within 1e-6; on llvmpipe the largest difference is 2e-7. A real fault (a gate
+/// in the wrong block, a missing term of the backward) is of order 0.1. 1e-4 sits between, and
+/// leaves room for GPUs whose fast f32 paths round more (a matmul in TF32 would exceed it, and
+/// should be reported).
 pub const OP_TOLERANCE: f32 = 1e-4;
 
 /// Largest difference allowed between the GPU's and the CPU's training losses (nats, about 2.8
 /// at the start), step by step over [`TRAINING_STEPS`] Adam steps from the same weights. The
-/// op's 1e-6 differences reach the weights through Adam, which divides each gradient by its
-/// own running size, so a weight whose gradient is near zero can move by up to the learning
-/// rate (0.01) on one side and less on the other; the loss then differs by ~1e-4 after a few
-/// steps. 2e-3 allows that while a wrong gradient shows in the first step (~0.05).
-pub const LOSS_TOLERANCE: f32 = 2e-3;
+/// op's small differences reach the weights through Adam, which divides each gradient by its
+/// own running size, so a weight whose gradient is near zero can move by a different part of
+/// the learning rate (0.03) on either side. On llvmpipe the losses agree to 2e-7; 1e-3 allows
+/// for that amplification on other GPUs while a wrong gradient shows by the second step
+/// (~0.05).
+pub const LOSS_TOLERANCE: f32 = 1e-3;
+
+/// Adam's learning rate in [`training`].
+const LEARNING_RATE: f64 = 0.03;
 
 /// Adam steps compared by [`training`].
 pub const TRAINING_STEPS: usize = 8;
@@ -63,7 +69,13 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "compared tensors differ in size");
     a.iter()
         .zip(b)
-        .map(|(x, y)| if x.is_nan() || y.is_nan() { f32::INFINITY } else { (x - y).abs() })
+        .map(|(x, y)| {
+            if x.is_nan() || y.is_nan() {
+                f32::INFINITY
+            } else {
+                (x - y).abs()
+            }
+        })
         .fold(0.0, f32::max)
 }
 
@@ -114,7 +126,11 @@ impl OpInputs {
 fn op_results<X: LstmKernels>(inp: &OpInputs, device: &X::Device) -> [Vec<f32>; 6] {
     type A<X> = Autodiff<X>;
     let [t, b, h] = inp.dims;
-    fn tensor<B: Backend, const D: usize>(v: &[f32], shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+    fn tensor<B: Backend, const D: usize>(
+        v: &[f32],
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Tensor<B, D> {
         Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
     }
     let xp = tensor::<A<X>, 3>(&inp.xp, [t, b, 4 * h], device).require_grad();
@@ -164,16 +180,12 @@ fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
 }
 
 /// The model of `bytes` (recorded on any backend) on backend `B`.
-fn load<B: Backend>(
-    config: &CharRnnConfig,
-    bytes: &[u8],
-    device: &B::Device,
-) -> CharRnn<B> {
+fn load<B: Backend>(config: &CharRnnConfig, bytes: &[u8], device: &B::Device) -> CharRnn<B> {
     let record = Recorder::<B>::load(&recorder(), bytes.to_vec(), device).expect("a record");
     config.init::<B>(device).load_record(record)
 }
 
-/// Losses of `TRAINING_STEPS` Adam steps (global-norm clip 5, learning rate 0.01, the state
+/// Losses of `TRAINING_STEPS` Adam steps (global-norm clip 5, [`LEARNING_RATE`], the state
 /// carried between batches as in training) from the weights in `bytes`, on backend `X`.
 fn training_losses<X: LstmKernels>(
     config: &CharRnnConfig,
@@ -198,7 +210,7 @@ fn training_losses<X: LstmKernels>(
         losses.push(to_f32_vec(loss.clone())[0]);
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         clip_global_norm(&model, &mut grads, 5.0);
-        model = optim.step(0.01, model, grads);
+        model = optim.step(LEARNING_RATE, model, grads);
         state = Some(s.detach());
     }
     losses
@@ -214,10 +226,12 @@ pub fn training<G: LstmKernels>(device: &G::Device) -> anyhow::Result<(Vec<f32>,
         .with_num_layers(2)
         .with_keep_prob(1.0);
     let cpu_device = Default::default();
+    // Seeded, so that every run compares the same steps.
+    Flex::seed(&cpu_device, 11);
     let start = config.init::<Flex>(&cpu_device);
     let bytes = Recorder::<Flex>::record(&recorder(), start.into_record(), ())
         .context("recording the start weights")?;
-    // Random inputs whose targets follow from them (y = 3x + 1 mod 16), so the loss falls.
+    // Random inputs whose targets follow from them (y = 3x + 1 mod 16): something to learn.
     let mut rng = StdRng::seed_from_u64(3);
     let batches: Vec<_> = (0..TRAINING_STEPS)
         .map(|_| {
@@ -240,9 +254,12 @@ pub fn training<G: LstmKernels>(device: &G::Device) -> anyhow::Result<(Vec<f32>,
         })
         .collect();
     within(&diffs, LOSS_TOLERANCE, "training steps")?;
+    // The steps moved the weights (the loss changed), so later steps compare updated models.
+    let spread =
+        cpu.iter().fold(f32::MIN, |a, &b| a.max(b)) - cpu.iter().fold(f32::MAX, |a, &b| a.min(b));
     ensure!(
-        cpu.last() < cpu.first(),
-        "training steps: the loss did not fall ({cpu:?}), so the comparison proves nothing"
+        spread > 10.0 * LOSS_TOLERANCE,
+        "training steps: the loss hardly moved ({cpu:?}), so the comparison proves little"
     );
     Ok((cpu, gpu))
 }
@@ -252,7 +269,8 @@ pub fn training<G: LstmKernels>(device: &G::Device) -> anyhow::Result<(Vec<f32>,
 
 /// A short text that a tiny model learns in a few dozen iterations, so that its most likely
 /// next character is rarely a near tie (argmax sampling must not hinge on the last bit).
-const TEXT: &str = "Happy families are all alike; every unhappy family is unhappy in its own way.\n\
+const TEXT: &str =
+    "Happy families are all alike; every unhappy family is unhappy in its own way.\n\
 Everything was in confusion in the Oblonskys' house.\n";
 
 /// Text sampled with argmax from one checkpoint on the CPU sampler and on the GPU.
@@ -268,7 +286,11 @@ pub struct CrossSample {
     pub gpu: String,
 }
 
-fn sample_text(stepper: &mut dyn CharStepper, ckpt: &Checkpoint, len: usize) -> anyhow::Result<String> {
+fn sample_text(
+    stepper: &mut dyn CharStepper,
+    ckpt: &Checkpoint,
+    len: usize,
+) -> anyhow::Result<String> {
     let opts = SampleOptions {
         prime: "Happy".into(),
         len,
@@ -276,12 +298,22 @@ fn sample_text(stepper: &mut dyn CharStepper, ckpt: &Checkpoint, len: usize) -> 
         seed: 1,
     };
     let mut out = Vec::new();
-    generate(stepper, &ckpt.meta.vocab, &opts, &mut out, &AtomicBool::new(false))?;
+    generate(
+        stepper,
+        &ckpt.meta.vocab,
+        &opts,
+        &mut out,
+        &AtomicBool::new(false),
+    )?;
     Ok(String::from_utf8(out)?)
 }
 
 /// Trains a tiny run of `X` in `dir` (`iters` iterations) and returns its last checkpoint.
-fn train_tiny<X: LstmKernels>(dir: &Path, iters: usize, device: X::Device) -> anyhow::Result<Checkpoint> {
+fn train_tiny<X: LstmKernels>(
+    dir: &Path,
+    iters: usize,
+    device: X::Device,
+) -> anyhow::Result<Checkpoint> {
     std::fs::create_dir_all(dir)?;
     let data = dir.join("text.txt");
     std::fs::write(&data, TEXT.repeat(20))?;
@@ -310,7 +342,9 @@ fn train_tiny<X: LstmKernels>(dir: &Path, iters: usize, device: X::Device) -> an
         memory_limit: None,
     };
     let report = karnna_train::train::<X>(opts, device)?;
-    let path = report.last_checkpoint.context("the run saved no checkpoint")?;
+    let path = report
+        .last_checkpoint
+        .context("the run saved no checkpoint")?;
     Ok(Checkpoint::read(&path)?)
 }
 
@@ -324,8 +358,14 @@ pub fn sampling<G: LstmKernels>(
     iters: usize,
 ) -> anyhow::Result<Vec<CrossSample>> {
     let trained = [
-        ("cpu", train_tiny::<Flex>(&dir.join("cpu"), iters, Default::default())?),
-        (gpu_name, train_tiny::<G>(&dir.join(gpu_name), iters, device.clone())?),
+        (
+            "cpu",
+            train_tiny::<Flex>(&dir.join("cpu"), iters, Default::default())?,
+        ),
+        (
+            gpu_name,
+            train_tiny::<G>(&dir.join(gpu_name), iters, device.clone())?,
+        ),
     ];
     let mut out = Vec::new();
     for (trained_on, ckpt) in trained {
@@ -334,7 +374,11 @@ pub fn sampling<G: LstmKernels>(
         let gpu_model = ckpt.model::<G>(device)?;
         let gpu = sample_text(&mut BurnStepper::new(gpu_model, device.clone()), &ckpt, 200)?;
         if cpu != gpu {
-            let at = cpu.chars().zip(gpu.chars()).take_while(|(a, b)| a == b).count();
+            let at = cpu
+                .chars()
+                .zip(gpu.chars())
+                .take_while(|(a, b)| a == b)
+                .count();
             bail!(
                 "sampling: a checkpoint trained on {trained_on} writes different text on the CPU and on {gpu_name} from character {at}: {cpu:?} against {gpu:?}"
             );

@@ -69,24 +69,37 @@ pub fn memory(gpu: Gpu) -> Option<u64> {
 }
 
 /// Whether `device` computes: a one-element tensor written and read back. GPU runtimes start
-/// lazily and panic (deep inside the runtime) when they find no device, so the probe catches
-/// that panic, silencing the default hook meanwhile, and returns its message.
+/// lazily and panic (deep inside the runtime, often on a thread of their own) when they find no
+/// device, so the probe catches the panic and returns the first panic message seen on any
+/// thread meanwhile, with the default hook silenced.
 pub fn probe<B: burn::tensor::backend::Backend>(device: &B::Device) -> Result<(), String> {
+    use std::sync::{Arc, Mutex};
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = first.clone();
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get_or_insert(text);
+    }));
     // Unwind safety: on a panic the caller gets an error and does not use the device.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Tensor::<B, 1>::from_floats([1.0], device).into_scalar();
     }));
     std::panic::set_hook(hook);
-    result.map_err(|e| {
-        let text = e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+    result.map_err(|_| {
+        let text = first.lock().unwrap_or_else(|e| e.into_inner()).take();
         // The runtime's messages can span lines (adapter lists); the first one says it.
-        text.lines().next().unwrap_or("").to_string()
+        text.unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
     })
 }
 
@@ -156,7 +169,12 @@ pub mod wgpu {
     pub fn device() -> anyhow::Result<burn::backend::wgpu::WgpuDevice> {
         let device = burn::backend::wgpu::WgpuDevice::default();
         probe::<Backend>(&device).map_err(|why| {
-            anyhow::anyhow!("no usable wgpu device: {why} (install a Vulkan driver, e.g. Debian's mesa-vulkan-drivers, or use --device cpu)")
+            let why = if why.is_empty() || why.contains("No possible adapter") {
+                "wgpu found no adapter (no Vulkan, Metal or DX12 driver)".to_string()
+            } else {
+                why
+            };
+            anyhow::anyhow!("no usable wgpu device: {why}; install a Vulkan driver (Debian: mesa-vulkan-drivers) or use --device cpu")
         })?;
         Ok(device)
     }

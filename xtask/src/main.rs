@@ -14,6 +14,7 @@ tasks:
   info     print what a config would train on   (cargo xtask info --config configs/anna.toml)
   train    train a model, with a live dashboard (cargo xtask train --config configs/tiny.toml)
   sample   write text from the latest run       (cargo xtask sample [--prime Far --len 2000])
+  eval     loss and bits per char on a text     (cargo xtask eval --data data/anna.txt [--run DIR])
   bench    time a training step and sampling    (cargo xtask bench [--peer PYTHON])
   gpu-check  check a GPU against the CPU, time it (cargo xtask gpu-check [--device cuda|wgpu] [--peer PYTHON])
 
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
     };
     if !matches!(
         task.as_str(),
-        "info" | "train" | "sample" | "bench" | "gpu-check"
+        "info" | "train" | "sample" | "eval" | "bench" | "gpu-check"
     ) {
         eprintln!("error: unknown task `{task}`\n\n{TASKS}");
         return ExitCode::from(2);

@@ -163,6 +163,31 @@ fn sample_rate(stepper: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
     len as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Characters per second drawing `model.rows()` samples of `len` characters side by side
+/// (every row's characters counted), top-5.
+fn sample_rate_rows(model: &mut CpuCharRnn, len: usize, vocab: usize) -> f64 {
+    let rows = model.rows();
+    let mut rngs: Vec<StdRng> = (0..rows).map(|r| StdRng::seed_from_u64(r as u64)).collect();
+    let strategy = Strategy::TopN {
+        n: 5.min(vocab),
+        temperature: 1.0,
+    };
+    model.reset();
+    let mut next = vec![0u32; rows];
+    let t = Instant::now();
+    for _ in 0..len {
+        let logits = model.step_rows(&next);
+        for ((next, logits), rng) in next
+            .iter_mut()
+            .zip(logits.chunks_exact(vocab))
+            .zip(&mut rngs)
+        {
+            *next = pick(logits, strategy, rng);
+        }
+    }
+    (rows * len) as f64 / t.elapsed().as_secs_f64()
+}
+
 /// Peak resident memory of the largest child process so far (the peer), in MiB.
 fn peer_peak_rss_mib() -> Option<f64> {
     // SAFETY: getrusage fills the zeroed struct it is given.
@@ -320,6 +345,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
             let rate = sample_rate(&mut { f16 }, a.sample_len, a.vocab);
             println!("run {r}: karnna (f16 weights) sample_chars_per_s={rate:.1}");
             f16_s.push(rate);
+            // Eight samples side by side (`karnna sample --num-samples 8`), all rows counted.
+            let mut batched = CpuCharRnn::with_rows(&model, Precision::F32, default_parts(), 8);
+            let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
+            println!("run {r}: karnna (8 samples batched) sample_chars_per_s={rate:.1}");
+            let mut batched = CpuCharRnn::with_rows(&model, Precision::F16, default_parts(), 8);
+            let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
+            println!(
+                "run {r}: karnna (8 samples batched, f16 weights) sample_chars_per_s={rate:.1}"
+            );
             let burn_len = (a.sample_len / 10).max(20);
             let rate = sample_rate(&mut BurnStepper::new(model, device), burn_len, a.vocab);
             println!("run {r}: karnna (burn-flex forward) sample_chars_per_s={rate:.1}");

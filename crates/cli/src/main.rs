@@ -1,4 +1,5 @@
-//! `karnna`: the command line over the karnna crates: `info`, `train`, `sample`, `bench`.
+//! `karnna`: the command line over the karnna crates: `info`, `train`, `sample`, `eval`,
+//! `bench`, `gpu-check`.
 //!
 //! This binary is only argument parsing, backend choice and glue: it names the CPU backends
 //! (burn-flex, burn-ndarray), reaches the GPU ones (burn-cuda, burn-wgpu, behind the `cuda` and
@@ -6,6 +7,7 @@
 //! on stderr with exit code 2; a closed pipe while sampling exits 0.
 
 mod bench;
+mod eval;
 mod gpu_check;
 mod sample;
 
@@ -20,7 +22,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use karnna_gpu::{Gpu, OnBackend};
 use karnna_model::LstmKernels;
-use karnna_train::{Corpus, CpuBackend, Device, RunConfig, TrainOptions, TrainReport};
+use karnna_train::{Corpus, CpuBackend, Device, RunConfig, TrainOptions, TrainReport, VocabFrom};
 
 /// karnna: a character-level LSTM that learns a text and writes more of it.
 #[derive(Parser, Debug)]
@@ -37,14 +39,17 @@ enum Command {
         /// The run's config file.
         #[arg(long)]
         config: PathBuf,
-        /// Train on this text instead of the config's `data`.
+        /// Train on this text instead of the config's `data`: a file or a folder of `.txt`
+        /// files; give it several times for several.
         #[arg(long)]
-        data: Option<PathBuf>,
+        data: Vec<PathBuf>,
     },
     /// Train a model; checkpoints go to artifacts/<name>/ (or --run-dir).
     Train(TrainArgs),
     /// Write new text from a trained model.
     Sample(sample::SampleArgs),
+    /// A checkpoint's loss, bits per character and perplexity on a text.
+    Eval(eval::EvalArgs),
     /// Time a training step and sampling (optionally beside the PyTorch peer).
     Bench(bench::BenchArgs),
     /// Check a GPU against the CPU (fused op, training steps, sampling) and time it.
@@ -105,9 +110,13 @@ struct TrainArgs {
     /// The run's config file (configs/anna.toml, configs/tiny.toml, ...).
     #[arg(long)]
     config: PathBuf,
-    /// Train on this text instead of the config's `data`.
+    /// Train on this text instead of the config's `data`: a file or a folder of `.txt` files;
+    /// give it several times for several (joined with an empty line between files).
     #[arg(long)]
-    data: Option<PathBuf>,
+    data: Vec<PathBuf>,
+    /// Fine-tune: start from this checkpoint's weights (default: the config's `init_from`).
+    #[arg(long)]
+    init_from: Option<PathBuf>,
     /// cpu, cuda or wgpu (default: the config's `device`).
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
@@ -165,10 +174,10 @@ struct TrainArgs {
 }
 
 /// Loads a config and applies `--data`.
-fn load_config(path: &std::path::Path, data: &Option<PathBuf>) -> anyhow::Result<RunConfig> {
+fn load_config(path: &std::path::Path, data: &[PathBuf]) -> anyhow::Result<RunConfig> {
     let mut config = RunConfig::load(path)?;
-    if let Some(d) = data {
-        config.data = d.clone();
+    if !data.is_empty() {
+        config.data = data.to_vec();
         config.data_url.clear(); // a text given on the command line is never downloaded
     }
     Ok(config)
@@ -193,6 +202,9 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         grad_clip,
         seed
     );
+    if let Some(p) = &args.init_from {
+        c.init_from = Some(p.clone());
+    }
     if let Some(d) = args.device {
         c.device = match d {
             DeviceArg::Cpu => Device::Cpu,
@@ -288,10 +300,10 @@ impl OnBackend for Train {
     }
 }
 
-fn info(config: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
+fn info(config: PathBuf, data: Vec<PathBuf>) -> anyhow::Result<()> {
     let c = load_config(&config, &data)?;
-    let corpus = Corpus::load(&c.data, &c, None).map_err(|e| {
-        if !c.data.exists() && !c.data_url.is_empty() {
+    let corpus = Corpus::load(&c.data, &c, VocabFrom::Text).map_err(|e| {
+        if c.data.iter().any(|d| !d.exists()) && !c.data_url.is_empty() {
             anyhow::anyhow!("{e} (`cargo xtask train` downloads it from {})", c.data_url)
         } else {
             e
@@ -322,6 +334,7 @@ fn main() -> ExitCode {
         Command::Info { config, data } => info(config, data).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => train(args),
         Command::Sample(args) => sample::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|_| ExitCode::SUCCESS),
         Command::GpuCheck(args) => gpu_check::run(args),
     };

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use karnna_infer::{
-    default_parts, generate, CharStepper, CpuCharRnn, Precision, SampleOptions, Strategy,
+    default_parts, generate, generate_many, CharStepper, CpuCharRnn, Precision, SampleOptions,
+    Strategy,
 };
 use karnna_model::checkpoint::{best_checkpoint, run_checkpoints};
 use karnna_model::Checkpoint;
@@ -37,6 +38,10 @@ pub struct SampleArgs {
     /// those characters; else a newline]
     #[arg(long)]
     prime: Option<String>,
+    /// Read the prime from this UTF-8 file (all of it, a final newline included; CRLF becomes
+    /// LF, a byte-order mark is dropped).
+    #[arg(long, value_name = "PATH", conflicts_with = "prime")]
+    prime_file: Option<PathBuf>,
     /// Characters to draw after the prime.
     #[arg(long, default_value_t = 2000)]
     len: usize,
@@ -62,10 +67,15 @@ pub struct SampleArgs {
     /// Sample from every checkpoint of the run, in iteration order.
     #[arg(long, conflicts_with = "checkpoint")]
     all_checkpoints: bool,
+    /// Draw N independent samples in one batch on the CPU (much faster than N runs), printed
+    /// one after another, each after a line `--- sample K of N ---`. With the same --seed,
+    /// sample 1 is normally the text of a single sample (exactly so with f32 weights).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    num_samples: usize,
 }
 
 /// The run folder with the most recently written checkpoint under `artifacts`.
-fn latest_run(artifacts: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn latest_run(artifacts: &Path) -> anyhow::Result<PathBuf> {
     let none = || {
         anyhow::anyhow!("{}: no training run found (train one first: cargo xtask train --config configs/tiny.toml)", artifacts.display())
     };
@@ -92,6 +102,19 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.temperature.is_nan() || args.temperature <= 0.0 || !args.temperature.is_finite() {
         bail!("--temperature must be positive, got {}", args.temperature);
     }
+    if args.num_samples == 0 {
+        bail!("--num-samples must be at least 1");
+    }
+    if args.num_samples > 1 && args.device.gpu().is_some() {
+        bail!(
+            "--num-samples above 1 draws its samples in one batch on the CPU only: drop --device \
+             (or sample one at a time with --num-samples 1)"
+        );
+    }
+    let prime_file = match &args.prime_file {
+        Some(p) => Some(karnna_data::load_text(p).context("--prime-file")?),
+        None => None,
+    };
     let checkpoints: Vec<PathBuf> = match (&args.checkpoint, &args.run) {
         (Some(file), _) => vec![file.clone()],
         (None, run) => {
@@ -151,7 +174,6 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                 temperature: args.temperature,
             }
         };
-        let mut model = stepper(&ckpt, args.device, args.precision)?;
         if many {
             use std::io::Write;
             let val = ckpt.meta.val_loss.map_or("-".into(), |v| format!("{v:.3}"));
@@ -162,15 +184,22 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                 ckpt.meta.iteration
             )?;
         }
-        let prime = args.prime.clone().unwrap_or_else(|| default_prime(vocab));
+        let prime = (args.prime.clone().or_else(|| prime_file.clone()))
+            .unwrap_or_else(|| default_prime(vocab));
         let opts = SampleOptions {
             prime,
             len: args.len,
             strategy,
             seed,
         };
-        generate(model.as_mut(), vocab, &opts, &mut out, &stop)
-            .with_context(|| format!("sampling from {}", path.display()))?;
+        let drawn = if args.num_samples > 1 {
+            let mut model = cpu_model(&ckpt, args.precision, args.num_samples)?;
+            generate_many(&mut model, vocab, &opts, args.num_samples, &mut out, &stop)
+        } else {
+            let mut model = stepper(&ckpt, args.device, args.precision)?;
+            generate(model.as_mut(), vocab, &opts, &mut out, &stop)
+        };
+        drawn.with_context(|| format!("sampling from {}", path.display()))?;
         use std::io::Write;
         writeln!(out)?;
         if many {
@@ -190,20 +219,28 @@ fn stepper(
     precision: PrecisionArg,
 ) -> anyhow::Result<Box<dyn CharStepper>> {
     match device.gpu() {
-        None => {
-            let model = ckpt.model::<burn::backend::Flex>(&Default::default())?;
-            let precision = match precision {
-                PrecisionArg::F16 => Precision::F16,
-                PrecisionArg::F32 => Precision::F32,
-            };
-            Ok(Box::new(CpuCharRnn::with(
-                &model,
-                precision,
-                default_parts(),
-            )))
-        }
+        None => Ok(Box::new(cpu_model(ckpt, precision, 1)?)),
         Some(gpu) => karnna_gpu::run_on(gpu, GpuStepper(ckpt)),
     }
+}
+
+/// The model of `ckpt` on the dedicated CPU path, stepping `rows` rows at once.
+fn cpu_model(
+    ckpt: &Checkpoint,
+    precision: PrecisionArg,
+    rows: usize,
+) -> anyhow::Result<CpuCharRnn> {
+    let model = ckpt.model::<burn::backend::Flex>(&Default::default())?;
+    let precision = match precision {
+        PrecisionArg::F16 => Precision::F16,
+        PrecisionArg::F32 => Precision::F32,
+    };
+    Ok(CpuCharRnn::with_rows(
+        &model,
+        precision,
+        default_parts(),
+        rows,
+    ))
 }
 
 /// A checkpoint's model stepped by Burn on a GPU backend.

@@ -49,12 +49,25 @@ fn train_then_sample_a_short_text() {
             "--epochs",
             "4",
             "--max-iters",
-            "30",
+            "60",
         ],
     );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("parameters:"), "{out}");
+    // Checkpoints every 50 iterations (tiny.toml's save_every_n) and at the end; the short
+    // epochs (about 20 iterations) are not saved on their own.
+    let ckpts = std::fs::read_dir(dir.join("artifacts/tiny"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "ckpt")
+        })
+        .count();
+    assert_eq!(ckpts, 2, "{out}");
     assert!(
         out.contains("iter     30/"),
         "piped output has plain progress lines: {out}"
@@ -177,4 +190,331 @@ fn info_on_anna_when_present() {
     assert!(out.contains("characters:      1985223"), "{out}");
     assert!(out.contains("vocabulary:      83 symbols"), "{out}");
     assert!(out.contains("parameters:      3366483"), "{out}");
+}
+
+/// The value of `key=` in `karnna eval`'s output (up to the next space).
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.split([' ', '\n'])
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {out}"))
+}
+
+fn number(out: &str, key: &str) -> f64 {
+    field(out, key)
+        .parse()
+        .unwrap_or_else(|e| panic!("{key}: {e} in {out}"))
+}
+
+#[test]
+fn eval_scores_a_text() {
+    let dir = workdir("eval");
+    std::fs::write(dir.join("short.txt"), SHORT.repeat(30)).unwrap();
+    let cfg = tiny_config();
+    let o = karnna(
+        &dir,
+        &[
+            "train",
+            "--config",
+            &cfg,
+            "--data",
+            "short.txt",
+            "--max-iters",
+            "30",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+
+    // The latest run's best checkpoint, on the text it learned.
+    let o = karnna(&dir, &["eval", "--data", "short.txt"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let best = std::fs::read_to_string(dir.join("artifacts/tiny/best.txt")).unwrap();
+    assert!(field(&out, "checkpoint").ends_with(best.trim()), "{out}");
+    // 5580 characters, 5579 targets: 5 rows of 1115, the last 4 targets left out.
+    assert!(
+        out.contains("text=short.txt chars=5580 scored=5575 unknown=0\n"),
+        "{out}"
+    );
+    assert!(out.contains("rows=5 steps=100 unscored_tail=4\n"), "{out}");
+    assert!(!out.contains("unknown_chars"), "{out}");
+    let loss = number(&out, "loss_nats_per_char");
+    let vocab = 25f64; // the distinct characters of SHORT
+    assert!(loss > 0.0 && loss < vocab.ln(), "{out}");
+    assert!(
+        (number(&out, "bits_per_char") - loss / 2f64.ln()).abs() < 2e-4,
+        "{out}"
+    );
+    assert!(
+        (number(&out, "perplexity") - loss.exp()).abs() < 2e-3,
+        "{out}"
+    );
+    assert!(number(&out, "chars_per_s") > 0.0, "{out}");
+
+    // Chunk length does not matter: the state is carried from chunk to chunk.
+    let o = karnna(
+        &dir,
+        &[
+            "eval",
+            "--run",
+            "artifacts/tiny",
+            "--data",
+            "short.txt",
+            "--num-steps",
+            "7",
+        ],
+    );
+    let (seven, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        (number(&seven, "loss_nats_per_char") - loss).abs() < 2e-4,
+        "{seven}"
+    );
+
+    // Characters the vocabulary lacks are counted, listed and left out.
+    std::fs::write(
+        dir.join("odd.txt"),
+        "Far «from» here, Zoe, it was the age of wisdom.\n",
+    )
+    .unwrap();
+    let o = karnna(&dir, &["eval", "--data", "odd.txt"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("chars=48 scored=44 unknown=3 unknown_chars=\"«»Z\"\n"),
+        "{out}"
+    );
+    assert!(number(&out, "loss_nats_per_char").is_finite(), "{out}");
+
+    std::fs::write(dir.join("none.txt"), "«Z»").unwrap();
+    std::fs::create_dir_all(dir.join("empty-run")).unwrap();
+    for (args, needle) in [
+        (
+            vec!["eval", "--data", "missing.txt"],
+            "missing.txt: no such file",
+        ),
+        (
+            vec!["eval", "--data", "none.txt"],
+            "none.txt: 0 character(s) the model knows",
+        ),
+        (
+            vec!["eval", "--data", "short.txt", "--batch-size", "0"],
+            "--batch-size must be at least 1",
+        ),
+        (
+            vec!["eval", "--data", "short.txt", "--num-steps", "0"],
+            "--num-steps must be at least 1",
+        ),
+        (
+            vec![
+                "eval",
+                "--checkpoint",
+                "nothing.ckpt",
+                "--data",
+                "short.txt",
+            ],
+            "nothing.ckpt: no such checkpoint",
+        ),
+        (
+            vec!["eval", "--checkpoint", "short.txt", "--data", "short.txt"],
+            "short.txt: not a karnna checkpoint",
+        ),
+        (
+            vec!["eval", "--run", "empty-run", "--data", "short.txt"],
+            "empty-run: no checkpoints in this run folder",
+        ),
+    ] {
+        assert_one_line_error(&dir, &args, needle);
+    }
+    // No run at all.
+    let empty = workdir("eval-empty");
+    std::fs::write(empty.join("short.txt"), SHORT).unwrap();
+    assert_one_line_error(
+        &empty,
+        &["eval", "--data", "short.txt"],
+        "no training run found",
+    );
+}
+
+#[test]
+fn a_folder_of_texts_and_fine_tuning_from_the_command_line() {
+    let dir = workdir("folder");
+    let texts = dir.join("texts");
+    std::fs::create_dir_all(&texts).unwrap();
+    for (name, words) in [
+        ("1.txt", "alpha beta. "),
+        ("2.txt", "gamma delta. "),
+        ("3.txt", "epsilon. "),
+    ] {
+        std::fs::write(texts.join(name), words.repeat(150)).unwrap();
+    }
+    let cfg = tiny_config();
+    let o = karnna(&dir, &["info", "--config", &cfg, "--data", "texts"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("3 files: texts/1.txt, texts/2.txt, texts/3.txt"),
+        "{out}"
+    );
+    assert!(out.contains("the last part of each file"), "{out}");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--config", &cfg, "--max-iters", "3", "--plain"];
+        args.extend_from_slice(extra);
+        karnna(&dir, &args)
+    };
+    let o = train(&["--data", "texts", "--run-dir", "base"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+
+    // Fine-tune on a text with characters the base lacks: they join the vocabulary.
+    std::fs::write(dir.join("new.txt"), "猫坐在垫子上。alpha. ".repeat(200)).unwrap();
+    let ckpt = std::fs::read_dir(dir.join("base"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.ends_with(".ckpt"))
+        .unwrap();
+    let base = format!("base/{ckpt}");
+    let o = train(&[
+        "--data",
+        "new.txt",
+        "--run-dir",
+        "tuned",
+        "--init-from",
+        &base,
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("7 new to the checkpoint"), "{out}");
+    assert!(out.contains("fine-tuning:     from base/"), "{out}");
+    let o = karnna(
+        &dir,
+        &[
+            "sample", "--run", "tuned", "--len", "50", "--seed", "1", "--prime", "猫",
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+
+    // Bad input: one line, exit 2, naming the file.
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    assert_one_line_error(
+        &dir,
+        &["info", "--config", &cfg, "--data", "empty"],
+        "empty: no .txt files in this folder",
+    );
+    std::fs::write(texts.join("4.txt"), b"fine \xfe then not").unwrap();
+    assert_one_line_error(
+        &dir,
+        &["info", "--config", &cfg, "--data", "texts"],
+        "4.txt: not valid UTF-8 at byte 5",
+    );
+    assert_one_line_error(
+        &dir,
+        &[
+            "train",
+            "--config",
+            &cfg,
+            "--data",
+            "new.txt",
+            "--run-dir",
+            "x",
+            "--init-from",
+            "nope.ckpt",
+        ],
+        "nope.ckpt",
+    );
+}
+
+#[test]
+fn several_samples_in_one_batch_and_a_prime_from_a_file() {
+    let dir = workdir("many");
+    std::fs::write(dir.join("short.txt"), SHORT.repeat(30)).unwrap();
+    let cfg = tiny_config();
+    let o = karnna(
+        &dir,
+        &[
+            "train",
+            "--config",
+            &cfg,
+            "--data",
+            "short.txt",
+            "--max-iters",
+            "10",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let sample = |extra: &[&str]| {
+        let mut args = vec!["sample", "--seed", "5", "--len", "60", "--precision", "f32"];
+        args.extend_from_slice(extra);
+        let o = karnna(&dir, &args);
+        assert!(o.status.success(), "{extra:?}: {}", text(&o).1);
+        text(&o).0
+    };
+
+    // Three samples: each after its separator, each the prime and 60 characters; the first is
+    // the single sample of the same seed.
+    let single = sample(&[]);
+    assert_eq!(sample(&["--num-samples", "1"]), single);
+    let three = sample(&["--num-samples", "3"]);
+    assert_eq!(three.matches("--- sample ").count(), 3, "{three}");
+    let mut parts = Vec::new();
+    let mut rest = three.as_str();
+    for k in 1..=3 {
+        let sep = format!("--- sample {k} of 3 ---\n");
+        rest = rest
+            .strip_prefix(&sep)
+            .unwrap_or_else(|| panic!("{sep:?}: {three}"));
+        // A newline ends each sample (the last one's is the one every sample run ends with).
+        let end = rest.find("\n--- sample ").unwrap_or(rest.len() - 1);
+        parts.push(&rest[..end]);
+        rest = &rest[end + 1..];
+    }
+    assert_eq!(rest, "", "{three}");
+    for p in &parts {
+        assert!(p.starts_with("Far"), "{p:?}");
+        assert_eq!(p.chars().count(), 63, "{p:?}");
+    }
+    assert_eq!(format!("{}\n", parts[0]), single);
+    assert!(
+        parts[0] != parts[1] && parts[1] != parts[2] && parts[0] != parts[2],
+        "{three}"
+    );
+
+    // A prime from a file (CRLF read as LF) is the same prime as on the command line.
+    std::fs::write(dir.join("prime.txt"), "Far from\r\nhere").unwrap();
+    assert_eq!(
+        sample(&["--prime-file", "prime.txt"]),
+        sample(&["--prime", "Far from\nhere"])
+    );
+    assert!(sample(&["--prime-file", "prime.txt"]).starts_with("Far from\nhere"));
+
+    std::fs::write(dir.join("empty.txt"), "").unwrap();
+    std::fs::write(dir.join("bad.txt"), b"Fa\xffr").unwrap();
+    for (args, needle) in [
+        (
+            vec!["sample", "--num-samples", "0"],
+            "--num-samples must be at least 1",
+        ),
+        (
+            vec!["sample", "--prime-file", "missing.txt"],
+            "missing.txt: no such file",
+        ),
+        (
+            vec!["sample", "--prime-file", "bad.txt"],
+            "bad.txt: not valid UTF-8 at byte 2",
+        ),
+        (
+            vec!["sample", "--prime-file", "empty.txt"],
+            "empty.txt: the file is empty",
+        ),
+        (
+            vec!["sample", "--num-samples", "2", "--device", "wgpu"],
+            "on the CPU only",
+        ),
+    ] {
+        assert_one_line_error(&dir, &args, needle);
+    }
+    // Both primes at once: clap refuses, with its usage.
+    let o = karnna(
+        &dir,
+        &["sample", "--prime", "Far", "--prime-file", "prime.txt"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
 }

@@ -202,6 +202,40 @@ impl Split {
     }
 }
 
+impl Split {
+    /// The tail split of several texts, each validated on its own end: the last
+    /// `round(len * val_fraction)` ids of every part ([`split_len`]) are validation, and the
+    /// rest of every part is training. The training heads are joined in order, and so are the
+    /// validation tails, so no file is left out of validation and no training batch reads a
+    /// validation character. `None` when either side is too short for one batch.
+    pub fn tails(
+        parts: &[Vec<u32>],
+        n_seqs: usize,
+        n_steps: usize,
+        val_fraction: f64,
+    ) -> Option<Self> {
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        for part in parts {
+            let cut = part.len() - split_len(part.len(), val_fraction);
+            train.extend_from_slice(&part[..cut]);
+            val.extend_from_slice(&part[cut..]);
+        }
+        let (train_chars, val_chars) = (train.len(), val.len());
+        let train = Batches::new(train, n_seqs, n_steps)?;
+        let val = if val_chars > 0 {
+            Some(Batches::new(val, n_seqs, n_steps)?)
+        } else {
+            None
+        };
+        Some(Self {
+            train,
+            val,
+            train_chars,
+            val_chars,
+        })
+    }
+}
+
 /// The notebook's `split_idx = int(n_batches * split_frac)`: of `batches` per row, how many
 /// train and how many validate. `None` unless both parts get at least one batch (training only,
 /// when `val_fraction` is 0).
@@ -255,6 +289,26 @@ fn min_tail_len(n_seqs: usize, n_steps: usize, val_fraction: f64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_texts_each_validate_on_their_own_end() {
+        // Two texts of 20 ids, a quarter held out of each: 5 + 5 validation ids.
+        let parts: Vec<Vec<u32>> = vec![(0..20).collect(), (100..120).collect()];
+        let s = Split::tails(&parts, 1, 4, 0.25).unwrap();
+        assert_eq!((s.train_chars, s.val_chars), (30, 10));
+        let train: Vec<u32> = s.train.iter().flat_map(|b| b.inputs).collect();
+        let val: Vec<u32> = s.val.unwrap().iter().flat_map(|b| b.inputs).collect();
+        // Training reads the heads only (7 batches of 4 from 30 ids, targets up to id 114).
+        assert_eq!(train[..8], [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert!(
+            train.iter().all(|&i| i < 15 || (100..115).contains(&i)),
+            "{train:?}"
+        );
+        // Validation covers both texts' tails.
+        assert_eq!(val, vec![15, 16, 17, 18, 19, 115, 116, 117]);
+        // 10 validation ids are too few for one batch of 1x10 (11 ids): none.
+        assert!(Split::tails(&parts, 1, 10, 0.25).is_none());
+    }
 
     #[test]
     fn notebook_layout_rows_continue_across_batches() {

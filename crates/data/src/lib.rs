@@ -13,5 +13,5 @@ mod text;
 mod vocab;
 
 pub use batches::{min_text_len, split_len, Batch, Batches, Split, ValSplit};
-pub use text::{load_text, normalize_newlines, DataError};
+pub use text::{join_texts, load_text, normalize_newlines, text_files, with_separator, DataError};
 pub use vocab::{UnknownChars, Vocab, VocabError};

@@ -33,6 +33,12 @@ pub enum DataError {
         /// The file.
         path: PathBuf,
     },
+    /// A folder given as data holds no `.txt` file.
+    #[error("{}: no .txt files in this folder", path.display())]
+    NoTextFiles {
+        /// The folder.
+        path: PathBuf,
+    },
     /// The text cannot fill even one batch of the configured size.
     #[error("{}: too short: {chars} characters, but batches of {n_seqs}x{n_steps}{split} need at least {need}", path.display())]
     TooShort {
@@ -78,6 +84,68 @@ pub fn load_text(path: &Path) -> Result<String, DataError> {
     Ok(text)
 }
 
+/// The text files `paths` name, in order: a file as it is, a folder as the `.txt` files directly
+/// inside it, sorted by name (subfolders are not searched).
+///
+/// Errors: a path that does not exist, an unreadable folder, a folder without `.txt` files.
+pub fn text_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            if !path.exists() {
+                return Err(DataError::Missing { path: path.clone() });
+            }
+            files.push(path.clone());
+            continue;
+        }
+        let io = |source| DataError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .map(|e| e.map(|e| e.path()).map_err(io))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt"))
+            .collect();
+        if found.is_empty() {
+            return Err(DataError::NoTextFiles { path: path.clone() });
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+/// Several texts as one training text: each ends with a newline (one is added where it lacks
+/// one) and an empty line separates one from the next, so a file's last line never runs into
+/// the next file's first and no character outside the files is introduced. A single text is
+/// returned as it is.
+pub fn join_texts(texts: &[String]) -> String {
+    if let [one] = texts {
+        return one.clone();
+    }
+    let mut joined = String::with_capacity(texts.iter().map(|t| t.len() + 2).sum());
+    for (i, text) in texts.iter().enumerate() {
+        joined.push_str(&with_separator(text, i + 1 == texts.len()));
+    }
+    joined
+}
+
+/// `text` as it appears in [`join_texts`]'s output: with its final newline and, unless it is
+/// the last text, the empty line after it.
+pub fn with_separator(text: &str, last: bool) -> String {
+    let mut out = text.to_owned();
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    if !last {
+        out.push('\n');
+    }
+    out
+}
+
 /// Turns CRLF and lone CR into LF, as Python's text mode (universal newlines) does when the
 /// notebook opens `anna.txt`.
 pub fn normalize_newlines(text: &str) -> String {
@@ -109,6 +177,34 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
         path
+    }
+
+    #[test]
+    fn folders_give_their_txt_files_sorted() {
+        let dir = std::env::temp_dir().join(format!("karnna-folder-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for name in ["b.txt", "a.txt", "c.md", "sub/d.txt"] {
+            std::fs::write(dir.join(name), "x").unwrap();
+        }
+        let extra = temp_file("extra.txt", b"y");
+        let files = text_files(&[dir.clone(), extra.clone()]).unwrap();
+        assert_eq!(files, vec![dir.join("a.txt"), dir.join("b.txt"), extra]);
+        let empty = dir.join("sub/empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let err = text_files(std::slice::from_ref(&empty)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}: no .txt files in this folder", empty.display())
+        );
+        let err = text_files(&[dir.join("nope")]).unwrap_err();
+        assert!(matches!(err, DataError::Missing { .. }));
+    }
+
+    #[test]
+    fn texts_join_with_an_empty_line() {
+        let texts = ["one".to_string(), "two\n".to_string(), "three".to_string()];
+        assert_eq!(join_texts(&texts), "one\n\ntwo\n\nthree\n");
+        assert_eq!(join_texts(&texts[..1]), "one");
     }
 
     #[test]

@@ -319,7 +319,7 @@ fn train_tiny<X: LstmKernels>(
     std::fs::write(&data, TEXT.repeat(20))?;
     let config = RunConfig {
         name: "gpu-check".into(),
-        data,
+        data: vec![data],
         batch_size: 4,
         num_steps: 24,
         lstm_size: 32,

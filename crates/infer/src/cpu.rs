@@ -7,6 +7,17 @@
 //! each computes its units' gates and cell update, and they meet once per layer. The second
 //! core is a [`Worker`] thread that spins between jobs: a character takes ~0.2 ms, and waking a
 //! sleeping thread (as `rayon::join` does) costs a good part of that.
+//!
+//! The model can also step several independent rows at once ([`CpuCharRnn::with_rows`],
+//! [`CpuCharRnn::step_rows`]: several samples drawn side by side). The products then take each
+//! block of four weight rows once for all the rows of the batch (`k` outermost, rows inside; f16
+//! rows converted to f32 once for all of them), so the weights still stream from memory once per
+//! step for up to 16 rows, and a step of eight rows costs far less than eight steps of one. Each
+//! part still runs on its own core. One row takes the batch-1 kernels, so batch-1 sampling is
+//! unchanged. The batched kernels add the products in the same order and unfused, as the batch-1
+//! ones do, so each row's logits are a batch-1 step's to the last bit: always with f32 weights,
+//! and with f16 weights except on AVX-512 CPUs, whose batch-1 f16 product fuses its
+//! multiply-adds (a difference in the last bits).
 
 use burn::prelude::*;
 use karnna_model::kernel::lstm_cell;
@@ -50,6 +61,19 @@ impl Mat {
         }
     }
 
+    /// `out[r] += x[r] · self` for each of the `rows` rows of `x` (`[rows, k]`) and `out`
+    /// (`[rows, n]`). One row takes [`Mat::acc`]; more take the batched kernels, which read each
+    /// weight row once for all of them (f16 rows are converted into `buf` first).
+    fn acc_rows(&self, x: &[f32], out: &mut [f32], rows: usize, buf: &mut Vec<f32>) {
+        if rows == 1 {
+            return self.acc(x, out);
+        }
+        match self {
+            Mat::F32(w) => mat_acc_rows(x, w, out, rows),
+            Mat::F16(w) => mat_acc_rows_f16(x, w, out, rows, buf),
+        }
+    }
+
     /// `out += self[row]`.
     fn add_row(&self, row: usize, out: &mut [f32]) {
         let n = out.len();
@@ -67,12 +91,18 @@ impl Mat {
 }
 
 /// `out += x · w` with `w` in f16 bits: AVX-512 converts 16 weights at a time where the CPU has
-/// it; plain conversion otherwise.
+/// it, F16C 8 at a time (with the same unfused sums as the plain loop) where it has that; plain
+/// conversion otherwise.
 fn vec_mat_acc_f16(x: &[f32], w: &[u16], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F, checked just above.
         return unsafe { vec_mat_acc_f16_avx512(x, w, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has F16C and AVX, checked just above.
+        return unsafe { vec_mat_acc_f16_f16c(x, w, out) };
     }
     let n = out.len();
     for (xk, row) in x.iter().zip(w.chunks_exact(n)) {
@@ -103,6 +133,29 @@ unsafe fn vec_mat_acc_f16_avx512(x: &[f32], w: &[u16], out: &mut [f32]) {
     }
 }
 
+/// `out += x · w` with `w` in f16 bits, 8 weights converted at a time by F16C; the product and
+/// the sum are separate instructions, as in the plain loop, so the sums are the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn vec_mat_acc_f16_f16c(x: &[f32], w: &[u16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    let blocks = n / 8;
+    assert!(w.len() >= x.len() * n);
+    for (k, &xk) in x.iter().enumerate() {
+        let row = w.as_ptr().add(k * n);
+        let xv = _mm256_set1_ps(xk);
+        for b in 0..blocks {
+            let o = out.as_mut_ptr().add(8 * b);
+            let wv = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * b) as *const __m128i));
+            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(xv, wv)));
+        }
+        for (j, o) in out.iter_mut().enumerate().skip(8 * blocks) {
+            *o += xk * half::f16::from_bits(*row.add(j)).to_f32();
+        }
+    }
+}
+
 /// One part of a layer: `units` hidden units starting at `first`, with the weight columns of
 /// their four gates (i, f, g, o) side by side.
 struct Part {
@@ -115,22 +168,46 @@ struct Part {
 
 struct Layer {
     parts: Vec<Part>,
-    /// Hidden state before / after this character, and the cell state, each `[H]`.
+    /// Hidden state of every row before this character, `[rows, H]`.
     h: Vec<f32>,
-    h_next: Vec<f32>,
-    c: Vec<f32>,
-    /// Gate scratch of each part, `[4·units]`.
-    z: Vec<Vec<f32>>,
+    /// What each part writes, one per part.
+    states: Vec<PartState>,
 }
 
-/// A [`CharRnn`] for batch-1 sampling on the CPU.
+/// A part's own state and scratch, for every row.
+struct PartState {
+    /// Its units' hidden state after this character, `[rows, units]`.
+    h: Vec<f32>,
+    /// Its units' cell state, `[rows, units]`.
+    c: Vec<f32>,
+    /// Gate scratch, `[rows, 4·units]`.
+    z: Vec<f32>,
+    /// f16 weight rows converted for the batched product.
+    buf: Vec<f32>,
+}
+
+impl PartState {
+    fn new(rows: usize, units: usize) -> Self {
+        Self {
+            h: vec![0.0; rows * units],
+            c: vec![0.0; rows * units],
+            z: vec![0.0; rows * 4 * units],
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// A [`CharRnn`] for sampling on the CPU: one row (the [`CharStepper`] a single sample needs),
+/// or several independent rows stepped together ([`CpuCharRnn::step_rows`]).
 pub struct CpuCharRnn {
     h: usize,
+    rows: usize,
     layers: Vec<Layer>,
     worker: Option<Worker>,
-    out_w: Vec<f32>, // [H, V]
-    out_b: Vec<f32>, // [V]
-    logits: Vec<f32>,
+    out_w: Vec<f32>,  // [H, V]
+    out_b: Vec<f32>,  // [V]
+    logits: Vec<f32>, // [rows, V]
+    ids: Vec<u32>,    // [rows], scratch of `CharStepper::step`
 }
 
 /// The columns of `w` (`[rows, 4H]`) for units `first..first + units` of each gate, packed into
@@ -158,24 +235,149 @@ fn vec_mat_acc(x: &[f32], w: &[f32], out: &mut [f32]) {
     }
 }
 
-impl Part {
-    /// This part's gates and cell update: `z = bias + x·W_ih + h·W_hh` (or a row of `W_ih` for
-    /// one-hot input), then `c = f·c + i·g`, `h = o·tanh(c)` for its units.
-    /// `z` is scratch for the gates, `[4·units]`.
-    fn step(&self, input: Input, h_prev: &[f32], c: &mut [f32], h_out: &mut [f32], z: &mut [f32]) {
-        z.copy_from_slice(&self.bias);
-        match input {
-            Input::OneHot(id) => self.w_ih.add_row(id, z),
-            Input::Dense(x) => self.w_ih.acc(x, z),
+/// Rows of the batch that one pass of the batched kernels covers: their slice of `out`
+/// (`[16, 4·256]` f32, 64 KiB, for half of a 512-unit layer) stays in the core's L2 cache while
+/// the weights stream past. More rows take further passes, each reading the weights again.
+const ROW_BLOCK: usize = 16;
+
+/// Weight rows taken together by the batched kernels: each pass over a row of `out` adds four
+/// products, which cuts the loads and stores of `out` fourfold.
+const K_BLOCK: usize = 4;
+
+/// `out[r] += x[r] · w` for `x: [rows, k]`, `w: [k, n]` (row-major), `out: [rows, n]`: blocks of
+/// [`K_BLOCK`] rows of `w` outermost, the rows of `x` inside, so each weight is read from memory
+/// once per [`ROW_BLOCK`] rows. Each sum runs over `k` in order, as in [`vec_mat_acc`].
+fn mat_acc_rows(x: &[f32], w: &[f32], out: &mut [f32], rows: usize) {
+    let (k, n) = (x.len() / rows, out.len() / rows);
+    assert_eq!(w.len(), k * n, "w must be [k, n]");
+    for (x, out) in x.chunks(ROW_BLOCK * k).zip(out.chunks_mut(ROW_BLOCK * n)) {
+        for (b, w) in w.chunks(K_BLOCK * n).enumerate() {
+            rows_block(x, k, b * K_BLOCK, w, out, n);
         }
-        self.w_hh.acc(h_prev, z);
-        lstm_cell(self.units, z, h_out, c);
+    }
+}
+
+/// [`mat_acc_rows`] with `w` in f16 bits: each block of [`K_BLOCK`] weight rows is converted to
+/// f32 in `buf` once, then serves every row of `x`.
+fn mat_acc_rows_f16(x: &[f32], w: &[u16], out: &mut [f32], rows: usize, buf: &mut Vec<f32>) {
+    let (k, n) = (x.len() / rows, out.len() / rows);
+    assert_eq!(w.len(), k * n, "w must be [k, n]");
+    buf.resize(K_BLOCK * n, 0.0);
+    for (x, out) in x.chunks(ROW_BLOCK * k).zip(out.chunks_mut(ROW_BLOCK * n)) {
+        for (b, w) in w.chunks(K_BLOCK * n).enumerate() {
+            let buf = &mut buf[..w.len()];
+            f16_to_f32(w, buf);
+            rows_block(x, k, b * K_BLOCK, buf, out, n);
+        }
+    }
+}
+
+/// f16 bits to f32 (exact): 8 at a time with F16C where the CPU has it.
+fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has F16C and AVX, checked just above.
+        return unsafe { f16_to_f32_f16c(src, dst) };
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(s).to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert_eq!(src.len(), dst.len());
+    let blocks = src.len() / 8;
+    for b in 0..blocks {
+        let v = _mm_loadu_si128(src.as_ptr().add(8 * b) as *const __m128i);
+        _mm256_storeu_ps(dst.as_mut_ptr().add(8 * b), _mm256_cvtph_ps(v));
+    }
+    for (d, &s) in dst.iter_mut().zip(src).skip(8 * blocks) {
+        *d = half::f16::from_bits(s).to_f32();
+    }
+}
+
+/// `out[r] += Σ_i x[r·k + k0 + i] · w[i·n .. (i + 1)·n]` for every row `r` of `out` (`[rows, n]`),
+/// with `w` up to [`K_BLOCK`] weight rows: AVX2 where the CPU has it, the baseline otherwise.
+fn rows_block(x: &[f32], k: usize, k0: usize, w: &[f32], out: &mut [f32], n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { rows_block_avx2(x, k, k0, w, out, n) };
+    }
+    rows_block_impl(x, k, k0, w, out, n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rows_block_avx2(x: &[f32], k: usize, k0: usize, w: &[f32], out: &mut [f32], n: usize) {
+    rows_block_impl(x, k, k0, w, out, n)
+}
+
+/// The body of [`rows_block`], compiled for each instruction set. The multiply-adds are not
+/// fused, as in [`vec_mat_acc`], so both give the same sums.
+#[inline(always)]
+fn rows_block_impl(x: &[f32], k: usize, k0: usize, w: &[f32], out: &mut [f32], n: usize) {
+    for (x, out) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+        let x = &x[k0..];
+        if w.len() == 4 * n {
+            let (w0, rest) = w.split_at(n);
+            let (w1, rest) = rest.split_at(n);
+            let (w2, w3) = rest.split_at(n);
+            let (a0, a1, a2, a3) = (x[0], x[1], x[2], x[3]);
+            for ((((o, &b0), &b1), &b2), &b3) in out.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+                let mut s = *o;
+                s += a0 * b0;
+                s += a1 * b1;
+                s += a2 * b2;
+                s += a3 * b3;
+                *o = s;
+            }
+        } else {
+            for (&a, w) in x.iter().zip(w.chunks_exact(n)) {
+                for (o, &b) in out.iter_mut().zip(w) {
+                    *o += a * b;
+                }
+            }
+        }
+    }
+}
+
+impl Part {
+    /// This part's gates and cell update for each of `rows` rows: `z = bias + x·W_ih + h·W_hh`
+    /// (or a row of `W_ih` for one-hot input), then `c = f·c + i·g`, `h = o·tanh(c)` for its
+    /// units, written to `st` (`h_prev` is `[rows, H]`).
+    fn step(&self, rows: usize, input: Input, h_prev: &[f32], st: &mut PartState) {
+        let PartState { h, c, z, buf } = st;
+        for z in z.chunks_exact_mut(4 * self.units) {
+            z.copy_from_slice(&self.bias);
+        }
+        match input {
+            Input::OneHot(ids) => {
+                for (z, &id) in z.chunks_exact_mut(4 * self.units).zip(ids) {
+                    self.w_ih.add_row(id as usize, z);
+                }
+            }
+            Input::Dense(x) => self.w_ih.acc_rows(x, z, rows, buf),
+        }
+        self.w_hh.acc_rows(h_prev, z, rows, buf);
+        for ((z, h), c) in z
+            .chunks_exact_mut(4 * self.units)
+            .zip(h.chunks_exact_mut(self.units))
+            .zip(c.chunks_exact_mut(self.units))
+        {
+            lstm_cell(self.units, z, h, c);
+        }
     }
 }
 
 #[derive(Clone, Copy)]
 enum Input<'a> {
-    OneHot(usize),
+    /// The character of each row (the first layer).
+    OneHot(&'a [u32]),
+    /// The layer below's hidden state, `[rows, H]`.
     Dense(&'a [f32]),
 }
 
@@ -188,6 +390,21 @@ impl CpuCharRnn {
     /// As [`CpuCharRnn::new`], with the weights stored in `precision` and each layer split into
     /// `parts` (1 or 2) parts.
     pub fn with<B: Backend>(model: &CharRnn<B>, precision: Precision, parts: usize) -> Self {
+        Self::with_rows(model, precision, parts, 1)
+    }
+
+    /// As [`CpuCharRnn::with`], stepping `rows` independent rows at once (see
+    /// [`CpuCharRnn::step_rows`]).
+    ///
+    /// # Panics
+    /// If `rows` is 0.
+    pub fn with_rows<B: Backend>(
+        model: &CharRnn<B>,
+        precision: Precision,
+        parts: usize,
+        rows: usize,
+    ) -> Self {
+        assert!(rows >= 1, "at least one row");
         let h = model.lstm_size();
         let parts = parts.clamp(1, 2).min(h);
         let bounds: Vec<(usize, usize)> = (0..parts)
@@ -210,12 +427,10 @@ impl CpuCharRnn {
                             bias: gate_columns(&bias, h, first, units),
                         })
                         .collect(),
-                    h: vec![0.0; h],
-                    h_next: vec![0.0; h],
-                    c: vec![0.0; h],
-                    z: bounds
+                    h: vec![0.0; rows * h],
+                    states: bounds
                         .iter()
-                        .map(|&(_, units)| vec![0.0; 4 * units])
+                        .map(|&(_, units)| PartState::new(rows, units))
                         .collect(),
                 }
             })
@@ -225,60 +440,120 @@ impl CpuCharRnn {
             Some(b) => to_f32_vec(b.val()),
             None => vec![0.0; out_w.len() / h],
         };
-        let logits = vec![0.0; out_b.len()];
+        let logits = vec![0.0; rows * out_b.len()];
         Self {
             h,
+            rows,
             layers,
             worker: (parts == 2).then(Worker::new),
             out_w,
             out_b,
             logits,
+            ids: vec![0; rows],
+        }
+    }
+
+    /// How many rows each step feeds.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Makes the model step `rows` rows from now on, all starting from the zero state (the
+    /// weights are kept).
+    ///
+    /// # Panics
+    /// If `rows` is 0.
+    pub fn set_rows(&mut self, rows: usize) {
+        assert!(rows >= 1, "at least one row");
+        let h = self.h;
+        for l in &mut self.layers {
+            l.h = vec![0.0; rows * h];
+            l.states = l
+                .parts
+                .iter()
+                .map(|p| PartState::new(rows, p.units))
+                .collect();
+        }
+        self.logits = vec![0.0; rows * self.out_b.len()];
+        self.ids = vec![0; rows];
+        self.rows = rows;
+    }
+
+    /// Feeds character `ids[r]` to row `r` of every row at once (each row carries its own LSTM
+    /// state, untouched by the others) and returns the logits of each row's next character,
+    /// `[rows, vocab]` row-major. Each row's logits are a batch-1 [`CharStepper::step`]'s on the
+    /// same characters (within rounding: see the module documentation); each weight is read
+    /// once per step for up to 16 rows, which is what makes rows cheaper than separate steps.
+    /// [`CharStepper::reset`] sets every row back to the zero state.
+    ///
+    /// # Panics
+    /// If `ids` does not hold one id per row, or an id is outside the vocabulary.
+    pub fn step_rows(&mut self, ids: &[u32]) -> &[f32] {
+        self.forward(ids);
+        &self.logits
+    }
+
+    /// The step behind [`CpuCharRnn::step_rows`], leaving the logits in `self.logits`.
+    fn forward(&mut self, ids: &[u32]) {
+        assert_eq!(ids.len(), self.rows, "one id per row");
+        let (rows, hidden) = (self.rows, self.h);
+        for i in 0..self.layers.len() {
+            let (below, rest) = self.layers.split_at_mut(i);
+            let layer = &mut rest[0];
+            let input = match below.last() {
+                None => Input::OneHot(ids),
+                Some(prev) => Input::Dense(&prev.h),
+            };
+            let Layer { parts, h, states } = layer;
+            match (parts.as_slice(), states.as_mut_slice()) {
+                ([one], [st]) => one.step(rows, input, h, st),
+                ([a, b], [st_a, st_b]) => {
+                    let h_prev = &h[..];
+                    let worker = self.worker.as_ref().expect("a worker for two parts");
+                    worker.run(&mut || b.step(rows, input, h_prev, st_b), || {
+                        a.step(rows, input, h_prev, st_a)
+                    });
+                }
+                _ => unreachable!("one or two parts"),
+            }
+            // The parts' new hidden states become the layer's, for the layer above and the
+            // next character.
+            for (p, st) in parts.iter().zip(states.iter()) {
+                for (dst, src) in h.chunks_exact_mut(hidden).zip(st.h.chunks_exact(p.units)) {
+                    dst[p.first..p.first + p.units].copy_from_slice(src);
+                }
+            }
+        }
+        let top = &self.layers.last().expect("a layer").h;
+        for l in self.logits.chunks_exact_mut(self.out_b.len()) {
+            l.copy_from_slice(&self.out_b);
+        }
+        if rows == 1 {
+            vec_mat_acc(top, &self.out_w, &mut self.logits);
+        } else {
+            mat_acc_rows(top, &self.out_w, &mut self.logits, rows);
         }
     }
 }
 
 impl CharStepper for CpuCharRnn {
+    /// Sets every row back to the zero state.
     fn reset(&mut self) {
         for l in &mut self.layers {
             l.h.fill(0.0);
-            l.c.fill(0.0);
+            for st in &mut l.states {
+                st.c.fill(0.0);
+            }
         }
     }
 
+    /// Feeds `id` to every row; returns the first row's logits.
     fn step(&mut self, id: u32) -> &[f32] {
-        for i in 0..self.layers.len() {
-            let (below, rest) = self.layers.split_at_mut(i);
-            let layer = &mut rest[0];
-            let input = match below.last() {
-                None => Input::OneHot(id as usize),
-                Some(prev) => Input::Dense(&prev.h),
-            };
-            let Layer {
-                parts,
-                h,
-                h_next,
-                c,
-                z,
-            } = layer;
-            match (parts.as_slice(), z.as_mut_slice()) {
-                ([one], [z]) => one.step(input, h, c, h_next, z),
-                ([a, b], [z_a, z_b]) => {
-                    let (c_a, c_b) = c.split_at_mut(b.first);
-                    let (h_a, h_b) = h_next.split_at_mut(b.first);
-                    let h_prev = &h[..];
-                    let worker = self.worker.as_ref().expect("a worker for two parts");
-                    worker.run(&mut || b.step(input, h_prev, c_b, h_b, z_b), || {
-                        a.step(input, h_prev, c_a, h_a, z_a)
-                    });
-                }
-                _ => unreachable!("one or two parts"),
-            }
-            std::mem::swap(h, h_next);
-        }
-        self.logits.copy_from_slice(&self.out_b);
-        let top = &self.layers.last().expect("a layer").h[..self.h];
-        vec_mat_acc(top, &self.out_w, &mut self.logits);
-        &self.logits
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.fill(id);
+        self.forward(&ids);
+        self.ids = ids;
+        &self.logits[..self.out_b.len()]
     }
 
     fn vocab_size(&self) -> usize {

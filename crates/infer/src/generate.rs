@@ -1,4 +1,5 @@
-//! Priming the model and drawing characters, streamed to a writer.
+//! Priming the model and drawing characters: one sample streamed to a writer ([`generate`]), or
+//! several drawn side by side in one batch and printed one after another ([`generate_many`]).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ use karnna_model::{to_f32_vec, CharRnn, LstmBackend, LstmState};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use crate::cpu::CpuCharRnn;
 use crate::sampler::{pick, Strategy};
 
 /// A model that reads one character at a time and returns its logits for the next one,
@@ -99,18 +101,8 @@ pub fn generate(
     out: &mut dyn Write,
     stop: &AtomicBool,
 ) -> Result<(), SampleError> {
-    if opts.prime.is_empty() {
-        return Err(SampleError::EmptyPrime);
-    }
-    let prime = vocab.encode(&opts.prime).map_err(|e| {
-        SampleError::Prime(
-            e.0.iter()
-                .map(|c| format!("{c:?}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
-    })?;
-    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let prime = encode_prime(vocab, &opts.prime)?;
+    let mut rng = row_rng(opts.seed, 0);
     model.reset();
     out.write_all(opts.prime.as_bytes())?;
     out.flush()?;
@@ -127,5 +119,92 @@ pub fn generate(
         out.flush()?;
         next = pick(model.step(next), opts.strategy, &mut rng);
     }
+    Ok(())
+}
+
+/// The prime's ids, or why the model cannot read it.
+fn encode_prime(vocab: &Vocab, prime: &str) -> Result<Vec<u32>, SampleError> {
+    if prime.is_empty() {
+        return Err(SampleError::EmptyPrime);
+    }
+    vocab.encode(prime).map_err(|e| {
+        SampleError::Prime(
+            e.0.iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })
+}
+
+/// The draws of sample `row` for `seed`: row 0 is seeded with `seed` itself (so it is
+/// [`generate`]'s sample), row `r` with `seed + r · 0x9E37_79B9_7F4A_7C15` (wrapping).
+fn row_rng(seed: u64, row: usize) -> StdRng {
+    StdRng::seed_from_u64(seed.wrapping_add((row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+}
+
+/// Draws `n` independent samples in one batch on `model` (which is set to `n` rows and reset):
+/// every row is primed with `opts.prime`, then draws `opts.len` characters with its own draws
+/// (row 0 with the same seed as [`generate`], so `n = 1` writes exactly what [`generate`] writes;
+/// row `r` as [`generate`] would with the seed `opts.seed + r · 0x9E37_79B9_7F4A_7C15`). One step
+/// feeds all the rows at once ([`CpuCharRnn::step_rows`]), which is much faster than `n` separate
+/// samples.
+///
+/// The samples are written when all are drawn, one after another, each as the prime followed by
+/// its text. When `n > 1` each is preceded by the separator line `--- sample K of N ---` (`K`
+/// from 1) and each but the last is followed by a newline; as with [`generate`], the last text
+/// ends without one. When `stop` becomes true the drawing stops and what each row has drawn so
+/// far is written. `n = 0` writes nothing.
+pub fn generate_many(
+    model: &mut CpuCharRnn,
+    vocab: &Vocab,
+    opts: &SampleOptions,
+    n: usize,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+) -> Result<(), SampleError> {
+    let prime = encode_prime(vocab, &opts.prime)?;
+    if n == 0 {
+        return Ok(());
+    }
+    if model.rows() != n {
+        model.set_rows(n);
+    }
+    model.reset();
+    let v = model.vocab_size();
+    let mut rngs: Vec<StdRng> = (0..n).map(|r| row_rng(opts.seed, r)).collect();
+    let mut next = vec![0u32; n];
+    let mut pick_all = |logits: &[f32], next: &mut [u32]| {
+        for ((next, logits), rng) in next.iter_mut().zip(logits.chunks_exact(v)).zip(&mut rngs) {
+            *next = pick(logits, opts.strategy, rng);
+        }
+    };
+    let mut ids = vec![0u32; n];
+    for &id in &prime {
+        ids.fill(id);
+        pick_all(model.step_rows(&ids), &mut next);
+    }
+    let mut texts = vec![String::new(); n];
+    for _ in 0..opts.len {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        for (text, &id) in texts.iter_mut().zip(&next) {
+            text.push(vocab.char(id));
+        }
+        ids.copy_from_slice(&next);
+        pick_all(model.step_rows(&ids), &mut next);
+    }
+    for (k, text) in texts.iter().enumerate() {
+        if n > 1 {
+            writeln!(out, "--- sample {} of {n} ---", k + 1)?;
+        }
+        out.write_all(opts.prime.as_bytes())?;
+        out.write_all(text.as_bytes())?;
+        if k + 1 < n {
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }

@@ -4,15 +4,17 @@
 //! models that can be stepped one character at a time ([`CharStepper`]: the Burn model on any
 //! backend, [`BurnStepper`], and the dedicated CPU path, [`CpuCharRnn`], whose weights are read out
 //! of the Burn module into plain arrays), and the priming-and-drawing loop that streams text to a
-//! writer ([`generate`]).
+//! writer ([`generate`]), or several samples drawn side by side in one batch ([`generate_many`]).
 //!
 //! It depends on `karnna-model` and `karnna-data` only and must never depend on burn-train:
 //! sampling is what users run most, and it should stay light.
 
 mod cpu;
+pub mod eval;
 mod generate;
 mod sampler;
 
 pub use cpu::{default_parts, CpuCharRnn, Precision};
-pub use generate::{generate, BurnStepper, CharStepper, SampleError, SampleOptions};
+pub use eval::{encode_known, evaluate, Encoded, EvalReport};
+pub use generate::{generate, generate_many, BurnStepper, CharStepper, SampleError, SampleOptions};
 pub use sampler::{pick, Strategy};

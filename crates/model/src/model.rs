@@ -6,6 +6,8 @@ use burn::prelude::*;
 use burn::tensor::module::embedding;
 use burn::tensor::{Distribution, TensorData};
 
+use karnna_data::Vocab;
+
 use crate::ops::{lstm_sequence, LstmBackend};
 
 /// How an untrained model's weights are drawn.
@@ -187,6 +189,61 @@ impl<B: Backend> CharRnn<B> {
     pub fn zero_state(&self, batch: usize) -> LstmState<B> {
         let device = self.layers[0].w_hh.device();
         LstmState::zeros(self.layers.len(), batch, self.lstm_size(), &device)
+    }
+
+    /// This trained model (whose vocabulary is `old`) moved to the vocabulary `new`, for
+    /// fine-tuning on a text with other characters: a character of both keeps its trained
+    /// input row (`W_ih` of the first layer) and output column and bias; a character only in
+    /// `new` takes its row and column from `fresh`, an untrained model of `new`'s size with the
+    /// same shape. Every other weight is kept; the dropout rate is `fresh`'s (the new run's).
+    /// The result's parameters are new trainable ones (the optimizer starts afresh).
+    pub fn with_vocab(self, old: &Vocab, new: &Vocab, fresh: CharRnn<B>) -> CharRnn<B> {
+        let device = self.layers[0].w_hh.device();
+        // Row j of the new matrices: row `old id` of the trained one, or row `V_old + j` of
+        // the two stacked, which is row j of the fresh one.
+        let index: Vec<i64> = new
+            .chars()
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| match old.id(c) {
+                Some(i) => i as i64,
+                None => (old.len() + j) as i64,
+            })
+            .collect();
+        let index = Tensor::<B, 1, Int>::from_ints(index.as_slice(), &device);
+        let pick = |trained: Tensor<B, 2>, fresh: Tensor<B, 2>, dim: usize| {
+            Tensor::cat(vec![trained, fresh], dim)
+                .select(dim, index.clone())
+                .detach()
+        };
+        let fresh_first = fresh.layers.into_iter().next().expect("a layer");
+        let mut layers: Vec<LstmLayer<B>> = self
+            .layers
+            .into_iter()
+            .map(|l| LstmLayer {
+                w_ih: Param::from_tensor(l.w_ih.val().detach()),
+                w_hh: Param::from_tensor(l.w_hh.val().detach()),
+                b_ih: Param::from_tensor(l.b_ih.val().detach()),
+                b_hh: Param::from_tensor(l.b_hh.val().detach()),
+            })
+            .collect();
+        let first_w = layers[0].w_ih.val();
+        layers[0].w_ih = Param::from_tensor(pick(first_w, fresh_first.w_ih.val(), 0));
+        let mut output = fresh.output;
+        output.weight = Param::from_tensor(pick(self.output.weight.val(), output.weight.val(), 1));
+        output.bias = match (self.output.bias, output.bias) {
+            (Some(trained), Some(fresh)) => {
+                let row = |b: Tensor<B, 1>| b.unsqueeze_dim::<2>(0);
+                let both = pick(row(trained.val()), row(fresh.val()), 1);
+                Some(Param::from_tensor(both.squeeze_dim::<1>(0)))
+            }
+            (_, fresh) => fresh,
+        };
+        CharRnn {
+            layers,
+            output,
+            keep_prob: fresh.keep_prob,
+        }
     }
 }
 

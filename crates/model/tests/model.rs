@@ -342,3 +342,76 @@ fn initialisations_draw_what_they_say() {
     // The same number of parameters either way.
     assert_eq!(tf.num_params(), torch.num_params());
 }
+
+#[test]
+fn a_new_vocabulary_keeps_trained_rows_and_takes_fresh_ones_for_new_characters() {
+    use karnna_data::Vocab;
+    type B = burn::backend::Flex;
+    let device = Default::default();
+    let old = Vocab::from_text("acd");
+    let new = Vocab::from_text("abcde");
+    let trained = CharRnnConfig::new(3).with_lstm_size(4).init::<B>(&device);
+    let fresh = CharRnnConfig::new(5)
+        .with_lstm_size(4)
+        .with_keep_prob(0.9)
+        .init::<B>(&device);
+    let rows = |t: burn::tensor::Tensor<B, 2>| -> Vec<Vec<f32>> {
+        let [r, c] = t.dims();
+        let v = t.into_data().to_vec::<f32>().unwrap();
+        (0..r).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
+    };
+    let (t_in, f_in) = (
+        rows(trained.layers[0].w_ih.val()),
+        rows(fresh.layers[0].w_ih.val()),
+    );
+    let (t_out, f_out) = (
+        rows(trained.output.weight.val().transpose()),
+        rows(fresh.output.weight.val().transpose()),
+    );
+    let t_bias = trained
+        .output
+        .bias
+        .as_ref()
+        .unwrap()
+        .val()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let f_bias = fresh
+        .output
+        .bias
+        .as_ref()
+        .unwrap()
+        .val()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let t_hh = trained.layers[1].w_hh.val().into_data();
+    let moved = trained.with_vocab(&old, &new, fresh);
+    let m_in = rows(moved.layers[0].w_ih.val());
+    let m_out = rows(moved.output.weight.val().transpose());
+    let m_bias = moved
+        .output
+        .bias
+        .as_ref()
+        .unwrap()
+        .val()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    // a b c d e: a, c, d were trained (ids 0, 1, 2 in "acd"); b and e are new (ids 1, 4).
+    let source = [(0, true), (1, false), (1, true), (2, true), (4, false)];
+    for (j, (i, kept)) in source.into_iter().enumerate() {
+        let (w, o, b) = if kept {
+            (&t_in, &t_out, &t_bias)
+        } else {
+            (&f_in, &f_out, &f_bias)
+        };
+        assert_eq!(m_in[j], w[i], "input row of {}", new.char(j as u32));
+        assert_eq!(m_out[j], o[i], "output column of {}", new.char(j as u32));
+        assert_eq!(m_bias[j], b[i], "bias of {}", new.char(j as u32));
+    }
+    // The rest of the trained model is kept; the dropout rate is the new run's.
+    assert_eq!(moved.layers[1].w_hh.val().into_data(), t_hh);
+    assert_eq!(moved.keep_prob, 0.9);
+}

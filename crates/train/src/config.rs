@@ -47,8 +47,11 @@ pub enum ReferenceCurve {
 pub struct RunConfig {
     /// Run name: outputs go to `artifacts/<name>/` unless `--run-dir` says otherwise.
     pub name: String,
-    /// The training text, UTF-8 (relative paths are relative to the working directory).
-    pub data: PathBuf,
+    /// The training text, UTF-8 (relative paths are relative to the working directory): a
+    /// file, a folder (its `.txt` files, sorted by name), or a list of them. Several files are
+    /// joined with an empty line between them ([`karnna_data::join_texts`]).
+    #[serde(with = "one_or_many")]
+    pub data: Vec<PathBuf>,
     /// Where to download the text from when `data` is missing (empty: never download).
     pub data_url: String,
     /// sha256 of the downloaded file, checked before it is kept (empty: not checked).
@@ -94,6 +97,40 @@ pub struct RunConfig {
     pub cpu_backend: CpuBackend,
     /// A published curve to draw beside this run's in `loss.svg`: `none` or `notebook`.
     pub reference_curve: ReferenceCurve,
+    /// Fine-tuning: start from this checkpoint's weights (its shape, its vocabulary extended
+    /// with the new text's characters) instead of untrained ones; a run folder means its best
+    /// checkpoint. Unset: a new model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
+}
+
+/// `data` as one path or a list of paths (one path is written back as one path, so configs and
+/// checkpoints from before lists keep their form).
+mod one_or_many {
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+
+    pub fn serialize<S: Serializer>(paths: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+        match paths {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(p) => vec![p],
+            OneOrMany::Many(v) => v,
+        })
+    }
 }
 
 impl Default for RunConfig {
@@ -101,7 +138,7 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             name: "anna".into(),
-            data: "data/anna.txt".into(),
+            data: vec!["data/anna.txt".into()],
             data_url: String::new(),
             data_sha256: String::new(),
             val_fraction: 0.1,
@@ -123,6 +160,7 @@ impl Default for RunConfig {
             device: Device::Cpu,
             cpu_backend: CpuBackend::Flex,
             reference_curve: ReferenceCurve::None,
+            init_from: None,
         }
     }
 }
@@ -172,6 +210,9 @@ impl RunConfig {
             ("eval_every", self.eval_every),
             ("log_every", self.log_every),
         ];
+        if self.data.is_empty() {
+            return Err("data must name at least one file or folder".into());
+        }
         for (key, value) in positive {
             if value == 0 {
                 return Err(format!("{key} must be at least 1, got 0"));
@@ -272,6 +313,36 @@ mod tests {
         assert_eq!(
             (anna.val_split, anna.init, anna.reference_curve),
             (ValSplit::Rows, Init::TensorFlow, ReferenceCurve::Notebook)
+        );
+    }
+
+    #[test]
+    fn data_is_one_path_or_a_list_and_init_from_is_optional() {
+        let one = RunConfig::load(&write("one.toml", "data = \"a.txt\"\n")).unwrap();
+        assert_eq!(one.data, vec![PathBuf::from("a.txt")]);
+        assert_eq!(one.init_from, None);
+        // Written back as it was read: one path stays one path, no init_from key.
+        let text = toml::to_string(&one).unwrap();
+        assert!(text.contains("data = \"a.txt\""), "{text}");
+        assert!(!text.contains("init_from"), "{text}");
+        let many = RunConfig::load(&write(
+            "many.toml",
+            "data = [\"texts/\", \"b.txt\"]\ninit_from = \"base.ckpt\"\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            many.data,
+            vec![PathBuf::from("texts/"), PathBuf::from("b.txt")]
+        );
+        assert_eq!(many.init_from, Some(PathBuf::from("base.ckpt")));
+        let back: RunConfig = toml::from_str(&toml::to_string(&many).unwrap()).unwrap();
+        assert_eq!(back, many);
+        let e = RunConfig::load(&write("none.toml", "data = []\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("none.toml: data must name at least one file or folder"),
+            "{e}"
         );
     }
 

@@ -1,20 +1,37 @@
 //! The text of a run, encoded, split and cut into batches, with the figures `info` prints.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use karnna_data::{load_text, min_text_len, Batches, DataError, Split, ValSplit, Vocab};
+use karnna_data::{
+    join_texts, load_text, min_text_len, text_files, with_separator, Batches, DataError, Split,
+    ValSplit, Vocab,
+};
 
 use crate::config::RunConfig;
 use crate::memory::MemoryEstimate;
 
+/// Where a run's vocabulary comes from.
+#[derive(Clone, Debug)]
+pub enum VocabFrom {
+    /// The text's own characters (a new run).
+    Text,
+    /// A checkpoint's, which the text must not go beyond (a resumed run).
+    Fixed(Vocab),
+    /// A checkpoint's, with the text's other characters added (fine-tuning with `init_from`):
+    /// the union, in code-point order like every vocabulary.
+    Extend(Vocab),
+}
+
 /// A training text ready for a run.
 pub struct Corpus {
-    /// The file it came from.
-    pub path: PathBuf,
-    /// Characters in the text (after newline normalisation).
+    /// The files it came from, in order (one, or a folder's `.txt` files, or a list).
+    pub files: Vec<PathBuf>,
+    /// Characters in the text (after newline normalisation and joining).
     pub chars: usize,
-    /// The vocabulary (the text's own, or a checkpoint's when resuming).
+    /// The vocabulary (the text's own, or a checkpoint's when resuming or fine-tuning).
     pub vocab: Vocab,
+    /// Characters of the text that the checkpoint's vocabulary lacked ([`VocabFrom::Extend`]).
+    pub new_chars: Vec<char>,
     /// Characters in the training part.
     pub train_chars: usize,
     /// Characters in the validation part.
@@ -26,28 +43,65 @@ pub struct Corpus {
 }
 
 impl Corpus {
-    /// Loads `path` and prepares it for `config`. With `vocab`, the text must use only its
-    /// characters (a resumed run keeps its checkpoint's vocabulary).
-    pub fn load(path: &Path, config: &RunConfig, vocab: Option<Vocab>) -> anyhow::Result<Self> {
-        let text = load_text(path)?;
-        let vocab = vocab.unwrap_or_else(|| Vocab::from_text(&text));
-        let ids = vocab.encode(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e}, which the checkpoint's vocabulary lacks",
-                path.display()
-            )
-        })?;
+    /// Loads the text `paths` name (files, folders of `.txt` files; several are joined with
+    /// [`karnna_data::join_texts`]) and prepares it for `config`, with the vocabulary `vocab`
+    /// says.
+    ///
+    /// Several files with `val_split = "tail"` are validated on the end of each file
+    /// ([`Split::tails`]), so that validation is never all one file; with `rows`, on the end of
+    /// every batch row of the joined text.
+    pub fn load(paths: &[PathBuf], config: &RunConfig, vocab: VocabFrom) -> anyhow::Result<Self> {
+        let files = text_files(paths)?;
+        let texts = files
+            .iter()
+            .map(|f| load_text(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let joined = join_texts(&texts);
+        let named = match files.as_slice() {
+            [one] => one.display().to_string(),
+            many => format!("{} files", many.len()),
+        };
+        let (vocab, new_chars) = match vocab {
+            VocabFrom::Text => (Vocab::from_text(&joined), Vec::new()),
+            VocabFrom::Fixed(v) => (v, Vec::new()),
+            VocabFrom::Extend(old) => {
+                let text = Vocab::from_text(&joined);
+                let new: Vec<char> = text
+                    .chars()
+                    .iter()
+                    .copied()
+                    .filter(|&c| old.id(c).is_none())
+                    .collect();
+                let all: String = old.chars().iter().chain(&new).collect();
+                (Vocab::from_text(&all), new)
+            }
+        };
+        let encode = |text: &str| {
+            vocab.encode(text).map_err(|e| {
+                anyhow::anyhow!("{named}: {e}, which the checkpoint's vocabulary lacks")
+            })
+        };
         let (n, m) = (config.batch_size, config.num_steps);
-        let chars = ids.len();
         let (f, how) = (config.val_fraction, config.val_split);
-        let Some(split) = Split::new(ids, n, m, f, how) else {
+        let chars = joined.chars().count();
+        let split = if texts.len() > 1 && how == ValSplit::Tail {
+            let parts = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| encode(&with_separator(t, i + 1 == texts.len())))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Split::tails(&parts, n, m, f)
+        } else {
+            Split::new(encode(&joined)?, n, m, f, how)
+        };
+        let Some(split) = split else {
             let split = if f > 0.0 {
                 format!(" (with val_fraction {f}, val_split {})", how.name())
             } else {
                 String::new()
             };
             return Err(DataError::TooShort {
-                path: path.to_owned(),
+                path: PathBuf::from(named),
                 chars,
                 n_seqs: n,
                 n_steps: m,
@@ -63,9 +117,10 @@ impl Corpus {
             val_chars,
         } = split;
         Ok(Self {
-            path: path.to_owned(),
+            files,
             chars,
             vocab,
+            new_chars,
             train_chars,
             val_chars,
             train,
@@ -94,15 +149,38 @@ impl Corpus {
         let val_batches = self.val.as_ref().map_or(0, |v| v.len());
         let split = match (self.val.is_some(), config.val_split) {
             (false, _) => "none (val_fraction 0)",
+            (true, ValSplit::Tail) if self.files.len() > 1 => "tail: the last part of each file",
             (true, ValSplit::Tail) => "tail: the last part of the text",
             (true, ValSplit::Rows) => {
                 "rows: the last batches of each row, spread through the text (the notebook's split_data)"
             }
         };
+        let text = match self.files.as_slice() {
+            [one] => one.display().to_string(),
+            many => {
+                let names: Vec<String> = many.iter().map(|f| f.display().to_string()).collect();
+                format!("{} files: {}", many.len(), names.join(", "))
+            }
+        };
+        let vocabulary = if self.new_chars.is_empty() {
+            format!("{} symbols", self.vocab.len())
+        } else {
+            let shown: String = self.new_chars.iter().take(20).collect();
+            let more = if self.new_chars.len() > 20 {
+                ", ..."
+            } else {
+                ""
+            };
+            format!(
+                "{} symbols ({} new to the checkpoint: {shown:?}{more})",
+                self.vocab.len(),
+                self.new_chars.len()
+            )
+        };
         format!(
             "text:            {}\n\
              characters:      {}\n\
-             vocabulary:      {} symbols\n\
+             vocabulary:      {}\n\
              train / val:     {} / {} characters ({} / {} batches of {}x{})\n\
              val split:       {}\n\
              batches/epoch:   {}\n\
@@ -110,9 +188,9 @@ impl Corpus {
              parameters:      {} ({} layers x {} units), initialised as {}\n\
              memory:          {}\n\
              params/chars:    {:.2}: {}",
-            self.path.display(),
+            text,
             self.chars,
-            self.vocab.len(),
+            vocabulary,
             self.train_chars,
             self.val_chars,
             self.train.len(),

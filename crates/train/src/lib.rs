@@ -20,5 +20,5 @@ pub mod run;
 pub mod signals;
 
 pub use config::{CpuBackend, Device, ReferenceCurve, RunConfig};
-pub use corpus::Corpus;
+pub use corpus::{Corpus, VocabFrom};
 pub use run::{train, TrainOptions, TrainReport};

@@ -30,7 +30,7 @@ use karnna_model::checkpoint::{checkpoint_name, set_best_pointer};
 use karnna_model::{Checkpoint, CheckpointMeta, LstmKernels, LstmState};
 
 use crate::config::{ReferenceCurve, RunConfig};
-use crate::corpus::Corpus;
+use crate::corpus::{Corpus, VocabFrom};
 use crate::folder::RunFolder;
 use crate::learner::{
     clip_global_norm, BatchLoader, CharMetric, CharMetricKind, OptimHandle, RecordingOptim, Trainee,
@@ -113,12 +113,52 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
             ..saved
         };
     }
-    crate::fetch::ensure_text(&config.data, &config.data_url, &config.data_sha256)?;
-    let corpus = Corpus::load(
-        &config.data,
-        &config,
-        resume_from.as_ref().map(|c| c.meta.vocab.clone()),
-    )?;
+    // Fine-tuning (a new run only; a resumed one has its own weights): the base checkpoint
+    // decides the model's shape, and its vocabulary is extended with the text's characters.
+    let base = match (&resume_from, &config.init_from) {
+        (None, Some(path)) => {
+            // A run folder means its best checkpoint.
+            let file = if path.is_dir() {
+                karnna_model::checkpoint::best_checkpoint(path)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: init_from: no checkpoints in this run folder",
+                            path.display()
+                        )
+                    })?
+            } else {
+                path.clone()
+            };
+            Some(Checkpoint::read(&file).context("init_from")?)
+        }
+        _ => None,
+    };
+    if let Some(base) = &base {
+        let m = &base.meta.model;
+        if (m.num_layers, m.lstm_size) != (config.num_layers, config.lstm_size) {
+            println!(
+                "note:            the model's shape comes from {} ({} layers x {} units); the config's {} x {} is not used",
+                base.path.display(),
+                m.num_layers,
+                m.lstm_size,
+                config.num_layers,
+                config.lstm_size
+            );
+        }
+        config.num_layers = m.num_layers;
+        config.lstm_size = m.lstm_size;
+    }
+    if let [one] = config.data.as_slice() {
+        crate::fetch::ensure_text(one, &config.data_url, &config.data_sha256)?;
+    }
+    let vocab = match (&resume_from, &base) {
+        (Some(ckpt), _) => VocabFrom::Fixed(ckpt.meta.vocab.clone()),
+        (None, Some(base)) => VocabFrom::Extend(base.meta.vocab.clone()),
+        (None, None) => VocabFrom::Text,
+    };
+    let corpus = Corpus::load(&config.data, &config, vocab)?;
     let model_config = config.model(corpus.vocab.len());
     let total = corpus.total_iterations(config.epochs);
     let plain = opts.plain || !std::io::stdout().is_terminal();
@@ -149,6 +189,18 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     type B<I> = Autodiff<I>;
     I::seed(&device, config.seed);
     let mut model = model_config.init_with::<B<I>>(config.init, &device);
+    if let Some(base) = &base {
+        // The untrained model gives the rows of the characters the base never saw.
+        model = base
+            .model::<B<I>>(&device)?
+            .with_vocab(&base.meta.vocab, &corpus.vocab, model);
+        println!(
+            "fine-tuning:     from {} (iteration {}), {} new characters, a fresh optimizer",
+            base.path.display(),
+            base.meta.iteration,
+            corpus.new_chars.len()
+        );
+    }
     let adam = AdamConfig::new()
         .with_epsilon(1e-8)
         .init::<B<I>, Trainee<B<I>>>();
@@ -476,8 +528,14 @@ impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
 
                 let end_of_epoch = k == per_epoch;
                 let stopping = interrupter.should_stop() || iteration >= stop_at;
-                let saving = iteration.is_multiple_of(cfg.save_every_n) || end_of_epoch || stopping;
-                let val_loss = (has_val && (iteration.is_multiple_of(cfg.eval_every) || saving))
+                // An epoch's end is saved only when epochs are at least `save_every_n` long: a
+                // short text (a few batches an epoch) would otherwise write a checkpoint every few
+                // iterations. Resuming mid-epoch is exact, so nothing depends on epoch-end saves.
+                let saving = iteration.is_multiple_of(cfg.save_every_n)
+                    || stopping
+                    || (end_of_epoch && per_epoch >= cfg.save_every_n);
+                let val_loss = (has_val
+                    && (iteration.is_multiple_of(cfg.eval_every) || saving || end_of_epoch))
                     .then(|| {
                         self.validate(
                             &learner.model().valid(),

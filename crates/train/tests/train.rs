@@ -122,7 +122,7 @@ fn scratch(name: &str) -> PathBuf {
 fn config(data: &Path) -> RunConfig {
     RunConfig {
         name: "t".into(),
-        data: data.to_owned(),
+        data: vec![data.to_owned()],
         batch_size: 3,
         num_steps: 10,
         lstm_size: 12,
@@ -137,11 +137,16 @@ fn config(data: &Path) -> RunConfig {
     }
 }
 
+/// One training run at a time: the backend's random generator (weights, dropout seeds) is
+/// global, so runs on parallel test threads would draw from each other's streams.
+static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn try_run(
     dir: &Path,
     config: RunConfig,
     resume: bool,
 ) -> anyhow::Result<karnna_train::TrainReport> {
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
     let opts = TrainOptions {
         config,
         run_dir: dir.to_owned(),
@@ -222,4 +227,115 @@ fn too_short_text_is_a_clear_error() {
         .to_string();
     assert!(err.contains("short.txt: too short: 3 characters"), "{err}");
     assert!(err.contains("need at least"), "{err}");
+}
+
+#[test]
+fn fine_tuning_keeps_the_base_and_extends_its_vocabulary() {
+    let dir = scratch("finetune");
+    let english = dir.join("english.txt");
+    std::fs::write(&english, "the cat sat on the mat. ".repeat(40)).unwrap();
+    let base = run(&dir.join("base"), config(&english), false);
+    let base_path = base.last_checkpoint.unwrap();
+    let base_ckpt = Checkpoint::read(&base_path).unwrap();
+
+    // A text with characters the base never saw, and a config asking for another shape.
+    let other = dir.join("other.txt");
+    std::fs::write(&other, "猫坐在垫子上。the mat. ".repeat(40)).unwrap();
+    let mut c = config(&other);
+    c.lstm_size = 99; // ignored: the base decides
+    c.num_layers = 1;
+    c.max_iters = 1;
+    c.init_from = Some(base_path.clone());
+    let tuned = run(&dir.join("tuned"), c, false);
+    let tuned = Checkpoint::read(&tuned.last_checkpoint.unwrap()).unwrap();
+
+    // The vocabulary is the union: the base's characters keep their place in code-point order.
+    let base_vocab = &base_ckpt.meta.vocab;
+    let vocab = &tuned.meta.vocab;
+    for c in base_vocab.chars() {
+        assert!(vocab.id(*c).is_some(), "{c:?} dropped");
+    }
+    for c in "猫坐在垫子上。".chars() {
+        assert!(vocab.id(c).is_some(), "{c:?} not added");
+    }
+    assert_eq!(vocab.len(), base_vocab.len() + 7);
+    assert_eq!(tuned.meta.model.lstm_size, base_ckpt.meta.model.lstm_size);
+    assert_eq!(tuned.meta.model.num_layers, base_ckpt.meta.model.num_layers);
+    assert_eq!(tuned.meta.iteration, 1);
+
+    // One step of Adam at 0.01 moves a weight by at most ~0.01: the second layer's recurrent
+    // weights are the base's, not a new draw.
+    let device = Default::default();
+    let b = base_ckpt.model::<Flex>(&device).unwrap();
+    let t = tuned.model::<Flex>(&device).unwrap();
+    let before = b.layers[1].w_hh.val().into_data().to_vec::<f32>().unwrap();
+    let after = t.layers[1].w_hh.val().into_data().to_vec::<f32>().unwrap();
+    let moved = before
+        .iter()
+        .zip(&after)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved < 0.02, "layer 2 moved by {moved}");
+
+    // A missing base is one clear error naming it, and nothing is trained.
+    let mut c = config(&other);
+    c.init_from = Some(dir.join("nope.ckpt"));
+    let err = try_run(&dir.join("bad"), c, false).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("nope.ckpt"), "{msg}");
+}
+
+#[test]
+fn several_files_train_together_and_each_is_validated() {
+    let dir = scratch("files");
+    let texts = dir.join("texts");
+    std::fs::create_dir_all(&texts).unwrap();
+    std::fs::write(texts.join("a.txt"), "aaaa bbbb. ".repeat(30)).unwrap();
+    std::fs::write(texts.join("b.txt"), "cccc dddd. ".repeat(30)).unwrap();
+    std::fs::write(texts.join("notes.md"), "zzzz").unwrap();
+    let extra = dir.join("extra.txt");
+    std::fs::write(&extra, "eeee ffff. ".repeat(30)).unwrap();
+    let mut c = config(&texts);
+    c.data.push(extra.clone());
+    let corpus = karnna_train::Corpus::load(&c.data, &c, karnna_train::VocabFrom::Text).unwrap();
+    assert_eq!(
+        corpus.files,
+        vec![texts.join("a.txt"), texts.join("b.txt"), extra]
+    );
+    // The .md file is not read; every .txt file's characters are in the vocabulary.
+    assert!(corpus.vocab.id('z').is_none());
+    for ch in "abcdef".chars() {
+        assert!(corpus.vocab.id(ch).is_some(), "{ch}");
+    }
+    // Validation holds the end of every file (tail split per file).
+    let val: Vec<u32> = corpus
+        .val
+        .as_ref()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.inputs)
+        .collect();
+    let text = corpus.vocab.decode(&val);
+    for ch in "bdf".chars() {
+        assert!(
+            text.contains(ch),
+            "validation lacks file with {ch}: {text:?}"
+        );
+    }
+    assert!(corpus.describe(&c).contains("3 files"));
+    run(&dir.join("run"), c, false);
+
+    // A file that is not UTF-8 is named.
+    std::fs::write(texts.join("c.txt"), b"ok \xff no").unwrap();
+    let err = karnna_train::Corpus::load(
+        std::slice::from_ref(&texts),
+        &config(&texts),
+        karnna_train::VocabFrom::Text,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        format!("{err}").contains("c.txt: not valid UTF-8 at byte 3"),
+        "{err}"
+    );
 }

@@ -147,7 +147,7 @@ impl Split {
     /// `None` when the text is too short for one batch of each (see [`min_text_len`]).
     ///
     /// - [`ValSplit::Tail`]: the last `round(len * val_fraction)` ids are validation; each part
-    ///   is laid out on its own.
+    ///   is laid out on its own ([`Split::tails`] of the one text).
     /// - [`ValSplit::Rows`]: exactly the notebook's `split_data`. The text gives
     ///   `n = (len - 1) / (n_seqs * n_steps)` batches laid out as `n_seqs` rows of `n * n_steps`
     ///   ids; the first `floor(n * (1 - val_fraction))` batches of every row are training and the
@@ -161,24 +161,8 @@ impl Split {
         how: ValSplit,
     ) -> Option<Self> {
         let ids: Arc<[u32]> = ids.into();
-        let len = ids.len();
         match how {
-            ValSplit::Tail => {
-                let val_chars = split_len(len, val_fraction);
-                let train_chars = len - val_chars;
-                let train = Batches::new(&ids[..train_chars], n_seqs, n_steps)?;
-                let val = if val_chars > 0 {
-                    Some(Batches::new(&ids[train_chars..], n_seqs, n_steps)?)
-                } else {
-                    None
-                };
-                Some(Self {
-                    train,
-                    val,
-                    train_chars,
-                    val_chars,
-                })
-            }
+            ValSplit::Tail => Self::tails(&[&ids[..]], n_seqs, n_steps, val_fraction),
             ValSplit::Rows => {
                 let all = Batches::new(ids, n_seqs, n_steps)?;
                 let (train_len, val_len) = row_split(all.len, val_fraction)?;
@@ -208,14 +192,15 @@ impl Split {
     /// rest of every part is training. The training heads are joined in order, and so are the
     /// validation tails, so no file is left out of validation and no training batch reads a
     /// validation character. `None` when either side is too short for one batch.
-    pub fn tails(
-        parts: &[Vec<u32>],
+    pub fn tails<P: AsRef<[u32]>>(
+        parts: &[P],
         n_seqs: usize,
         n_steps: usize,
         val_fraction: f64,
     ) -> Option<Self> {
         let (mut train, mut val) = (Vec::new(), Vec::new());
         for part in parts {
+            let part = part.as_ref();
             let cut = part.len() - split_len(part.len(), val_fraction);
             train.extend_from_slice(&part[..cut]);
             val.extend_from_slice(&part[cut..]);

@@ -322,42 +322,42 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
                 peer_t.push(t);
             }
         }
-        if !a.no_sample && a.device.gpu().is_some() {
-            let gpu = a.device.gpu().expect("a GPU");
-            let rate = karnna_gpu::run_on(gpu, GpuSample(&a))?;
-            println!("run {r}: karnna sample_chars_per_s={rate:.1}");
-            ours_s.push(rate);
-            if let Some(p) = &a.peer {
-                let rate = peer(&a, p, "sample")?;
-                println!("run {r}: pytorch sample_chars_per_s={rate:.1}");
-                peer_s.push(rate);
+        if !a.no_sample {
+            match a.device.gpu() {
+                Some(gpu) => {
+                    let rate = karnna_gpu::run_on(gpu, GpuSample(&a))?;
+                    println!("run {r}: karnna sample_chars_per_s={rate:.1}");
+                    ours_s.push(rate);
+                }
+                None => {
+                    let device = Default::default();
+                    let config = CharRnnConfig::new(a.vocab)
+                        .with_lstm_size(a.hidden)
+                        .with_num_layers(a.layers);
+                    let model = config.init::<Flex>(&device);
+                    let rate = sample_rate(&mut CpuCharRnn::new(&model), a.sample_len, a.vocab);
+                    println!("run {r}: karnna sample_chars_per_s={rate:.1}");
+                    ours_s.push(rate);
+                    let f16 = CpuCharRnn::with(&model, Precision::F16, default_parts());
+                    let rate = sample_rate(&mut { f16 }, a.sample_len, a.vocab);
+                    println!("run {r}: karnna (f16 weights) sample_chars_per_s={rate:.1}");
+                    f16_s.push(rate);
+                    // Eight samples side by side (`karnna sample --num-samples 8`), all rows counted.
+                    let mut batched =
+                        CpuCharRnn::with_rows(&model, Precision::F32, default_parts(), 8);
+                    let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
+                    println!("run {r}: karnna (8 samples batched) sample_chars_per_s={rate:.1}");
+                    let mut batched =
+                        CpuCharRnn::with_rows(&model, Precision::F16, default_parts(), 8);
+                    let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
+                    let label = "karnna (8 samples batched, f16 weights)";
+                    println!("run {r}: {label} sample_chars_per_s={rate:.1}");
+                    let burn_len = (a.sample_len / 10).max(20);
+                    let rate = sample_rate(&mut BurnStepper::new(model, device), burn_len, a.vocab);
+                    println!("run {r}: karnna (burn-flex forward) sample_chars_per_s={rate:.1}");
+                    burn_s.push(rate);
+                }
             }
-        } else if !a.no_sample {
-            let device = Default::default();
-            let config = CharRnnConfig::new(a.vocab)
-                .with_lstm_size(a.hidden)
-                .with_num_layers(a.layers);
-            let model = config.init::<Flex>(&device);
-            let rate = sample_rate(&mut CpuCharRnn::new(&model), a.sample_len, a.vocab);
-            println!("run {r}: karnna sample_chars_per_s={rate:.1}");
-            ours_s.push(rate);
-            let f16 = CpuCharRnn::with(&model, Precision::F16, default_parts());
-            let rate = sample_rate(&mut { f16 }, a.sample_len, a.vocab);
-            println!("run {r}: karnna (f16 weights) sample_chars_per_s={rate:.1}");
-            f16_s.push(rate);
-            // Eight samples side by side (`karnna sample --num-samples 8`), all rows counted.
-            let mut batched = CpuCharRnn::with_rows(&model, Precision::F32, default_parts(), 8);
-            let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
-            println!("run {r}: karnna (8 samples batched) sample_chars_per_s={rate:.1}");
-            let mut batched = CpuCharRnn::with_rows(&model, Precision::F16, default_parts(), 8);
-            let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
-            println!(
-                "run {r}: karnna (8 samples batched, f16 weights) sample_chars_per_s={rate:.1}"
-            );
-            let burn_len = (a.sample_len / 10).max(20);
-            let rate = sample_rate(&mut BurnStepper::new(model, device), burn_len, a.vocab);
-            println!("run {r}: karnna (burn-flex forward) sample_chars_per_s={rate:.1}");
-            burn_s.push(rate);
             if let Some(p) = &a.peer {
                 let rate = peer(&a, p, "sample")?;
                 println!("run {r}: pytorch sample_chars_per_s={rate:.1}");

@@ -11,10 +11,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use karnna_gpu::OnBackend;
 use karnna_infer::{encode_known, evaluate, EvalReport};
-use karnna_model::checkpoint::best_checkpoint;
-use karnna_model::{Checkpoint, LstmBackend};
+use karnna_model::{Checkpoint, LstmKernels};
 
+use crate::sample::{best_in_run, run_dir};
 use crate::DeviceArg;
 
 /// Targets each row should have at least: rows are read side by side from the zero state, so
@@ -62,17 +63,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let path = match (&args.checkpoint, &args.run) {
         (Some(file), _) => file.clone(),
-        (None, run) => {
-            let dir = match run {
-                Some(d) => d.clone(),
-                None => crate::sample::latest_run(&args.artifacts)?,
-            };
-            let no_ckpt =
-                || anyhow::anyhow!("{}: no checkpoints in this run folder", dir.display());
-            best_checkpoint(&dir)
-                .map_err(|_| no_ckpt())?
-                .ok_or_else(no_ckpt)?
-        }
+        (None, run) => best_in_run(&run_dir(run.as_deref(), &args.artifacts)?)?,
     };
     let ckpt = Checkpoint::read(&path)?;
     let text = karnna_data::load_text(&args.data)?;
@@ -96,7 +87,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         progress: &mut |done, total| bar.show(done, total),
     };
     let (report, secs) = match args.device.gpu() {
-        None => job.on::<burn::backend::Flex>(Default::default())?,
+        None => job.run::<burn::backend::Flex>(Default::default())?,
         Some(gpu) => karnna_gpu::run_on(gpu, job)?,
     };
     bar.clear();
@@ -152,8 +143,10 @@ struct Score<'a> {
     progress: &'a mut dyn FnMut(usize, usize),
 }
 
-impl Score<'_> {
-    fn on<B: LstmBackend>(self, device: B::Device) -> anyhow::Result<(EvalReport, f64)> {
+impl karnna_gpu::OnBackend for Score<'_> {
+    type Output = (EvalReport, f64);
+
+    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<(EvalReport, f64)> {
         let model = self.ckpt.model::<B>(&device)?;
         let start = Instant::now();
         let report = evaluate(
@@ -165,17 +158,6 @@ impl Score<'_> {
             self.progress,
         );
         Ok((report, start.elapsed().as_secs_f64()))
-    }
-}
-
-impl karnna_gpu::OnBackend for Score<'_> {
-    type Output = (EvalReport, f64);
-
-    fn run<B: karnna_model::LstmKernels>(
-        self,
-        device: B::Device,
-    ) -> anyhow::Result<(EvalReport, f64)> {
-        self.on::<B>(device)
     }
 }
 

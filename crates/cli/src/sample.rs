@@ -74,8 +74,27 @@ pub struct SampleArgs {
     num_samples: usize,
 }
 
+/// `--run DIR`, or else the most recent run under `artifacts`.
+pub(crate) fn run_dir(run: Option<&Path>, artifacts: &Path) -> anyhow::Result<PathBuf> {
+    match run {
+        Some(dir) => Ok(dir.to_owned()),
+        None => latest_run(artifacts),
+    }
+}
+
+/// The best checkpoint of the run folder `dir` (see [`best_checkpoint`]).
+pub(crate) fn best_in_run(dir: &Path) -> anyhow::Result<PathBuf> {
+    best_checkpoint(dir)
+        .map_err(|_| no_checkpoints(dir))?
+        .ok_or_else(|| no_checkpoints(dir))
+}
+
+fn no_checkpoints(dir: &Path) -> anyhow::Error {
+    anyhow::anyhow!("{}: no checkpoints in this run folder", dir.display())
+}
+
 /// The run folder with the most recently written checkpoint under `artifacts`.
-pub(crate) fn latest_run(artifacts: &Path) -> anyhow::Result<PathBuf> {
+fn latest_run(artifacts: &Path) -> anyhow::Result<PathBuf> {
     let none = || {
         anyhow::anyhow!("{}: no training run found (train one first: cargo xtask train --config configs/tiny.toml)", artifacts.display())
     };
@@ -118,26 +137,19 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let checkpoints: Vec<PathBuf> = match (&args.checkpoint, &args.run) {
         (Some(file), _) => vec![file.clone()],
         (None, run) => {
-            let dir = match run {
-                Some(d) => d.clone(),
-                None => latest_run(&args.artifacts)?,
-            };
-            let no_ckpt =
-                || anyhow::anyhow!("{}: no checkpoints in this run folder", dir.display());
+            let dir = run_dir(run.as_deref(), &args.artifacts)?;
             if args.all_checkpoints {
                 let all: Vec<PathBuf> = run_checkpoints(&dir)
-                    .map_err(|_| no_ckpt())?
+                    .map_err(|_| no_checkpoints(&dir))?
                     .into_iter()
                     .map(|(_, p)| p)
                     .collect();
                 if all.is_empty() {
-                    return Err(no_ckpt());
+                    return Err(no_checkpoints(&dir));
                 }
                 all
             } else {
-                vec![best_checkpoint(&dir)
-                    .map_err(|_| no_ckpt())?
-                    .ok_or_else(no_ckpt)?]
+                vec![best_in_run(&dir)?]
             }
         }
     };

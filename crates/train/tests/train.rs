@@ -19,12 +19,17 @@ const TEXT: &str =
 Everything was in confusion in the Oblonskys' house. The wife had discovered that the husband \
 was carrying on an intrigue with a French girl, who had been a governess in their family.\n";
 
+/// One seeded test or training run at a time: the backend's random generator (weights, dropout
+/// seeds) is global, so tests on parallel threads would draw from each other's streams.
+static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn text_ids(vocab: &Vocab) -> Vec<u32> {
     vocab.encode(&TEXT.repeat(4)).unwrap()
 }
 
 #[test]
 fn carried_state_changes_the_next_batch() {
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     // A fixed initialization: at random ones the untrained model's mean loss moved by less than
     // the bound below for about one in ten (9.3e-5 in one CI run); with this one it moves 1.6e-3.
@@ -136,10 +141,6 @@ fn config(data: &Path) -> RunConfig {
         ..RunConfig::default()
     }
 }
-
-/// One training run at a time: the backend's random generator (weights, dropout seeds) is
-/// global, so runs on parallel test threads would draw from each other's streams.
-static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn try_run(
     dir: &Path,

@@ -26,8 +26,8 @@ use super::step::{sum_parts, weight_grad, StepWeights};
 /// [`gru_backward`] needs, on return; `hn` receives `hp_n = h_{t-1} · w_hn + b_hn` of every step,
 /// which it needs too.
 ///
-/// Each step of a block of rows computes `hp_t` in a scratch `[rows, 3H]` (`b_hh`, then one
-/// product with `w_hh` packed once per sequence) and runs one fused pointwise pass.
+/// Each step of a block of rows computes `h_{t-1} · w_hh` in a scratch `[rows, 3H]` (one product
+/// with `w_hh` packed once per sequence) and runs one fused pointwise pass, which adds `b_hh`.
 ///
 /// # Shapes
 ///
@@ -105,16 +105,13 @@ fn forward_part(simd: Simd, h: usize, w: &StepWeights, b_hh: &[f32], p: FwdPart,
         mut hn,
     } = p;
     let rows = h0.len() / h;
-    let mut hp = vec![0.0; rows * 3 * h];
+    let mut hh = vec![0.0; rows * 3 * h];
     for t in 0..xz.len() {
         let (hs_done, hs_rest) = hs.split_at_mut(t);
         let h_prev: &[f32] = if t == 0 { h0 } else { hs_done[t - 1] };
-        // hp [rows, 3H] = b_hh + h_prev [rows, H] · w_hh [H, 3H]
-        for row in hp.chunks_exact_mut(3 * h) {
-            row.copy_from_slice(b_hh);
-        }
-        w.product(&mut hp, true, h_prev, threaded);
-        gru_forward_rows(simd, h, xz[t], &hp, h_prev, hs_rest[0], hn[t]);
+        // hh [rows, 3H] = h_prev [rows, H] · w_hh [H, 3H]; the pointwise pass adds b_hh.
+        w.product(&mut hh, false, h_prev, threaded);
+        gru_forward_rows(simd, h, xz[t], &hh, b_hh, h_prev, hs_rest[0], hn[t]);
     }
 }
 

@@ -169,7 +169,8 @@ dispatch! {
     pub(super) fn gru_forward_rows => gru_forward_rows_impl(
         h: usize,
         xz: &mut [f32],
-        hp: &[f32],
+        hh: &[f32],
+        b_hh: &[f32],
         h_prev: &[f32],
         h_out: &mut [f32],
         hn_out: &mut [f32],
@@ -177,28 +178,42 @@ dispatch! {
 }
 
 /// The GRU forward pointwise pass over a block of rows: `xz` `[rows, 3H]` holds the input
-/// projections in and the gates out; `hp` `[rows, 3H]` is `h_{t-1} · w_hh + b_hh`; writes `h_t`
-/// to `h_out` and `hp_n` to `hn_out` (both `[rows, H]`).
+/// projections in and the gates out; `hh` `[rows, 3H]` is `h_{t-1} · w_hh`, to which it adds
+/// `b_hh` `[3H]` (so the product need not start from the bias); writes `h_t` to `h_out` and
+/// `hp_n = hh_n + b_hn` to `hn_out` (both `[rows, H]`).
 #[inline(always)]
 fn gru_forward_rows_impl<const FMA: bool>(
     h: usize,
     xz: &mut [f32],
-    hp: &[f32],
+    hh: &[f32],
+    b_hh: &[f32],
     h_prev: &[f32],
     h_out: &mut [f32],
     hn_out: &mut [f32],
 ) {
-    for ((((a, hp), h_prev), h_out), hn_out) in xz
+    let (br, rest) = b_hh.split_at(h);
+    let (bz, bn) = rest.split_at(h);
+    for ((((a, hh), h_prev), h_out), hn_out) in xz
         .chunks_exact_mut(3 * h)
-        .zip(hp.chunks_exact(3 * h))
+        .zip(hh.chunks_exact(3 * h))
         .zip(h_prev.chunks_exact(h))
         .zip(h_out.chunks_exact_mut(h))
         .zip(hn_out.chunks_exact_mut(h))
     {
-        // The row works in place: h_out starts as h_{t-1}.
-        h_out.copy_from_slice(h_prev);
-        hn_out.copy_from_slice(&hp[2 * h..]);
-        gru_forward_row_impl::<FMA>(h, a, hp, h_out);
+        let [ar, az, an] = split3(a, h);
+        let (hr, rest) = hh.split_at(h);
+        let (hz, hn) = rest.split_at(h);
+        lanes(
+            h,
+            [hr, hz, hn, br, bz, bn, h_prev],
+            [ar, az, an],
+            [h_out, hn_out],
+            |[hr, hz, hn, br, bz, bn, hprev], [ar, az, an]| {
+                let hp_n = hn + bn;
+                let (g, ht) = gru::<FMA>([ar, az, an], [hr + br, hz + bz, hp_n], hprev);
+                (g, [ht, hp_n])
+            },
+        );
     }
 }
 

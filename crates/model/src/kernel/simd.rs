@@ -116,7 +116,7 @@ mod tests {
             let (gz, hp) = g0.split_at(3 * 3 * h);
             let mut gz = gz.to_vec();
             let (mut hg, mut hn) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
-            gru_forward_rows(s, h, &mut gz, hp, &c_prev, &mut hg, &mut hn);
+            gru_forward_rows(s, h, &mut gz, hp, &w[..3 * h], &c_prev, &mut hg, &mut hn);
             let (mut dn, mut dh, mut db) = (vec![0.0; 3 * h], c_prev.clone(), vec![0.5; 3 * h]);
             let mut dhp = gz.clone();
             gru_backward_rows(s, h, &mut dhp, &mut dn, &hn, &c_prev, &ho, &mut dh, &mut db);

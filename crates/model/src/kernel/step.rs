@@ -82,7 +82,10 @@ impl<'a> StepWeights<'a> {
         let rows = a.len() / k;
         assert_eq!(a.len(), rows * k, "a must be [rows, k]");
         assert_eq!(dst.len(), rows * n, "dst must be [rows, n]");
-        if let (true, true, Some(w)) = (rows == 1 && acc, self.vec_mat, self.dense) {
+        if let (true, Some(w)) = (rows == 1 && self.vec_mat, self.dense) {
+            if !acc {
+                dst.fill(0.0);
+            }
             return vec_mat(self.simd, k, a, w, dst, threaded);
         }
         if let Some(packed) = &self.packed {

@@ -3,7 +3,7 @@
 //! sampler.
 
 use super::activation::{madd, sigmoid_fast, tanh_fast};
-use super::simd::{dispatch, simd_level};
+use super::simd::{dispatch, simd_level, LANES};
 
 /// The LSTM cell of one row, given its gate pre-activations: the pointwise part of a step, for
 /// callers that compute `z` themselves (the sampler, whose layers are split across cores).
@@ -58,9 +58,6 @@ fn forward_rows_impl<const FMA: bool>(
         forward_inplace_impl::<FMA>(h, z, h_out, c_out);
     }
 }
-
-/// Lanes per block of the elementwise passes: one AVX-512 register of `f32`.
-const LANES: usize = 16;
 
 /// One element of the forward cell: from the pre-activations `z = (z_i, z_f, z_g, z_o)` and
 /// `c_{t-1}`, the activated gates, `c_t` and `h_t`.

@@ -7,13 +7,15 @@ use super::schedule::{blocks, blocks_mut, on_worker, row_bounds, run_blocks};
 use super::simd::{simd_level, Simd};
 use super::vecmat::vec_mat;
 
-/// Sizes of one LSTM layer's sequence: `t` steps, `b` rows (batch), `h` hidden units.
+/// Sizes of one recurrent layer's sequence (LSTM, GRU or plain RNN): `t` steps, `b` rows (batch),
+/// `h` hidden units.
 ///
 /// # Shapes
 ///
 /// The arrays of [`lstm_forward`] and [`lstm_backward`] are `[t, b, 4h]` (gate pre-activations and
 /// their gradients), `[t, b, h]` (hidden and cell states and their gradients), `[h, 4h]` (the
-/// recurrent weights) and `[b, h]` (initial states).
+/// recurrent weights) and `[b, h]` (initial states); the GRU's and the RNN's take `3h` and `h`
+/// gate columns in place of `4h`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
     /// Number of time steps `T`.

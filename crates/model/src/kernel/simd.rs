@@ -2,6 +2,9 @@
 //! widest this CPU has (AVX-512, AVX2 with FMA, or the baseline), and `dispatch!` defines a
 //! function that runs a loop compiled for the one it is given.
 
+/// Lanes per block of the elementwise passes: one AVX-512 register of `f32`.
+pub(super) const LANES: usize = 16;
+
 /// The widest vector instruction set the elementwise loops may use on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Simd {
@@ -70,6 +73,9 @@ pub(super) use dispatch;
 mod tests {
     use super::*;
     use crate::kernel::cell::{backward_rows, forward_rows};
+    use crate::kernel::hcell::{
+        gru_backward_rows, gru_forward_rows, rnn_backward_rows, rnn_forward_rows,
+    };
     use crate::kernel::test_support::Lcg;
     use crate::kernel::vecmat::axpy_block;
 
@@ -80,6 +86,8 @@ mod tests {
         let z0 = rng.vec(3 * 4 * h, 4.0);
         let c_prev = rng.vec(3 * h, 2.0);
         let w = rng.vec(h * 4 * h, 0.3);
+        // The GRU's input projections and recurrent products, three rows each.
+        let g0 = rng.vec(2 * 3 * 3 * h, 4.0);
         let levels: Vec<Simd> = {
             let mut v = vec![Simd::Base];
             #[cfg(target_arch = "x86_64")]
@@ -103,10 +111,25 @@ mod tests {
             backward_rows(s, h, &co, &c_prev, &ho, &c_prev, &mut dcn, &mut dz);
             let mut acc = z0[..4 * h].to_vec();
             axpy_block(s, &c_prev[..h], &w, 4 * h, &mut acc);
-            outs.push([z, ho, co, dcn, dz, acc].concat());
+            outs.push([z, ho.clone(), co, dcn, dz, acc].concat());
+            // The GRU's and the RNN's passes over three rows.
+            let (gz, hp) = g0.split_at(3 * 3 * h);
+            let mut gz = gz.to_vec();
+            let (mut hg, mut hn) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
+            gru_forward_rows(s, h, &mut gz, hp, &w[..3 * h], &c_prev, &mut hg, &mut hn);
+            let (mut dn, mut dh, mut db) = (vec![0.0; 3 * h], c_prev.clone(), vec![0.5; 3 * h]);
+            let mut dhp = gz.clone();
+            gru_backward_rows(s, h, &mut dhp, &mut dn, &hn, &c_prev, &ho, &mut dh, &mut db);
+            let mut hr = vec![0.0; 3 * h];
+            rnn_forward_rows(s, h, &z0[..3 * h], &c_prev[..h], &mut hr);
+            let (mut dz, mut dbr) = (vec![0.0; 3 * h], vec![0.5; h]);
+            rnn_backward_rows(s, h, &hr, &ho, &c_prev, &mut dz, &mut dbr);
+            outs.push([gz, hg, hn, dhp, dn, dh, db, hr, dz, dbr].concat());
         }
-        for (s, o) in levels.iter().zip(&outs) {
-            for (k, (&a, &b)) in o.iter().zip(&outs[0]).enumerate() {
+        let per_level = outs.len() / levels.len();
+        for (i, o) in outs.iter().enumerate() {
+            let (s, base) = (levels[i / per_level], &outs[i % per_level]);
+            for (k, (&a, &b)) in o.iter().zip(base).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
                     "{s:?}[{k}]: {a} vs {b}"

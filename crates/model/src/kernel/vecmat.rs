@@ -1,5 +1,5 @@
-//! The batch-1 product `z += x · w_hh` as AXPYs over the rows of `w_hh`, its columns split
-//! between threads when that pays (faster than a `gemm` call at one row).
+//! The batch-1 product `z += x · w` as AXPYs over the rows of `w`, its columns split between
+//! threads when that pays (faster than a `gemm` call at one row).
 
 use rayon::prelude::*;
 
@@ -9,8 +9,9 @@ use super::simd::{dispatch, Simd};
 /// Elements of `w_hh` below which the batch-1 product stays on one thread.
 const PAR_MIN_WEIGHTS: usize = 1 << 18;
 
-/// `z [4H] += x [H] · w_hh [H, 4H]` at batch 1, as AXPYs over the contiguous rows of `w_hh`; the
-/// columns are split between threads when that pays.
+/// `z [N] += x [H] · w_hh [H, N]` at batch 1, as AXPYs over the contiguous rows of `w_hh`; the
+/// columns are split between threads when that pays. The width `N` is `z.len()` (`4H` for the
+/// LSTM, `3H` for the GRU, `H` for the plain RNN).
 pub(super) fn vec_mat(
     simd: Simd,
     h: usize,
@@ -19,7 +20,7 @@ pub(super) fn vec_mat(
     z: &mut [f32],
     threaded: bool,
 ) {
-    let n = 4 * h;
+    let n = z.len();
     let threads = rayon::current_num_threads();
     if !threaded || threads < 2 || h * n < PAR_MIN_WEIGHTS {
         return axpy_block(simd, &x[..h], w_hh, n, &mut z[..n]);

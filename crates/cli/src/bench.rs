@@ -13,19 +13,22 @@ use burn::prelude::*;
 use karnna_infer::{
     default_parts, pick, BurnStepper, CharStepper, CpuCharRnn, Precision, Strategy,
 };
-use karnna_model::{CharRnnConfig, LstmKernels};
+use karnna_model::{CellKernels, CharRnnConfig};
 use karnna_train::learner::{char_loss, clip_global_norm, Trainee};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{BackendArg, DeviceArg};
+use crate::{BackendArg, CellArg, DeviceArg};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Units per LSTM layer.
+    /// The recurrent cell (the peer runs nn.LSTM, nn.GRU or nn.RNN to match).
+    #[arg(long, value_enum, default_value = "lstm")]
+    cell: CellArg,
+    /// Units per layer.
     #[arg(long, default_value_t = 512)]
     hidden: usize,
-    /// LSTM layers.
+    /// Recurrent layers.
     #[arg(long, default_value_t = 2)]
     layers: usize,
     /// Sequences per batch.
@@ -70,20 +73,27 @@ pub struct BenchArgs {
     no_sample: bool,
 }
 
+impl BenchArgs {
+    /// The benchmarked model.
+    fn model(&self) -> CharRnnConfig {
+        CharRnnConfig::new(self.vocab)
+            .with_cell(Some(self.cell.cell()))
+            .with_lstm_size(self.hidden)
+            .with_num_layers(self.layers)
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 /// Median seconds of a training step: forward, backward, global-norm clip, Adam.
-fn train_step_secs<I: LstmKernels>(a: &BenchArgs, device: I::Device) -> f64 {
+fn train_step_secs<I: CellKernels>(a: &BenchArgs, device: I::Device) -> f64 {
     type B<I> = Autodiff<I>;
     I::seed(&device, 0);
-    let config = CharRnnConfig::new(a.vocab)
-        .with_lstm_size(a.hidden)
-        .with_num_layers(a.layers);
     let mut model = Trainee {
-        model: config.init::<B<I>>(&device),
+        model: a.model().init::<B<I>>(&device),
     };
     let mut optim = AdamConfig::new()
         .with_epsilon(1e-8)
@@ -122,7 +132,7 @@ struct GpuTrainStep<'a>(&'a BenchArgs);
 impl karnna_gpu::OnBackend for GpuTrainStep<'_> {
     type Output = f64;
 
-    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<f64> {
+    fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<f64> {
         Ok(train_step_secs::<B>(self.0, device))
     }
 }
@@ -134,12 +144,9 @@ struct GpuSample<'a>(&'a BenchArgs);
 impl karnna_gpu::OnBackend for GpuSample<'_> {
     type Output = f64;
 
-    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<f64> {
+    fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<f64> {
         let a = self.0;
-        let config = CharRnnConfig::new(a.vocab)
-            .with_lstm_size(a.hidden)
-            .with_num_layers(a.layers);
-        let model = config.init::<B>(&device);
+        let model = a.model().init::<B>(&device);
         let mut stepper = BurnStepper::new(model, device);
         // Compile the step's kernels before timing.
         sample_rate(&mut stepper, 5, a.vocab);
@@ -207,7 +214,8 @@ fn peak_rss_mib() -> Option<f64> {
 fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
     let mut cmd = Command::new(python);
     cmd.arg(&a.peer_script)
-        .args(["--mode", mode, "--threads", "2"]);
+        .args(["--mode", mode, "--threads", "2"])
+        .args(["--cell", a.cell.cell().name()]);
     if a.device == DeviceArg::Cuda {
         cmd.args(["--device", "cuda"]);
     }
@@ -294,9 +302,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
         bail!("bench sizes, --iters and --repeats must be at least 1");
     }
     println!(
-        "bench: {}x{} LSTM, batch {}x{}, vocab {}, device {:?}, cpu backend {:?}, {} threads available",
+        "bench: {}x{} {}, batch {}x{}, vocab {}, device {:?}, cpu backend {:?}, {} threads available",
         a.layers,
         a.hidden,
+        a.cell.cell().name().to_uppercase(),
         a.batch,
         a.steps,
         a.vocab,
@@ -331,10 +340,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
                 }
                 None => {
                     let device = Default::default();
-                    let config = CharRnnConfig::new(a.vocab)
-                        .with_lstm_size(a.hidden)
-                        .with_num_layers(a.layers);
-                    let model = config.init::<Flex>(&device);
+                    let model = a.model().init::<Flex>(&device);
                     let rate = sample_rate(&mut CpuCharRnn::new(&model), a.sample_len, a.vocab);
                     println!("run {r}: karnna sample_chars_per_s={rate:.1}");
                     ours_s.push(rate);

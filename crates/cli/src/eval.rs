@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use karnna_gpu::OnBackend;
 use karnna_infer::{encode_known, evaluate, EvalReport};
-use karnna_model::{Checkpoint, LstmKernels};
+use karnna_model::{CellKernels, Checkpoint};
 
 use crate::sample::{best_in_run, run_dir};
 use crate::DeviceArg;
@@ -146,7 +146,7 @@ struct Score<'a> {
 impl karnna_gpu::OnBackend for Score<'_> {
     type Output = (EvalReport, f64);
 
-    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<(EvalReport, f64)> {
+    fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<(EvalReport, f64)> {
         let model = self.ckpt.model::<B>(&device)?;
         let start = Instant::now();
         let report = evaluate(

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use karnna_gpu::{check, Gpu, OnBackend};
-use karnna_model::LstmKernels;
+use karnna_model::{Cell, CellKernels};
 
 use crate::bench;
 
@@ -35,23 +35,30 @@ struct Checks {
 }
 
 impl OnBackend for Checks {
-    type Output = Vec<(&'static str, anyhow::Result<String>)>;
+    type Output = Vec<(String, anyhow::Result<String>)>;
 
-    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+    fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let dir = std::env::temp_dir().join(format!("karnna-gpu-check-{}", std::process::id()));
-        let op = check::fused_op::<B>(&device).map(|d| {
-            let list: Vec<String> = d.iter().map(ToString::to_string).collect();
-            format!("max |gpu-cpu|: {}", list.join(", "))
-        });
-        let training = check::training::<B>(&device).map(|(cpu, gpu)| {
-            let last = |v: &[f32]| v.last().copied().unwrap_or(f32::NAN);
-            format!(
-                "{} Adam steps, last loss cpu {:.5} gpu {:.5}",
-                check::TRAINING_STEPS,
-                last(&cpu),
-                last(&gpu)
-            )
-        });
+        let mut results = Vec::new();
+        for cell in Cell::ALL {
+            let op = check::fused_op::<B>(&device, cell).map(|d| {
+                let list: Vec<String> = d.iter().map(ToString::to_string).collect();
+                format!("max |gpu-cpu|: {}", list.join(", "))
+            });
+            results.push((format!("fused_op_{cell}"), op));
+        }
+        for cell in Cell::ALL {
+            let training = check::training::<B>(&device, cell).map(|(cpu, gpu)| {
+                let last = |v: &[f32]| v.last().copied().unwrap_or(f32::NAN);
+                format!(
+                    "{} Adam steps, last loss cpu {:.5} gpu {:.5}",
+                    check::TRAINING_STEPS,
+                    last(&cpu),
+                    last(&gpu)
+                )
+            });
+            results.push((format!("training_{cell}"), training));
+        }
         let sampling = check::sampling::<B>(&device, self.name, &dir, self.iters).map(|s| {
             let shown: Vec<String> = s
                 .iter()
@@ -70,11 +77,8 @@ impl OnBackend for Checks {
             )
         });
         let _ = std::fs::remove_dir_all(&dir);
-        Ok(vec![
-            ("fused_op", op),
-            ("training", training),
-            ("sampling", sampling),
-        ])
+        results.push(("sampling".to_owned(), sampling));
+        Ok(results)
     }
 }
 

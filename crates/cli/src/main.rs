@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use karnna_gpu::{Gpu, OnBackend};
-use karnna_model::LstmKernels;
+use karnna_model::CellKernels;
 use karnna_train::{Corpus, CpuBackend, Device, RunConfig, TrainOptions, TrainReport, VocabFrom};
 
 /// karnna: a character-level LSTM that learns a text and writes more of it.
@@ -43,6 +43,9 @@ enum Command {
         /// files; give it several times for several.
         #[arg(long)]
         data: Vec<PathBuf>,
+        /// The recurrent cell (default: the config's `cell`).
+        #[arg(long, value_enum)]
+        cell: Option<CellArg>,
     },
     /// Train a model; checkpoints go to artifacts/<name>/ (or --run-dir).
     Train(TrainArgs),
@@ -96,6 +99,28 @@ pub enum ValSplitArg {
     Rows,
 }
 
+/// The recurrent cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CellArg {
+    /// Long short-term memory (the notebook's).
+    Lstm,
+    /// Gated recurrent unit (PyTorch's nn.GRU).
+    Gru,
+    /// Plain tanh RNN (PyTorch's nn.RNN).
+    Rnn,
+}
+
+impl CellArg {
+    /// The model's cell.
+    pub fn cell(self) -> karnna_model::Cell {
+        match self {
+            CellArg::Lstm => karnna_model::Cell::Lstm,
+            CellArg::Gru => karnna_model::Cell::Gru,
+            CellArg::Rnn => karnna_model::Cell::Rnn,
+        }
+    }
+}
+
 /// How the untrained weights are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum InitArg {
@@ -144,10 +169,13 @@ struct TrainArgs {
     /// Characters per sequence.
     #[arg(long)]
     num_steps: Option<usize>,
-    /// Units per LSTM layer.
+    /// The recurrent cell (default: the config's `cell`).
+    #[arg(long, value_enum)]
+    cell: Option<CellArg>,
+    /// Units per recurrent layer.
     #[arg(long)]
     lstm_size: Option<usize>,
-    /// LSTM layers.
+    /// Recurrent layers.
     #[arg(long)]
     num_layers: Option<usize>,
     /// Adam's learning rate.
@@ -204,6 +232,9 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(p) = &args.init_from {
         c.init_from = Some(p.clone());
+    }
+    if let Some(cell) = args.cell {
+        c.cell = cell.cell();
     }
     if let Some(d) = args.device {
         c.device = match d {
@@ -295,13 +326,16 @@ struct Train(TrainOptions);
 impl OnBackend for Train {
     type Output = TrainReport;
 
-    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<TrainReport> {
+    fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<TrainReport> {
         karnna_train::train::<B>(self.0, device)
     }
 }
 
-fn info(config: PathBuf, data: Vec<PathBuf>) -> anyhow::Result<()> {
-    let c = load_config(&config, &data)?;
+fn info(config: PathBuf, data: Vec<PathBuf>, cell: Option<CellArg>) -> anyhow::Result<()> {
+    let mut c = load_config(&config, &data)?;
+    if let Some(cell) = cell {
+        c.cell = cell.cell();
+    }
     let corpus = Corpus::load(&c.data, &c, VocabFrom::Text).map_err(|e| {
         if c.data.iter().any(|d| !d.exists()) && !c.data_url.is_empty() {
             anyhow::anyhow!("{e} (`cargo xtask train` downloads it from {})", c.data_url)
@@ -331,7 +365,9 @@ fn main() -> ExitCode {
         .build_global();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info { config, data } => info(config, data).map(|()| ExitCode::SUCCESS),
+        Command::Info { config, data, cell } => {
+            info(config, data, cell).map(|()| ExitCode::SUCCESS)
+        }
         Command::Train(args) => train(args),
         Command::Sample(args) => sample::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),

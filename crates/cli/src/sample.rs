@@ -261,7 +261,7 @@ struct GpuStepper<'a>(&'a Checkpoint);
 impl karnna_gpu::OnBackend for GpuStepper<'_> {
     type Output = Box<dyn CharStepper>;
 
-    fn run<B: karnna_model::LstmKernels>(
+    fn run<B: karnna_model::CellKernels>(
         self,
         device: B::Device,
     ) -> anyhow::Result<Box<dyn CharStepper>> {

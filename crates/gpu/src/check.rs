@@ -1,10 +1,11 @@
-//! A GPU backend against the CPU, same inputs: the fused LSTM op (output and every gradient),
-//! a few training steps of a small model, and text sampled from checkpoints trained on either
-//! side. The tests run these on wgpu (llvmpipe in CI) and `karnna gpu-check` runs them on the
+//! A GPU backend against the CPU, same inputs: each cell's fused op (output and every
+//! gradient), a few training steps of a small model of each cell, and text sampled from
+//! checkpoints trained on either side. The tests run these on wgpu (llvmpipe in CI) and `karnna gpu-check` runs them on the
 //! device it is given, so both hold a GPU to the same tolerances.
 //!
 //! The CPU side is burn-flex with karnna's own kernels (`karnna_model::kernel`); the GPU side
-//! is the Burn tensor path (`karnna_model::ops::tensor_forward` / `tensor_backward`). They
+//! is the Burn tensor path (`karnna_model::ops::tensor_forward` / `tensor_backward`, and
+//! `tensor_hcell_forward` / `tensor_hcell_backward` for the GRU and the RNN). They
 //! agree only as far as f32 arithmetic summed in different orders allows; each tolerance below
 //! says why it is what it is.
 
@@ -19,8 +20,8 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use karnna_infer::{generate, BurnStepper, CharStepper, CpuCharRnn, SampleOptions, Strategy};
-use karnna_model::ops::lstm_sequence;
-use karnna_model::{to_f32_vec, CharRnn, CharRnnConfig, Checkpoint, LstmKernels};
+use karnna_model::ops::{hcell_sequence, lstm_sequence};
+use karnna_model::{to_f32_vec, Cell, CellKernels, CharRnn, CharRnnConfig, Checkpoint};
 use karnna_train::learner::{char_loss, clip_global_norm, Trainee};
 use karnna_train::{RunConfig, TrainOptions};
 use rand::rngs::StdRng;
@@ -94,27 +95,32 @@ fn within(diffs: &[Diff], tolerance: f32, what: &str) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The fused op.
 
-/// The fused op's inputs: `T` steps, `B` rows, `H` units, and a weighting of `hs` that makes
-/// the loss (`Σ hs ⊙ r`) give every output its own gradient.
+/// The fused op's inputs: `T` steps, `B` rows, `H` units of a cell with `G` gate blocks, and a
+/// weighting of `hs` that makes the loss (`Σ hs ⊙ r`) give every output its own gradient.
 struct OpInputs {
+    cell: Cell,
     dims: [usize; 3],
     xp: Vec<f32>,
     w_hh: Vec<f32>,
+    b_hh: Vec<f32>,
     h0: Vec<f32>,
     c0: Vec<f32>,
     r: Vec<f32>,
 }
 
 impl OpInputs {
-    fn new(t: usize, b: usize, h: usize, seed: u64) -> Self {
+    fn new(cell: Cell, t: usize, b: usize, h: usize, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut v = |n: usize, scale: f32| -> Vec<f32> {
             (0..n).map(|_| rng.random_range(-scale..scale)).collect()
         };
+        let gh = cell.gates() * h;
         Self {
+            cell,
             dims: [t, b, h],
-            xp: v(t * b * 4 * h, 1.0),
-            w_hh: v(h * 4 * h, 0.5),
+            xp: v(t * b * gh, 1.0),
+            w_hh: v(h * gh, 0.5),
+            b_hh: v(gh, 0.5),
             h0: v(b * h, 0.5),
             c0: v(b * h, 0.5),
             r: v(t * b * h, 1.0),
@@ -122,10 +128,12 @@ impl OpInputs {
     }
 }
 
-/// `[hs, c_T, dxp, dW_hh, dh0, dc0]` of the fused op on backend `X` (under autodiff).
-fn op_results<X: LstmKernels>(inp: &OpInputs, device: &X::Device) -> [Vec<f32>; 6] {
+/// The fused op's outputs and gradients on backend `X` (under autodiff), named: for the LSTM
+/// `hs, c_T, dxp, dW_hh, dh0, dc0`; for the GRU and the RNN `hs, dxp, dW_hh, db_hh, dh0`.
+fn op_results<X: CellKernels>(inp: &OpInputs, device: &X::Device) -> Vec<(&'static str, Vec<f32>)> {
     type A<X> = Autodiff<X>;
     let [t, b, h] = inp.dims;
+    let gh = inp.cell.gates() * h;
     fn tensor<B: Backend, const D: usize>(
         v: &[f32],
         shape: [usize; D],
@@ -133,42 +141,62 @@ fn op_results<X: LstmKernels>(inp: &OpInputs, device: &X::Device) -> [Vec<f32>; 
     ) -> Tensor<B, D> {
         Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
     }
-    let xp = tensor::<A<X>, 3>(&inp.xp, [t, b, 4 * h], device).require_grad();
-    let w_hh = tensor::<A<X>, 2>(&inp.w_hh, [h, 4 * h], device).require_grad();
+    let xp = tensor::<A<X>, 3>(&inp.xp, [t, b, gh], device).require_grad();
+    let w_hh = tensor::<A<X>, 2>(&inp.w_hh, [h, gh], device).require_grad();
     let h0 = tensor::<A<X>, 2>(&inp.h0, [b, h], device).require_grad();
-    let c0 = tensor::<A<X>, 2>(&inp.c0, [b, h], device).require_grad();
     let r = tensor::<A<X>, 3>(&inp.r, [t, b, h], device);
-    let (hs, c) = lstm_sequence(xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
-    let grads = (hs.clone() * r).sum().backward();
     let grad = |g: Option<Tensor<X, 3>>| to_f32_vec(g.expect("a gradient"));
     let grad2 = |g: Option<Tensor<X, 2>>| to_f32_vec(g.expect("a gradient"));
-    [
-        to_f32_vec(hs),
-        to_f32_vec(c),
-        grad(xp.grad(&grads)),
-        grad2(w_hh.grad(&grads)),
-        grad2(h0.grad(&grads)),
-        grad2(c0.grad(&grads)),
-    ]
+    match inp.cell.hcell() {
+        None => {
+            let c0 = tensor::<A<X>, 2>(&inp.c0, [b, h], device).require_grad();
+            let (hs, c) = lstm_sequence(xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
+            let grads = (hs.clone() * r).sum().backward();
+            vec![
+                ("hs", to_f32_vec(hs)),
+                ("c_T", to_f32_vec(c)),
+                ("dxp", grad(xp.grad(&grads))),
+                ("dW_hh", grad2(w_hh.grad(&grads))),
+                ("dh0", grad2(h0.grad(&grads))),
+                ("dc0", grad2(c0.grad(&grads))),
+            ]
+        }
+        Some(hcell) => {
+            let b_hh = tensor::<A<X>, 1>(&inp.b_hh, [gh], device).require_grad();
+            let hs = hcell_sequence(hcell, xp.clone(), w_hh.clone(), b_hh.clone(), h0.clone());
+            let grads = (hs.clone() * r).sum().backward();
+            let db = b_hh.grad(&grads).expect("a gradient");
+            vec![
+                ("hs", to_f32_vec(hs)),
+                ("dxp", grad(xp.grad(&grads))),
+                ("dW_hh", grad2(w_hh.grad(&grads))),
+                ("db_hh", to_f32_vec(db)),
+                ("dh0", grad2(h0.grad(&grads))),
+            ]
+        }
+    }
 }
 
-/// The fused LSTM op on `G` against the CPU kernel, same inputs (6 steps, 3 rows, 16 units):
-/// the outputs `hs` and `c_T` and the gradients of `xp`, `W_hh`, `h0` and `c0`, each within
-/// [`OP_TOLERANCE`].
-pub fn fused_op<G: LstmKernels>(device: &G::Device) -> anyhow::Result<Vec<Diff>> {
-    let inputs = OpInputs::new(6, 3, 16, 7);
+/// The fused op of `cell` on `G` against the CPU kernel, same inputs (6 steps, 3 rows, 16
+/// units): the outputs (`hs`, and `c_T` for the LSTM) and the gradient of every input, each
+/// within [`OP_TOLERANCE`].
+pub fn fused_op<G: CellKernels>(device: &G::Device, cell: Cell) -> anyhow::Result<Vec<Diff>> {
+    let inputs = OpInputs::new(cell, 6, 3, 16, 7);
     let cpu = op_results::<Flex>(&inputs, &Default::default());
     let gpu = op_results::<G>(&inputs, device);
-    let names = ["hs", "c_T", "dxp", "dW_hh", "dh0", "dc0"];
-    let diffs: Vec<Diff> = names
+    let diffs: Vec<Diff> = cpu
         .iter()
-        .zip(cpu.iter().zip(&gpu))
-        .map(|(name, (c, g))| Diff {
+        .zip(&gpu)
+        .map(|((name, c), (_, g))| Diff {
             name: name.to_string(),
             max_abs: max_abs_diff(c, g),
         })
         .collect();
-    within(&diffs, OP_TOLERANCE, "fused LSTM op")?;
+    within(
+        &diffs,
+        OP_TOLERANCE,
+        &format!("fused {} op", cell.name().to_uppercase()),
+    )?;
     Ok(diffs)
 }
 
@@ -187,7 +215,7 @@ fn load<B: Backend>(config: &CharRnnConfig, bytes: &[u8], device: &B::Device) ->
 
 /// Losses of `TRAINING_STEPS` Adam steps (global-norm clip 5, [`LEARNING_RATE`], the state
 /// carried between batches as in training) from the weights in `bytes`, on backend `X`.
-fn training_losses<X: LstmKernels>(
+fn training_losses<X: CellKernels>(
     config: &CharRnnConfig,
     bytes: &[u8],
     batches: &[(Vec<i64>, Vec<i64>)],
@@ -216,12 +244,16 @@ fn training_losses<X: LstmKernels>(
     losses
 }
 
-/// [`TRAINING_STEPS`] training steps of a 2x32 model (vocabulary 16, batch 4x12, no dropout) on
-/// `G` and on the CPU from the same weights and batches: every step's loss within
+/// [`TRAINING_STEPS`] training steps of a 2x32 model of `cell` (vocabulary 16, batch 4x12, no
+/// dropout) on `G` and on the CPU from the same weights and batches: every step's loss within
 /// [`LOSS_TOLERANCE`]. Returns `(cpu, gpu)` losses.
-pub fn training<G: LstmKernels>(device: &G::Device) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+pub fn training<G: CellKernels>(
+    device: &G::Device,
+    cell: Cell,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
     let shape = [4, 12];
     let config = CharRnnConfig::new(16)
+        .with_cell(Some(cell))
         .with_lstm_size(32)
         .with_num_layers(2)
         .with_keep_prob(1.0);
@@ -253,13 +285,14 @@ pub fn training<G: LstmKernels>(device: &G::Device) -> anyhow::Result<(Vec<f32>,
             max_abs: max_abs_diff(&[*c], &[*g]),
         })
         .collect();
-    within(&diffs, LOSS_TOLERANCE, "training steps")?;
+    let what = format!("{} training steps", cell.name().to_uppercase());
+    within(&diffs, LOSS_TOLERANCE, &what)?;
     // The steps moved the weights (the loss changed), so later steps compare updated models.
     let spread =
         cpu.iter().fold(f32::MIN, |a, &b| a.max(b)) - cpu.iter().fold(f32::MAX, |a, &b| a.min(b));
     ensure!(
         spread > 10.0 * LOSS_TOLERANCE,
-        "training steps: the loss hardly moved ({cpu:?}), so the comparison proves little"
+        "{what}: the loss hardly moved ({cpu:?}), so the comparison proves little"
     );
     Ok((cpu, gpu))
 }
@@ -309,7 +342,7 @@ fn sample_text(
 }
 
 /// Trains a tiny run of `X` in `dir` (`iters` iterations) and returns its last checkpoint.
-fn train_tiny<X: LstmKernels>(
+fn train_tiny<X: CellKernels>(
     dir: &Path,
     iters: usize,
     device: X::Device,
@@ -351,7 +384,7 @@ fn train_tiny<X: LstmKernels>(
 /// Trains a tiny model for `iters` iterations on the CPU and on `G` (in `dir`), then samples
 /// 200 characters with argmax from each checkpoint on the CPU sampler and on `G`: a
 /// checkpoint must write the same text wherever it was trained and wherever it samples.
-pub fn sampling<G: LstmKernels>(
+pub fn sampling<G: CellKernels>(
     device: &G::Device,
     gpu_name: &str,
     dir: &Path,

@@ -11,7 +11,7 @@
 pub mod check;
 
 use burn::tensor::Tensor;
-use karnna_model::LstmKernels;
+use karnna_model::CellKernels;
 
 /// A GPU backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub trait OnBackend {
     /// What the work returns.
     type Output;
     /// Runs the work on `device` of backend `B`.
-    fn run<B: LstmKernels>(self, device: B::Device) -> anyhow::Result<Self::Output>;
+    fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<Self::Output>;
 }
 
 /// Runs `job` on the first device of `gpu`: an error naming the cargo feature when this build

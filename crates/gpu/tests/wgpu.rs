@@ -7,6 +7,7 @@
 #![cfg(feature = "wgpu")]
 
 use karnna_gpu::{check, wgpu};
+use karnna_model::Cell;
 
 /// The wgpu device, or `None` (test skipped) outside CI when there is none.
 fn device() -> Option<burn::backend::wgpu::WgpuDevice> {
@@ -28,21 +29,26 @@ fn device() -> Option<burn::backend::wgpu::WgpuDevice> {
 }
 
 #[test]
-fn fused_op_matches_the_cpu_kernel_on_wgpu() {
+fn fused_ops_match_the_cpu_kernels_on_wgpu() {
     let Some(device) = device() else { return };
-    let diffs = check::fused_op::<wgpu::Backend>(&device).unwrap();
-    // Every output and gradient was compared, and they are not all trivially equal (zero).
-    assert_eq!(diffs.len(), 6);
-    eprintln!("wgpu against cpu: {diffs:?}");
+    // Every output and gradient was compared: LSTM hs, c_T and four gradients; GRU and RNN
+    // hs and four gradients.
+    for (cell, compared) in [(Cell::Lstm, 6), (Cell::Gru, 5), (Cell::Rnn, 5)] {
+        let diffs = check::fused_op::<wgpu::Backend>(&device, cell).unwrap();
+        assert_eq!(diffs.len(), compared, "{cell}");
+        eprintln!("{cell}: wgpu against cpu: {diffs:?}");
+    }
 }
 
 #[test]
 fn training_steps_match_the_cpu_on_wgpu() {
     let Some(device) = device() else { return };
-    let (cpu, gpu) = check::training::<wgpu::Backend>(&device).unwrap();
-    assert_eq!(cpu.len(), check::TRAINING_STEPS);
-    assert_eq!(gpu.len(), check::TRAINING_STEPS);
-    eprintln!("losses cpu {cpu:?}\nlosses wgpu {gpu:?}");
+    for cell in Cell::ALL {
+        let (cpu, gpu) = check::training::<wgpu::Backend>(&device, cell).unwrap();
+        assert_eq!(cpu.len(), check::TRAINING_STEPS);
+        assert_eq!(gpu.len(), check::TRAINING_STEPS);
+        eprintln!("{cell}: losses cpu {cpu:?}\nlosses wgpu {gpu:?}");
+    }
 }
 
 #[test]

@@ -20,8 +20,8 @@
 //! multiply-adds (a difference in the last bits).
 
 use burn::prelude::*;
-use karnna_model::kernel::lstm_cell;
-use karnna_model::{to_f32_vec, CharRnn};
+use karnna_model::kernel::{gru_cell, lstm_cell, rnn_cell};
+use karnna_model::{to_f32_vec, Cell, CharRnn};
 
 use crate::generate::CharStepper;
 
@@ -157,13 +157,15 @@ unsafe fn vec_mat_acc_f16_f16c(x: &[f32], w: &[u16], out: &mut [f32]) {
 }
 
 /// One part of a layer: `units` hidden units starting at `first`, with the weight columns of
-/// their four gates (i, f, g, o) side by side.
+/// their `G` gates (LSTM i, f, g, o; GRU r, z, n; RNN one) side by side.
 struct Part {
+    cell: Cell,
     first: usize,
     units: usize,
-    w_ih: Mat,      // [input, 4·units]
-    w_hh: Mat,      // [H, 4·units]
-    bias: Vec<f32>, // [4·units], b_ih + b_hh
+    w_ih: Mat,      // [input, G·units]
+    w_hh: Mat,      // [H, G·units]
+    bias: Vec<f32>, // [G·units]: b_ih + b_hh, or b_ih alone for the GRU
+    b_hh: Vec<f32>, // [G·units] for the GRU (its b_hn sits inside the reset product), else empty
 }
 
 struct Layer {
@@ -178,20 +180,28 @@ struct Layer {
 struct PartState {
     /// Its units' hidden state after this character, `[rows, units]`.
     h: Vec<f32>,
-    /// Its units' cell state, `[rows, units]`.
+    /// Its units' cell state, `[rows, units]` (the LSTM's; unused by the other cells).
     c: Vec<f32>,
-    /// Gate scratch, `[rows, 4·units]`.
+    /// Gate scratch, `[rows, G·units]`.
     z: Vec<f32>,
+    /// The GRU's `h·W_hh + b_hh`, `[rows, G·units]` (empty for the other cells).
+    hp: Vec<f32>,
     /// f16 weight rows converted for the batched product.
     buf: Vec<f32>,
 }
 
 impl PartState {
-    fn new(rows: usize, units: usize) -> Self {
+    fn new(cell: Cell, rows: usize, units: usize) -> Self {
+        let gates = rows * cell.gates() * units;
         Self {
             h: vec![0.0; rows * units],
             c: vec![0.0; rows * units],
-            z: vec![0.0; rows * 4 * units],
+            z: vec![0.0; gates],
+            hp: if cell == Cell::Gru {
+                vec![0.0; gates]
+            } else {
+                Vec::new()
+            },
             buf: Vec::new(),
         }
     }
@@ -210,14 +220,14 @@ pub struct CpuCharRnn {
     ids: Vec<u32>,    // [rows], scratch of `CharStepper::step`
 }
 
-/// The columns of `w` (`[rows, 4H]`) for units `first..first + units` of each gate, packed into
-/// `[rows, 4·units]`.
-fn gate_columns(w: &[f32], h: usize, first: usize, units: usize) -> Vec<f32> {
-    let rows = w.len() / (4 * h);
-    let mut out = Vec::with_capacity(rows * 4 * units);
+/// The columns of `w` (`[rows, G·H]`) for units `first..first + units` of each of the `gates`
+/// gates, packed into `[rows, G·units]`.
+fn gate_columns(w: &[f32], gates: usize, h: usize, first: usize, units: usize) -> Vec<f32> {
+    let rows = w.len() / (gates * h);
+    let mut out = Vec::with_capacity(rows * gates * units);
     for r in 0..rows {
-        for g in 0..4 {
-            let start = r * 4 * h + g * h + first;
+        for g in 0..gates {
+            let start = r * gates * h + g * h + first;
             out.extend_from_slice(&w[start..start + units]);
         }
     }
@@ -346,29 +356,58 @@ fn rows_block_impl(x: &[f32], k: usize, k0: usize, w: &[f32], out: &mut [f32], n
 }
 
 impl Part {
-    /// This part's gates and cell update for each of `rows` rows: `z = bias + x·W_ih + h·W_hh`
-    /// (or a row of `W_ih` for one-hot input), then `c = f·c + i·g`, `h = o·tanh(c)` for its
-    /// units, written to `st` (`h_prev` is `[rows, H]`).
+    /// This part's gates and cell update for each of `rows` rows, written to `st` (`h_prev` is
+    /// `[rows, H]`): `z = bias + x·W_ih + h·W_hh` (a row of `W_ih` for one-hot input), then the
+    /// LSTM's `c = f·c + i·g`, `h = o·tanh(c)` or the RNN's `h = tanh(z)`; the GRU keeps
+    /// `h·W_hh + b_hh` apart for its reset product.
     fn step(&self, rows: usize, input: Input, h_prev: &[f32], st: &mut PartState) {
-        let PartState { h, c, z, buf } = st;
-        for z in z.chunks_exact_mut(4 * self.units) {
+        let PartState { h, c, z, hp, buf } = st;
+        let width = self.cell.gates() * self.units;
+        for z in z.chunks_exact_mut(width) {
             z.copy_from_slice(&self.bias);
         }
         match input {
             Input::OneHot(ids) => {
-                for (z, &id) in z.chunks_exact_mut(4 * self.units).zip(ids) {
+                for (z, &id) in z.chunks_exact_mut(width).zip(ids) {
                     self.w_ih.add_row(id as usize, z);
                 }
             }
             Input::Dense(x) => self.w_ih.acc_rows(x, z, rows, buf),
         }
-        self.w_hh.acc_rows(h_prev, z, rows, buf);
-        for ((z, h), c) in z
-            .chunks_exact_mut(4 * self.units)
-            .zip(h.chunks_exact_mut(self.units))
-            .zip(c.chunks_exact_mut(self.units))
-        {
-            lstm_cell(self.units, z, h, c);
+        match self.cell {
+            Cell::Lstm => {
+                self.w_hh.acc_rows(h_prev, z, rows, buf);
+                for ((z, h), c) in z
+                    .chunks_exact_mut(width)
+                    .zip(h.chunks_exact_mut(self.units))
+                    .zip(c.chunks_exact_mut(self.units))
+                {
+                    lstm_cell(self.units, z, h, c);
+                }
+            }
+            Cell::Rnn => {
+                self.w_hh.acc_rows(h_prev, z, rows, buf);
+                for (z, h) in z.chunks_exact(width).zip(h.chunks_exact_mut(self.units)) {
+                    rnn_cell(z, h);
+                }
+            }
+            Cell::Gru => {
+                for hp in hp.chunks_exact_mut(width) {
+                    hp.copy_from_slice(&self.b_hh);
+                }
+                self.w_hh.acc_rows(h_prev, hp, rows, buf);
+                let h_rows = h_prev.chunks_exact(h_prev.len() / rows);
+                for (((z, hp), h), h_prev) in z
+                    .chunks_exact_mut(width)
+                    .zip(hp.chunks_exact(width))
+                    .zip(h.chunks_exact_mut(self.units))
+                    .zip(h_rows)
+                {
+                    // The cell updates h in place: start from these units' h_{t-1}.
+                    h.copy_from_slice(&h_prev[self.first..self.first + self.units]);
+                    gru_cell(self.units, z, hp, h);
+                }
+            }
         }
     }
 }
@@ -405,7 +444,8 @@ impl CpuCharRnn {
         rows: usize,
     ) -> Self {
         assert!(rows >= 1, "at least one row");
-        let h = model.lstm_size();
+        let (h, cell) = (model.lstm_size(), model.cell());
+        let gates = cell.gates();
         let parts = parts.clamp(1, 2).min(h);
         let bounds: Vec<(usize, usize)> = (0..parts)
             .map(|p| (p * h / parts, (p + 1) * h / parts - p * h / parts))
@@ -415,22 +455,31 @@ impl CpuCharRnn {
             .iter()
             .map(|l| {
                 let (w_ih, w_hh) = (to_f32_vec(l.w_ih.val()), to_f32_vec(l.w_hh.val()));
-                let bias = to_f32_vec(l.b_ih.val() + l.b_hh.val());
+                let (bias, b_hh) = match cell {
+                    Cell::Gru => (to_f32_vec(l.b_ih.val()), to_f32_vec(l.b_hh.val())),
+                    Cell::Lstm | Cell::Rnn => (to_f32_vec(l.b_ih.val() + l.b_hh.val()), vec![]),
+                };
+                let columns = |w: &[f32], first, units| gate_columns(w, gates, h, first, units);
                 Layer {
                     parts: bounds
                         .iter()
                         .map(|&(first, units)| Part {
+                            cell,
                             first,
                             units,
-                            w_ih: Mat::new(gate_columns(&w_ih, h, first, units), precision),
-                            w_hh: Mat::new(gate_columns(&w_hh, h, first, units), precision),
-                            bias: gate_columns(&bias, h, first, units),
+                            w_ih: Mat::new(columns(&w_ih, first, units), precision),
+                            w_hh: Mat::new(columns(&w_hh, first, units), precision),
+                            bias: columns(&bias, first, units),
+                            b_hh: match cell {
+                                Cell::Gru => columns(&b_hh, first, units),
+                                _ => Vec::new(),
+                            },
                         })
                         .collect(),
                     h: vec![0.0; rows * h],
                     states: bounds
                         .iter()
-                        .map(|&(_, units)| PartState::new(rows, units))
+                        .map(|&(_, units)| PartState::new(cell, rows, units))
                         .collect(),
                 }
             })
@@ -471,7 +520,7 @@ impl CpuCharRnn {
             l.states = l
                 .parts
                 .iter()
-                .map(|p| PartState::new(rows, p.units))
+                .map(|p| PartState::new(p.cell, rows, p.units))
                 .collect();
         }
         self.logits = vec![0.0; rows * self.out_b.len()];

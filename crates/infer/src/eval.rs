@@ -9,14 +9,14 @@
 //! few unknown characters (a stray typographic quote) scores as it should; a text with many is
 //! reported as such by the count, so the figure is never silently misleading.
 //!
-//! [`evaluate`] then runs the model over the ids without autodiff (any [`LstmBackend`]: on the
+//! [`evaluate`] then runs the model over the ids without autodiff (any [`CellBackend`]: on the
 //! CPU, burn-flex with karnna's fused LSTM kernel), in the training layout: the stream is cut
 //! into `rows` contiguous rows read side by side, a chunk of `steps` characters at a time, each
 //! chunk starting from the state the previous chunk ended in.
 
 use burn::prelude::*;
 use karnna_data::Vocab;
-use karnna_model::{to_f32_vec, CharRnn, LstmBackend, LstmState};
+use karnna_model::{to_f32_vec, CellBackend, CharRnn, RnnState};
 
 /// A text encoded with a model's vocabulary, characters it lacks removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub struct EvalReport {
 /// # Panics
 /// When `rows` or `steps` is 0, or when `ids` has fewer than `rows + 1` ids (a row would be
 /// empty), or an id is outside the model's vocabulary. Callers check these first.
-pub fn evaluate<B: LstmBackend>(
+pub fn evaluate<B: CellBackend>(
     model: &CharRnn<B>,
     ids: &[u32],
     rows: usize,
@@ -112,7 +112,7 @@ pub fn evaluate<B: LstmBackend>(
     if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
         panic!("id {bad} is outside the model's vocabulary of {vocab}");
     }
-    let mut state: Option<LstmState<B>> = None;
+    let mut state: Option<RnnState<B>> = None;
     let mut sum = 0.0f64;
     let mut inputs: Vec<i64> = Vec::with_capacity(rows * steps);
     let mut start = 0;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::prelude::*;
 use karnna_data::Vocab;
-use karnna_model::{to_f32_vec, CharRnn, LstmBackend, LstmState};
+use karnna_model::{to_f32_vec, CellBackend, CharRnn, RnnState};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -25,14 +25,14 @@ pub trait CharStepper {
 }
 
 /// The Burn model stepped one character at a time on any backend (batch 1, no autodiff).
-pub struct BurnStepper<B: LstmBackend> {
+pub struct BurnStepper<B: CellBackend> {
     model: CharRnn<B>,
-    state: Option<LstmState<B>>,
+    state: Option<RnnState<B>>,
     device: B::Device,
     logits: Vec<f32>,
 }
 
-impl<B: LstmBackend> BurnStepper<B> {
+impl<B: CellBackend> BurnStepper<B> {
     /// Wraps `model` (built on `device`).
     pub fn new(model: CharRnn<B>, device: B::Device) -> Self {
         Self {
@@ -44,7 +44,7 @@ impl<B: LstmBackend> BurnStepper<B> {
     }
 }
 
-impl<B: LstmBackend> CharStepper for BurnStepper<B> {
+impl<B: CellBackend> CharStepper for BurnStepper<B> {
     fn reset(&mut self) {
         self.state = None;
     }

@@ -9,7 +9,7 @@ use karnna_infer::{
     generate, generate_many, CharStepper, CpuCharRnn, Precision, SampleError, SampleOptions,
     Strategy,
 };
-use karnna_model::CharRnnConfig;
+use karnna_model::{Cell, CharRnnConfig};
 
 /// The character row `r` reads at step `t`.
 fn id(r: usize, t: usize, vocab: usize) -> u32 {
@@ -22,10 +22,15 @@ fn each_row_of_step_rows_is_a_batch_1_step() {
     let vocab = 13;
     // Hidden sizes that leave remainders (33: not a multiple of the four weight rows taken
     // together, nor of the vector width); 18 rows: more than one block of 16.
-    for (layers, h, rows) in [(1, 8, 2), (2, 16, 3), (3, 33, 5), (2, 12, 18)] {
+    let shapes = [(1, 8, 2), (2, 16, 3), (3, 33, 5), (2, 12, 18)];
+    let cases = Cell::ALL
+        .into_iter()
+        .flat_map(|cell| shapes.map(|(layers, h, rows)| (cell, layers, h, rows)));
+    for (cell, layers, h, rows) in cases {
         let model = CharRnnConfig::new(vocab)
             .with_lstm_size(h)
             .with_num_layers(layers)
+            .with_cell(Some(cell))
             .init::<Flex>(&device);
         for precision in [Precision::F32, Precision::F16] {
             for parts in [1, 2] {
@@ -51,7 +56,7 @@ fn each_row_of_step_rows_is_a_batch_1_step() {
                             for (x, y) in row.iter().zip(&want[t]) {
                                 assert!(
                                     (x - y).abs() <= 1e-5,
-                                    "{layers}x{h}, {rows} rows, {precision:?}, {parts} parts, \
+                                    "{cell} {layers}x{h}, {rows} rows, {precision:?}, {parts} parts, \
                                      round {round}, row {r}, step {t}: {x} vs {y}"
                                 );
                             }

@@ -7,15 +7,20 @@ use karnna_data::Vocab;
 use karnna_infer::{
     generate, BurnStepper, CharStepper, CpuCharRnn, Precision, SampleError, SampleOptions, Strategy,
 };
-use karnna_model::CharRnnConfig;
+use karnna_model::{Cell, CharRnnConfig};
 
 #[test]
 fn cpu_path_equals_burn_forward() {
     let device = Default::default();
-    for (layers, h) in [(1, 7), (2, 16), (3, 33)] {
+    let shapes = [(1, 7), (2, 16), (3, 33)];
+    let cases = Cell::ALL
+        .into_iter()
+        .flat_map(|cell| shapes.map(|(layers, h)| (cell, layers, h)));
+    for (cell, layers, h) in cases {
         let model = CharRnnConfig::new(11)
             .with_lstm_size(h)
             .with_num_layers(layers)
+            .with_cell(Some(cell))
             .init::<Flex>(&device);
         for (parts, precision, tol) in [
             (1, Precision::F32, 1e-4),
@@ -31,7 +36,7 @@ fn cpu_path_equals_burn_forward() {
                 for (x, y) in a.iter().zip(&b) {
                     assert!(
                         (x - y).abs() < 1e-4,
-                        "{layers}x{h}, {parts} parts: {x} vs {y}"
+                        "{cell} {layers}x{h}, {parts} parts: {x} vs {y}"
                     );
                 }
             }

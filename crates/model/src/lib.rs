@@ -1,8 +1,9 @@
 //! The character model of karnna, generic over the Burn backend.
 //!
-//! It owns [`CharRnn`] (one-hot input → stacked LSTM layers with dropout → linear to the
-//! vocabulary), the fused LSTM sequence operation with its hand-written backward ([`ops`]), the
-//! plain-Rust CPU kernels behind it ([`kernel`]), and the checkpoint file format
+//! It owns [`CharRnn`] (one-hot input → stacked recurrent layers, LSTM, GRU or plain RNN
+//! ([`Cell`]), with dropout → linear to the vocabulary), the fused sequence operations with their
+//! hand-written backward ([`ops`]), the plain-Rust CPU kernels behind them ([`kernel`]), and the
+//! checkpoint file format
 //! ([`checkpoint`]), which carries the vocabulary so a checkpoint is all that sampling needs.
 //!
 //! It depends on `karnna-data` only for [`karnna_data::Vocab`] and must not depend on
@@ -15,5 +16,5 @@ mod model;
 pub mod ops;
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta};
-pub use model::{to_f32_vec, CharRnn, CharRnnConfig, Init, LstmLayer, LstmState};
-pub use ops::{LstmBackend, LstmKernels};
+pub use model::{to_f32_vec, Cell, CharRnn, CharRnnConfig, Init, Recurrence, RnnLayer, RnnState};
+pub use ops::{CellBackend, CellKernels, HCell};

@@ -1,4 +1,5 @@
-//! The character model: one-hot input, stacked LSTM layers with dropout, linear to the vocabulary.
+//! The character model: one-hot input, stacked recurrent layers (LSTM, GRU or plain RNN) with
+//! dropout, linear to the vocabulary.
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
@@ -8,7 +9,8 @@ use burn::tensor::{Distribution, TensorData};
 
 use karnna_data::Vocab;
 
-use crate::ops::{lstm_sequence, LstmBackend};
+use crate::ops::{hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_forward};
+use crate::ops::{CellBackend, HCell};
 
 /// How an untrained model's weights are drawn.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,49 +40,141 @@ impl Init {
     }
 }
 
+/// The recurrent cell of every layer.
+///
+/// The GRU and the plain RNN follow PyTorch's `nn.GRU` and `nn.RNN` (tanh): the same equations
+/// and parameter layout, so the PyTorch peer runs the same model.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Cell {
+    /// Long short-term memory: gates i, f, g, o; state `h` and `c` (the notebook's cell).
+    #[default]
+    Lstm,
+    /// Gated recurrent unit: gates r, z, n, with `b_hn` inside the reset product; state `h`.
+    Gru,
+    /// Plain (Elman) RNN, `h_t = tanh(x·W_ih + b_ih + h_{t-1}·W_hh + b_hh)`; state `h`.
+    Rnn,
+}
+
+impl Cell {
+    /// Every cell, in the order of the names.
+    pub const ALL: [Cell; 3] = [Cell::Lstm, Cell::Gru, Cell::Rnn];
+
+    /// The name used in config files, on the command line and in checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cell::Lstm => "lstm",
+            Cell::Gru => "gru",
+            Cell::Rnn => "rnn",
+        }
+    }
+
+    /// Gate blocks side by side in the weights: `W_ih` is `[input, gates·H]`, `W_hh` is
+    /// `[H, gates·H]`.
+    pub fn gates(self) -> usize {
+        match self {
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+            Cell::Rnn => 1,
+        }
+    }
+
+    /// The cell with `gates` gate blocks, if any has that many.
+    pub fn from_gates(gates: usize) -> Option<Cell> {
+        Cell::ALL.into_iter().find(|c| c.gates() == gates)
+    }
+
+    /// The fused op's name for a cell whose whole state is `h`; `None` for the LSTM.
+    pub fn hcell(self) -> Option<HCell> {
+        match self {
+            Cell::Lstm => None,
+            Cell::Gru => Some(HCell::Gru),
+            Cell::Rnn => Some(HCell::Rnn),
+        }
+    }
+}
+
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Cell {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Cell::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown cell `{s}` (expected lstm, gru or rnn)"))
+    }
+}
+
+/// How [`CharRnn::forward_with`] runs each layer's recurrence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recurrence {
+    /// The fused sequence op with its hand-written backward (what training and sampling use).
+    Fused,
+    /// The recurrence step by step in Burn tensor ops ([`crate::ops::tensor_forward`],
+    /// [`crate::ops::tensor_hcell_forward`]): under autodiff, the reference the fused op is
+    /// tested against.
+    Tensor,
+}
+
 /// The model's shape and dropout; everything needed to build an untrained [`CharRnn`].
 #[derive(Config, Debug, PartialEq)]
 pub struct CharRnnConfig {
     /// Number of distinct characters (input and output size).
     pub vocab_size: usize,
-    /// Units in each LSTM layer (the notebook's `lstm_size`).
+    /// Units in each recurrent layer, whatever its cell (the notebook's `lstm_size`; the name is
+    /// kept so that every config and checkpoint reads as before).
     #[config(default = 512)]
     pub lstm_size: usize,
-    /// Stacked LSTM layers (the notebook's `num_layers`).
+    /// Stacked recurrent layers (the notebook's `num_layers`).
     #[config(default = 2)]
     pub num_layers: usize,
-    /// Probability of keeping each LSTM output in training (the notebook's `keep_prob`).
+    /// Probability of keeping each layer's output in training (the notebook's `keep_prob`).
     #[config(default = 0.5)]
     pub keep_prob: f64,
+    /// The recurrent cell; `None`, as in checkpoints written before cells could be chosen, is
+    /// the LSTM ([`CharRnnConfig::cell`]). An `Option` because a missing field then reads as
+    /// `None`: Burn's `Config` derive has no serde defaults.
+    pub cell: Option<Cell>,
 }
 
-/// One LSTM layer's parameters, gates fused: the four gate blocks (i, f, g, o) side by side.
+/// One recurrent layer's parameters, gates fused: the cell's gate blocks side by side (`G` of
+/// them, [`Cell::gates`]: LSTM i, f, g, o; GRU r, z, n; RNN one).
 ///
 /// Two bias vectors, as PyTorch and Burn's `nn::Lstm` have them (TensorFlow has one): the model
 /// then has exactly the parameters of the PyTorch peer we measure against, 3,366,483 for the
-/// notebook's sizes. Only their sum matters to the maths.
+/// notebook's sizes. For the LSTM and the RNN only their sum matters to the maths; the GRU uses
+/// `b_hh`'s n block inside the reset product.
 #[derive(Module, Debug)]
-pub struct LstmLayer<B: Backend> {
-    /// Input weights `[input, 4H]`; for the first layer a row per character (one-hot input).
+pub struct RnnLayer<B: Backend> {
+    /// Input weights `[input, G·H]`; for the first layer a row per character (one-hot input).
     pub w_ih: Param<Tensor<B, 2>>,
-    /// Recurrent weights `[H, 4H]`.
+    /// Recurrent weights `[H, G·H]`.
     pub w_hh: Param<Tensor<B, 2>>,
-    /// Input bias `[4H]`.
+    /// Input bias `[G·H]`.
     pub b_ih: Param<Tensor<B, 1>>,
-    /// Recurrent bias `[4H]`.
+    /// Recurrent bias `[G·H]`.
     pub b_hh: Param<Tensor<B, 1>>,
 }
 
-/// The LSTM state of every layer: `h` and `c`, each `[num_layers, batch, lstm_size]`.
+/// The recurrent state of every layer: `h` and `c`, each `[num_layers, batch, lstm_size]`.
+/// The GRU and the RNN have no cell state: their `c` is zeros and passes through unchanged.
 #[derive(Clone, Debug)]
-pub struct LstmState<B: Backend> {
+pub struct RnnState<B: Backend> {
     /// Hidden states.
     pub h: Tensor<B, 3>,
-    /// Cell states.
+    /// LSTM cell states (zeros for the other cells).
     pub c: Tensor<B, 3>,
 }
 
-impl<B: Backend> LstmState<B> {
+impl<B: Backend> RnnState<B> {
     /// The zero state (start of an epoch, start of sampling).
     pub fn zeros(num_layers: usize, batch: usize, lstm_size: usize, device: &B::Device) -> Self {
         let z = Tensor::zeros([num_layers, batch, lstm_size], device);
@@ -96,12 +190,14 @@ impl<B: Backend> LstmState<B> {
     }
 }
 
-/// The notebook's model: one-hot characters → `num_layers` stacked LSTM layers of `lstm_size`,
-/// dropout on each layer's output (training only) → linear to the vocabulary (logits).
+/// The notebook's model: one-hot characters → `num_layers` stacked recurrent layers of
+/// `lstm_size` (LSTM, GRU or RNN), dropout on each layer's output (training only) → linear to
+/// the vocabulary (logits). The cell is not stored: the weights' width says it
+/// ([`CharRnn::cell`]).
 #[derive(Module, Debug)]
 pub struct CharRnn<B: Backend> {
-    /// The LSTM layers, bottom first.
-    pub layers: Vec<LstmLayer<B>>,
+    /// The recurrent layers, bottom first.
+    pub layers: Vec<RnnLayer<B>>,
     /// Hidden size to vocabulary logits.
     pub output: Linear<B>,
     /// Probability of keeping each LSTM output in training.
@@ -114,9 +210,16 @@ impl CharRnnConfig {
         self.init_with(Init::PyTorch, device)
     }
 
+    /// The recurrent cell (the LSTM when the config names none).
+    pub fn cell(&self) -> Cell {
+        self.cell.unwrap_or_default()
+    }
+
     /// Builds an untrained model with its weights drawn the way `init` says.
     pub fn init_with<B: Backend>(&self, init: Init, device: &B::Device) -> CharRnn<B> {
         let (h, v) = (self.lstm_size, self.vocab_size);
+        let cell = self.cell();
+        let gh = cell.gates() * h;
         let uniform = |bound: f64| Initializer::Uniform {
             min: -bound,
             max: bound,
@@ -126,28 +229,34 @@ impl CharRnnConfig {
             .map(|l| {
                 let input = if l == 0 { v } else { h };
                 match init {
-                    Init::PyTorch => LstmLayer {
-                        w_ih: torch.init([input, 4 * h], device),
-                        w_hh: torch.init([h, 4 * h], device),
-                        b_ih: torch.init([4 * h], device),
-                        b_hh: torch.init([4 * h], device),
+                    Init::PyTorch => RnnLayer {
+                        w_ih: torch.init([input, gh], device),
+                        w_hh: torch.init([h, gh], device),
+                        b_ih: torch.init([gh], device),
+                        b_hh: torch.init([gh], device),
                     },
                     Init::TensorFlow => {
-                        let glorot = uniform((6.0 / (input + h + 4 * h) as f64).sqrt());
-                        // Gate order i, f, g, o: the forget block starts at H.
-                        let forget_bias = Tensor::cat(
-                            vec![
-                                Tensor::zeros([h], device),
-                                Tensor::ones([h], device),
-                                Tensor::zeros([2 * h], device),
-                            ],
-                            0,
-                        );
-                        LstmLayer {
-                            w_ih: glorot.init([input, 4 * h], device),
-                            w_hh: glorot.init([h, 4 * h], device),
-                            b_ih: Param::from_tensor(forget_bias),
-                            b_hh: Initializer::Zeros.init([4 * h], device),
+                        let glorot = uniform((6.0 / (input + h + gh) as f64).sqrt());
+                        // TensorFlow's cells start these gate blocks' bias at one: the LSTM's
+                        // forget gate (block 1 of i, f, g, o) and the GRU's r and z (blocks 0
+                        // and 1 of r, z, n); every other bias starts at zero.
+                        let ones = match cell {
+                            Cell::Lstm => [false, true, false, false].as_slice(),
+                            Cell::Gru => &[true, true, false],
+                            Cell::Rnn => &[false],
+                        };
+                        let blocks = ones
+                            .iter()
+                            .map(|&one| match one {
+                                true => Tensor::ones([h], device),
+                                false => Tensor::zeros([h], device),
+                            })
+                            .collect();
+                        RnnLayer {
+                            w_ih: glorot.init([input, gh], device),
+                            w_hh: glorot.init([h, gh], device),
+                            b_ih: Param::from_tensor(Tensor::cat(blocks, 0)),
+                            b_hh: Initializer::Zeros.init([gh], device),
                         }
                     }
                 }
@@ -165,30 +274,36 @@ impl CharRnnConfig {
         }
     }
 
-    /// Trainable parameters of the model this config builds:
-    /// per layer `4H·(input + H) + 8H`, plus `H·V + V` for the output layer.
+    /// Trainable parameters of the model this config builds: per layer `G·H·(input + H) + 2·G·H`
+    /// (`G` gate blocks, [`Cell::gates`]), plus `H·V + V` for the output layer.
     pub fn num_params(&self) -> usize {
-        let (v, h) = (self.vocab_size, self.lstm_size);
-        let lstm: usize = (0..self.num_layers)
+        let (v, h, g) = (self.vocab_size, self.lstm_size, self.cell().gates());
+        let recurrent: usize = (0..self.num_layers)
             .map(|l| {
                 let input = if l == 0 { v } else { h };
-                4 * h * (input + h) + 8 * h
+                g * h * (input + h) + 2 * g * h
             })
             .sum();
-        lstm + h * v + v
+        recurrent + h * v + v
     }
 }
 
 impl<B: Backend> CharRnn<B> {
-    /// Units per LSTM layer.
+    /// Units per recurrent layer.
     pub fn lstm_size(&self) -> usize {
         self.layers[0].w_hh.dims()[0]
     }
 
+    /// The recurrent cell, read from the weights' width (`W_hh` is `[H, G·H]`).
+    pub fn cell(&self) -> Cell {
+        let [h, gh] = self.layers[0].w_hh.dims();
+        Cell::from_gates(gh / h).expect("W_hh is [H, G·H] for a known cell")
+    }
+
     /// The zero state for `batch` rows.
-    pub fn zero_state(&self, batch: usize) -> LstmState<B> {
+    pub fn zero_state(&self, batch: usize) -> RnnState<B> {
         let device = self.layers[0].w_hh.device();
-        LstmState::zeros(self.layers.len(), batch, self.lstm_size(), &device)
+        RnnState::zeros(self.layers.len(), batch, self.lstm_size(), &device)
     }
 
     /// This trained model (whose vocabulary is `old`) moved to the vocabulary `new`, for
@@ -217,10 +332,10 @@ impl<B: Backend> CharRnn<B> {
                 .detach()
         };
         let fresh_first = fresh.layers.into_iter().next().expect("a layer");
-        let mut layers: Vec<LstmLayer<B>> = self
+        let mut layers: Vec<RnnLayer<B>> = self
             .layers
             .into_iter()
-            .map(|l| LstmLayer {
+            .map(|l| RnnLayer {
                 w_ih: Param::from_tensor(l.w_ih.val().detach()),
                 w_hh: Param::from_tensor(l.w_hh.val().detach()),
                 b_ih: Param::from_tensor(l.b_ih.val().detach()),
@@ -247,7 +362,7 @@ impl<B: Backend> CharRnn<B> {
     }
 }
 
-impl<B: LstmBackend> CharRnn<B> {
+impl<B: CellBackend> CharRnn<B> {
     /// Runs the model over a batch of character ids.
     ///
     /// # Shapes
@@ -258,45 +373,58 @@ impl<B: LstmBackend> CharRnn<B> {
     pub fn forward(
         &self,
         tokens: Tensor<B, 2, Int>,
-        state: Option<LstmState<B>>,
-    ) -> (Tensor<B, 3>, LstmState<B>) {
-        self.forward_with(tokens, state, lstm_sequence)
+        state: Option<RnnState<B>>,
+    ) -> (Tensor<B, 3>, RnnState<B>) {
+        self.forward_with(tokens, state, Recurrence::Fused)
     }
-}
 
-impl<B: Backend> CharRnn<B> {
-    /// [`CharRnn::forward`] with the LSTM recurrence of each layer computed by `lstm`
-    /// (`(xp [T, B, 4H], W_hh, h0, c0) -> (hs [T, B, H], c_T)`): the fused op in `forward`, or
-    /// [`crate::ops::tensor_forward`] to check it against Burn's step-by-step autodiff.
+    /// [`CharRnn::forward`] with each layer's recurrence computed the way `recurrence` says:
+    /// the fused op, or Burn tensor ops step by step (to check the fused op against Burn's
+    /// autodiff).
     pub fn forward_with(
         &self,
         tokens: Tensor<B, 2, Int>,
-        state: Option<LstmState<B>>,
-        lstm: impl Fn(
-            Tensor<B, 3>,
-            Tensor<B, 2>,
-            Tensor<B, 2>,
-            Tensor<B, 2>,
-        ) -> (Tensor<B, 3>, Tensor<B, 2>),
-    ) -> (Tensor<B, 3>, LstmState<B>) {
+        state: Option<RnnState<B>>,
+        recurrence: Recurrence,
+    ) -> (Tensor<B, 3>, RnnState<B>) {
         let [batch, steps] = tokens.dims();
         let state = state.unwrap_or_else(|| self.zero_state(batch));
-        let h = self.lstm_size();
+        let (h, cell) = (self.lstm_size(), self.cell());
+        let gh = cell.gates() * h;
         let (mut hs_out, mut cs_out) = (Vec::new(), Vec::new());
         let mut x: Option<Tensor<B, 3>> = None; // [steps, batch, H], the previous layer's output
         for (l, layer) in self.layers.iter().enumerate() {
-            let bias = (layer.b_ih.val() + layer.b_hh.val()).reshape([1, 1, 4 * h]);
+            // The LSTM's op sees only the sum of the biases; the h-cells' op adds b_hh itself
+            // (the GRU needs it inside the reset product).
+            let bias = match cell {
+                Cell::Lstm => layer.b_ih.val() + layer.b_hh.val(),
+                Cell::Gru | Cell::Rnn => layer.b_ih.val(),
+            };
             let xp = match x {
-                // One-hot input times W_ih is a row lookup. [steps, batch, 4H]
+                // One-hot input times W_ih is a row lookup. [steps, batch, G·H]
                 None => embedding(layer.w_ih.val(), tokens.clone().transpose()),
                 Some(x) => x
                     .reshape([steps * batch, h])
                     .matmul(layer.w_ih.val())
-                    .reshape([steps, batch, 4 * h]),
-            } + bias;
+                    .reshape([steps, batch, gh]),
+            } + bias.reshape([1, 1, gh]);
             let h0 = state.h.clone().narrow(0, l, 1).reshape([batch, h]);
             let c0 = state.c.clone().narrow(0, l, 1).reshape([batch, h]);
-            let (hs, c_last) = lstm(xp, layer.w_hh.val(), h0, c0);
+            let w_hh = layer.w_hh.val();
+            let (hs, c_last) = match (cell.hcell(), recurrence) {
+                (None, Recurrence::Fused) => lstm_sequence(xp, w_hh, h0, c0),
+                (None, Recurrence::Tensor) => {
+                    let (hs, c, _) = tensor_forward(xp, w_hh, h0, c0);
+                    (hs, c)
+                }
+                (Some(hcell), Recurrence::Fused) => {
+                    (hcell_sequence(hcell, xp, w_hh, layer.b_hh.val(), h0), c0)
+                }
+                (Some(hcell), Recurrence::Tensor) => {
+                    let b_hh = layer.b_hh.val();
+                    (tensor_hcell_forward(hcell, xp, w_hh, b_hh, h0).0, c0)
+                }
+            };
             hs_out.push(hs.clone().narrow(0, steps - 1, 1).reshape([batch, h]));
             cs_out.push(c_last);
             x = Some(dropout(hs, self.keep_prob));
@@ -304,7 +432,7 @@ impl<B: Backend> CharRnn<B> {
         let x = x.expect("at least one layer").reshape([steps * batch, h]);
         let vocab = self.output.weight.dims()[1];
         let logits = self.output.forward(x).reshape([steps, batch, vocab]);
-        let state = LstmState {
+        let state = RnnState {
             h: Tensor::stack(hs_out, 0),
             c: Tensor::stack(cs_out, 0),
         };

@@ -1,5 +1,6 @@
-//! The fused LSTM sequence as one operation: forward, hand-written backward, and the backends
-//! that run it.
+//! The fused recurrent sequences as single operations: forward, hand-written backward, and the
+//! backends that run them. The LSTM is one op ([`lstm_sequence`]); the GRU and the plain RNN,
+//! whose whole state is `h`, share another ([`hcell_sequence`], see [the h-cells](#the-h-cells)).
 //!
 //! # The operation
 //! For a layer with `H` units over `T` steps of a batch of `B` rows, with the input projection of
@@ -17,9 +18,22 @@
 //! `h0, c0: [B, H]`; out: `hs: [T, B, H]` (every `h_t`) and `c_T: [B, H]`.
 //!
 //! Under autodiff ([`Autodiff`]) the whole sequence is one node of the graph whose backward
-//! ([`LstmKernels::lstm_backward`]) does per step only elementwise work and `dz_t·W_hhᵀ`, then
+//! ([`CellKernels::lstm_backward`]) does per step only elementwise work and `dz_t·W_hhᵀ`, then
 //! `dW_hh` as one large matmul over all steps; `dxp` is `dz` itself. No gradient flows back from
 //! `c_T` (it is the carried state, detached by truncated BPTT); gradients do reach `h0` and `c0`.
+//!
+//! # The h-cells
+//! The GRU and the RNN take `b_hh` into the op, because the GRU needs it inside the reset
+//! product (PyTorch's `nn.GRU`): with `xp = x·W_ih + b_ih` (`[T, B, G·H]`, `G` = 3 or 1) and
+//! `hp_t = h_{t-1}·W_hh + b_hh`,
+//!
+//! ```text
+//! GRU: r = σ(xp_r + hp_r)   z = σ(xp_z + hp_z)   n = tanh(xp_n + r⊙hp_n)
+//!      h_t = (1 − z)⊙n + z⊙h_{t-1}
+//! RNN: h_t = tanh(xp + hp)
+//! ```
+//!
+//! Out: `hs [T, B, H]`; gradients reach `xp`, `W_hh`, `b_hh` and `h0`.
 //!
 //! CPU backends run the recurrence with the plain-Rust kernels of [`crate::kernel`]; the GPU
 //! backends (burn-cuda and burn-wgpu, each behind its cargo feature) share one implementation in
@@ -42,24 +56,54 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use crate::kernel::{self, Dims};
 
-/// A backend that runs the fused LSTM sequence (see the module docs for the maths and shapes).
-pub trait LstmBackend: Backend {
-    /// Runs the recurrence over all steps; returns `(hs [T, B, H], c_T [B, H])`.
+/// A cell whose whole state is `h`, run by [`hcell_sequence`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HCell {
+    /// The GRU: gate blocks r, z, n (`G` = 3).
+    Gru,
+    /// The plain tanh RNN (`G` = 1).
+    Rnn,
+}
+
+impl HCell {
+    /// Gate blocks of the cell's weights.
+    pub fn gates(self) -> usize {
+        match self {
+            HCell::Gru => 3,
+            HCell::Rnn => 1,
+        }
+    }
+}
+
+/// A backend that runs the fused recurrent sequences (see the module docs for the maths and
+/// shapes).
+pub trait CellBackend: Backend {
+    /// Runs the LSTM recurrence over all steps; returns `(hs [T, B, H], c_T [B, H])`.
     fn lstm_sequence(
         xp: FloatTensor<Self>,
         w_hh: FloatTensor<Self>,
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Runs an h-cell's recurrence over all steps (`xp [T, B, G·H]`, `w_hh [H, G·H]`,
+    /// `b_hh [G·H]`, `h0 [B, H]`); returns `hs [T, B, H]`.
+    fn hcell_sequence(
+        cell: HCell,
+        xp: FloatTensor<Self>,
+        w_hh: FloatTensor<Self>,
+        b_hh: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
-/// What a backend needs besides [`LstmBackend`] for `Autodiff<Self>` to train through the op: a
-/// forward that keeps what the backward needs, and the backward itself.
-pub trait LstmKernels: LstmBackend {
+/// What a backend needs besides [`CellBackend`] for `Autodiff<Self>` to train through the ops: a
+/// forward that keeps what the backward needs, and the backward itself, for each op.
+pub trait CellKernels: CellBackend {
     /// What the forward keeps for the backward (activated gates, every `c_t` and `h_t`, ...).
     type LstmCache: Clone + Send + Sync + Debug + 'static;
 
-    /// [`LstmBackend::lstm_sequence`], also returning the cache for [`Self::lstm_backward`].
+    /// [`CellBackend::lstm_sequence`], also returning the cache for [`Self::lstm_backward`].
     fn lstm_forward_train(
         xp: FloatTensor<Self>,
         w_hh: FloatTensor<Self>,
@@ -69,10 +113,25 @@ pub trait LstmKernels: LstmBackend {
 
     /// Given `dL/dhs [T, B, H]`, returns `[dxp, dW_hh, dh0, dc0]`.
     fn lstm_backward(cache: Self::LstmCache, dhs: FloatTensor<Self>) -> [FloatTensor<Self>; 4];
+
+    /// What the h-cells' forward keeps for the backward.
+    type HCellCache: Clone + Send + Sync + Debug + 'static;
+
+    /// [`CellBackend::hcell_sequence`], also returning the cache for [`Self::hcell_backward`].
+    fn hcell_forward_train(
+        cell: HCell,
+        xp: FloatTensor<Self>,
+        w_hh: FloatTensor<Self>,
+        b_hh: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, Self::HCellCache);
+
+    /// Given `dL/dhs [T, B, H]`, returns `[dxp, dW_hh, db_hh, dh0]`.
+    fn hcell_backward(cache: Self::HCellCache, dhs: FloatTensor<Self>) -> [FloatTensor<Self>; 4];
 }
 
 /// Runs the fused LSTM sequence on tensors: `(hs [T, B, H], c_T [B, H])`.
-pub fn lstm_sequence<B: LstmBackend>(
+pub fn lstm_sequence<B: CellBackend>(
     xp: Tensor<B, 3>,
     w_hh: Tensor<B, 2>,
     h0: Tensor<B, 2>,
@@ -80,6 +139,23 @@ pub fn lstm_sequence<B: LstmBackend>(
 ) -> (Tensor<B, 3>, Tensor<B, 2>) {
     let (hs, c) = B::lstm_sequence(float(xp), float(w_hh), float(h0), float(c0));
     (from_float(hs), from_float(c))
+}
+
+/// Runs the fused h-cell sequence (GRU or RNN) on tensors: `hs [T, B, H]`.
+pub fn hcell_sequence<B: CellBackend>(
+    cell: HCell,
+    xp: Tensor<B, 3>,
+    w_hh: Tensor<B, 2>,
+    b_hh: Tensor<B, 1>,
+    h0: Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    from_float(B::hcell_sequence(
+        cell,
+        float(xp),
+        float(w_hh),
+        float(b_hh),
+        float(h0),
+    ))
 }
 
 fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
@@ -96,7 +172,7 @@ fn from_float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
 #[derive(Debug)]
 struct LstmBackward<B>(PhantomData<B>);
 
-impl<B: LstmKernels> Backward<B, 4> for LstmBackward<B> {
+impl<B: CellKernels> Backward<B, 4> for LstmBackward<B> {
     type State = B::LstmCache;
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -110,7 +186,24 @@ impl<B: LstmKernels> Backward<B, 4> for LstmBackward<B> {
     }
 }
 
-impl<B: LstmKernels, C: CheckpointStrategy> LstmBackend for Autodiff<B, C> {
+#[derive(Debug)]
+struct HCellBackward<B>(PhantomData<B>);
+
+impl<B: CellKernels> Backward<B, 4> for HCellBackward<B> {
+    type State = B::HCellCache;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dhs = grads.consume::<B>(&ops.node);
+        let input_grads = B::hcell_backward(ops.state, dhs);
+        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
+            if let Some(parent) = parent {
+                grads.register::<B>(parent.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
     fn lstm_sequence(
         xp: FloatTensor<Self>,
         w_hh: FloatTensor<Self>,
@@ -143,6 +236,33 @@ impl<B: LstmKernels, C: CheckpointStrategy> LstmBackend for Autodiff<B, C> {
             }
         }
     }
+
+    fn hcell_sequence(
+        cell: HCell,
+        xp: FloatTensor<Self>,
+        w_hh: FloatTensor<Self>,
+        b_hh: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [
+            xp.node.clone(),
+            w_hh.node.clone(),
+            b_hh.node.clone(),
+            h0.node.clone(),
+        ];
+        let (xp, w_hh, b_hh, h0) = (xp.primitive, w_hh.primitive, b_hh.primitive, h0.primitive);
+        match HCellBackward::<B>(PhantomData)
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (hs, cache) = B::hcell_forward_train(cell, xp, w_hh, b_hh, h0);
+                prep.finish(cache, hs)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::hcell_sequence(cell, xp, w_hh, b_hh, h0)),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,12 +290,13 @@ fn write<B: Backend>(v: Vec<f32>, shape: &[usize], device: &B::Device) -> FloatT
     B::float_from_data(TensorData::new(v, shape.to_vec()), device)
 }
 
-fn native_dims<B: Backend>(xp: &FloatTensor<B>) -> Dims {
+/// The sizes of a sequence op whose `xp` is `[T, B, gates·H]`.
+fn native_dims<B: Backend>(xp: &FloatTensor<B>, gates: usize) -> Dims {
     let shape = burn::tensor::TensorMetadata::shape(xp);
     Dims {
         t: shape[0],
         b: shape[1],
-        h: shape[2] / 4,
+        h: shape[2] / gates,
     }
 }
 
@@ -186,7 +307,7 @@ fn native_forward<B: Backend>(
     c0: FloatTensor<B>,
     keep: bool,
 ) -> (FloatTensor<B>, FloatTensor<B>, Option<NativeCache<B>>) {
-    let d = native_dims::<B>(&xp);
+    let d = native_dims::<B>(&xp, 4);
     let device = B::float_device(&xp);
     // xz: the input projections, turned into the gates in place.
     let (mut xz, w_hh) = (read::<B>(xp), read::<B>(w_hh));
@@ -240,9 +361,96 @@ fn native_backward<B: Backend>(cache: NativeCache<B>, dhs: FloatTensor<B>) -> [F
     ]
 }
 
+/// What the CPU kernels keep between an h-cell's forward and backward.
+#[derive(Clone, Debug)]
+pub struct NativeHCache<B: Backend> {
+    cell: HCell,
+    dims: Dims,
+    w_hh: Arc<Vec<f32>>,
+    h0: Arc<Vec<f32>>,
+    hs: Arc<Vec<f32>>,
+    /// The GRU's `hp_n` of every step (empty for the RNN).
+    hn: Arc<Vec<f32>>,
+    /// The GRU's activated gates; the RNN's scratch.
+    gates: Arc<Vec<f32>>,
+    device: B::Device,
+}
+
+fn native_hcell_forward<B: Backend>(
+    cell: HCell,
+    xp: FloatTensor<B>,
+    w_hh: FloatTensor<B>,
+    b_hh: FloatTensor<B>,
+    h0: FloatTensor<B>,
+    keep: bool,
+) -> (FloatTensor<B>, Option<NativeHCache<B>>) {
+    let d = native_dims::<B>(&xp, cell.gates());
+    let device = B::float_device(&xp);
+    let (mut xz, w_hh, b_hh, h0) = (
+        read::<B>(xp),
+        read::<B>(w_hh),
+        read::<B>(b_hh),
+        read::<B>(h0),
+    );
+    let mut hs = vec![0.0; d.t * d.b * d.h];
+    let mut hn = Vec::new();
+    match cell {
+        HCell::Gru => {
+            hn = vec![0.0; d.t * d.b * d.h];
+            kernel::gru_forward(d, &mut xz, &w_hh, &b_hh, &h0, &mut hs, &mut hn);
+        }
+        HCell::Rnn => kernel::rnn_forward(d, &mut xz, &w_hh, &b_hh, &h0, &mut hs),
+    }
+    let shape = [d.t, d.b, d.h];
+    if !keep {
+        return (write::<B>(hs, &shape, &device), None);
+    }
+    let hs_out = write::<B>(hs.clone(), &shape, &device);
+    let cache = NativeHCache {
+        cell,
+        dims: d,
+        w_hh: Arc::new(w_hh),
+        h0: Arc::new(h0),
+        hs: Arc::new(hs),
+        hn: Arc::new(hn),
+        gates: Arc::new(xz),
+        device,
+    };
+    (hs_out, Some(cache))
+}
+
+fn native_hcell_backward<B: Backend>(
+    cache: NativeHCache<B>,
+    dhs: FloatTensor<B>,
+) -> [FloatTensor<B>; 4] {
+    let (d, gh) = (cache.dims, cache.cell.gates() * cache.dims.h);
+    let dhs = read::<B>(dhs);
+    // The gates (or scratch) become dL/dxp in place.
+    let mut dxp = Arc::try_unwrap(cache.gates).unwrap_or_else(|g| g.to_vec());
+    let mut dw = vec![0.0; d.h * gh];
+    let mut db = vec![0.0; gh];
+    let mut dh0 = vec![0.0; d.b * d.h];
+    let (w_hh, h0, hs) = (&cache.w_hh, &cache.h0, &cache.hs);
+    match cache.cell {
+        HCell::Gru => kernel::gru_backward(
+            d, w_hh, h0, hs, &cache.hn, &mut dxp, &dhs, &mut dw, &mut db, &mut dh0,
+        ),
+        HCell::Rnn => {
+            kernel::rnn_backward(d, w_hh, h0, hs, &mut dxp, &dhs, &mut dw, &mut db, &mut dh0)
+        }
+    }
+    let dev = &cache.device;
+    [
+        write::<B>(dxp, &[d.t, d.b, gh], dev),
+        write::<B>(dw, &[d.h, gh], dev),
+        write::<B>(db, &[gh], dev),
+        write::<B>(dh0, &[d.b, d.h], dev),
+    ]
+}
+
 macro_rules! native_backend {
     ($backend:ty) => {
-        impl LstmBackend for $backend {
+        impl CellBackend for $backend {
             fn lstm_sequence(
                 xp: FloatTensor<Self>,
                 w_hh: FloatTensor<Self>,
@@ -252,9 +460,19 @@ macro_rules! native_backend {
                 let (hs, c, _) = native_forward::<Self>(xp, w_hh, h0, c0, false);
                 (hs, c)
             }
+
+            fn hcell_sequence(
+                cell: HCell,
+                xp: FloatTensor<Self>,
+                w_hh: FloatTensor<Self>,
+                b_hh: FloatTensor<Self>,
+                h0: FloatTensor<Self>,
+            ) -> FloatTensor<Self> {
+                native_hcell_forward::<Self>(cell, xp, w_hh, b_hh, h0, false).0
+            }
         }
 
-        impl LstmKernels for $backend {
+        impl CellKernels for $backend {
             type LstmCache = NativeCache<Self>;
 
             fn lstm_forward_train(
@@ -272,6 +490,26 @@ macro_rules! native_backend {
                 dhs: FloatTensor<Self>,
             ) -> [FloatTensor<Self>; 4] {
                 native_backward::<Self>(cache, dhs)
+            }
+
+            type HCellCache = NativeHCache<Self>;
+
+            fn hcell_forward_train(
+                cell: HCell,
+                xp: FloatTensor<Self>,
+                w_hh: FloatTensor<Self>,
+                b_hh: FloatTensor<Self>,
+                h0: FloatTensor<Self>,
+            ) -> (FloatTensor<Self>, Self::HCellCache) {
+                let (hs, cache) = native_hcell_forward::<Self>(cell, xp, w_hh, b_hh, h0, true);
+                (hs, cache.expect("cache kept"))
+            }
+
+            fn hcell_backward(
+                cache: Self::HCellCache,
+                dhs: FloatTensor<Self>,
+            ) -> [FloatTensor<Self>; 4] {
+                native_hcell_backward::<Self>(cache, dhs)
             }
         }
     };
@@ -375,16 +613,139 @@ pub fn tensor_backward<B: Backend>(
     }
     dzs.reverse();
     let dz = Tensor::stack::<3>(dzs, 0);
+    let dw = weight_grad(h0, hs, dz.clone());
+    (dz, dw, dh_next, dc_next)
+}
+
+/// `dW_hh = Σ_t h_{t-1}ᵀ · dhp_t` as one product over all steps (`h_{-1}` = `h0`).
+fn weight_grad<B: Backend>(h0: Tensor<B, 2>, hs: Tensor<B, 3>, dhp: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [t, b, h] = hs.dims();
+    let gh = dhp.dims()[2];
     let h_prev = if t > 1 {
         Tensor::cat(vec![h0.unsqueeze_dim::<3>(0), hs.narrow(0, 0, t - 1)], 0)
     } else {
         h0.unsqueeze_dim::<3>(0)
     };
-    let dw = h_prev
+    h_prev
         .reshape([t * b, h])
         .transpose()
-        .matmul(dz.clone().reshape([t * b, 4 * h]));
-    (dz, dw, dh_next, dc_next)
+        .matmul(dhp.reshape([t * b, gh]))
+}
+
+/// What [`tensor_hcell_forward`] keeps for [`tensor_hcell_backward`].
+#[derive(Clone, Debug)]
+pub struct TensorHCache<B: Backend> {
+    cell: HCell,
+    w_hh: Tensor<B, 2>,
+    h0: Tensor<B, 2>,
+    hs: Tensor<B, 3>,
+    /// The GRU's activated gates r, z, n `[T, B, 3H]` and `hp_n` `[T, B, H]`.
+    gru: Option<(Tensor<B, 3>, Tensor<B, 3>)>,
+}
+
+/// An h-cell's recurrence step by step in Burn tensor ops: `(hs [T, B, H], cache)`; the
+/// reference of the fused op under autodiff, and the GPU backends' forward.
+pub fn tensor_hcell_forward<B: Backend>(
+    cell: HCell,
+    xp: Tensor<B, 3>,
+    w_hh: Tensor<B, 2>,
+    b_hh: Tensor<B, 1>,
+    h0: Tensor<B, 2>,
+) -> (Tensor<B, 3>, TensorHCache<B>) {
+    let [t, b, gh] = xp.dims();
+    let h = gh / cell.gates();
+    let b_hh = b_hh.reshape([1, gh]);
+    let mut h_prev = h0.clone();
+    let (mut hs, mut gates, mut hns) = (Vec::new(), Vec::new(), Vec::new());
+    for step in 0..t {
+        let a = xp.clone().narrow(0, step, 1).reshape([b, gh]);
+        let hp = h_prev.clone().matmul(w_hh.clone()) + b_hh.clone();
+        let h_t = match cell {
+            HCell::Rnn => (a + hp).tanh(),
+            HCell::Gru => {
+                let block = |x: &Tensor<B, 2>, k: usize| x.clone().narrow(1, k * h, h);
+                let r = sigmoid(block(&a, 0) + block(&hp, 0));
+                let z = sigmoid(block(&a, 1) + block(&hp, 1));
+                let hn = block(&hp, 2);
+                let n = (block(&a, 2) + r.clone() * hn.clone()).tanh();
+                let h_t = (z.clone().neg() + 1.0) * n.clone() + z.clone() * h_prev;
+                gates.push(Tensor::cat(vec![r, z, n], 1));
+                hns.push(hn);
+                h_t
+            }
+        };
+        hs.push(h_t.clone());
+        h_prev = h_t;
+    }
+    let hs = Tensor::stack(hs, 0);
+    let gru = (cell == HCell::Gru).then(|| (Tensor::stack(gates, 0), Tensor::stack(hns, 0)));
+    let cache = TensorHCache {
+        cell,
+        w_hh,
+        h0,
+        hs: hs.clone(),
+        gru,
+    };
+    (hs, cache)
+}
+
+/// The h-cells' hand-written backward in Burn tensor ops: `(dxp, dW_hh, db_hh, dh0)` from
+/// `dL/dhs`.
+pub fn tensor_hcell_backward<B: Backend>(
+    cache: TensorHCache<B>,
+    dhs: Tensor<B, 3>,
+) -> (Tensor<B, 3>, Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 2>) {
+    let TensorHCache {
+        cell,
+        w_hh,
+        h0,
+        hs,
+        gru,
+    } = cache;
+    let [t, b, h] = hs.dims();
+    let gh = cell.gates() * h;
+    let step = |x: &Tensor<B, 3>, s: usize| x.clone().narrow(0, s, 1).reshape([b, x.dims()[2]]);
+    let w_hh_t = w_hh.transpose();
+    let mut dh_next = h0.zeros_like();
+    let (mut dxps, mut dhps) = (Vec::with_capacity(t), Vec::with_capacity(t));
+    for s in (0..t).rev() {
+        let dh = step(&dhs, s) + dh_next;
+        // dL/dxp_t, dL/dhp_t, and the part of dL/dh_{t-1} that does not pass through W_hh.
+        let (dxp, dhp, direct) = match &gru {
+            None => {
+                let h_t = step(&hs, s);
+                let dpre = dh * (h_t.powi_scalar(2).neg() + 1.0);
+                (dpre.clone(), dpre, None)
+            }
+            Some((gates, hn)) => {
+                let gate = step(gates, s);
+                let r = gate.clone().narrow(1, 0, h);
+                let z = gate.clone().narrow(1, h, h);
+                let n = gate.narrow(1, 2 * h, h);
+                let h_prev = if s == 0 { h0.clone() } else { step(&hs, s - 1) };
+                let dn =
+                    dh.clone() * (z.clone().neg() + 1.0) * (n.clone().powi_scalar(2).neg() + 1.0);
+                let dz = dh.clone() * (h_prev - n) * z.clone() * (z.clone().neg() + 1.0);
+                let dr = dn.clone() * step(hn, s) * r.clone() * (r.clone().neg() + 1.0);
+                let dxp = Tensor::cat(vec![dr.clone(), dz.clone(), dn.clone()], 1);
+                let dhp = Tensor::cat(vec![dr, dz.clone(), dn * r], 1);
+                (dxp, dhp, Some(dh * z))
+            }
+        };
+        let through = dhp.clone().matmul(w_hh_t.clone());
+        dh_next = match direct {
+            Some(direct) => direct + through,
+            None => through,
+        };
+        dxps.push(dxp);
+        dhps.push(dhp);
+    }
+    dxps.reverse();
+    dhps.reverse();
+    let dhp = Tensor::stack::<3>(dhps, 0);
+    let db = dhp.clone().reshape([t * b, gh]).sum_dim(0).reshape([gh]);
+    let dw = weight_grad(h0, hs, dhp);
+    (Tensor::stack(dxps, 0), dw, db, dh_next)
 }
 
 /// Runs [`tensor_forward`] and [`tensor_backward`] for a backend without CPU kernels: the GPU
@@ -392,19 +753,29 @@ pub fn tensor_backward<B: Backend>(
 #[allow(unused_macros)]
 macro_rules! tensor_backend {
     ($backend:ty) => {
-        impl LstmBackend for $backend {
+        impl CellBackend for $backend {
             fn lstm_sequence(
                 xp: FloatTensor<Self>,
                 w_hh: FloatTensor<Self>,
                 h0: FloatTensor<Self>,
                 c0: FloatTensor<Self>,
             ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-                let (hs, c, _) = <Self as LstmKernels>::lstm_forward_train(xp, w_hh, h0, c0);
+                let (hs, c, _) = <Self as CellKernels>::lstm_forward_train(xp, w_hh, h0, c0);
                 (hs, c)
+            }
+
+            fn hcell_sequence(
+                cell: HCell,
+                xp: FloatTensor<Self>,
+                w_hh: FloatTensor<Self>,
+                b_hh: FloatTensor<Self>,
+                h0: FloatTensor<Self>,
+            ) -> FloatTensor<Self> {
+                <Self as CellKernels>::hcell_forward_train(cell, xp, w_hh, b_hh, h0).0
             }
         }
 
-        impl LstmKernels for $backend {
+        impl CellKernels for $backend {
             type LstmCache = TensorCache<Self>;
 
             fn lstm_forward_train(
@@ -428,6 +799,33 @@ macro_rules! tensor_backend {
             ) -> [FloatTensor<Self>; 4] {
                 let (dxp, dw, dh0, dc0) = tensor_backward::<Self>(cache, from_float(dhs));
                 [float(dxp), float(dw), float(dh0), float(dc0)]
+            }
+
+            type HCellCache = TensorHCache<Self>;
+
+            fn hcell_forward_train(
+                cell: HCell,
+                xp: FloatTensor<Self>,
+                w_hh: FloatTensor<Self>,
+                b_hh: FloatTensor<Self>,
+                h0: FloatTensor<Self>,
+            ) -> (FloatTensor<Self>, Self::HCellCache) {
+                let (hs, cache) = tensor_hcell_forward::<Self>(
+                    cell,
+                    from_float(xp),
+                    from_float(w_hh),
+                    from_float(b_hh),
+                    from_float(h0),
+                );
+                (float(hs), cache)
+            }
+
+            fn hcell_backward(
+                cache: Self::HCellCache,
+                dhs: FloatTensor<Self>,
+            ) -> [FloatTensor<Self>; 4] {
+                let (dxp, dw, db, dh0) = tensor_hcell_backward::<Self>(cache, from_float(dhs));
+                [float(dxp), float(dw), float(db), float(dh0)]
             }
         }
     };

@@ -1,12 +1,14 @@
 //! The model against its promises: shapes, carried state, dropout, parameter count, and the
-//! fused LSTM op (forward and all gradients) against Burn's own step-by-step autodiff.
+//! fused ops of every cell (forward and all gradients) against Burn's own step-by-step autodiff.
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::{Distribution, Tolerance};
-use karnna_model::ops::{lstm_sequence, tensor_forward};
-use karnna_model::{CharRnnConfig, LstmBackend, LstmState};
+use karnna_model::ops::{
+    hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_backward, tensor_hcell_forward,
+};
+use karnna_model::{Cell, CellBackend, CellKernels, CharRnnConfig, HCell, Recurrence, RnnState};
 
 type B = Flex;
 type AD = Autodiff<Flex>;
@@ -30,28 +32,72 @@ fn notebook_parameter_count() {
     assert_eq!(config.num_params(), 3_366_483);
     assert_eq!(config.num_params() - 2 * 4 * 512, 3_362_387);
     let device = Default::default();
-    let small = CharRnnConfig::new(11).with_lstm_size(8).with_num_layers(3);
-    assert_eq!(small.init::<B>(&device).num_params(), small.num_params());
+    for cell in Cell::ALL {
+        let small = CharRnnConfig::new(11)
+            .with_lstm_size(8)
+            .with_num_layers(3)
+            .with_cell(Some(cell));
+        let model = small.init::<B>(&device);
+        assert_eq!(model.num_params(), small.num_params(), "{cell}");
+        assert_eq!(model.cell(), cell);
+    }
+    // PyTorch's nn.GRU and nn.RNN at the notebook's sizes: G·H·(input + H) + 2·G·H per layer.
+    let gru = CharRnnConfig::new(83).with_cell(Some(Cell::Gru));
+    assert_eq!(gru.num_params(), 916_992 + 1_575_936 + 42_579);
+    let rnn = CharRnnConfig::new(83).with_cell(Some(Cell::Rnn));
+    assert_eq!(rnn.num_params(), 305_664 + 525_312 + 42_579);
+}
+
+#[test]
+fn a_config_without_a_cell_is_the_lstm() {
+    // Checkpoints written before cells existed have no `cell` in their model config.
+    let old = r#"{"vocab_size": 5, "lstm_size": 4, "num_layers": 1, "keep_prob": 0.5}"#;
+    let config: CharRnnConfig = serde_json::from_str(old).unwrap();
+    assert_eq!((config.cell, config.cell()), (None, Cell::Lstm));
+    let gru: CharRnnConfig =
+        serde_json::from_str(&old.replace('}', r#", "cell": "gru"}"#)).unwrap();
+    assert_eq!(gru.cell(), Cell::Gru);
+    let back: CharRnnConfig = serde_json::from_str(&serde_json::to_string(&gru).unwrap()).unwrap();
+    assert_eq!(back, gru);
+    assert_eq!("rnn".parse::<Cell>(), Ok(Cell::Rnn));
+    assert!("lstmx"
+        .parse::<Cell>()
+        .unwrap_err()
+        .contains("lstm, gru or rnn"));
 }
 
 #[test]
 fn output_shapes() {
     let device = Default::default();
-    let model = CharRnnConfig::new(13)
-        .with_lstm_size(6)
-        .with_num_layers(3)
-        .init::<B>(&device);
-    let (logits, state) = model.forward(tokens::<B>(4, 5, 13, &device), None);
-    assert_eq!(logits.dims(), [5, 4, 13]);
-    assert_eq!(state.h.dims(), [3, 4, 6]);
-    assert_eq!(state.c.dims(), [3, 4, 6]);
+    for cell in Cell::ALL {
+        let model = CharRnnConfig::new(13)
+            .with_lstm_size(6)
+            .with_num_layers(3)
+            .with_cell(Some(cell))
+            .init::<B>(&device);
+        let (logits, state) = model.forward(tokens::<B>(4, 5, 13, &device), None);
+        assert_eq!(logits.dims(), [5, 4, 13]);
+        assert_eq!(state.h.dims(), [3, 4, 6]);
+        assert_eq!(state.c.dims(), [3, 4, 6]);
+        if cell != Cell::Lstm {
+            // No cell state: c stays zero.
+            assert_eq!(state.c.abs().max().into_scalar(), 0.0, "{cell}");
+        }
+    }
 }
 
-fn whole_equals_halves<Bk: LstmBackend>() {
+fn whole_equals_halves<Bk: CellBackend>() {
+    for cell in Cell::ALL {
+        whole_equals_halves_of::<Bk>(cell);
+    }
+}
+
+fn whole_equals_halves_of<Bk: CellBackend>(cell: Cell) {
     let device = Default::default();
     let model = CharRnnConfig::new(10)
         .with_lstm_size(7)
         .with_num_layers(2)
+        .with_cell(Some(cell))
         .init::<Bk>(&device);
     let x = tokens::<Bk>(3, 8, 10, &device);
     let (whole, s_whole) = model.forward(x.clone(), None);
@@ -212,11 +258,12 @@ fn tensor_backward_matches_step_by_step_autodiff() {
 #[test]
 fn state_helpers() {
     let device = Default::default();
-    let s = LstmState::<AD>::zeros(2, 3, 4, &device).detach();
+    let s = RnnState::<AD>::zeros(2, 3, 4, &device).detach();
     assert_eq!(s.h.dims(), [2, 3, 4]);
 }
 
-/// Every parameter gradient of whole models (1 to 3 layers, with and without a starting state)
+/// Every parameter gradient of whole models of every cell (1 to 3 layers, with and without a
+/// starting state)
 /// through the fused op equals Burn's step-by-step autodiff through the same model.
 #[test]
 fn model_gradients_match_step_by_step_autodiff() {
@@ -238,14 +285,18 @@ fn model_gradients_match_step_by_step_autodiff() {
         }
     }
     let device = Default::default();
-    for (layers, with_state) in [(1, false), (2, true), (3, true)] {
+    let cases = Cell::ALL
+        .into_iter()
+        .flat_map(|cell| [(cell, 1, false), (cell, 2, true), (cell, 3, true)]);
+    for (cell, layers, with_state) in cases {
         // No dropout, so both passes see the same network.
         let model = CharRnnConfig::new(9)
             .with_lstm_size(6)
             .with_num_layers(layers)
             .with_keep_prob(1.0)
+            .with_cell(Some(cell))
             .init::<AD>(&device);
-        let state = with_state.then(|| LstmState {
+        let state = with_state.then(|| RnnState {
             h: Tensor::random([layers, 3, 6], Distribution::Uniform(-0.5, 0.5), &device),
             c: Tensor::random([layers, 3, 6], Distribution::Uniform(-0.5, 0.5), &device),
         });
@@ -254,10 +305,7 @@ fn model_gradients_match_step_by_step_autodiff() {
             let (logits, _) = if fused {
                 model.forward(x, state.clone())
             } else {
-                model.forward_with(x, state.clone(), |xp, w, h0, c0| {
-                    let (hs, c, _) = tensor_forward(xp, w, h0, c0);
-                    (hs, c)
-                })
+                model.forward_with(x, state.clone(), Recurrence::Tensor)
             };
             let g = (logits.clone() * logits).sum().backward();
             let mut v = Grads(&g, Vec::new());
@@ -270,7 +318,7 @@ fn model_gradients_match_step_by_step_autodiff() {
             for (x, y) in a.iter().zip(b) {
                 assert!(
                     (x - y).abs() < 1e-4 * (1.0 + y.abs()),
-                    "{layers} layers: {x} vs {y}"
+                    "{cell}, {layers} layers: {x} vs {y}"
                 );
             }
         }
@@ -414,4 +462,157 @@ fn a_new_vocabulary_keeps_trained_rows_and_takes_fresh_ones_for_new_characters()
     // The rest of the trained model is kept; the dropout rate is the new run's.
     assert_eq!(moved.layers[1].w_hh.val().into_data(), t_hh);
     assert_eq!(moved.keep_prob, 0.9);
+}
+
+/// `[hs, dxp, dW_hh, db_hh, dh0]` of an h-cell's sequence under autodiff on `Bk`, through the
+/// fused op or through Burn differentiating the step-by-step tensor ops, for `L = Σ hs ⊙ r`.
+fn hcell_results<Bk: CellKernels>(
+    cell: HCell,
+    inputs: &[Vec<f32>; 5],
+    [t, b, h]: [usize; 3],
+    fused: bool,
+) -> Vec<Vec<f32>> {
+    type A<Bk> = Autodiff<Bk>;
+    let device = Default::default();
+    let gh = cell.gates() * h;
+    fn leaf<X: burn::tensor::backend::AutodiffBackend, const D: usize>(
+        v: &[f32],
+        shape: [usize; D],
+    ) -> Tensor<X, D> {
+        let data = burn::tensor::TensorData::new(v.to_vec(), shape);
+        Tensor::from_data(data, &Default::default()).require_grad()
+    }
+    let xp = leaf::<A<Bk>, 3>(&inputs[0], [t, b, gh]);
+    let w = leaf::<A<Bk>, 2>(&inputs[1], [h, gh]);
+    let bias = leaf::<A<Bk>, 1>(&inputs[2], [gh]);
+    let h0 = leaf::<A<Bk>, 2>(&inputs[3], [b, h]);
+    let r = Tensor::<A<Bk>, 1>::from_floats(inputs[4].as_slice(), &device).reshape([t, b, h]);
+    let (x, wc, bc, hc) = (xp.clone(), w.clone(), bias.clone(), h0.clone());
+    let hs = if fused {
+        hcell_sequence(cell, x, wc, bc, hc)
+    } else {
+        tensor_hcell_forward(cell, x, wc, bc, hc).0
+    };
+    let grads = (hs.clone() * r).sum().backward();
+    vec![
+        karnna_model::to_f32_vec(hs),
+        karnna_model::to_f32_vec(xp.grad(&grads).unwrap()),
+        karnna_model::to_f32_vec(w.grad(&grads).unwrap()),
+        karnna_model::to_f32_vec(bias.grad(&grads).unwrap()),
+        karnna_model::to_f32_vec(h0.grad(&grads).unwrap()),
+    ]
+}
+
+/// The fused GRU and RNN ops on `Bk` (forward and the gradients of xp, W_hh, b_hh and h0)
+/// against Burn differentiating the step-by-step recurrence op by op, over several shapes.
+fn hcell_fused_matches_reference<Bk: CellKernels>() {
+    let mut seed = 1u64;
+    let mut rand = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    };
+    for cell in [HCell::Gru, HCell::Rnn] {
+        for (t, b, h) in [(1, 1, 1), (3, 2, 4), (7, 5, 9), (2, 4, 17), (5, 3, 6)] {
+            let gh = cell.gates() * h;
+            let inputs = [
+                rand(t * b * gh, 1.0),
+                rand(h * gh, 0.5),
+                rand(gh, 0.5),
+                rand(b * h, 0.8),
+                rand(t * b * h, 1.0),
+            ];
+            let f = hcell_results::<Bk>(cell, &inputs, [t, b, h], true);
+            let r = hcell_results::<Bk>(cell, &inputs, [t, b, h], false);
+            for (name, (f, r)) in ["hs", "dxp", "dW_hh", "db_hh", "dh0"]
+                .iter()
+                .zip(f.iter().zip(&r))
+            {
+                assert_eq!(f.len(), r.len());
+                for (k, (x, y)) in f.iter().zip(r).enumerate() {
+                    assert!(
+                        (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+                        "{cell:?} t={t} b={b} h={h} {name}[{k}]: fused {x}, reference {y}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gru_and_rnn_ops_match_step_by_step_autodiff_flex() {
+    hcell_fused_matches_reference::<Flex>();
+}
+
+#[test]
+fn gru_and_rnn_ops_match_step_by_step_autodiff_ndarray() {
+    hcell_fused_matches_reference::<NdArray>();
+}
+
+#[test]
+fn hcell_tensor_backward_matches_step_by_step_autodiff() {
+    // The tensor-op backward (used on the GPUs) against autodiff, on the CPU.
+    let device = Default::default();
+    let (t, b, h) = (4, 3, 5);
+    for cell in [HCell::Gru, HCell::Rnn] {
+        let gh = cell.gates() * h;
+        let r =
+            |n: [usize; 3]| Tensor::<B, 3>::random(n, Distribution::Uniform(-1.0, 1.0), &device);
+        let xp = r([t, b, gh]);
+        let w = r([1, h, gh]).reshape([h, gh]);
+        let bias = r([1, 1, gh]).reshape([gh]);
+        let h0 = r([1, b, h]).reshape([b, h]);
+        let dhs = r([t, b, h]);
+        let (_, cache) =
+            tensor_hcell_forward(cell, xp.clone(), w.clone(), bias.clone(), h0.clone());
+        let (dxp, dw, db, dh0) = tensor_hcell_backward(cache, dhs.clone());
+
+        let xp_a = Tensor::<AD, 3>::from_inner(xp).require_grad();
+        let w_a = Tensor::<AD, 2>::from_inner(w).require_grad();
+        let b_a = Tensor::<AD, 1>::from_inner(bias).require_grad();
+        let h0_a = Tensor::<AD, 2>::from_inner(h0).require_grad();
+        let (hs, _) =
+            tensor_hcell_forward(cell, xp_a.clone(), w_a.clone(), b_a.clone(), h0_a.clone());
+        let grads = (hs * Tensor::from_inner(dhs)).sum().backward();
+        let tol = Tolerance::absolute(1e-4);
+        dxp.into_data()
+            .assert_approx_eq::<f32>(&xp_a.grad(&grads).unwrap().into_data(), tol);
+        dw.into_data()
+            .assert_approx_eq::<f32>(&w_a.grad(&grads).unwrap().into_data(), tol);
+        db.into_data()
+            .assert_approx_eq::<f32>(&b_a.grad(&grads).unwrap().into_data(), tol);
+        dh0.into_data()
+            .assert_approx_eq::<f32>(&h0_a.grad(&grads).unwrap().into_data(), tol);
+    }
+}
+
+#[test]
+fn tensorflow_init_of_the_gru_and_rnn() {
+    use karnna_model::Init;
+    let device = Default::default();
+    let h = 8;
+    for (cell, ones) in [(Cell::Gru, 0..2 * h), (Cell::Rnn, 0..0)] {
+        let config = CharRnnConfig::new(5)
+            .with_lstm_size(h)
+            .with_cell(Some(cell));
+        let model = config.init_with::<B>(Init::TensorFlow, &device);
+        for layer in &model.layers {
+            assert_eq!(layer.w_hh.dims(), [h, cell.gates() * h]);
+            // TensorFlow's GRUCell starts its r and z gates' bias at one; the RNN's at zero.
+            let bias = karnna_model::to_f32_vec(layer.b_ih.val() + layer.b_hh.val());
+            for (j, b) in bias.iter().enumerate() {
+                assert_eq!(
+                    *b,
+                    if ones.contains(&j) { 1.0 } else { 0.0 },
+                    "{cell} bias {j}"
+                );
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use karnna_data::ValSplit;
-use karnna_model::{CharRnnConfig, Init};
+use karnna_model::{Cell, CharRnnConfig, Init};
 use serde::{Deserialize, Serialize};
 
 /// Where the model runs.
@@ -69,11 +69,14 @@ pub struct RunConfig {
     pub batch_size: usize,
     /// Characters per sequence in a batch (the notebook's `num_steps`).
     pub num_steps: usize,
-    /// Units in each LSTM layer.
+    /// The recurrent cell: `lstm` (the default, so every config and checkpoint written before
+    /// this key keeps its meaning), `gru` or `rnn` (PyTorch's `nn.GRU` and tanh `nn.RNN`).
+    pub cell: Cell,
+    /// Units in each recurrent layer (the notebook's name, whatever the cell).
     pub lstm_size: usize,
-    /// Stacked LSTM layers.
+    /// Stacked recurrent layers.
     pub num_layers: usize,
-    /// Probability of keeping an LSTM output in training (dropout is `1 - keep_prob`).
+    /// Probability of keeping a layer's output in training (dropout is `1 - keep_prob`).
     pub keep_prob: f64,
     /// Adam's learning rate.
     pub learning_rate: f64,
@@ -146,6 +149,7 @@ impl Default for RunConfig {
             init: Init::PyTorch,
             batch_size: 100,
             num_steps: 100,
+            cell: Cell::Lstm,
             lstm_size: 512,
             num_layers: 2,
             keep_prob: 0.5,
@@ -257,9 +261,20 @@ impl RunConfig {
         Ok(())
     }
 
+    /// The model's shape in words, such as `2 LSTM layers x 512 units`.
+    pub fn shape(&self) -> String {
+        format!(
+            "{} {} layers x {} units",
+            self.num_layers,
+            self.cell.name().to_uppercase(),
+            self.lstm_size
+        )
+    }
+
     /// The model this config describes, for a vocabulary of `vocab_size` characters.
     pub fn model(&self, vocab_size: usize) -> CharRnnConfig {
         CharRnnConfig::new(vocab_size)
+            .with_cell(Some(self.cell))
             .with_lstm_size(self.lstm_size)
             .with_num_layers(self.num_layers)
             .with_keep_prob(self.keep_prob)
@@ -314,6 +329,20 @@ mod tests {
             (anna.val_split, anna.init, anna.reference_curve),
             (ValSplit::Rows, Init::TensorFlow, ReferenceCurve::Notebook)
         );
+    }
+
+    #[test]
+    fn the_cell_is_lstm_unless_named() {
+        let none = RunConfig::load(&write("nocell.toml", "data = \"a.txt\"\n")).unwrap();
+        assert_eq!(none.cell, Cell::Lstm);
+        let gru = RunConfig::load(&write("gru.toml", "cell = \"gru\"\n")).unwrap();
+        assert_eq!((gru.cell, gru.model(10).cell()), (Cell::Gru, Cell::Gru));
+        assert_eq!(gru.shape(), "2 GRU layers x 512 units");
+        let e = RunConfig::load(&write("badcell.toml", "cell = \"lstmx\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("badcell.toml: line 1: unknown variant `lstmx`"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 
     #[test]

@@ -185,7 +185,7 @@ impl Corpus {
              val split:       {}\n\
              batches/epoch:   {}\n\
              iterations:      {} ({} epochs)\n\
-             parameters:      {} ({} layers x {} units), initialised as {}\n\
+             parameters:      {} ({}), initialised as {}\n\
              memory:          {}\n\
              params/chars:    {:.2}: {}",
             text,
@@ -202,8 +202,7 @@ impl Corpus {
             self.total_iterations(config.epochs),
             config.epochs,
             params,
-            config.num_layers,
-            config.lstm_size,
+            config.shape(),
             config.init.name(),
             MemoryEstimate::of(
                 &config.model(self.vocab.len()),

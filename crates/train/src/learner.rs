@@ -16,7 +16,7 @@ use burn::train::metric::{
 };
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use karnna_data::{Batch, Batches};
-use karnna_model::{CharRnn, LstmBackend, LstmState};
+use karnna_model::{CellBackend, CharRnn, RnnState};
 
 /// The model as burn-train sees it (a newtype, since `TrainStep` and `CharRnn` are both foreign
 /// to this crate).
@@ -60,14 +60,14 @@ pub fn char_loss<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -
     log_probs.gather(1, targets).mean().neg()
 }
 
-impl<B: AutodiffBackend + LstmBackend> Trainee<B> {
+impl<B: AutodiffBackend + CellBackend> Trainee<B> {
     /// Forward and backward from `state`: the output item, the gradients, and the state after
     /// the batch (detached: truncated backpropagation through time).
     pub fn train_batch(
         &self,
         batch: CharBatch<B>,
-        state: Option<LstmState<B>>,
-    ) -> (CharOutput<B>, GradientsParams, LstmState<B>) {
+        state: Option<RnnState<B>>,
+    ) -> (CharOutput<B>, GradientsParams, RnnState<B>) {
         let chars = batch.inputs.dims().iter().product();
         let (logits, state) = self.model.forward(batch.inputs, state);
         let loss = char_loss(logits, batch.targets);
@@ -83,13 +83,13 @@ impl<B: AutodiffBackend + LstmBackend> Trainee<B> {
     }
 }
 
-impl<B: Backend + LstmBackend> Trainee<B> {
+impl<B: Backend + CellBackend> Trainee<B> {
     /// Validation forward from `state` (no dropout when `B` is not autodiff).
     pub fn eval_batch(
         &self,
         batch: CharBatch<B>,
-        state: Option<LstmState<B>>,
-    ) -> (CharOutput<B>, LstmState<B>) {
+        state: Option<RnnState<B>>,
+    ) -> (CharOutput<B>, RnnState<B>) {
         let chars = batch.inputs.dims().iter().product();
         let (logits, state) = self.model.forward(batch.inputs, state);
         (
@@ -102,7 +102,7 @@ impl<B: Backend + LstmBackend> Trainee<B> {
     }
 }
 
-impl<B: AutodiffBackend + LstmBackend> TrainStep for Trainee<B> {
+impl<B: AutodiffBackend + CellBackend> TrainStep for Trainee<B> {
     type Input = CharBatch<B>;
     type Output = CharOutput<B>;
 
@@ -114,7 +114,7 @@ impl<B: AutodiffBackend + LstmBackend> TrainStep for Trainee<B> {
     }
 }
 
-impl<B: Backend + LstmBackend> InferenceStep for Trainee<B> {
+impl<B: Backend + CellBackend> InferenceStep for Trainee<B> {
     type Input = CharBatch<B>;
     type Output = CharOutput<B>;
 

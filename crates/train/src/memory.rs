@@ -38,6 +38,7 @@ impl MemoryEstimate {
         let f32s = |n: u128| u64::try_from(n * 4).unwrap_or(u64::MAX);
         let p = model.num_params() as u128;
         let n = batch_size as u128 * num_steps as u128;
+        let g = model.cell().gates() as u128;
         let (h, v, l) = (
             model.lstm_size as u128,
             model.vocab_size as u128,
@@ -46,7 +47,9 @@ impl MemoryEstimate {
         Self {
             weights: f32s(p),
             optimizer: f32s(5 * p),
-            activations: f32s(10 * n * h * l + 4 * n * v),
+            // Per unit, step and row: the gates, the states and their gradients (10 floats for
+            // the LSTM's four gates, fewer for the GRU's three and the RNN's one).
+            activations: f32s((2 * g + 2) * n * h * l + 4 * n * v),
         }
     }
 

@@ -27,7 +27,7 @@ use burn::train::{
     TrainingComponents, TrainingItem, TrainingStrategy, ValidLoader,
 };
 use karnna_model::checkpoint::{checkpoint_name, set_best_pointer};
-use karnna_model::{Checkpoint, CheckpointMeta, LstmKernels, LstmState};
+use karnna_model::{CellKernels, Checkpoint, CheckpointMeta, RnnState};
 
 use crate::config::{ReferenceCurve, RunConfig};
 use crate::corpus::{Corpus, VocabFrom};
@@ -89,7 +89,7 @@ fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
 
 /// Prepares the run folder, builds or restores the model and optimizer, and trains with
 /// burn-train's learner on `Autodiff<I>` (its dashboard when stdout is a terminal).
-pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::Result<TrainReport> {
+pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::Result<TrainReport> {
     let folder = RunFolder::lock(&opts.run_dir)?;
     let dir = folder.dir();
     let resume_from = folder.prepare(opts.resume, opts.fresh)?;
@@ -104,6 +104,13 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
                     ckpt.path.display()
                 )
             })?;
+        if config.shape() != saved.shape() {
+            println!(
+                "note:            resuming keeps the run's own model ({}); the config's {} is not used",
+                saved.shape(),
+                config.shape()
+            );
+        }
         config = RunConfig {
             epochs: config.epochs,
             max_iters: config.max_iters,
@@ -137,18 +144,21 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     };
     if let Some(base) = &base {
         let m = &base.meta.model;
-        if (m.num_layers, m.lstm_size) != (config.num_layers, config.lstm_size) {
+        let from_base = RunConfig {
+            cell: m.cell(),
+            num_layers: m.num_layers,
+            lstm_size: m.lstm_size,
+            ..config.clone()
+        };
+        if from_base.shape() != config.shape() {
             println!(
-                "note:            the model's shape comes from {} ({} layers x {} units); the config's {} x {} is not used",
+                "note:            the model's shape comes from {} ({}); the config's {} is not used",
                 base.path.display(),
-                m.num_layers,
-                m.lstm_size,
-                config.num_layers,
-                config.lstm_size
+                from_base.shape(),
+                config.shape()
             );
         }
-        config.num_layers = m.num_layers;
-        config.lstm_size = m.lstm_size;
+        config = from_base;
     }
     if let [one] = config.data.as_slice() {
         crate::fetch::ensure_text(one, &config.data_url, &config.data_sha256)?;
@@ -313,7 +323,7 @@ pub fn train<I: LstmKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     })
 }
 
-fn encode_state<B: Backend>(state: &LstmState<B>) -> Vec<u8> {
+fn encode_state<B: Backend>(state: &RnnState<B>) -> Vec<u8> {
     let mut out = Vec::new();
     for t in [&state.h, &state.c] {
         for v in karnna_model::to_f32_vec(t.clone()) {
@@ -328,7 +338,7 @@ fn decode_state<B: Backend>(
     model: &karnna_model::CharRnnConfig,
     batch: usize,
     device: &B::Device,
-) -> Option<LstmState<B>> {
+) -> Option<RnnState<B>> {
     let shape = [model.num_layers, batch, model.lstm_size];
     let n = shape.iter().product::<usize>();
     if bytes.is_empty() {
@@ -338,7 +348,7 @@ fn decode_state<B: Backend>(
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    (floats.len() == 2 * n).then(|| LstmState {
+    (floats.len() == 2 * n).then(|| RnnState {
         h: Tensor::from_data(TensorData::new(floats[..n].to_vec(), shape), device),
         c: Tensor::from_data(TensorData::new(floats[n..].to_vec(), shape), device),
     })
@@ -346,7 +356,7 @@ fn decode_state<B: Backend>(
 
 /// Mutable state of the strategy (its `fit` takes `&self`).
 struct Shared<B: Backend> {
-    start_state: Option<LstmState<B>>,
+    start_state: Option<RnnState<B>>,
     log: MetricsLog,
     elapsed0: f64,
     best: Option<(PathBuf, f64)>,
@@ -358,7 +368,7 @@ struct Shared<B: Backend> {
 
 /// karnna's training strategy for burn-train: the notebook's loop with the LSTM state carried
 /// across the batches of an epoch, feeding the learner's event processor (dashboard, metrics).
-struct Carry<I: LstmKernels> {
+struct Carry<I: CellKernels> {
     config: RunConfig,
     dir: PathBuf,
     vocab: karnna_data::Vocab,
@@ -378,7 +388,7 @@ fn step_seed(seed: u64, it: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-impl<I: LstmKernels> Carry<I> {
+impl<I: CellKernels> Carry<I> {
     /// Validation loss over the whole validation split, the state carried across its batches.
     fn validate(
         &self,
@@ -417,7 +427,7 @@ impl<I: LstmKernels> Carry<I> {
         iteration: usize,
         val_loss: Option<f64>,
         train_loss: f64,
-        state: Option<&LstmState<Autodiff<I>>>,
+        state: Option<&RnnState<Autodiff<I>>>,
     ) -> anyhow::Result<PathBuf> {
         let optim = self
             .handle
@@ -453,7 +463,7 @@ impl<I: LstmKernels> Carry<I> {
     }
 }
 
-impl<I: LstmKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
+impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
     fn fit(
         &self,
         components: TrainingComponents<Components<I>>,

@@ -8,7 +8,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use karnna_data::{Batches, Vocab};
-use karnna_model::{CharRnnConfig, Checkpoint};
+use karnna_model::{Cell, CharRnnConfig, Checkpoint};
 use karnna_train::learner::{char_loss, clip_global_norm, CharBatch, Trainee};
 use karnna_train::{train, RunConfig, TrainOptions};
 
@@ -178,9 +178,27 @@ fn weights(path: &Path) -> Vec<f32> {
 
 #[test]
 fn resume_continues_exactly_and_refuses_to_overwrite() {
-    let dir = scratch("resume");
+    resume_continues_exactly(Cell::Lstm);
+}
+
+#[test]
+fn a_gru_resumes_exactly() {
+    resume_continues_exactly(Cell::Gru);
+}
+
+#[test]
+fn an_rnn_resumes_exactly() {
+    resume_continues_exactly(Cell::Rnn);
+}
+
+fn resume_continues_exactly(cell: Cell) {
+    let dir = scratch(&format!("resume-{cell}"));
     let data = dir.join("text.txt");
     std::fs::write(&data, TEXT.repeat(3)).unwrap();
+    let config = |data: &Path| RunConfig {
+        cell,
+        ..config(data)
+    };
 
     // Uninterrupted: 2 epochs. Stopped after 5 iterations (mid-epoch), then resumed.
     let straight = run(&dir.join("a"), config(&data), false);
@@ -191,6 +209,9 @@ fn resume_continues_exactly_and_refuses_to_overwrite() {
     let err = try_run(&dir.join("b"), config(&data), false).unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
     let resumed = run(&dir.join("b"), config(&data), true);
+    // The checkpoint says which cell it holds.
+    let ckpt = Checkpoint::read(resumed.last_checkpoint.as_ref().unwrap()).unwrap();
+    assert_eq!(ckpt.meta.model.cell(), cell);
     assert_eq!(resumed.iteration, straight.iteration);
 
     let a = weights(straight.last_checkpoint.as_ref().unwrap());
@@ -202,7 +223,7 @@ fn resume_continues_exactly_and_refuses_to_overwrite() {
         .fold(0.0f32, f32::max);
     assert!(
         diff < 1e-5,
-        "resumed weights differ from the uninterrupted run by {diff}"
+        "{cell}: resumed weights differ from the uninterrupted run by {diff}"
     );
 
     // The log continues: one row per iteration, no gaps or repeats.

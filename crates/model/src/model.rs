@@ -1,7 +1,7 @@
 //! The character model: one-hot input, stacked recurrent layers (LSTM, GRU or plain RNN) with
 //! dropout, linear to the vocabulary.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::embedding;
@@ -267,11 +267,18 @@ impl CharRnnConfig {
             output.weight = Param::from_tensor(truncated_normal([h, v], 0.1, device));
             output.bias = Some(Initializer::Zeros.init([v], device));
         }
-        CharRnn {
+        let model = CharRnn {
             layers,
             output,
             keep_prob: self.keep_prob,
-        }
+        };
+        // Burn's initializers are lazy: a parameter draws its values from the backend's (global)
+        // generator when first read, whenever and on whichever thread that is, so a seeded run
+        // could get other weights when another thread drew in between (the training tests saw
+        // it). Reading every parameter now, in the module's order, makes the draws follow the
+        // caller's seed.
+        model.visit(&mut Materialize);
+        model
     }
 
     /// Trainable parameters of the model this config builds: per layer `G·H·(input + H) + 2·G·H`
@@ -437,6 +444,15 @@ impl<B: CellBackend> CharRnn<B> {
             c: Tensor::stack(cs_out, 0),
         };
         (logits, state)
+    }
+}
+
+/// Reads every parameter once, which makes a lazily initialised one draw its values.
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
     }
 }
 

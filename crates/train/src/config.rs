@@ -341,7 +341,10 @@ mod tests {
         let e = RunConfig::load(&write("badcell.toml", "cell = \"lstmx\"\n"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("badcell.toml: line 1: unknown variant `lstmx`"), "{e}");
+        assert!(
+            e.contains("badcell.toml: line 1: unknown variant `lstmx`"),
+            "{e}"
+        );
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 

@@ -19,8 +19,9 @@ const TEXT: &str =
 Everything was in confusion in the Oblonskys' house. The wife had discovered that the husband \
 was carrying on an intrigue with a French girl, who had been a governess in their family.\n";
 
-/// One seeded test or training run at a time: the backend's random generator (weights, dropout
-/// seeds) is global, so tests on parallel threads would draw from each other's streams.
+/// One test that draws random numbers (a training run, a model's initialisation) at a time: the
+/// backend's random generator (weights, dropout seeds) is global, so tests on parallel threads
+/// would draw from each other's streams, and a run would not redo what another did.
 static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn text_ids(vocab: &Vocab) -> Vec<u32> {
@@ -74,6 +75,8 @@ fn global_norm(model: &Trainee<AD>, grads: &GradientsParams) -> f64 {
 
 #[test]
 fn clipping_bounds_the_global_norm_and_keeps_the_direction() {
+    // Its untrained model draws from the global generator: not while a run is drawing.
+    let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let vocab = Vocab::from_text(TEXT);
     let batches = Batches::new(text_ids(&vocab), 3, 20).unwrap();

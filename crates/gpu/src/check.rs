@@ -21,7 +21,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use karnna_infer::{generate, BurnStepper, CharStepper, CpuCharRnn, SampleOptions, Strategy};
 use karnna_model::ops::{hcell_sequence, lstm_sequence};
-use karnna_model::{to_f32_vec, Cell, CellKernels, CharRnn, CharRnnConfig, Checkpoint};
+use karnna_model::{to_f32_vec, Cell, CellKernels, CharRnn, CharRnnConfig, Checkpoint, Init};
 use karnna_train::learner::{char_loss, clip_global_norm, Trainee};
 use karnna_train::{RunConfig, TrainOptions};
 use rand::rngs::StdRng;
@@ -259,8 +259,7 @@ pub fn training<G: CellKernels>(
         .with_keep_prob(1.0);
     let cpu_device = Default::default();
     // Seeded, so that every run compares the same steps.
-    Flex::seed(&cpu_device, 11);
-    let start = config.init::<Flex>(&cpu_device);
+    let start = config.init_seeded::<Flex>(Init::PyTorch, 11, &cpu_device);
     let bytes = Recorder::<Flex>::record(&recorder(), start.into_record(), ())
         .context("recording the start weights")?;
     // Random inputs whose targets follow from them (y = 3x + 1 mod 16): something to learn.

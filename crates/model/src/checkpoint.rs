@@ -182,18 +182,21 @@ impl Checkpoint {
         let record = Recorder::<B>::load(&recorder(), bytes.to_vec(), device)
             .map_err(|e| corrupt(format!("model: {e}")))?;
         let model = self.meta.model.init::<B>(device).load_record(record);
-        // The record must have exactly the shapes the meta describes.
+        // The record must have exactly the shapes the meta describes. `lazy_shape` reads an
+        // untrained parameter's shape without drawing its values: loading a checkpoint must not
+        // consume the backend's global random generator (a seeded run on another thread would
+        // get other weights).
         let expected = self.meta.model.init::<B>(device);
         let shapes = |m: &CharRnn<B>| {
             let mut v = Vec::new();
             for l in &m.layers {
                 v.extend([
-                    l.w_ih.dims().to_vec(),
-                    l.w_hh.dims().to_vec(),
-                    l.b_ih.dims().to_vec(),
+                    l.w_ih.lazy_shape().to_vec(),
+                    l.w_hh.lazy_shape().to_vec(),
+                    l.b_ih.lazy_shape().to_vec(),
                 ]);
             }
-            v.push(m.output.weight.dims().to_vec());
+            v.push(m.output.weight.lazy_shape().to_vec());
             v
         };
         if shapes(&model) != shapes(&expected) {

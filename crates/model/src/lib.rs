@@ -16,5 +16,7 @@ mod model;
 pub mod ops;
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta};
-pub use model::{to_f32_vec, Cell, CharRnn, CharRnnConfig, Init, Recurrence, RnnLayer, RnnState};
+pub use model::{
+    seed_dropout, to_f32_vec, Cell, CharRnn, CharRnnConfig, Init, Recurrence, RnnLayer, RnnState,
+};
 pub use ops::{CellBackend, CellKernels, HCell};

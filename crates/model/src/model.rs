@@ -1,13 +1,15 @@
 //! The character model: one-hot input, stacked recurrent layers (LSTM, GRU or plain RNN) with
 //! dropout, linear to the vocabulary.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::embedding;
 use burn::tensor::{Distribution, TensorData};
 
 use karnna_data::Vocab;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::ops::{hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_forward};
 use crate::ops::{CellBackend, HCell};
@@ -215,28 +217,45 @@ impl CharRnnConfig {
         self.cell.unwrap_or_default()
     }
 
-    /// Builds an untrained model with its weights drawn the way `init` says.
+    /// Builds an untrained model with its weights drawn the way `init` says, from the
+    /// backend's generator.
+    ///
+    /// Burn's initializers are lazy: each parameter draws its values when it is first read,
+    /// so a model about to load a record draws nothing. That generator is global to the
+    /// process, so what a parameter gets depends on every draw made before it, on any thread;
+    /// a run that must be reproducible uses [`CharRnnConfig::init_seeded`].
     pub fn init_with<B: Backend>(&self, init: Init, device: &B::Device) -> CharRnn<B> {
+        self.build(init, &mut Draws::Backend, device)
+    }
+
+    /// [`CharRnnConfig::init_with`], with every value drawn at once from a generator of its
+    /// own seeded with `seed`: the same weights for the same seed whatever other threads draw
+    /// (the training run's initialisation).
+    pub fn init_seeded<B: Backend>(&self, init: Init, seed: u64, device: &B::Device) -> CharRnn<B> {
+        self.build(
+            init,
+            &mut Draws::Host(Box::new(StdRng::seed_from_u64(seed))),
+            device,
+        )
+    }
+
+    fn build<B: Backend>(&self, init: Init, draws: &mut Draws, device: &B::Device) -> CharRnn<B> {
         let (h, v) = (self.lstm_size, self.vocab_size);
         let cell = self.cell();
         let gh = cell.gates() * h;
-        let uniform = |bound: f64| Initializer::Uniform {
-            min: -bound,
-            max: bound,
-        };
-        let torch = uniform(1.0 / (h as f64).sqrt());
+        let torch = 1.0 / (h as f64).sqrt();
         let layers = (0..self.num_layers)
             .map(|l| {
                 let input = if l == 0 { v } else { h };
                 match init {
                     Init::PyTorch => RnnLayer {
-                        w_ih: torch.init([input, gh], device),
-                        w_hh: torch.init([h, gh], device),
-                        b_ih: torch.init([gh], device),
-                        b_hh: torch.init([gh], device),
+                        w_ih: draws.uniform([input, gh], torch, device),
+                        w_hh: draws.uniform([h, gh], torch, device),
+                        b_ih: draws.uniform([gh], torch, device),
+                        b_hh: draws.uniform([gh], torch, device),
                     },
                     Init::TensorFlow => {
-                        let glorot = uniform((6.0 / (input + h + gh) as f64).sqrt());
+                        let glorot = (6.0 / (input + h + gh) as f64).sqrt();
                         // TensorFlow's cells start these gate blocks' bias at one: the LSTM's
                         // forget gate (block 1 of i, f, g, o) and the GRU's r and z (blocks 0
                         // and 1 of r, z, n); every other bias starts at zero.
@@ -253,8 +272,8 @@ impl CharRnnConfig {
                             })
                             .collect();
                         RnnLayer {
-                            w_ih: glorot.init([input, gh], device),
-                            w_hh: glorot.init([h, gh], device),
+                            w_ih: draws.uniform([input, gh], glorot, device),
+                            w_hh: draws.uniform([h, gh], glorot, device),
                             b_ih: Param::from_tensor(Tensor::cat(blocks, 0)),
                             b_hh: Initializer::Zeros.init([gh], device),
                         }
@@ -262,23 +281,26 @@ impl CharRnnConfig {
                 }
             })
             .collect();
+        // Burn's `Linear` default is PyTorch's: Kaiming-uniform with gain 1/√3 over fan-in H,
+        // that is U(-1/√H, 1/√H) for the weight and the bias.
         let mut output = LinearConfig::new(h, v).init(device);
-        if init == Init::TensorFlow {
-            output.weight = Param::from_tensor(truncated_normal([h, v], 0.1, device));
-            output.bias = Some(Initializer::Zeros.init([v], device));
+        match init {
+            Init::PyTorch => {
+                if let Draws::Host(_) = draws {
+                    output.weight = draws.uniform([h, v], torch, device);
+                    output.bias = Some(draws.uniform([v], torch, device));
+                }
+            }
+            Init::TensorFlow => {
+                output.weight = Param::from_tensor(draws.truncated_normal([h, v], 0.1, device));
+                output.bias = Some(Initializer::Zeros.init([v], device));
+            }
         }
-        let model = CharRnn {
+        CharRnn {
             layers,
             output,
             keep_prob: self.keep_prob,
-        };
-        // Burn's initializers are lazy: a parameter draws its values from the backend's (global)
-        // generator when first read, whenever and on whichever thread that is, so a seeded run
-        // could get other weights when another thread drew in between (the training tests saw
-        // it). Reading every parameter now, in the module's order, makes the draws follow the
-        // caller's seed.
-        model.visit(&mut Materialize);
-        model
+        }
     }
 
     /// Trainable parameters of the model this config builds: per layer `G·H·(input + H) + 2·G·H`
@@ -447,12 +469,62 @@ impl<B: CellBackend> CharRnn<B> {
     }
 }
 
-/// Reads every parameter once, which makes a lazily initialised one draw its values.
-struct Materialize;
+/// Where an untrained model's values come from.
+enum Draws {
+    /// The backend's generator, lazily (Burn's initializers).
+    Backend,
+    /// A generator of the model's own, at once.
+    Host(Box<StdRng>),
+}
 
-impl<B: Backend> ModuleVisitor<B> for Materialize {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let _ = param.val();
+impl Draws {
+    /// A parameter of `shape` drawn from U(-bound, bound).
+    fn uniform<B: Backend, const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        bound: f64,
+        device: &B::Device,
+    ) -> Param<Tensor<B, D>> {
+        match self {
+            Draws::Backend => Initializer::Uniform {
+                min: -bound,
+                max: bound,
+            }
+            .init(shape, device),
+            Draws::Host(rng) => {
+                let n = shape.iter().product();
+                let values: Vec<f32> = (0..n)
+                    .map(|_| rng.random_range(-bound..bound) as f32)
+                    .collect();
+                Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
+            }
+        }
+    }
+
+    /// TensorFlow's `truncated_normal`: N(0, std²), every value beyond two standard deviations
+    /// drawn again.
+    fn truncated_normal<B: Backend, const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        std: f64,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
+        let rng = match self {
+            Draws::Backend => return truncated_normal(shape, std, device),
+            Draws::Host(rng) => rng,
+        };
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| loop {
+                // Box-Muller: a standard normal from two uniforms.
+                let (u1, u2): (f64, f64) = (rng.random_range(f64::EPSILON..1.0), rng.random());
+                let x = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std;
+                if x.abs() <= 2.0 * std {
+                    break x as f32;
+                }
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(values, shape), device)
     }
 }
 
@@ -482,24 +554,54 @@ pub fn to_f32_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .expect("f32 tensor data")
 }
 
-/// Dropout on an LSTM layer's output, in training only (on an autodiff backend): each value is
-/// kept with probability `keep_prob` and scaled by `1 / keep_prob`, or zeroed.
+std::thread_local! {
+    /// The next dropout seed of this thread, when [`seed_dropout`] set one.
+    static DROPOUT_SEED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes the dropout masks drawn on this thread from now on follow `seed` (each mask takes
+/// the next value of a SplitMix64 sequence from it), instead of drawing their seeds from the
+/// backend's generator. The training loop calls it before each iteration, so that a resumed
+/// run draws exactly the masks the uninterrupted run drew: the backend's generator is global
+/// to the process, and a draw on any other thread (Burn's and burn-train's own, a test's)
+/// would otherwise shift every later mask.
+pub fn seed_dropout(seed: u64) {
+    DROPOUT_SEED.set(Some(seed));
+}
+
+/// The seed of the next dropout mask: the next value of this thread's [`seed_dropout`]
+/// sequence, or two uniform draws from the backend's generator when none was set.
+fn next_dropout_seed<B: Backend>(device: &B::Device) -> u64 {
+    if let Some(state) = DROPOUT_SEED.get() {
+        let state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        DROPOUT_SEED.set(Some(state));
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        return z ^ (z >> 31);
+    }
+    let bits = to_f32_vec(Tensor::<B, 1>::random(
+        [2],
+        Distribution::Uniform(0.0, 1.0),
+        device,
+    ));
+    ((bits[0].to_bits() as u64) << 32) | bits[1].to_bits() as u64
+}
+
+/// Dropout on a recurrent layer's output, in training only (on an autodiff backend): each
+/// value is kept with probability `keep_prob` and scaled by `1 / keep_prob`, or zeroed.
 ///
 /// The mask is drawn on the host by [`crate::kernel::dropout_mask`] (a counter-based hash, 16
-/// lanes at a time) from a seed taken from the backend's own RNG, so runs stay reproducible under
-/// `Backend::seed`; Burn's `Dropout` draws every Bernoulli sample through its generic sampler,
-/// which cost ~8% of a training step.
+/// lanes at a time) from a seed given by [`seed_dropout`]'s sequence, or else taken from the
+/// backend's own RNG (reproducible under `Backend::seed` when nothing else draws); Burn's
+/// `Dropout` draws every Bernoulli sample through its generic sampler, which cost ~8% of a
+/// training step.
 fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, keep_prob: f64) -> Tensor<B, D> {
     let device = x.device();
     if keep_prob >= 1.0 || !B::ad_enabled(&device) {
         return x;
     }
-    let bits = to_f32_vec(Tensor::<B, 1>::random(
-        [2],
-        Distribution::Uniform(0.0, 1.0),
-        &device,
-    ));
-    let seed = ((bits[0].to_bits() as u64) << 32) | bits[1].to_bits() as u64;
+    let seed = next_dropout_seed::<B>(&device);
     let shape = x.shape();
     let mut mask = vec![0.0; shape.num_elements()];
     crate::kernel::dropout_mask(seed, keep_prob, &mut mask);

@@ -198,7 +198,7 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
 
     type B<I> = Autodiff<I>;
     I::seed(&device, config.seed);
-    let mut model = model_config.init_with::<B<I>>(config.init, &device);
+    let mut model = model_config.init_seeded::<B<I>>(config.init, config.seed, &device);
     if let Some(base) = &base {
         // The untrained model gives the rows of the characters the base never saw.
         model = base
@@ -479,7 +479,6 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
         let interrupter = components.interrupter;
         let cfg = &self.config;
         let per_epoch = train_loader.num_items();
-        let device = learner.model().model.layers[0].w_hh.device();
         let mut shared = self.shared.lock().unwrap();
         if !self.plain {
             idle_priority_for("train-renderer");
@@ -503,7 +502,7 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                     ctrl_c_as_signal();
                 }
                 let t0 = Instant::now();
-                I::seed(&device, step_seed(cfg.seed, iteration));
+                karnna_model::seed_dropout(step_seed(cfg.seed, iteration));
                 learner.lr_step();
                 let model = learner.model();
                 let (out, mut grads, next_state) = model.train_batch(batch, state.take());

@@ -8,7 +8,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use karnna_data::{Batches, Vocab};
-use karnna_model::{Cell, CharRnnConfig, Checkpoint};
+use karnna_model::{Cell, CharRnnConfig, Checkpoint, Init};
 use karnna_train::learner::{char_loss, clip_global_norm, CharBatch, Trainee};
 use karnna_train::{train, RunConfig, TrainOptions};
 
@@ -32,15 +32,15 @@ fn text_ids(vocab: &Vocab) -> Vec<u32> {
 fn carried_state_changes_the_next_batch() {
     let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
-    // A fixed initialization: at random ones the untrained model's mean loss moved by less than
-    // the bound below for about one in ten (9.3e-5 in one CI run); with this one it moves 1.6e-3.
-    <Flex as Backend>::seed(&device, 1);
+    // A fixed initialization (drawn from its own seeded generator, so no other test's draws
+    // change it): at random ones the untrained model's mean loss moves by less than the bound
+    // below about one time in ten (9.3e-5 in one CI run); with this one it moves 2.2e-3.
     let vocab = Vocab::from_text(TEXT);
     let batches = Batches::new(text_ids(&vocab), 3, 20).unwrap();
     assert!(batches.len() >= 2);
     let model = CharRnnConfig::new(vocab.len())
         .with_lstm_size(16)
-        .init::<Flex>(&device);
+        .init_seeded::<Flex>(Init::PyTorch, 3, &device);
     let trainee = Trainee { model };
     let b0 = CharBatch::<Flex>::new(&batches.get(0), &device);
     let b1 = CharBatch::<Flex>::new(&batches.get(1), &device);
@@ -224,6 +224,11 @@ fn resume_continues_exactly(cell: Cell) {
         .zip(&b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max);
+    if diff >= 1e-5 {
+        let a = std::fs::read_to_string(dir.join("a/metrics.csv")).unwrap();
+        let b = std::fs::read_to_string(dir.join("b/metrics.csv")).unwrap();
+        eprintln!("DEBUG {cell}\nA:\n{a}\nB:\n{b}");
+    }
     assert!(
         diff < 1e-5,
         "{cell}: resumed weights differ from the uninterrupted run by {diff}"

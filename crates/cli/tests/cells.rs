@@ -4,14 +4,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{karnna, tiny_config};
-
-fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("karnna-cells-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{karnna, tiny_config, workdir, SHORT};
 
 fn run_ok(dir: &Path, args: &[&str]) -> String {
     let o = karnna(dir, args);
@@ -30,9 +23,6 @@ fn checkpoints(run: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
-
-const SHORT: &str = "Far from here, it was the best of times, it was the worst of times, it was the age of wisdom, \
-it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity.\n";
 
 #[test]
 fn gru_and_rnn_train_checkpoint_resume_and_sample() {

@@ -1,24 +1,17 @@
 //! The `karnna` binary as a user meets it: train the tiny config on a short text, sample from
 //! it, and get one-line errors with exit code 2 for bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 mod common;
-use common::{karnna, tiny_config};
+use common::{karnna, tiny_config, workdir, SHORT};
 
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("karnna-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// `karnna ARGS` fails with exit code 2 and a single stderr line containing `needle`.
@@ -29,9 +22,6 @@ fn assert_one_line_error(dir: &Path, args: &[&str], needle: &str) {
     assert!(err.contains(needle), "{args:?}: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
 }
-
-const SHORT: &str = "Far from here, it was the best of times, it was the worst of times, it was the age of wisdom, \
-it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity.\n";
 
 #[test]
 fn train_then_sample_a_short_text() {

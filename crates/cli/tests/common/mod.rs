@@ -1,6 +1,6 @@
 //! What the binary's integration tests share: running `karnna` and finding the tiny config.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs the `karnna` binary in `dir` with `args` and waits for it.
@@ -19,3 +19,17 @@ pub fn tiny_config() -> String {
         .display()
         .to_string()
 }
+
+/// A fresh, empty scratch folder for one test: `karnna-cli-{pid}-{name}` in the temporary folder.
+#[allow(dead_code)] // not every test binary uses it
+pub fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("karnna-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A short English text that the tiny config learns something of in a few dozen iterations.
+#[allow(dead_code)]
+pub const SHORT: &str = "Far from here, it was the best of times, it was the worst of times, it was the age of wisdom, \
+it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity.\n";

@@ -35,8 +35,8 @@ fn cpu_path_equals_burn_forward() {
                 assert_eq!(a.len(), 11);
                 for (x, y) in a.iter().zip(&b) {
                     assert!(
-                        (x - y).abs() < 1e-4,
-                        "{cell} {layers}x{h}, {parts} parts: {x} vs {y}"
+                        (x - y).abs() < tol,
+                        "{cell} {layers}x{h}, {parts} parts, {precision:?}: {x} vs {y}"
                     );
                 }
             }

@@ -260,7 +260,10 @@ fn backward_part(simd: Simd, h: usize, w: &StepWeights, p: BwdPart, threaded: bo
 mod tests {
     use super::*;
     use crate::kernel::gru_cell;
-    use crate::kernel::test_support::{assert_close, sig64, Lcg};
+    use crate::kernel::test_support::{
+        assert_close, batch_one_cases, check_finite_differences, check_grid, check_large, f64s,
+        row_product, sig64, Case, KernelCell, Outputs, Tol,
+    };
 
     /// The f64 forward of the reference: hs, gates, hp_n.
     struct RefFwd {
@@ -366,156 +369,78 @@ mod tests {
         (dxp, dw, db, dhn)
     }
 
-    struct Case {
-        d: Dims,
-        xp: Vec<f32>,
-        w: Vec<f32>,
-        bias: Vec<f32>,
-        h0: Vec<f32>,
-        dhs: Vec<f32>,
-    }
+    /// The GRU for the shared tests; its own inputs are `b_hh` and `h0`.
+    struct Gru;
 
-    fn case(d: Dims, seed: u64) -> Case {
-        let mut rng = Lcg(seed);
-        let (t, b, h) = (d.t, d.b, d.h);
-        Case {
-            d,
-            xp: rng.vec(t * b * 3 * h, 2.0),
-            w: rng.vec(h * 3 * h, 1.0 / (h as f32).sqrt()),
-            bias: rng.vec(3 * h, 1.0),
-            h0: rng.vec(b * h, 0.9),
-            dhs: rng.vec(t * b * h, 1.0),
+    impl KernelCell for Gru {
+        const GATES: usize = 3;
+        const XP_SCALE: f32 = 2.0;
+
+        fn other_inputs(d: Dims) -> [(&'static str, usize, f32); 2] {
+            [("b_hh", 3 * d.h, 1.0), ("h0", d.b * d.h, 0.9)]
         }
-    }
 
-    /// What the kernel computes forward and backward.
-    struct Out {
-        hs: Vec<f32>,
-        gates: Vec<f32>,
-        hn: Vec<f32>,
-        dxp: Vec<f32>,
-        dw: Vec<f32>,
-        db: Vec<f32>,
-        dh0: Vec<f32>,
-    }
-
-    fn run(c: &Case) -> Out {
-        let d = c.d;
-        let bh = d.t * d.b * d.h;
-        let (mut hs, mut hn, mut gates) = (vec![0.0; bh], vec![0.0; bh], c.xp.clone());
-        gru_forward(d, &mut gates, &c.w, &c.bias, &c.h0, &mut hs, &mut hn);
-        let mut dxp = gates.clone();
-        let mut dw = vec![f32::NAN; 3 * d.h * d.h];
-        let mut db = vec![f32::NAN; 3 * d.h];
-        let mut dh0 = vec![f32::NAN; d.b * d.h];
-        gru_backward(
-            d, &c.w, &c.h0, &hs, &hn, &mut dxp, &c.dhs, &mut dw, &mut db, &mut dh0,
-        );
-        Out {
-            hs,
-            gates,
-            hn,
-            dxp,
-            dw,
-            db,
-            dh0,
+        fn reference(c: &Case) -> Outputs<f64> {
+            let (d, [xp, w, bias, h0]) = (c.d, &c.ins);
+            let f = ref_forward(d, xp, w, bias, h0);
+            let (dxp, dw, db, dh0) = ref_backward(d, w, h0, &f, &c.dhs);
+            Outputs {
+                fwd: vec![("hs", f.hs), ("gates", f.gates), ("hn", f.hn)],
+                grads: [dxp, dw, db, dh0],
+            }
         }
-    }
 
-    fn check(name: &str, c: &Case, fwd_tol: f64, bwd_tol: f64) {
-        let o = run(c);
-        let f = ref_forward(c.d, &c.xp, &c.w, &c.bias, &c.h0);
-        assert_close(&format!("{name} hs"), &o.hs, &f.hs, fwd_tol);
-        assert_close(&format!("{name} gates"), &o.gates, &f.gates, fwd_tol);
-        assert_close(&format!("{name} hn"), &o.hn, &f.hn, fwd_tol);
-        let (dxp, dw, db, dh0) = ref_backward(c.d, &c.w, &c.h0, &f, &c.dhs);
-        assert_close(&format!("{name} dxp"), &o.dxp, &dxp, bwd_tol);
-        assert_close(&format!("{name} dw_hh"), &o.dw, &dw, bwd_tol);
-        assert_close(&format!("{name} db_hh"), &o.db, &db, bwd_tol);
-        assert_close(&format!("{name} dh0"), &o.dh0, &dh0, bwd_tol);
+        fn kernel(c: &Case) -> Outputs<f32> {
+            let (d, [xp, w, bias, h0]) = (c.d, &c.ins);
+            let bh = d.t * d.b * d.h;
+            let (mut hs, mut hn, mut gates) = (vec![0.0; bh], vec![0.0; bh], xp.clone());
+            gru_forward(d, &mut gates, w, bias, h0, &mut hs, &mut hn);
+            let mut dxp = gates.clone();
+            let mut dw = vec![f32::NAN; 3 * d.h * d.h];
+            let mut db = vec![f32::NAN; 3 * d.h];
+            let mut dh0 = vec![f32::NAN; d.b * d.h];
+            gru_backward(
+                d, w, h0, &hs, &hn, &mut dxp, &c.dhs, &mut dw, &mut db, &mut dh0,
+            );
+            Outputs {
+                fwd: vec![("hs", hs), ("gates", gates), ("hn", hn)],
+                grads: [dxp, dw, db, dh0],
+            }
+        }
     }
 
     #[test]
     fn gru_forward_and_backward_match_reference() {
-        let mut seed = 1;
-        for &t in &[1, 3, 7] {
-            for &b in &[1, 2, 5] {
-                for &h in &[1, 4, 9, 20] {
-                    let c = case(Dims { t, b, h }, seed);
-                    seed += 1;
-                    check(&format!("t={t} b={b} h={h}"), &c, 1e-5, 1e-4);
-                }
-            }
-        }
+        check_grid::<Gru>();
     }
 
     #[test]
     fn gru_large_parallel_shape_matches_reference() {
-        // Big enough for threaded products and several row blocks.
-        let d = Dims {
-            t: 2,
-            b: 40,
-            h: 450,
-        };
-        check("large", &case(d, 99), 1e-4, 1e-3);
+        check_large::<Gru>(Tol {
+            fwd: 1e-4,
+            bwd: 1e-3,
+            dw_hh: 1e-3,
+        });
     }
 
     #[test]
     fn gru_backward_matches_finite_differences() {
-        let d = Dims { t: 3, b: 2, h: 3 };
-        let c = case(d, 7);
-        // L = Σ hs ⊙ dhs, so dL/dhs = dhs.
-        let loss = |ins: &[Vec<f32>; 4]| -> f64 {
-            let f = ref_forward(d, &ins[0], &ins[1], &ins[2], &ins[3]);
-            f.hs.iter().zip(&c.dhs).map(|(&h, &g)| h * g as f64).sum()
-        };
-        let o = run(&c);
-        let eps = 1e-3f32;
-        let grads: [(&str, &[f32]); 4] = [
-            ("dxp", &o.dxp),
-            ("dw_hh", &o.dw),
-            ("db_hh", &o.db),
-            ("dh0", &o.dh0),
-        ];
-        for (which, (name, grad)) in grads.into_iter().enumerate() {
-            for k in 0..grad.len() {
-                let mut ins = [c.xp.clone(), c.w.clone(), c.bias.clone(), c.h0.clone()];
-                ins[which][k] += eps;
-                let up = loss(&ins);
-                ins[which][k] -= 2.0 * eps;
-                let down = loss(&ins);
-                let fd = (up - down) / (2.0 * eps as f64);
-                let err = (grad[k] as f64 - fd).abs();
-                assert!(
-                    err <= 1e-3 * (1.0 + fd.abs()),
-                    "{name}[{k}]: got {}, fd {fd}",
-                    grad[k]
-                );
-            }
-        }
+        check_finite_differences::<Gru>();
     }
 
     #[test]
     fn gru_cell_equals_forward_at_batch_one() {
-        for &h in &[1, 4, 9, 64, 300] {
-            let c = case(Dims { t: 1, b: 1, h }, 40 + h as u64);
+        for c in batch_one_cases::<Gru>() {
+            let (h, [xp, w, bias, h0]) = (c.d.h, &c.ins);
             let (mut hs, mut hn) = (vec![0.0; h], vec![0.0; h]);
-            let mut gates = c.xp.clone();
-            gru_forward(c.d, &mut gates, &c.w, &c.bias, &c.h0, &mut hs, &mut hn);
+            let mut gates = xp.clone();
+            gru_forward(c.d, &mut gates, w, bias, h0, &mut hs, &mut hn);
             // hp = b_hh + h0 · w_hh, summed in f64.
-            let hp: Vec<f32> = (0..3 * h)
-                .map(|j| {
-                    let dot: f64 = (0..h)
-                        .map(|k| c.h0[k] as f64 * c.w[k * 3 * h + j] as f64)
-                        .sum();
-                    (c.bias[j] as f64 + dot) as f32
-                })
-                .collect();
-            let (mut a, mut h_state) = (c.xp.clone(), c.h0.clone());
+            let hp = row_product(h0, w, &[bias]);
+            let (mut a, mut h_state) = (xp.clone(), h0.clone());
             gru_cell(h, &mut a, &hp, &mut h_state);
-            let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
             assert_close(&format!("h, h={h}"), &h_state, &f64s(&hs), 1e-5);
-            let f = ref_forward(c.d, &c.xp, &c.w, &c.bias, &c.h0);
+            let f = ref_forward(c.d, xp, w, bias, h0);
             assert_close("h vs reference", &h_state, &f.hs, 1e-5);
             assert_close("gates vs reference", &a, &f.gates, 1e-5);
         }

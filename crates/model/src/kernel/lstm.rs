@@ -354,7 +354,10 @@ fn backward_part(
 mod tests {
     use super::*;
     use crate::kernel::lstm_cell;
-    use crate::kernel::test_support::{assert_close, sig64, Lcg};
+    use crate::kernel::test_support::{
+        assert_close, batch_one_cases, check_finite_differences, check_grid, check_large, f64s,
+        row_product, sig64, Case, KernelCell, Outputs, Tol,
+    };
 
     /// Naive f64 forward: returns (hs, cs, activated gates).
     fn ref_forward(
@@ -464,159 +467,80 @@ mod tests {
         (dxp, dw, dhn, dcn)
     }
 
-    struct Case {
-        d: Dims,
-        xp: Vec<f32>,
-        w: Vec<f32>,
-        h0: Vec<f32>,
-        c0: Vec<f32>,
-        dhs: Vec<f32>,
-    }
+    /// The LSTM for the shared tests; its own inputs are `h0` and `c0`.
+    struct Lstm;
 
-    fn case(d: Dims, seed: u64) -> Case {
-        let mut rng = Lcg(seed);
-        let (t, b, h) = (d.t, d.b, d.h);
-        Case {
-            d,
-            xp: rng.vec(t * b * 4 * h, 2.0),
-            w: rng.vec(h * 4 * h, 1.0 / (h as f32).sqrt()),
-            h0: rng.vec(b * h, 0.9),
-            c0: rng.vec(b * h, 1.5),
-            dhs: rng.vec(t * b * h, 1.0),
+    impl KernelCell for Lstm {
+        const GATES: usize = 4;
+        const XP_SCALE: f32 = 2.0;
+
+        fn other_inputs(d: Dims) -> [(&'static str, usize, f32); 2] {
+            [("h0", d.b * d.h, 0.9), ("c0", d.b * d.h, 1.5)]
         }
-    }
 
-    /// Runs the kernel forward and backward: (hs, cs, gates, dxp, dw_hh, dh0, dc0).
-    #[allow(clippy::type_complexity)]
-    fn run(
-        c: &Case,
-    ) -> (
-        Vec<f32>,
-        Vec<f32>,
-        Vec<f32>,
-        Vec<f32>,
-        Vec<f32>,
-        Vec<f32>,
-        Vec<f32>,
-    ) {
-        let d = c.d;
-        let (bh, bg) = (d.t * d.b * d.h, d.t * d.b * 4 * d.h);
-        let (mut hs, mut cs, mut gs) = (vec![0.0; bh], vec![0.0; bh], c.xp.clone());
-        assert_eq!(gs.len(), bg);
-        lstm_forward(d, &mut gs, &c.w, &c.h0, &c.c0, &mut hs, &mut cs);
-        let mut dxp = gs.clone();
-        let mut dw = vec![f32::NAN; d.h * 4 * d.h];
-        let mut dh0 = vec![f32::NAN; d.b * d.h];
-        let mut dc0 = vec![f32::NAN; d.b * d.h];
-        lstm_backward(
-            d, &c.w, &c.h0, &c.c0, &hs, &cs, &mut dxp, &c.dhs, &mut dw, &mut dh0, &mut dc0,
-        );
-        (hs, cs, gs, dxp, dw, dh0, dc0)
+        fn reference(c: &Case) -> Outputs<f64> {
+            let (d, [xp, w, h0, c0]) = (c.d, &c.ins);
+            let (hs, cs, gs) = ref_forward(d, xp, w, h0, c0);
+            let (dxp, dw, dh0, dc0) = ref_backward(d, w, h0, c0, &hs, &cs, &gs, &c.dhs);
+            Outputs {
+                fwd: vec![("hs", hs), ("cs", cs), ("gates", gs)],
+                grads: [dxp, dw, dh0, dc0],
+            }
+        }
+
+        fn kernel(c: &Case) -> Outputs<f32> {
+            let (d, [xp, w, h0, c0]) = (c.d, &c.ins);
+            let (bh, bg) = (d.t * d.b * d.h, d.t * d.b * 4 * d.h);
+            let (mut hs, mut cs, mut gs) = (vec![0.0; bh], vec![0.0; bh], xp.clone());
+            assert_eq!(gs.len(), bg);
+            lstm_forward(d, &mut gs, w, h0, c0, &mut hs, &mut cs);
+            let mut dxp = gs.clone();
+            let mut dw = vec![f32::NAN; d.h * 4 * d.h];
+            let mut dh0 = vec![f32::NAN; d.b * d.h];
+            let mut dc0 = vec![f32::NAN; d.b * d.h];
+            lstm_backward(
+                d, w, h0, c0, &hs, &cs, &mut dxp, &c.dhs, &mut dw, &mut dh0, &mut dc0,
+            );
+            Outputs {
+                fwd: vec![("hs", hs), ("cs", cs), ("gates", gs)],
+                grads: [dxp, dw, dh0, dc0],
+            }
+        }
     }
 
     #[test]
     fn forward_and_backward_match_reference() {
-        let mut seed = 1;
-        for &t in &[1, 3, 7] {
-            for &b in &[1, 2, 5] {
-                for &h in &[1, 4, 9, 20] {
-                    let c = case(Dims { t, b, h }, seed);
-                    seed += 1;
-                    let (hs, cs, gs, dxp, dw, dh0, dc0) = run(&c);
-                    let (rhs, rcs, rgs) = ref_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0);
-                    let name = format!("t={t} b={b} h={h}");
-                    assert_close(&format!("{name} hs"), &hs, &rhs, 1e-5);
-                    assert_close(&format!("{name} cs"), &cs, &rcs, 1e-5);
-                    assert_close(&format!("{name} gates"), &gs, &rgs, 1e-5);
-                    let (rdxp, rdw, rdh0, rdc0) =
-                        ref_backward(c.d, &c.w, &c.h0, &c.c0, &rhs, &rcs, &rgs, &c.dhs);
-                    assert_close(&format!("{name} dxp"), &dxp, &rdxp, 1e-4);
-                    assert_close(&format!("{name} dw_hh"), &dw, &rdw, 1e-4);
-                    assert_close(&format!("{name} dh0"), &dh0, &rdh0, 1e-4);
-                    assert_close(&format!("{name} dc0"), &dc0, &rdc0, 1e-4);
-                }
-            }
-        }
+        check_grid::<Lstm>();
     }
 
     #[test]
     fn large_parallel_shape_matches_reference() {
         // Big enough for the rayon split of the pointwise passes and a threaded gemm.
-        let c = case(
-            Dims {
-                t: 2,
-                b: 40,
-                h: 450,
-            },
-            99,
-        );
-        let (hs, cs, gs, dxp, dw, dh0, dc0) = run(&c);
-        let (rhs, rcs, rgs) = ref_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0);
-        assert_close("hs", &hs, &rhs, 1e-4);
-        assert_close("cs", &cs, &rcs, 1e-4);
-        let (rdxp, rdw, rdh0, rdc0) =
-            ref_backward(c.d, &c.w, &c.h0, &c.c0, &rhs, &rcs, &rgs, &c.dhs);
-        assert_close("gates", &gs, &rgs, 1e-4);
-        assert_close("dxp", &dxp, &rdxp, 1e-4);
-        assert_close("dw_hh", &dw, &rdw, 1e-3);
-        assert_close("dh0", &dh0, &rdh0, 1e-4);
-        assert_close("dc0", &dc0, &rdc0, 1e-4);
+        check_large::<Lstm>(Tol {
+            fwd: 1e-4,
+            bwd: 1e-4,
+            dw_hh: 1e-3,
+        });
     }
 
     #[test]
     fn backward_matches_finite_differences() {
-        let d = Dims { t: 3, b: 2, h: 3 };
-        let c = case(d, 7);
-        // L = Σ hs ⊙ dhs, so dL/dhs = dhs.
-        let loss = |xp: &[f32], w: &[f32], h0: &[f32], c0: &[f32]| -> f64 {
-            let (hs, _, _) = ref_forward(d, xp, w, h0, c0);
-            hs.iter().zip(&c.dhs).map(|(&h, &g)| h * g as f64).sum()
-        };
-        let (_, _, _, dxp, dw, dh0, dc0) = run(&c);
-        let eps = 1e-3f32;
-        let check = |name: &str, which: usize, grad: &[f32]| {
-            for k in 0..grad.len() {
-                let mut ins = [c.xp.clone(), c.w.clone(), c.h0.clone(), c.c0.clone()];
-                ins[which][k] += eps;
-                let up = loss(&ins[0], &ins[1], &ins[2], &ins[3]);
-                ins[which][k] -= 2.0 * eps;
-                let down = loss(&ins[0], &ins[1], &ins[2], &ins[3]);
-                let fd = (up - down) / (2.0 * eps as f64);
-                let err = (grad[k] as f64 - fd).abs();
-                assert!(
-                    err <= 1e-3 * (1.0 + fd.abs()),
-                    "{name}[{k}]: got {}, fd {fd}",
-                    grad[k]
-                );
-            }
-        };
-        check("dxp", 0, &dxp);
-        check("dw_hh", 1, &dw);
-        check("dh0", 2, &dh0);
-        check("dc0", 3, &dc0);
+        check_finite_differences::<Lstm>();
     }
 
     #[test]
     fn cell_equals_forward_at_batch_one() {
-        for &h in &[1, 4, 9, 64, 300] {
-            let c = case(Dims { t: 1, b: 1, h }, 40 + h as u64);
+        for c in batch_one_cases::<Lstm>() {
+            let (h, [xp, w, h0, c0]) = (c.d.h, &c.ins);
             let (mut hs, mut cs) = (vec![0.0; h], vec![0.0; h]);
-            lstm_forward(c.d, &mut c.xp.clone(), &c.w, &c.h0, &c.c0, &mut hs, &mut cs);
+            lstm_forward(c.d, &mut xp.clone(), w, h0, c0, &mut hs, &mut cs);
             // z = xp + h0 · w_hh, summed in f64.
-            let mut z: Vec<f32> = (0..4 * h)
-                .map(|j| {
-                    let dot: f64 = (0..h)
-                        .map(|k| c.h0[k] as f64 * c.w[k * 4 * h + j] as f64)
-                        .sum();
-                    (c.xp[j] as f64 + dot) as f32
-                })
-                .collect();
-            let (mut h_out, mut c_state) = (vec![0.0; h], c.c0.clone());
+            let mut z = row_product(h0, w, &[xp]);
+            let (mut h_out, mut c_state) = (vec![0.0; h], c0.clone());
             lstm_cell(h, &mut z, &mut h_out, &mut c_state);
-            let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
             assert_close(&format!("h, h={h}"), &h_out, &f64s(&hs), 1e-5);
             assert_close(&format!("c, h={h}"), &c_state, &f64s(&cs), 1e-5);
-            let (rhs, rcs, rgs) = ref_forward(c.d, &c.xp, &c.w, &c.h0, &c.c0);
+            let (rhs, rcs, rgs) = ref_forward(c.d, xp, w, h0, c0);
             assert_close("h vs reference", &h_out, &rhs, 1e-5);
             assert_close("c vs reference", &c_state, &rcs, 1e-5);
             assert_close("gates vs reference", &z, &rgs, 1e-5);

@@ -199,7 +199,10 @@ fn backward_part(simd: Simd, h: usize, w: &StepWeights, p: BwdPart, threaded: bo
 mod tests {
     use super::*;
     use crate::kernel::rnn_cell;
-    use crate::kernel::test_support::{assert_close, Lcg};
+    use crate::kernel::test_support::{
+        assert_close, batch_one_cases, check_finite_differences, check_grid, check_large, f64s,
+        row_product, Case, KernelCell, Outputs, Tol,
+    };
 
     /// Naive f64 forward: hs.
     fn ref_forward(d: Dims, xp: &[f32], w: &[f32], bias: &[f32], h0: &[f32]) -> Vec<f64> {
@@ -266,129 +269,75 @@ mod tests {
         (dxp, dw, db, dhn)
     }
 
-    struct Case {
-        d: Dims,
-        xp: Vec<f32>,
-        w: Vec<f32>,
-        bias: Vec<f32>,
-        h0: Vec<f32>,
-        dhs: Vec<f32>,
-    }
+    /// The plain RNN for the shared tests; its own inputs are `b_hh` and `h0`.
+    struct Rnn;
 
-    fn case(d: Dims, seed: u64) -> Case {
-        let mut rng = Lcg(seed);
-        let (t, b, h) = (d.t, d.b, d.h);
-        Case {
-            d,
-            xp: rng.vec(t * b * h, 1.5),
-            w: rng.vec(h * h, 1.0 / (h as f32).sqrt()),
-            bias: rng.vec(h, 0.5),
-            h0: rng.vec(b * h, 0.9),
-            dhs: rng.vec(t * b * h, 1.0),
+    impl KernelCell for Rnn {
+        const GATES: usize = 1;
+        const XP_SCALE: f32 = 1.5;
+
+        fn other_inputs(d: Dims) -> [(&'static str, usize, f32); 2] {
+            [("b_hh", d.h, 0.5), ("h0", d.b * d.h, 0.9)]
         }
-    }
 
-    /// Runs the kernel forward and backward: (hs, dxp, dw_hh, db_hh, dh0).
-    fn run(c: &Case) -> [Vec<f32>; 5] {
-        let d = c.d;
-        let bh = d.t * d.b * d.h;
-        let (mut hs, mut xz) = (vec![0.0; bh], c.xp.clone());
-        rnn_forward(d, &mut xz, &c.w, &c.bias, &c.h0, &mut hs);
-        let mut dxp = xz;
-        let mut dw = vec![f32::NAN; d.h * d.h];
-        let mut db = vec![f32::NAN; d.h];
-        let mut dh0 = vec![f32::NAN; d.b * d.h];
-        rnn_backward(
-            d, &c.w, &c.h0, &hs, &mut dxp, &c.dhs, &mut dw, &mut db, &mut dh0,
-        );
-        [hs, dxp, dw, db, dh0]
-    }
+        fn reference(c: &Case) -> Outputs<f64> {
+            let (d, [xp, w, bias, h0]) = (c.d, &c.ins);
+            let hs = ref_forward(d, xp, w, bias, h0);
+            let (dxp, dw, db, dh0) = ref_backward(d, w, h0, &hs, &c.dhs);
+            Outputs {
+                fwd: vec![("hs", hs)],
+                grads: [dxp, dw, db, dh0],
+            }
+        }
 
-    fn check(name: &str, c: &Case, fwd_tol: f64, bwd_tol: f64) {
-        let [hs, dxp, dw, db, dh0] = run(c);
-        let rhs = ref_forward(c.d, &c.xp, &c.w, &c.bias, &c.h0);
-        assert_close(&format!("{name} hs"), &hs, &rhs, fwd_tol);
-        let (rdxp, rdw, rdb, rdh0) = ref_backward(c.d, &c.w, &c.h0, &rhs, &c.dhs);
-        assert_close(&format!("{name} dxp"), &dxp, &rdxp, bwd_tol);
-        assert_close(&format!("{name} dw_hh"), &dw, &rdw, bwd_tol);
-        assert_close(&format!("{name} db_hh"), &db, &rdb, bwd_tol);
-        assert_close(&format!("{name} dh0"), &dh0, &rdh0, bwd_tol);
+        fn kernel(c: &Case) -> Outputs<f32> {
+            let (d, [xp, w, bias, h0]) = (c.d, &c.ins);
+            let bh = d.t * d.b * d.h;
+            let (mut hs, mut xz) = (vec![0.0; bh], xp.clone());
+            rnn_forward(d, &mut xz, w, bias, h0, &mut hs);
+            let mut dxp = xz;
+            let mut dw = vec![f32::NAN; d.h * d.h];
+            let mut db = vec![f32::NAN; d.h];
+            let mut dh0 = vec![f32::NAN; d.b * d.h];
+            rnn_backward(d, w, h0, &hs, &mut dxp, &c.dhs, &mut dw, &mut db, &mut dh0);
+            Outputs {
+                fwd: vec![("hs", hs)],
+                grads: [dxp, dw, db, dh0],
+            }
+        }
     }
 
     #[test]
     fn rnn_forward_and_backward_match_reference() {
-        let mut seed = 1;
-        for &t in &[1, 3, 7] {
-            for &b in &[1, 2, 5] {
-                for &h in &[1, 4, 9, 20] {
-                    let c = case(Dims { t, b, h }, seed);
-                    seed += 1;
-                    check(&format!("t={t} b={b} h={h}"), &c, 1e-5, 1e-4);
-                }
-            }
-        }
+        check_grid::<Rnn>();
     }
 
     #[test]
     fn rnn_large_parallel_shape_matches_reference() {
-        // Big enough for threaded products and several row blocks.
-        let d = Dims {
-            t: 2,
-            b: 40,
-            h: 450,
-        };
-        check("large", &case(d, 99), 1e-4, 1e-3);
+        check_large::<Rnn>(Tol {
+            fwd: 1e-4,
+            bwd: 1e-3,
+            dw_hh: 1e-3,
+        });
     }
 
     #[test]
     fn rnn_backward_matches_finite_differences() {
-        let d = Dims { t: 3, b: 2, h: 3 };
-        let c = case(d, 7);
-        // L = Σ hs ⊙ dhs, so dL/dhs = dhs.
-        let loss = |ins: &[Vec<f32>; 4]| -> f64 {
-            let hs = ref_forward(d, &ins[0], &ins[1], &ins[2], &ins[3]);
-            hs.iter().zip(&c.dhs).map(|(&h, &g)| h * g as f64).sum()
-        };
-        let [_, dxp, dw, db, dh0] = run(&c);
-        let eps = 1e-3f32;
-        let grads: [(&str, &[f32]); 4] =
-            [("dxp", &dxp), ("dw_hh", &dw), ("db_hh", &db), ("dh0", &dh0)];
-        for (which, (name, grad)) in grads.into_iter().enumerate() {
-            for k in 0..grad.len() {
-                let mut ins = [c.xp.clone(), c.w.clone(), c.bias.clone(), c.h0.clone()];
-                ins[which][k] += eps;
-                let up = loss(&ins);
-                ins[which][k] -= 2.0 * eps;
-                let down = loss(&ins);
-                let fd = (up - down) / (2.0 * eps as f64);
-                let err = (grad[k] as f64 - fd).abs();
-                assert!(
-                    err <= 1e-3 * (1.0 + fd.abs()),
-                    "{name}[{k}]: got {}, fd {fd}",
-                    grad[k]
-                );
-            }
-        }
+        check_finite_differences::<Rnn>();
     }
 
     #[test]
     fn rnn_cell_equals_forward_at_batch_one() {
-        for &h in &[1, 4, 9, 64, 300] {
-            let c = case(Dims { t: 1, b: 1, h }, 40 + h as u64);
+        for c in batch_one_cases::<Rnn>() {
+            let (h, [xp, w, bias, h0]) = (c.d.h, &c.ins);
             let mut hs = vec![0.0; h];
-            rnn_forward(c.d, &mut c.xp.clone(), &c.w, &c.bias, &c.h0, &mut hs);
+            rnn_forward(c.d, &mut xp.clone(), w, bias, h0, &mut hs);
             // z = xp + b_hh + h0 · w_hh, summed in f64.
-            let z: Vec<f32> = (0..h)
-                .map(|j| {
-                    let dot: f64 = (0..h).map(|k| c.h0[k] as f64 * c.w[k * h + j] as f64).sum();
-                    (c.xp[j] as f64 + c.bias[j] as f64 + dot) as f32
-                })
-                .collect();
+            let z = row_product(h0, w, &[xp, bias]);
             let mut h_out = vec![0.0; h];
             rnn_cell(&z, &mut h_out);
-            let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
             assert_close(&format!("h, h={h}"), &h_out, &f64s(&hs), 1e-5);
-            let rhs = ref_forward(c.d, &c.xp, &c.w, &c.bias, &c.h0);
+            let rhs = ref_forward(c.d, xp, w, bias, h0);
             assert_close("h vs reference", &h_out, &rhs, 1e-5);
         }
     }

@@ -176,13 +176,7 @@ impl<B: CellKernels> Backward<B, 4> for LstmBackward<B> {
     type State = B::LstmCache;
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dhs = grads.consume::<B>(&ops.node);
-        let input_grads = B::lstm_backward(ops.state, dhs);
-        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
-            if let Some(parent) = parent {
-                grads.register::<B>(parent.id, grad);
-            }
-        }
+        backward_through::<B, _>(ops, grads, B::lstm_backward);
     }
 }
 
@@ -193,12 +187,22 @@ impl<B: CellKernels> Backward<B, 4> for HCellBackward<B> {
     type State = B::HCellCache;
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dhs = grads.consume::<B>(&ops.node);
-        let input_grads = B::hcell_backward(ops.state, dhs);
-        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
-            if let Some(parent) = parent {
-                grads.register::<B>(parent.id, grad);
-            }
+        backward_through::<B, _>(ops, grads, B::hcell_backward);
+    }
+}
+
+/// A sequence op's backward step: takes `dL/dhs` from the node, runs the op's hand-written
+/// `backward` on what its forward kept, and hands each input's gradient to the inputs that
+/// track one.
+fn backward_through<B: Backend, S>(
+    ops: Ops<S, 4>,
+    grads: &mut Gradients,
+    backward: impl FnOnce(S, FloatTensor<B>) -> [FloatTensor<B>; 4],
+) {
+    let dhs = grads.consume::<B>(&ops.node);
+    for (parent, grad) in ops.parents.into_iter().zip(backward(ops.state, dhs)) {
+        if let Some(parent) = parent {
+            grads.register::<B>(parent.id, grad);
         }
     }
 }

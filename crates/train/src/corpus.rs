@@ -177,6 +177,20 @@ impl Corpus {
                 self.new_chars.len()
             )
         };
+        let total = self.total_iterations(config.epochs);
+        let epochs = match config.epochs {
+            1 => "1 epoch".to_string(),
+            n => format!("{n} epochs"),
+        };
+        // max_iters ends a run early; the header says where this run stops.
+        let iterations = if config.max_iters > 0 && config.max_iters < total {
+            format!(
+                "{} (max_iters; {epochs} would be {total})",
+                config.max_iters
+            )
+        } else {
+            format!("{total} ({epochs})")
+        };
         format!(
             "text:            {}\n\
              characters:      {}\n\
@@ -184,7 +198,7 @@ impl Corpus {
              train / val:     {} / {} characters ({} / {} batches of {}x{})\n\
              val split:       {}\n\
              batches/epoch:   {}\n\
-             iterations:      {} ({} epochs)\n\
+             iterations:      {}\n\
              parameters:      {} ({}), initialised as {}\n\
              memory:          {}\n\
              params/chars:    {:.2}: {}",
@@ -199,8 +213,7 @@ impl Corpus {
             config.num_steps,
             split,
             self.train.len(),
-            self.total_iterations(config.epochs),
-            config.epochs,
+            iterations,
             params,
             config.shape(),
             config.init.name(),

@@ -353,6 +353,29 @@ fn several_files_train_together_and_each_is_validated() {
         );
     }
     assert!(corpus.describe(&c).contains("3 files"));
+    // The header says where the run stops: the epochs' iterations, or max_iters when sooner.
+    let total = corpus.total_iterations(1);
+    let line = |c: &RunConfig| {
+        let described = corpus.describe(c);
+        let line = described.lines().find(|l| l.starts_with("iterations:"));
+        line.unwrap().to_string()
+    };
+    let (mut one, mut capped) = (c.clone(), c.clone());
+    (one.epochs, one.max_iters) = (1, 0);
+    (capped.epochs, capped.max_iters) = (1, total - 1);
+    assert!(
+        line(&one).ends_with(&format!(" {total} (1 epoch)")),
+        "{}",
+        line(&one)
+    );
+    assert!(
+        line(&capped).ends_with(&format!(
+            " {} (max_iters; 1 epoch would be {total})",
+            total - 1
+        )),
+        "{}",
+        line(&capped)
+    );
     run(&dir.join("run"), c, false);
 
     // A file that is not UTF-8 is named.

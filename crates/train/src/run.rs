@@ -261,8 +261,7 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
         dir: dir.to_path_buf(),
         vocab: corpus.vocab.clone(),
         start_iteration,
-        total,
-        max_iters: (config.max_iters > 0).then_some(config.max_iters),
+        stop_at,
         plain,
         handle,
         shared: Mutex::new(Shared {
@@ -290,9 +289,10 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
             CharMetric::new(CharMetricKind::BitsPerChar),
             CharMetric::new(CharMetricKind::Perplexity),
             CharMetric::new(CharMetricKind::CharsPerSecond),
-            LearningRateMetric::new(),
             IterationSpeedMetric::new(),
         ))
+        // Validation has no learning rate (it would show as 0).
+        .metric_train_numeric(LearningRateMetric::new())
         .metrics((CpuUse::new(), CpuMemory::new()))
         .num_epochs(config.epochs)
         .with_training_strategy(TrainingStrategy::Custom(carry.clone()));
@@ -373,8 +373,8 @@ struct Carry<I: CellKernels> {
     dir: PathBuf,
     vocab: karnna_data::Vocab,
     start_iteration: usize,
-    total: usize,
-    max_iters: Option<usize>,
+    /// The iteration the run ends at: the epochs' last, or `max_iters` when sooner.
+    stop_at: usize,
     plain: bool,
     handle: OptimHandle<OptimRecord<I>>,
     shared: Mutex<Shared<Autodiff<I>>>,
@@ -395,7 +395,7 @@ impl<I: CellKernels> Carry<I> {
         model: &Trainee<I>,
         loader: &ValidLoader<Components<I>>,
         processor: &mut SupervisedTrainingEventProcessor<Components<I>>,
-        epoch: usize,
+        epoch: Progress,
         iteration: usize,
     ) -> f64 {
         let (mut total, mut n, mut state) = (0.0, 0usize, None);
@@ -405,16 +405,11 @@ impl<I: CellKernels> Carry<I> {
             state = Some(s);
             total += out.loss_value();
             n += 1;
-            let item = TrainingItem::new(
-                out,
-                iter.progress(),
-                Progress::new(epoch, self.config.epochs),
-                Some(iteration),
-                None,
-            );
+            let item =
+                TrainingItem::new(out, iter.progress(), epoch.clone(), Some(iteration), None);
             processor.process_valid(LearnerEvent::ProcessedItem(item));
         }
-        processor.process_valid(LearnerEvent::EndEpoch(epoch));
+        processor.process_valid(LearnerEvent::EndEpoch(epoch.items_processed));
         total / n.max(1) as f64
     }
 
@@ -485,7 +480,11 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
         }
         let mut state = shared.start_state.take();
         let mut iteration = self.start_iteration;
-        let stop_at = self.max_iters.map_or(self.total, |m| m.min(self.total));
+        let stop_at = self.stop_at;
+        // The dashboard's bars and the plain lines end where the run stops: max_iters can end
+        // it inside an epoch, before `epochs`.
+        let last_epoch = stop_at.div_ceil(per_epoch);
+        let epoch_items = |epoch: usize| per_epoch.min(stop_at - (epoch - 1) * per_epoch);
         let started = Instant::now();
         let has_val = cfg.val_fraction > 0.0;
 
@@ -528,8 +527,8 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                 let chars = out.chars;
                 let item = TrainingItem::new(
                     out,
-                    Progress::new(k, per_epoch),
-                    Progress::new(epoch, cfg.epochs),
+                    Progress::new(k, epoch_items(epoch)),
+                    Progress::new(epoch, last_epoch),
                     Some(iteration),
                     Some(learner.lr_current()),
                 );
@@ -550,7 +549,7 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                             &learner.model().valid(),
                             &valid_loader,
                             &mut processor,
-                            epoch,
+                            Progress::new(epoch, last_epoch),
                             iteration,
                         )
                     });
@@ -567,7 +566,7 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                         || val_loss.is_some()
                         || iteration == self.start_iteration + 1)
                 {
-                    print_line(&row, self.total, cfg.epochs, secs);
+                    print_line(&row, stop_at, last_epoch, secs);
                 }
                 let mut result = shared.log.push(row).map_err(anyhow::Error::from);
                 if saving && result.is_ok() {

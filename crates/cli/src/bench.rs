@@ -8,13 +8,13 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::AutodiffModule;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::AdamConfig;
 use burn::prelude::*;
 use karnna_infer::{
     default_parts, pick, BurnStepper, CharStepper, CpuCharRnn, Precision, Strategy,
 };
 use karnna_model::{CellKernels, CharRnnConfig};
-use karnna_train::learner::{char_loss, clip_global_norm, Trainee};
+use karnna_train::learner::{CharBatch, Trainee};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -108,16 +108,16 @@ fn train_step_secs<I: CellKernels>(a: &BenchArgs, device: I::Device) -> f64 {
     let mut state = None;
     let mut times = Vec::new();
     for i in 0..a.warmup + a.iters {
-        let (x, y) = (ids(&mut rng), ids(&mut rng));
+        let batch = CharBatch {
+            inputs: ids(&mut rng),
+            targets: ids(&mut rng),
+        };
         let t = Instant::now();
-        let (logits, s) = model.model.forward(x, state.take());
-        let loss = char_loss(logits, y);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        clip_global_norm(&model, &mut grads, 5.0);
-        model = optim.step(0.001, model, grads);
+        let (next, _, s) = model.optimize(&mut optim, 0.001, 5.0, batch, state.take());
+        model = next;
         // Read something back so lazy backends finish the step.
         let _ = model.model.output.bias.as_ref().unwrap().val().into_data();
-        state = Some(s.detach());
+        state = Some(s);
         if i >= a.warmup {
             times.push(t.elapsed().as_secs_f64());
         }

@@ -15,14 +15,14 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, ensure, Context};
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::AdamConfig;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use karnna_infer::{generate, BurnStepper, CharStepper, CpuCharRnn, SampleOptions, Strategy};
 use karnna_model::ops::{hcell_sequence, lstm_sequence};
 use karnna_model::{to_f32_vec, Cell, CellKernels, CharRnn, CharRnnConfig, Checkpoint, Init};
-use karnna_train::learner::{char_loss, clip_global_norm, Trainee};
+use karnna_train::learner::{CharBatch, Trainee};
 use karnna_train::{RunConfig, TrainOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -233,13 +233,13 @@ fn training_losses<X: CellKernels>(
     let mut state = None;
     let mut losses = Vec::new();
     for (x, y) in batches {
-        let (logits, s) = model.model.forward(ids(x), state.take());
-        let loss = char_loss(logits, ids(y));
-        losses.push(to_f32_vec(loss.clone())[0]);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        clip_global_norm(&model, &mut grads, 5.0);
-        model = optim.step(LEARNING_RATE, model, grads);
-        state = Some(s.detach());
+        let batch = CharBatch {
+            inputs: ids(x),
+            targets: ids(y),
+        };
+        let (next, out, s) = model.optimize(&mut optim, LEARNING_RATE, 5.0, batch, state.take());
+        losses.push(to_f32_vec(out.loss)[0]);
+        (model, state) = (next, Some(s));
     }
     losses
 }

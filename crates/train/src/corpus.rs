@@ -140,7 +140,7 @@ impl Corpus {
         // Karpathy's char-rnn advice: parameters about the size of the data; far more
         // parameters than characters overfits, far fewer underfits.
         let advice = if ratio > 2.0 {
-            "more parameters than training characters: likely to overfit (watch the validation loss; raise keep_prob's dropout or shrink the model)"
+            "more parameters than training characters: likely to overfit (watch the validation loss; lower keep_prob for more dropout, or shrink the model)"
         } else if ratio < 0.1 {
             "far fewer parameters than characters: likely to underfit (a bigger model would learn more)"
         } else {

@@ -81,6 +81,23 @@ impl<B: AutodiffBackend + CellBackend> Trainee<B> {
             state.detach(),
         )
     }
+
+    /// A whole training step outside burn-train's learner, as the run loop does it (for
+    /// benchmarks and device checks): [`Trainee::train_batch`], the global-norm clip to `clip`
+    /// ([`clip_global_norm`]), then `optim`'s step at `lr`. Returns the updated model, the
+    /// batch's output and the state to carry.
+    pub fn optimize<O: Optimizer<Self, B>>(
+        self,
+        optim: &mut O,
+        lr: f64,
+        clip: f64,
+        batch: CharBatch<B>,
+        state: Option<RnnState<B>>,
+    ) -> (Self, CharOutput<B>, RnnState<B>) {
+        let (out, mut grads, state) = self.train_batch(batch, state);
+        clip_global_norm(&self, &mut grads, clip);
+        (optim.step(lr, self, grads), out, state)
+    }
 }
 
 impl<B: Backend + CellBackend> Trainee<B> {

@@ -64,14 +64,29 @@ struct Running {
 
 impl Running {
     fn start(dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_karnna"))
+        Self::start_ignoring(dir, extra, None)
+    }
+
+    /// [`Running::start`] with `ignored` set to be ignored in the process, as `nohup` does.
+    fn start_ignoring(dir: &Path, extra: &[&str], ignored: Option<i32>) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_karnna"));
+        command
             .current_dir(dir)
             .args(train_args(&["--epochs", "100000", "--max-iters", "0"]))
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        if let Some(signal) = ignored {
+            // SAFETY: `signal` only, which is async-signal-safe, between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    libc::signal(signal, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().unwrap();
         let out = child.stdout.take().unwrap();
         let (tx, lines) = channel();
         std::thread::spawn(move || {
@@ -163,6 +178,24 @@ fn each_stop_signal_saves_a_checkpoint_of_the_current_iteration() {
             String::from_utf8_lossy(&again.stderr)
         );
     }
+}
+
+#[test]
+fn a_run_started_under_nohup_outlives_a_hangup() {
+    let dir = workdir("nohup");
+    let mut run = Running::start_ignoring(&dir, &[], Some(libc::SIGHUP));
+    run.wait_for("saved ");
+    run.signal(libc::SIGHUP);
+    // Still training: two more periodic checkpoints (a stop would have saved only one).
+    run.wait_for("saved ");
+    run.wait_for("saved ");
+    run.signal(libc::SIGTERM);
+    let (status, out, err) = run.finish();
+    assert_eq!(status, Some(143), "{out}\n{err}");
+    assert!(
+        out.contains("(SIGTERM)") && !out.contains("SIGHUP"),
+        "{out}"
+    );
 }
 
 #[test]

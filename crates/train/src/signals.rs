@@ -3,7 +3,8 @@
 //! training loop to finish its iteration, save a checkpoint and stop. A signal that arrives while
 //! a checkpoint is being written only repeats the request: the process is never killed in the
 //! middle of a save (and saves are atomic besides, so even SIGKILL leaves every earlier
-//! checkpoint whole).
+//! checkpoint whole). A signal the process was started with ignored (SIGHUP under `nohup`) is
+//! left ignored.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -34,7 +35,12 @@ impl StopOnSignal {
     #[cfg(unix)]
     pub fn install(interrupter: Interrupter) -> std::io::Result<Self> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        // A signal ignored when the process started stays ignored: `nohup` ignores SIGHUP so
+        // that a run outlives its terminal, and a shell ignores SIGINT for background jobs.
+        let wanted = [SIGINT, SIGTERM, SIGHUP]
+            .into_iter()
+            .filter(|&s| !ignored(s));
+        let mut signals = signal_hook::iterator::Signals::new(wanted)?;
         let handle = signals.handle();
         let received = Arc::new(AtomicI32::new(0));
         let first = received.clone();
@@ -72,6 +78,18 @@ impl StopOnSignal {
             0 => None,
             s => Some(s),
         }
+    }
+}
+
+/// Whether `signal` is ignored in this process (`SIG_IGN`), as a parent such as `nohup` can
+/// leave it.
+#[cfg(unix)]
+fn ignored(signal: i32) -> bool {
+    // SAFETY: a query only (no new action), into a zeroed struct of our own.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
     }
 }
 

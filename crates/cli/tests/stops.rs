@@ -198,6 +198,104 @@ fn a_run_started_under_nohup_outlives_a_hangup() {
     );
 }
 
+/// The dashboard on a real terminal (a pseudo-terminal this test holds) that goes away, as when
+/// its window is closed: the run saves, exits with SIGHUP's status and prints no panic. (It used
+/// to hang for ever: burn-train's dashboard thread spun on the dead terminal while the run waited
+/// for it.)
+#[test]
+fn the_dashboard_run_stops_cleanly_when_its_terminal_goes_away() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    use std::time::Instant;
+    let dir = workdir("hangup");
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two descriptors we then own.
+    let opened = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "no pseudo-terminal");
+    for fd in [master, slave] {
+        // SAFETY: fcntl on a descriptor we own. Close-on-exec: a master side inherited by the
+        // child would keep the terminal alive.
+        assert_eq!(
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) },
+            0
+        );
+    }
+    // SAFETY: both are open descriptors returned by openpty, owned from here on.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut command = Command::new(env!("CARGO_BIN_EXE_karnna"));
+    command
+        .current_dir(&dir)
+        .args(train_args(&["--epochs", "100000", "--max-iters", "0"]))
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid and ioctl only, both async-signal-safe, between fork and exec: the child
+    // leads a new session whose controlling terminal is the pseudo-terminal.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY as _, 0);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    drop(slave);
+    // Drain the dashboard's output so that it never blocks on a full terminal; the drain owns
+    // the master side and closes it when asked (the dashboard redraws several times a second).
+    let hang_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asked = hang_up.clone();
+    let mut master = std::fs::File::from(master);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 1 << 16];
+        while !asked.load(std::sync::atomic::Ordering::SeqCst)
+            && matches!(master.read(&mut buf), Ok(n) if n > 0)
+        {}
+    });
+    let run_dir = dir.join("artifacts/tiny");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run_checkpoints(&run_dir).map_or(true, |c| c.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint under the dashboard"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The terminal goes away: its master side closes.
+    hang_up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not exit within a minute of its terminal going away");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(129), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (_, last) = run_checkpoints(&run_dir).unwrap().pop().unwrap();
+    Checkpoint::read(&last).unwrap();
+}
+
 #[test]
 fn a_busy_run_folder_refuses_a_second_run_and_is_freed_by_sigkill() {
     let dir = workdir("lock");

@@ -306,9 +306,17 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     if let Some(record) = optim_record {
         learner.load_optim(record);
     }
-    let _result = training.launch(learner);
+    let result = training.launch(learner);
     let signal = signals.received();
     drop(signals);
+    if !plain && !std::io::stdout().is_terminal() {
+        // The terminal went away under the dashboard (SIGHUP). burn-train's dashboard thread
+        // then spins polling the hung-up terminal, and dropping the renderer joins that thread:
+        // the process would never exit. The checkpoint is saved; leave the renderer undropped.
+        std::mem::forget(result);
+    } else {
+        drop(result);
+    }
 
     let shared = carry.shared.lock().unwrap();
     if let Some(e) = &shared.error {
@@ -477,6 +485,7 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
         let mut shared = self.shared.lock().unwrap();
         if !self.plain {
             idle_priority_for("train-renderer");
+            quiet_dashboard_after_hangup();
         }
         let mut state = shared.start_state.take();
         let mut iteration = self.start_iteration;
@@ -656,6 +665,26 @@ fn ctrl_c_as_signal() {
 
 #[cfg(not(unix))]
 fn ctrl_c_as_signal() {}
+
+/// Silences the panic of burn-train's dashboard thread ("train-renderer") once the terminal is
+/// gone (SIGHUP): its renderer unwraps the terminal reset, which a hung-up terminal refuses, and
+/// the panic hooks burn-train installed would print a panic and a backtrace to stderr. The stop
+/// itself is clean (the checkpoint is saved; see `train`). Installed once, after burn-train's
+/// own hooks (its experiment logger's is in place when the strategy runs); every other panic
+/// goes on to them.
+fn quiet_dashboard_after_hangup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let next = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let dashboard = std::thread::current().name() == Some("train-renderer");
+            let terminal_gone = !std::io::stdout().is_terminal();
+            if !(dashboard && terminal_gone) {
+                next(info);
+            }
+        }));
+    });
+}
 
 /// Moves this process's threads named `name` to the idle scheduling class.
 ///

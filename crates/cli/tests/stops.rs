@@ -55,6 +55,16 @@ fn resume_until(dir: &Path, until: usize) -> Output {
     )
 }
 
+/// Gives the stop signals their default action in a child about to exec karnna, whatever the
+/// test process inherited (a non-interactive shell starts background jobs with SIGINT
+/// ignored, and karnna keeps a signal ignored at start). Async-signal-safe.
+fn default_stop_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: `signal` is async-signal-safe.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+}
+
 /// A training run that would go on for a long time, and its stdout lines as they come.
 struct Running {
     child: Child,
@@ -77,14 +87,15 @@ impl Running {
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(signal) = ignored {
-            // SAFETY: `signal` only, which is async-signal-safe, between fork and exec.
-            unsafe {
-                command.pre_exec(move || {
+        // SAFETY: `signal` only, which is async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                default_stop_signals();
+                if let Some(signal) = ignored {
                     libc::signal(signal, libc::SIG_IGN);
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         let mut child = command.spawn().unwrap();
         let out = child.stdout.take().unwrap();
@@ -241,6 +252,7 @@ fn the_dashboard_run_stops_cleanly_when_its_terminal_goes_away() {
     // leads a new session whose controlling terminal is the pseudo-terminal.
     unsafe {
         command.pre_exec(|| {
+            default_stop_signals();
             libc::setsid();
             libc::ioctl(0, libc::TIOCSCTTY as _, 0);
             Ok(())

@@ -133,6 +133,16 @@ impl Corpus {
         self.train.len() * epochs
     }
 
+    /// The iteration a run of `config` on this text stops at: its epochs' last, or `max_iters`
+    /// when that comes sooner.
+    pub fn stop_at(&self, config: &RunConfig) -> usize {
+        let total = self.total_iterations(config.epochs);
+        match config.max_iters {
+            0 => total,
+            max => max.min(total),
+        }
+    }
+
     /// The figures a user checks before a long run, one per line.
     pub fn describe(&self, config: &RunConfig) -> String {
         let params = config.model(self.vocab.len()).num_params();
@@ -177,17 +187,14 @@ impl Corpus {
                 self.new_chars.len()
             )
         };
-        let total = self.total_iterations(config.epochs);
+        let (total, stop_at) = (self.total_iterations(config.epochs), self.stop_at(config));
         let epochs = match config.epochs {
             1 => "1 epoch".to_string(),
             n => format!("{n} epochs"),
         };
         // max_iters ends a run early; the header says where this run stops.
-        let iterations = if config.max_iters > 0 && config.max_iters < total {
-            format!(
-                "{} (max_iters; {epochs} would be {total})",
-                config.max_iters
-            )
+        let iterations = if stop_at < total {
+            format!("{stop_at} (max_iters; {epochs} would be {total})")
         } else {
             format!("{total} ({epochs})")
         };

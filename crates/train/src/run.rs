@@ -170,7 +170,6 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     };
     let corpus = Corpus::load(&config.data, &config, vocab)?;
     let model_config = config.model(corpus.vocab.len());
-    let total = corpus.total_iterations(config.epochs);
     let plain = opts.plain || !std::io::stdout().is_terminal();
 
     println!("{}", corpus.describe(&config));
@@ -237,11 +236,7 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
             ckpt.path.display()
         );
     }
-    let stop_at = if config.max_iters > 0 {
-        config.max_iters.min(total)
-    } else {
-        total
-    };
+    let stop_at = corpus.stop_at(&config);
     if start_iteration >= stop_at {
         bail!(
             "{}: the run is complete ({start_iteration} of {stop_at} iterations); raise --epochs or --max-iters to train further",

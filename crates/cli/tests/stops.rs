@@ -65,6 +65,24 @@ fn default_stop_signals() {
     }
 }
 
+/// `karnna train` in `dir` for a very long time (until stopped), its stop signals at their
+/// default actions.
+fn long_run(dir: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_karnna"));
+    command
+        .current_dir(dir)
+        .args(train_args(&["--epochs", "100000", "--max-iters", "0"]));
+    // SAFETY: `signal` only, which is async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            default_stop_signals();
+            Ok(())
+        });
+    }
+    command
+}
+
 /// A training run that would go on for a long time, and its stdout lines as they come.
 struct Running {
     child: Child,
@@ -80,22 +98,20 @@ impl Running {
     /// [`Running::start`] with `ignored` set to be ignored in the process, as `nohup` does.
     fn start_ignoring(dir: &Path, extra: &[&str], ignored: Option<i32>) -> Self {
         use std::os::unix::process::CommandExt;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_karnna"));
+        let mut command = long_run(dir);
         command
-            .current_dir(dir)
-            .args(train_args(&["--epochs", "100000", "--max-iters", "0"]))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: `signal` only, which is async-signal-safe, between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                default_stop_signals();
-                if let Some(signal) = ignored {
+        if let Some(signal) = ignored {
+            // SAFETY: `signal` only, which is async-signal-safe, between fork and exec (after
+            // `long_run`'s defaults).
+            unsafe {
+                command.pre_exec(move || {
                     libc::signal(signal, libc::SIG_IGN);
-                }
-                Ok(())
-            });
+                    Ok(())
+                });
+            }
         }
         let mut child = command.spawn().unwrap();
         let out = child.stdout.take().unwrap();
@@ -241,10 +257,8 @@ fn the_dashboard_run_stops_cleanly_when_its_terminal_goes_away() {
     }
     // SAFETY: both are open descriptors returned by openpty, owned from here on.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let mut command = Command::new(env!("CARGO_BIN_EXE_karnna"));
+    let mut command = long_run(&dir);
     command
-        .current_dir(&dir)
-        .args(train_args(&["--epochs", "100000", "--max-iters", "0"]))
         .stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
         .stderr(Stdio::piped());
@@ -252,7 +266,6 @@ fn the_dashboard_run_stops_cleanly_when_its_terminal_goes_away() {
     // leads a new session whose controlling terminal is the pseudo-terminal.
     unsafe {
         command.pre_exec(|| {
-            default_stop_signals();
             libc::setsid();
             libc::ioctl(0, libc::TIOCSCTTY as _, 0);
             Ok(())

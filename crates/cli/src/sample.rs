@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use karnna_infer::{
-    default_parts, generate, generate_many, CharStepper, CpuCharRnn, Precision, SampleOptions,
-    Strategy,
+    default_parts, default_prime, generate, generate_many, CharStepper, CpuCharRnn, Precision,
+    SampleOptions, Strategy,
 };
 use karnna_model::checkpoint::{best_checkpoint, run_checkpoints};
 use karnna_model::Checkpoint;
@@ -267,17 +267,5 @@ impl karnna_gpu::OnBackend for GpuStepper<'_> {
     ) -> anyhow::Result<Box<dyn CharStepper>> {
         let model = self.0.model::<B>(&device)?;
         Ok(Box::new(karnna_infer::BurnStepper::new(model, device)))
-    }
-}
-
-/// The notebook's prime, "Far", when the vocabulary has its characters; else a newline (or the
-/// vocabulary's first character), so sampling a model of any text works without `--prime`.
-fn default_prime(vocab: &karnna_data::Vocab) -> String {
-    if vocab.encode("Far").is_ok() {
-        "Far".into()
-    } else if vocab.id('\n').is_some() {
-        "\n".into()
-    } else {
-        vocab.char(0).to_string()
     }
 }

@@ -168,8 +168,8 @@ struct Part {
     b_hh: Vec<f32>, // [G·units] for the GRU (its b_hn sits inside the reset product), else empty
 }
 
+/// A layer's state in one [`CpuCharRnn`] (its weights are the [`CpuWeights`]' parts).
 struct Layer {
-    parts: Vec<Part>,
     /// Hidden state of every row before this character, `[rows, H]`.
     h: Vec<f32>,
     /// What each part writes, one per part.
@@ -207,15 +207,28 @@ impl PartState {
     }
 }
 
+/// The weights of a [`CpuCharRnn`], read out of a [`CharRnn`] once: cloning shares them (an
+/// `Arc`), so several samplers on several threads step one copy ([`CpuCharRnn::from_weights`]),
+/// each with its own state.
+#[derive(Clone)]
+pub struct CpuWeights(std::sync::Arc<Weights>);
+
+struct Weights {
+    cell: Cell,
+    h: usize,
+    /// Each layer's parts (one per core, up to two).
+    layers: Vec<Vec<Part>>,
+    out_w: Vec<f32>, // [H, V]
+    out_b: Vec<f32>, // [V]
+}
+
 /// A [`CharRnn`] for sampling on the CPU: one row (the [`CharStepper`] a single sample needs),
 /// or several independent rows stepped together ([`CpuCharRnn::step_rows`]).
 pub struct CpuCharRnn {
-    h: usize,
+    weights: CpuWeights,
     rows: usize,
     layers: Vec<Layer>,
     worker: Option<Worker>,
-    out_w: Vec<f32>,  // [H, V]
-    out_b: Vec<f32>,  // [V]
     logits: Vec<f32>, // [rows, V]
     ids: Vec<u32>,    // [rows], scratch of `CharStepper::step`
 }
@@ -420,6 +433,69 @@ enum Input<'a> {
     Dense(&'a [f32]),
 }
 
+impl CpuWeights {
+    /// Copies the weights out of `model` (any backend), stored in `precision`, each layer split
+    /// into `parts` (1 or 2) parts, one per core that will step it.
+    pub fn new<B: Backend>(model: &CharRnn<B>, precision: Precision, parts: usize) -> Self {
+        let (h, cell) = (model.lstm_size(), model.cell());
+        let gates = cell.gates();
+        let parts = parts.clamp(1, 2).min(h);
+        let bounds: Vec<(usize, usize)> = (0..parts)
+            .map(|p| (p * h / parts, (p + 1) * h / parts - p * h / parts))
+            .collect();
+        let layers = model
+            .layers
+            .iter()
+            .map(|l| {
+                let (w_ih, w_hh) = (to_f32_vec(l.w_ih.val()), to_f32_vec(l.w_hh.val()));
+                let (bias, b_hh) = match cell {
+                    Cell::Gru => (to_f32_vec(l.b_ih.val()), to_f32_vec(l.b_hh.val())),
+                    Cell::Lstm | Cell::Rnn => (to_f32_vec(l.b_ih.val() + l.b_hh.val()), vec![]),
+                };
+                let columns = |w: &[f32], first, units| gate_columns(w, gates, h, first, units);
+                bounds
+                    .iter()
+                    .map(|&(first, units)| Part {
+                        cell,
+                        first,
+                        units,
+                        w_ih: Mat::new(columns(&w_ih, first, units), precision),
+                        w_hh: Mat::new(columns(&w_hh, first, units), precision),
+                        bias: columns(&bias, first, units),
+                        b_hh: match cell {
+                            Cell::Gru => columns(&b_hh, first, units),
+                            _ => Vec::new(),
+                        },
+                    })
+                    .collect()
+            })
+            .collect();
+        let out_w = to_f32_vec(model.output.weight.val());
+        let out_b = match &model.output.bias {
+            Some(b) => to_f32_vec(b.val()),
+            None => vec![0.0; out_w.len() / h],
+        };
+        Self(std::sync::Arc::new(Weights {
+            cell,
+            h,
+            layers,
+            out_w,
+            out_b,
+        }))
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.0.out_b.len()
+    }
+
+    /// Parts each layer is split into (1 or 2): a sampler on these weights steps them on that
+    /// many threads.
+    pub fn parts(&self) -> usize {
+        self.0.layers.first().map_or(1, Vec::len)
+    }
+}
+
 impl CpuCharRnn {
     /// Copies the weights out of `model` (any backend) in f32, split for the available cores.
     pub fn new<B: Backend>(model: &CharRnn<B>) -> Self {
@@ -443,63 +519,32 @@ impl CpuCharRnn {
         parts: usize,
         rows: usize,
     ) -> Self {
+        Self::from_weights(CpuWeights::new(model, precision, parts), rows)
+    }
+
+    /// A sampler stepping `rows` rows on `weights`, shared with every other sampler made from
+    /// them, from the zero state. With two parts it starts its own second thread.
+    ///
+    /// # Panics
+    /// If `rows` is 0.
+    pub fn from_weights(weights: CpuWeights, rows: usize) -> Self {
         assert!(rows >= 1, "at least one row");
-        let (h, cell) = (model.lstm_size(), model.cell());
-        let gates = cell.gates();
-        let parts = parts.clamp(1, 2).min(h);
-        let bounds: Vec<(usize, usize)> = (0..parts)
-            .map(|p| (p * h / parts, (p + 1) * h / parts - p * h / parts))
-            .collect();
-        let layers = model
-            .layers
-            .iter()
-            .map(|l| {
-                let (w_ih, w_hh) = (to_f32_vec(l.w_ih.val()), to_f32_vec(l.w_hh.val()));
-                let (bias, b_hh) = match cell {
-                    Cell::Gru => (to_f32_vec(l.b_ih.val()), to_f32_vec(l.b_hh.val())),
-                    Cell::Lstm | Cell::Rnn => (to_f32_vec(l.b_ih.val() + l.b_hh.val()), vec![]),
-                };
-                let columns = |w: &[f32], first, units| gate_columns(w, gates, h, first, units);
-                Layer {
-                    parts: bounds
-                        .iter()
-                        .map(|&(first, units)| Part {
-                            cell,
-                            first,
-                            units,
-                            w_ih: Mat::new(columns(&w_ih, first, units), precision),
-                            w_hh: Mat::new(columns(&w_hh, first, units), precision),
-                            bias: columns(&bias, first, units),
-                            b_hh: match cell {
-                                Cell::Gru => columns(&b_hh, first, units),
-                                _ => Vec::new(),
-                            },
-                        })
-                        .collect(),
-                    h: vec![0.0; rows * h],
-                    states: bounds
-                        .iter()
-                        .map(|&(_, units)| PartState::new(cell, rows, units))
-                        .collect(),
-                }
-            })
-            .collect();
-        let out_w = to_f32_vec(model.output.weight.val());
-        let out_b = match &model.output.bias {
-            Some(b) => to_f32_vec(b.val()),
-            None => vec![0.0; out_w.len() / h],
-        };
-        let logits = vec![0.0; rows * out_b.len()];
-        Self {
-            h,
+        let parts = weights.parts();
+        let mut model = Self {
+            weights,
             rows,
-            layers,
+            layers: Vec::new(),
             worker: (parts == 2).then(Worker::new),
-            out_w,
-            out_b,
-            logits,
-            ids: vec![0; rows],
-        }
+            logits: Vec::new(),
+            ids: Vec::new(),
+        };
+        model.set_rows(rows);
+        model
+    }
+
+    /// The weights this sampler steps (cloning them shares them).
+    pub fn weights(&self) -> &CpuWeights {
+        &self.weights
     }
 
     /// How many rows each step feeds.
@@ -514,16 +559,19 @@ impl CpuCharRnn {
     /// If `rows` is 0.
     pub fn set_rows(&mut self, rows: usize) {
         assert!(rows >= 1, "at least one row");
-        let h = self.h;
-        for l in &mut self.layers {
-            l.h = vec![0.0; rows * h];
-            l.states = l
-                .parts
-                .iter()
-                .map(|p| PartState::new(p.cell, rows, p.units))
-                .collect();
-        }
-        self.logits = vec![0.0; rows * self.out_b.len()];
+        let w = &self.weights.0;
+        self.layers = w
+            .layers
+            .iter()
+            .map(|parts| Layer {
+                h: vec![0.0; rows * w.h],
+                states: parts
+                    .iter()
+                    .map(|p| PartState::new(w.cell, rows, p.units))
+                    .collect(),
+            })
+            .collect();
+        self.logits = vec![0.0; rows * w.out_b.len()];
         self.ids = vec![0; rows];
         self.rows = rows;
     }
@@ -545,15 +593,16 @@ impl CpuCharRnn {
     /// The step behind [`CpuCharRnn::step_rows`], leaving the logits in `self.logits`.
     fn forward(&mut self, ids: &[u32]) {
         assert_eq!(ids.len(), self.rows, "one id per row");
-        let (rows, hidden) = (self.rows, self.h);
-        for i in 0..self.layers.len() {
+        let weights = &self.weights.0;
+        let (rows, hidden) = (self.rows, weights.h);
+        for (i, parts) in weights.layers.iter().enumerate() {
             let (below, rest) = self.layers.split_at_mut(i);
             let layer = &mut rest[0];
             let input = match below.last() {
                 None => Input::OneHot(ids),
                 Some(prev) => Input::Dense(&prev.h),
             };
-            let Layer { parts, h, states } = layer;
+            let Layer { h, states } = layer;
             match (parts.as_slice(), states.as_mut_slice()) {
                 ([one], [st]) => one.step(rows, input, h, st),
                 ([a, b], [st_a, st_b]) => {
@@ -574,13 +623,13 @@ impl CpuCharRnn {
             }
         }
         let top = &self.layers.last().expect("a layer").h;
-        for l in self.logits.chunks_exact_mut(self.out_b.len()) {
-            l.copy_from_slice(&self.out_b);
+        for l in self.logits.chunks_exact_mut(weights.out_b.len()) {
+            l.copy_from_slice(&weights.out_b);
         }
         if rows == 1 {
-            vec_mat_acc(top, &self.out_w, &mut self.logits);
+            vec_mat_acc(top, &weights.out_w, &mut self.logits);
         } else {
-            mat_acc_rows(top, &self.out_w, &mut self.logits, rows);
+            mat_acc_rows(top, &weights.out_w, &mut self.logits, rows);
         }
     }
 }
@@ -602,11 +651,11 @@ impl CharStepper for CpuCharRnn {
         ids.fill(id);
         self.forward(&ids);
         self.ids = ids;
-        &self.logits[..self.out_b.len()]
+        &self.logits[..self.weights.vocab_size()]
     }
 
     fn vocab_size(&self) -> usize {
-        self.out_b.len()
+        self.weights.vocab_size()
     }
 }
 

@@ -122,6 +122,19 @@ pub fn generate(
     Ok(())
 }
 
+/// The prime used when none is given: the notebook's, "Far", when the vocabulary has its
+/// characters; else a newline (or the vocabulary's first character), so that a model of any
+/// text samples without one.
+pub fn default_prime(vocab: &Vocab) -> String {
+    if vocab.encode("Far").is_ok() {
+        "Far".into()
+    } else if vocab.id('\n').is_some() {
+        "\n".into()
+    } else {
+        vocab.char(0).to_string()
+    }
+}
+
 /// The prime's ids, or why the model cannot read it.
 fn encode_prime(vocab: &Vocab, prime: &str) -> Result<Vec<u32>, SampleError> {
     if prime.is_empty() {

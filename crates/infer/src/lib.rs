@@ -14,7 +14,9 @@ pub mod eval;
 mod generate;
 mod sampler;
 
-pub use cpu::{default_parts, CpuCharRnn, Precision};
+pub use cpu::{default_parts, CpuCharRnn, CpuWeights, Precision};
 pub use eval::{encode_known, evaluate, Encoded, EvalReport};
-pub use generate::{generate, generate_many, BurnStepper, CharStepper, SampleError, SampleOptions};
+pub use generate::{
+    default_prime, generate, generate_many, BurnStepper, CharStepper, SampleError, SampleOptions,
+};
 pub use sampler::{pick, Strategy};

@@ -17,6 +17,7 @@ tasks:
   eval     loss and bits per char on a text     (cargo xtask eval --data data/anna.txt [--run DIR])
   bench    time a training step and sampling    (cargo xtask bench [--peer PYTHON])
   gpu-check  check a GPU against the CPU, time it (cargo xtask gpu-check [--device cuda|wgpu] [--peer PYTHON])
+  serve    a page that samples live, the run's curves, an HTTP API (cargo xtask serve [--run DIR] [--addr 127.0.0.1:8080])
 
 `cargo xtask <task> --help` lists a task's options. Add `--device cuda` to run on an NVIDIA GPU,
 `--device wgpu` on any GPU with Vulkan, Metal or DX12.";
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
     };
     if !matches!(
         task.as_str(),
-        "info" | "train" | "sample" | "eval" | "bench" | "gpu-check"
+        "info" | "train" | "sample" | "eval" | "bench" | "gpu-check" | "serve"
     ) {
         eprintln!("error: unknown task `{task}`\n\n{TASKS}");
         return ExitCode::from(2);

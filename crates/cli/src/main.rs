@@ -1,5 +1,5 @@
 //! `karnna`: the command line over the karnna crates: `info`, `train`, `sample`, `eval`,
-//! `bench`, `gpu-check`.
+//! `bench`, `gpu-check`, `serve`.
 //!
 //! This binary is only argument parsing, backend choice and glue: it names the CPU backends
 //! (burn-flex, burn-ndarray), reaches the GPU ones (burn-cuda, burn-wgpu, behind the `cuda` and
@@ -10,6 +10,7 @@ mod bench;
 mod eval;
 mod gpu_check;
 mod sample;
+mod serve;
 
 /// mimalloc keeps freed large blocks for reuse; glibc's malloc returns every tensor-sized block
 /// to the OS and page-faults it back in on the next step (~10% of a training step here).
@@ -57,6 +58,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check a GPU against the CPU (fused op, training steps, sampling) and time it.
     GpuCheck(gpu_check::GpuCheckArgs),
+    /// Serve a page that samples live and draws the run's curves, and an HTTP API (loopback).
+    Serve(serve::ServeArgs),
 }
 
 /// Where the model runs.
@@ -373,6 +376,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|_| ExitCode::SUCCESS),
         Command::GpuCheck(args) => gpu_check::run(args),
+        Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

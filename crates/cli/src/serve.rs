@@ -1,0 +1,86 @@
+//! `karnna serve`: a run's page (live sampling, its loss curves) and HTTP API, on loopback
+//! unless told otherwise (see `karnna-serve`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use karnna_serve::{ServeOptions, Server};
+
+use crate::sample::{run_dir, PrecisionArg};
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Serve this run folder's checkpoints and curves (default: the most recent run).
+    #[arg(long, conflicts_with = "checkpoint")]
+    run: Option<PathBuf>,
+    /// Serve only this checkpoint file (the curves of its folder).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Where runs are looked for.
+    #[arg(long, default_value = "artifacts")]
+    artifacts: PathBuf,
+    /// Address to listen on. Anything but loopback lets every machine that can reach the port
+    /// use the server.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Weight precision of the sampler (as `sample --precision`: the same text for the same
+    /// seed needs the same precision).
+    #[arg(long, value_enum, default_value = "f16")]
+    precision: PrecisionArg,
+    /// Samples drawn at once [default: the cores / 2, at least 1]
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Requests that may wait for a free worker; beyond them a request gets 503.
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let dir = match &args.checkpoint {
+        Some(file) => {
+            if !file.is_file() {
+                bail!("{}: no such checkpoint file", file.display());
+            }
+            file.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+        }
+        None => run_dir(args.run.as_deref(), &args.artifacts)?,
+    };
+    let mut opts = ServeOptions::new(dir.clone());
+    opts.checkpoint = args.checkpoint.clone();
+    opts.precision = match args.precision {
+        PrecisionArg::F16 => karnna_serve::Precision::F16,
+        PrecisionArg::F32 => karnna_serve::Precision::F32,
+    };
+    if let Some(w) = args.workers {
+        if w == 0 {
+            bail!("--workers must be at least 1");
+        }
+        opts.workers = w;
+    }
+    opts.queue = args.queue;
+    if !args.addr.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {}, not on loopback: anyone who can reach this port can \
+             sample from the model and read the run's checkpoint list and metrics",
+            args.addr
+        );
+    }
+    let ready = |server: &Server| {
+        let list = server.checkpoints();
+        let best = list.first().map_or("-", |c| c.name.as_str());
+        // The first line names the address, for people and for scripts (`--addr 127.0.0.1:0`).
+        println!("serving http://{}/", server.local_addr());
+        println!(
+            "  {} ({} checkpoint{}; the best: {best})",
+            dir.display(),
+            list.len(),
+            if list.len() == 1 { "" } else { "s" }
+        );
+        println!("  stop with Ctrl-C");
+    };
+    karnna_serve::serve_forever(args.addr, opts, ready)?;
+    Ok(())
+}

@@ -17,6 +17,7 @@ tasks:
   eval     loss and bits per char on a text     (cargo xtask eval --data data/anna.txt [--run DIR])
   bench    time a training step and sampling    (cargo xtask bench [--peer PYTHON])
   gpu-check  check a GPU against the CPU, time it (cargo xtask gpu-check [--device cuda|wgpu] [--peer PYTHON])
+  report   runs beside the notebook's curve     (cargo xtask report artifacts/anna [--into README.md --svg docs/x.svg])
   serve    a page that samples live, the run's curves, an HTTP API (cargo xtask serve [--run DIR] [--addr 127.0.0.1:8080])
 
 `cargo xtask <task> --help` lists a task's options. Add `--device cuda` to run on an NVIDIA GPU,
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
     };
     if !matches!(
         task.as_str(),
-        "info" | "train" | "sample" | "eval" | "bench" | "gpu-check" | "serve"
+        "info" | "train" | "sample" | "eval" | "bench" | "gpu-check" | "report" | "serve"
     ) {
         eprintln!("error: unknown task `{task}`\n\n{TASKS}");
         return ExitCode::from(2);
@@ -47,6 +48,10 @@ fn main() -> ExitCode {
         cmd.args(["--features", feature]);
     }
     cmd.arg("--").args(&args);
+    // The run's provenance.txt names the commit it was made with.
+    if let Some(commit) = commit() {
+        cmd.env("KARNNA_COMMIT", commit);
+    }
     run(cmd)
 }
 
@@ -71,6 +76,23 @@ fn run(mut cmd: Command) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The checked-out commit (`git rev-parse --short HEAD`), `-dirty` after it when tracked files
+/// have changes; `None` outside a git checkout.
+fn commit() -> Option<String> {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = git(&["rev-parse", "--short=7", "HEAD"])?;
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{head}-dirty") } else { head })
 }
 
 /// The value of `--device` on the command line (`--device X` or `--device=X`).

@@ -1,5 +1,5 @@
 //! `karnna`: the command line over the karnna crates: `info`, `train`, `sample`, `eval`,
-//! `bench`, `gpu-check`, `serve`.
+//! `bench`, `gpu-check`, `report`, `serve`.
 //!
 //! This binary is only argument parsing, backend choice and glue: it names the CPU backends
 //! (burn-flex, burn-ndarray), reaches the GPU ones (burn-cuda, burn-wgpu, behind the `cuda` and
@@ -9,6 +9,7 @@
 mod bench;
 mod eval;
 mod gpu_check;
+mod report;
 mod sample;
 mod serve;
 
@@ -58,6 +59,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check a GPU against the CPU (fused op, training steps, sampling) and time it.
     GpuCheck(gpu_check::GpuCheckArgs),
+    /// Runs side by side with the notebook's validation curve: a Markdown table and an SVG.
+    Report(report::ReportArgs),
     /// Serve a page that samples live and draws the run's curves, and an HTTP API (loopback).
     Serve(serve::ServeArgs),
 }
@@ -376,6 +379,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|_| ExitCode::SUCCESS),
         Command::GpuCheck(args) => gpu_check::run(args),
+        Command::Report(args) => report::run(args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {

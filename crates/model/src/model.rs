@@ -569,9 +569,11 @@ pub fn seed_dropout(seed: u64) {
     DROPOUT_SEED.set(Some(seed));
 }
 
-/// The seed of the next dropout mask: the next value of this thread's [`seed_dropout`]
-/// sequence, or two uniform draws from the backend's generator when none was set.
-fn next_dropout_seed<B: Backend>(device: &B::Device) -> u64 {
+/// The seed of the next dropout mask (each layer's dropout takes one, in layer order): the
+/// next value of this thread's [`seed_dropout`] sequence, or two uniform draws from the
+/// backend's generator when none was set. The mask itself is [`crate::kernel::dropout_mask`]
+/// of this seed.
+pub fn next_dropout_seed<B: Backend>(device: &B::Device) -> u64 {
     if let Some(state) = DROPOUT_SEED.get() {
         let state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         DROPOUT_SEED.set(Some(state));

@@ -8,7 +8,9 @@ use burn::tensor::{Distribution, Tolerance};
 use karnna_model::ops::{
     hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_backward, tensor_hcell_forward,
 };
-use karnna_model::{Cell, CellBackend, CellKernels, CharRnnConfig, HCell, Recurrence, RnnState};
+use karnna_model::{
+    Cell, CellBackend, CellKernels, CharRnn, CharRnnConfig, HCell, Recurrence, RnnState,
+};
 
 type B = Flex;
 type AD = Autodiff<Flex>;
@@ -337,15 +339,25 @@ fn stats<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> (f64, f64, f64) {
 
 #[test]
 fn initialisations_draw_what_they_say() {
-    use karnna_model::Init;
-    // The notebook's first layer: 83 characters, 512 units.
-    let (v, h) = (83, 512);
-    let config = CharRnnConfig::new(v).with_lstm_size(h).with_num_layers(2);
     let device = Default::default();
     B::seed(&device, 7);
+    // The lazy draws from the backend's generator (a model about to load a record) and the
+    // seeded draws of a training run must follow the same distributions.
+    // The notebook's model: 83 characters, 2 x 512.
+    let config = CharRnnConfig::new(83)
+        .with_lstm_size(512)
+        .with_num_layers(2);
+    check_initialisations(|init| config.init_with::<B>(init, &device));
+    check_initialisations(|init| config.init_seeded::<B>(init, 42, &device));
+}
 
+/// The statistics of every parameter of the notebook's model as `build` draws it, for both
+/// initialisations: each tensor's bound, mean and standard deviation, and the bias blocks.
+fn check_initialisations(build: impl Fn(karnna_model::Init) -> CharRnn<B>) {
+    use karnna_model::Init;
+    let (v, h) = (83, 512);
     // PyTorch: every LSTM tensor U(-1/√H, 1/√H): mean 0, std bound/√3, max just under bound.
-    let torch = config.init_with::<B>(Init::PyTorch, &device);
+    let torch = build(Init::PyTorch);
     let bound = 1.0 / (h as f64).sqrt();
     for layer in &torch.layers {
         for (mean, std, max) in [stats(layer.w_ih.val()), stats(layer.w_hh.val())] {
@@ -362,7 +374,7 @@ fn initialisations_draw_what_they_say() {
 
     // TensorFlow: Glorot-uniform over the stacked [input + H, 4H] kernel, so both halves of a
     // layer share the bound √(6 / (input + 5H)): 0.0476 for layer 1, 0.0442 for layer 2.
-    let tf = config.init_with::<B>(Init::TensorFlow, &device);
+    let tf = build(Init::TensorFlow);
     for (l, layer) in tf.layers.iter().enumerate() {
         let input = if l == 0 { v } else { h };
         let glorot = (6.0 / (input + 5 * h) as f64).sqrt();
@@ -389,6 +401,50 @@ fn initialisations_draw_what_they_say() {
     assert_eq!(bias_max, 0.0);
     // The same number of parameters either way.
     assert_eq!(tf.num_params(), torch.num_params());
+}
+
+/// Every value of every parameter, in the module's order.
+fn all_weights(model: &CharRnn<B>) -> Vec<f32> {
+    let mut all = Vec::new();
+    for l in &model.layers {
+        for t in [l.w_ih.val(), l.w_hh.val()] {
+            all.extend(karnna_model::to_f32_vec(t));
+        }
+        for t in [l.b_ih.val(), l.b_hh.val()] {
+            all.extend(karnna_model::to_f32_vec(t));
+        }
+    }
+    all.extend(karnna_model::to_f32_vec(model.output.weight.val()));
+    all
+}
+
+#[test]
+fn a_seeded_model_and_its_clones_hold_the_same_weights() {
+    // A lazily initialised parameter draws its values when first read, and a clone taken
+    // before then draws values of its own (Burn's `Param::clone`); the training loop reads its
+    // model through `Learner::model()`, a clone, every iteration. A seeded model is drawn whole
+    // when it is built, so its clones and another model of the same seed hold its weights.
+    use karnna_model::Init;
+    let device = Default::default();
+    let config = CharRnnConfig::new(11).with_lstm_size(8).with_num_layers(2);
+    for init in [Init::PyTorch, Init::TensorFlow] {
+        let model = config.init_seeded::<B>(init, 5, &device);
+        let clone = model.clone();
+        let again = config.init_seeded::<B>(init, 5, &device);
+        let weights = all_weights(&clone);
+        assert_eq!(weights, all_weights(&model), "{init:?}: a clone differs");
+        assert_eq!(
+            weights,
+            all_weights(&again),
+            "{init:?}: the same seed differs"
+        );
+        let other = config.init_seeded::<B>(init, 6, &device);
+        assert_ne!(
+            weights,
+            all_weights(&other),
+            "{init:?}: another seed is the same"
+        );
+    }
 }
 
 #[test]

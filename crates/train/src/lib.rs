@@ -4,7 +4,9 @@
 //! It owns the run configuration ([`config`]), getting the text ([`fetch`]) and preparing it
 //! ([`corpus`]), the pieces the learner is built from (the model as a training step, the ordered
 //! batch loader, metrics, the optimizer, global-norm clipping: [`learner`]), the run itself with
-//! its checkpoints and resume ([`run`]), and the run's `metrics.csv` and `loss.svg` ([`log`]).
+//! its checkpoints and resume ([`run`]), the run's `metrics.csv` and `loss.svg` ([`log`]), where
+//! the run was made ([`provenance`]), and runs side by side with the notebook's curve
+//! ([`report`]).
 //!
 //! It builds on `karnna-data` and `karnna-model` and names no concrete backend: the binary
 //! chooses one and calls [`run::train`]. Sampling must not depend on this crate.
@@ -16,6 +18,8 @@ pub mod folder;
 pub mod learner;
 pub mod log;
 pub mod memory;
+pub mod provenance;
+pub mod report;
 pub mod run;
 pub mod signals;
 

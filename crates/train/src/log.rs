@@ -63,11 +63,9 @@ impl MetricsLog {
     /// dropped: a resumed run redoes them). A new run passes 0.
     pub fn open(dir: &Path, keep_through: usize) -> std::io::Result<Self> {
         let csv = dir.join("metrics.csv");
-        let rows = match std::fs::read_to_string(&csv) {
-            Ok(text) => text
-                .lines()
-                .skip(1)
-                .filter_map(parse_row)
+        let rows = match read_rows(&csv) {
+            Ok(rows) => rows
+                .into_iter()
                 .filter(|r| r.iteration <= keep_through)
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -116,6 +114,14 @@ impl MetricsLog {
         std::fs::write(&tmp, loss_svg(&self.rows, self.reference))?;
         std::fs::rename(tmp, &self.svg)
     }
+}
+
+/// The rows of a `metrics.csv` (lines that do not parse, the header among them, are skipped).
+pub fn read_rows(csv: &Path) -> std::io::Result<Vec<Row>> {
+    Ok(std::fs::read_to_string(csv)?
+        .lines()
+        .filter_map(parse_row)
+        .collect())
 }
 
 fn format_row(r: &Row) -> String {

@@ -248,6 +248,7 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
         ReferenceCurve::None => None,
         ReferenceCurve::Notebook => Some(("notebook", &NOTEBOOK_VAL_LOSS[..])),
     };
+    crate::provenance::record(dir, &config, start_iteration)?;
     let log = MetricsLog::open(dir, start_iteration)?.with_reference(reference);
     let elapsed0 = log.rows().last().map_or(0.0, |r| r.elapsed_s);
     let best = folder.best();
@@ -383,9 +384,10 @@ struct Carry<I: CellKernels> {
     shared: Mutex<Shared<Autodiff<I>>>,
 }
 
-/// The seed of iteration `it`'s dropout masks: a function of the run's seed and the iteration
-/// only, so a resumed run draws the masks the uninterrupted run would have.
-fn step_seed(seed: u64, it: usize) -> u64 {
+/// The seed of iteration `it`'s dropout masks (counted from 0), which the loop hands to
+/// [`karnna_model::seed_dropout`]: a function of the run's seed and the iteration only, so a
+/// resumed run draws the masks the uninterrupted run would have.
+pub fn step_seed(seed: u64, it: usize) -> u64 {
     let mut z = seed ^ (it as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z ^ (z >> 31)

@@ -10,6 +10,7 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::AutodiffModule;
 use burn::optim::AdamConfig;
 use burn::prelude::*;
+use karnna_gpu::launches::LaunchCounter;
 use karnna_infer::{
     default_parts, pick, BurnStepper, CharStepper, CpuCharRnn, Precision, Strategy,
 };
@@ -71,6 +72,11 @@ pub struct BenchArgs {
     /// Skip sampling.
     #[arg(long)]
     no_sample: bool,
+    /// On a GPU, do not count the kernels of a training step (`gpu_launches_per_step`).
+    /// Counting turns on CubeCL's launch log for the whole run, which costs a little host time
+    /// per launch.
+    #[arg(long)]
+    no_launch_count: bool,
 }
 
 impl BenchArgs {
@@ -88,8 +94,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median seconds of a training step: forward, backward, global-norm clip, Adam.
-fn train_step_secs<I: CellKernels>(a: &BenchArgs, device: I::Device) -> f64 {
+/// Median seconds of a training step: forward, backward, global-norm clip, Adam; and, with a
+/// launch counter, the GPU kernels launched by one more step after the timed ones.
+fn train_step_secs<I: CellKernels>(
+    a: &BenchArgs,
+    device: I::Device,
+    counter: Option<&LaunchCounter>,
+) -> (f64, Option<u64>) {
     type B<I> = Autodiff<I>;
     I::seed(&device, 0);
     let mut model = Trainee {
@@ -107,33 +118,51 @@ fn train_step_secs<I: CellKernels>(a: &BenchArgs, device: I::Device) -> f64 {
     };
     let mut state = None;
     let mut times = Vec::new();
-    for i in 0..a.warmup + a.iters {
+    let mut launches = None;
+    let counted = usize::from(counter.is_some());
+    for i in 0..a.warmup + a.iters + counted {
         let batch = CharBatch {
             inputs: ids(&mut rng),
             targets: ids(&mut rng),
         };
-        let t = Instant::now();
-        let (next, _, s) = model.optimize(&mut optim, 0.001, 5.0, batch, state.take());
+        let current = model;
+        let previous = state.take();
+        let step = || {
+            let t = Instant::now();
+            let (next, _, s) = current.optimize(&mut optim, 0.001, 5.0, batch, previous);
+            // Read something back so lazy backends finish the step.
+            let _ = next.model.output.bias.as_ref().unwrap().val().into_data();
+            (next, s, t.elapsed().as_secs_f64())
+        };
+        let (next, s, _) = match counter {
+            Some(counter) if i == a.warmup + a.iters => {
+                let (out, n) = counter.count::<I, _, _>(&device, step);
+                launches = n;
+                out
+            }
+            _ => {
+                let out = step();
+                if i >= a.warmup {
+                    times.push(out.2);
+                }
+                out
+            }
+        };
         model = next;
-        // Read something back so lazy backends finish the step.
-        let _ = model.model.output.bias.as_ref().unwrap().val().into_data();
         state = Some(s);
-        if i >= a.warmup {
-            times.push(t.elapsed().as_secs_f64());
-        }
     }
     let _ = model.valid();
-    median(times)
+    (median(times), launches)
 }
 
 /// [`train_step_secs`] on a GPU backend.
-struct GpuTrainStep<'a>(&'a BenchArgs);
+struct GpuTrainStep<'a>(&'a BenchArgs, Option<&'a LaunchCounter>);
 
 impl karnna_gpu::OnBackend for GpuTrainStep<'_> {
-    type Output = f64;
+    type Output = (f64, Option<u64>);
 
-    fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<f64> {
-        Ok(train_step_secs::<B>(self.0, device))
+    fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        Ok(train_step_secs::<B>(self.0, device, self.1))
     }
 }
 
@@ -313,16 +342,25 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
         a.backend,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    // Installed before any GPU work, which reads CubeCL's configuration once per process.
+    let counter = match a.device.gpu() {
+        Some(_) if !a.no_train && !a.no_launch_count => LaunchCounter::install(),
+        _ => None,
+    };
+    let mut launches = None;
     let (mut ours_t, mut peer_t, mut ours_s, mut peer_s, mut burn_s) =
         (vec![], vec![], vec![], vec![], vec![]);
     let mut f16_s = vec![];
     for r in 0..a.repeats {
         if !a.no_train {
-            let t = match (a.device.gpu(), a.backend) {
-                (Some(gpu), _) => karnna_gpu::run_on(gpu, GpuTrainStep(&a))?,
-                (None, BackendArg::Flex) => train_step_secs::<Flex>(&a, Default::default()),
-                (None, BackendArg::Ndarray) => train_step_secs::<NdArray>(&a, Default::default()),
+            let (t, counted) = match (a.device.gpu(), a.backend) {
+                (Some(gpu), _) => karnna_gpu::run_on(gpu, GpuTrainStep(&a, counter.as_ref()))?,
+                (None, BackendArg::Flex) => train_step_secs::<Flex>(&a, Default::default(), None),
+                (None, BackendArg::Ndarray) => {
+                    train_step_secs::<NdArray>(&a, Default::default(), None)
+                }
             };
+            launches = launches.or(counted);
             println!("run {r}: karnna train_s_per_batch={t:.4}");
             ours_t.push(t);
             if let Some(p) = &a.peer {
@@ -402,6 +440,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
                 println!("sample_speedup_vs_peer_f16={:.2}", median(f16_s) / p);
             }
         }
+    }
+    if let Some(n) = launches {
+        // Counted through CubeCL's launch log (karnna_gpu::launches), one step after the timed ones.
+        println!("gpu_launches_per_step={n}");
     }
     if let Some(m) = peak_rss_mib() {
         println!("peak_rss_mib={m:.0}");

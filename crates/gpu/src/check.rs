@@ -4,8 +4,8 @@
 //! device it is given, so both hold a GPU to the same tolerances.
 //!
 //! The CPU side is burn-flex with karnna's own kernels (`karnna_model::kernel`); the GPU side
-//! is the Burn tensor path (`karnna_model::ops::tensor_forward` / `tensor_backward`, and
-//! `tensor_hcell_forward` / `tensor_hcell_backward` for the GRU and the RNN). They
+//! is karnna's CubeCL kernels (`karnna_model::cube`: one launch per layer and time step) with
+//! Burn's matmuls around them. They
 //! agree only as far as f32 arithmetic summed in different orders allows; each tolerance below
 //! says why it is what it is.
 

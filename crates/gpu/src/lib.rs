@@ -3,12 +3,39 @@
 //! its cargo feature (`cuda`, `wgpu`); code written once over the backend ([`OnBackend`]) runs on
 //! the one chosen at run time ([`run_on`]), after a probe has turned a missing device into one
 //! clear error. [`check`] holds the comparisons of a GPU backend with the CPU kernels that the
-//! tests and `karnna gpu-check` both run.
+//! tests and `karnna gpu-check` both run; [`launches`] counts the kernels that GPU work
+//! launches (`karnna bench`'s `gpu_launches_per_step`).
 //!
 //! It knows the concrete GPU backends so that no other library crate has to; it must not depend
 //! on the command line (clap, argument parsing), which stays in `crates/cli`.
 
 pub mod check;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod launches;
+
+/// Without a GPU backend there are no GPU launches to count.
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+pub mod launches {
+    /// Counts GPU kernel launches; this build has no GPU backend, so it never installs.
+    #[derive(Debug)]
+    pub struct LaunchCounter(());
+
+    impl LaunchCounter {
+        /// Always `None`: this build has no GPU backend.
+        pub fn install() -> Option<Self> {
+            None
+        }
+
+        /// Never called: [`LaunchCounter::install`] returns `None`.
+        pub fn count<B: burn::tensor::backend::Backend, T, F: FnOnce() -> T>(
+            &self,
+            _device: &B::Device,
+            work: F,
+        ) -> (T, Option<u64>) {
+            (work(), None)
+        }
+    }
+}
 
 use burn::tensor::Tensor;
 use karnna_model::CellKernels;

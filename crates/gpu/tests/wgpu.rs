@@ -75,3 +75,105 @@ fn the_probe_reports_a_working_device() {
     let Some(device) = device() else { return };
     assert_eq!(karnna_gpu::probe::<wgpu::Backend>(&device), Ok(()));
 }
+
+/// Largest difference allowed between the CubeCL kernels and Burn's autodiff of the
+/// step-by-step tensor recurrence on the same device: both in f32 on llvmpipe, summing in
+/// different orders (measured up to ~1e-6 at these sizes); a wrong term is of order 0.1.
+const KERNEL_TOLERANCE: f32 = 1e-5;
+
+/// The fused op's results under autodiff on wgpu, with the recurrence computed by the CubeCL
+/// kernels (`fused`) or by Burn tensor ops step by step, differentiated by Burn itself: the
+/// outputs (`hs`, and `c_T` for the LSTM), then the gradients of `xp`, `W_hh`, `h0`, and `c0`
+/// (LSTM) or `b_hh` (GRU, RNN).
+fn sequence_results(
+    cell: Cell,
+    [t, b, h]: [usize; 3],
+    fused: bool,
+    device: &burn::backend::wgpu::WgpuDevice,
+) -> Vec<Vec<f32>> {
+    use burn::tensor::{Tensor, TensorData};
+    use karnna_model::ops::{hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_forward};
+    use karnna_model::to_f32_vec;
+    use rand::{Rng, SeedableRng};
+    type A = burn::backend::Autodiff<wgpu::Backend>;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let gh = cell.gates() * h;
+    let mut leaf = |shape: Vec<usize>, scale: f32| {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
+        TensorData::new(v, shape)
+    };
+    let xp = Tensor::<A, 3>::from_data(leaf(vec![t, b, gh], 1.0), device).require_grad();
+    let w_hh = Tensor::<A, 2>::from_data(leaf(vec![h, gh], 0.5), device).require_grad();
+    let b_hh = Tensor::<A, 1>::from_data(leaf(vec![gh], 0.5), device).require_grad();
+    let h0 = Tensor::<A, 2>::from_data(leaf(vec![b, h], 0.5), device).require_grad();
+    let c0 = Tensor::<A, 2>::from_data(leaf(vec![b, h], 0.5), device).require_grad();
+    let r = Tensor::<A, 3>::from_data(leaf(vec![t, b, h], 1.0), device);
+    let (hs, c) = match (cell.hcell(), fused) {
+        (None, true) => {
+            let (hs, c) = lstm_sequence(xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
+            (hs, Some(c))
+        }
+        (None, false) => {
+            let (hs, c, _) = tensor_forward(xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
+            (hs, Some(c))
+        }
+        (Some(hc), true) => {
+            let hs = hcell_sequence(hc, xp.clone(), w_hh.clone(), b_hh.clone(), h0.clone());
+            (hs, None)
+        }
+        (Some(hc), false) => {
+            let args = (xp.clone(), w_hh.clone(), b_hh.clone(), h0.clone());
+            (
+                tensor_hcell_forward(hc, args.0, args.1, args.2, args.3).0,
+                None,
+            )
+        }
+    };
+    // The fused op passes no gradient back from c_T (truncated BPTT carries it detached).
+    let grads = (hs.clone() * r).sum().backward();
+    let mut out = vec![to_f32_vec(hs)];
+    if let Some(c) = c {
+        out.push(to_f32_vec(c));
+    }
+    out.push(to_f32_vec(xp.grad(&grads).expect("dxp")));
+    out.push(to_f32_vec(w_hh.grad(&grads).expect("dW_hh")));
+    out.push(to_f32_vec(h0.grad(&grads).expect("dh0")));
+    out.push(match cell.hcell() {
+        None => to_f32_vec(c0.grad(&grads).expect("dc0")),
+        Some(_) => to_f32_vec(b_hh.grad(&grads).expect("db_hh")),
+    });
+    out
+}
+
+#[test]
+fn cubecl_kernels_match_burns_step_by_step_autodiff_on_wgpu() {
+    let Some(device) = device() else { return };
+    // 3 rows of 50 units span two cubes of 128 threads; one step has no step after it.
+    for dims in [[4, 3, 50], [1, 2, 7]] {
+        for cell in Cell::ALL {
+            let fused = sequence_results(cell, dims, true, &device);
+            let reference = sequence_results(cell, dims, false, &device);
+            assert_eq!(fused.len(), reference.len());
+            for (i, (f, r)) in fused.iter().zip(&reference).enumerate() {
+                assert_eq!(f.len(), r.len(), "{cell} {dims:?} result {i}");
+                let worst = f
+                    .iter()
+                    .zip(r)
+                    .map(|(a, b)| match (a - b).abs() {
+                        d if d.is_nan() => f32::INFINITY,
+                        d => d,
+                    })
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst <= KERNEL_TOLERANCE,
+                    "{cell} {dims:?} result {i}: the kernels differ by {worst:e}"
+                );
+                assert!(
+                    r.iter().any(|v| *v != 0.0),
+                    "{cell} {dims:?} result {i} is 0"
+                );
+            }
+        }
+    }
+}

@@ -11,6 +11,8 @@
 //! `karnna-infer`.
 
 pub mod checkpoint;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube;
 pub mod kernel;
 mod model;
 pub mod ops;

@@ -36,9 +36,10 @@
 //! Out: `hs [T, B, H]`; gradients reach `xp`, `W_hh`, `b_hh` and `h0`.
 //!
 //! CPU backends run the recurrence with the plain-Rust kernels of [`crate::kernel`]; the GPU
-//! backends (burn-cuda and burn-wgpu, each behind its cargo feature) share one implementation in
-//! Burn tensor ops ([`tensor_forward`], [`tensor_backward`]), which CubeCL compiles and fuses for
-//! either runtime.
+//! backends (burn-cuda and burn-wgpu, each behind its cargo feature) share one set of CubeCL
+//! kernels (`crate::cube`: one launch per layer and time step, forward and backward). The same
+//! maths in Burn tensor ops ([`tensor_forward`], [`tensor_backward`], [`tensor_hcell_forward`],
+//! [`tensor_hcell_backward`]) runs on any backend and is the tests' reference.
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
@@ -523,7 +524,7 @@ native_backend!(Flex);
 native_backend!(NdArray);
 
 // ---------------------------------------------------------------------------------------------
-// Any backend: the same recurrence in Burn tensor ops (used on the GPUs, and as the test reference).
+// Any backend: the same recurrence in Burn tensor ops (the test reference).
 
 /// What [`tensor_forward`] keeps for [`tensor_backward`].
 #[derive(Clone, Debug)]
@@ -648,7 +649,7 @@ pub struct TensorHCache<B: Backend> {
 }
 
 /// An h-cell's recurrence step by step in Burn tensor ops: `(hs [T, B, H], cache)`; the
-/// reference of the fused op under autodiff, and the GPU backends' forward.
+/// reference of the fused op under autodiff.
 pub fn tensor_hcell_forward<B: Backend>(
     cell: HCell,
     xp: Tensor<B, 3>,
@@ -751,91 +752,3 @@ pub fn tensor_hcell_backward<B: Backend>(
     let dw = weight_grad(h0, hs, dhp);
     (Tensor::stack(dxps, 0), dw, db, dh_next)
 }
-
-/// Runs [`tensor_forward`] and [`tensor_backward`] for a backend without CPU kernels: the GPU
-/// backends, one implementation for both.
-#[allow(unused_macros)]
-macro_rules! tensor_backend {
-    ($backend:ty) => {
-        impl CellBackend for $backend {
-            fn lstm_sequence(
-                xp: FloatTensor<Self>,
-                w_hh: FloatTensor<Self>,
-                h0: FloatTensor<Self>,
-                c0: FloatTensor<Self>,
-            ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-                let (hs, c, _) = <Self as CellKernels>::lstm_forward_train(xp, w_hh, h0, c0);
-                (hs, c)
-            }
-
-            fn hcell_sequence(
-                cell: HCell,
-                xp: FloatTensor<Self>,
-                w_hh: FloatTensor<Self>,
-                b_hh: FloatTensor<Self>,
-                h0: FloatTensor<Self>,
-            ) -> FloatTensor<Self> {
-                <Self as CellKernels>::hcell_forward_train(cell, xp, w_hh, b_hh, h0).0
-            }
-        }
-
-        impl CellKernels for $backend {
-            type LstmCache = TensorCache<Self>;
-
-            fn lstm_forward_train(
-                xp: FloatTensor<Self>,
-                w_hh: FloatTensor<Self>,
-                h0: FloatTensor<Self>,
-                c0: FloatTensor<Self>,
-            ) -> (FloatTensor<Self>, FloatTensor<Self>, Self::LstmCache) {
-                let (hs, c, cache) = tensor_forward::<Self>(
-                    from_float(xp),
-                    from_float(w_hh),
-                    from_float(h0),
-                    from_float(c0),
-                );
-                (float(hs), float(c), cache)
-            }
-
-            fn lstm_backward(
-                cache: Self::LstmCache,
-                dhs: FloatTensor<Self>,
-            ) -> [FloatTensor<Self>; 4] {
-                let (dxp, dw, dh0, dc0) = tensor_backward::<Self>(cache, from_float(dhs));
-                [float(dxp), float(dw), float(dh0), float(dc0)]
-            }
-
-            type HCellCache = TensorHCache<Self>;
-
-            fn hcell_forward_train(
-                cell: HCell,
-                xp: FloatTensor<Self>,
-                w_hh: FloatTensor<Self>,
-                b_hh: FloatTensor<Self>,
-                h0: FloatTensor<Self>,
-            ) -> (FloatTensor<Self>, Self::HCellCache) {
-                let (hs, cache) = tensor_hcell_forward::<Self>(
-                    cell,
-                    from_float(xp),
-                    from_float(w_hh),
-                    from_float(b_hh),
-                    from_float(h0),
-                );
-                (float(hs), cache)
-            }
-
-            fn hcell_backward(
-                cache: Self::HCellCache,
-                dhs: FloatTensor<Self>,
-            ) -> [FloatTensor<Self>; 4] {
-                let (dxp, dw, db, dh0) = tensor_hcell_backward::<Self>(cache, from_float(dhs));
-                [float(dxp), float(dw), float(db), float(dh0)]
-            }
-        }
-    };
-}
-
-#[cfg(feature = "cuda")]
-tensor_backend!(burn::backend::Cuda);
-#[cfg(feature = "wgpu")]
-tensor_backend!(burn::backend::Wgpu);

@@ -177,3 +177,42 @@ fn cubecl_kernels_match_burns_step_by_step_autodiff_on_wgpu() {
         }
     }
 }
+
+#[test]
+fn dropout_masks_drawn_on_wgpu_equal_the_cpu_masks_bit_for_bit() {
+    use burn::tensor::{Shape, Tensor, TensorPrimitive};
+    use karnna_model::CellBackend;
+    let Some(device) = device() else { return };
+    // Lengths across cubes of 128 threads and not a multiple of them; seeds with both halves
+    // set; keep_prob 1 and 0 (every value kept, none kept).
+    let cases = [
+        (0_u64, 0.5, 1000),
+        (0x0123_4567_89AB_CDEF, 0.8, 129),
+        (u64::MAX, 0.3, 1),
+        (42, 1.0, 77),
+        (7, 0.0, 50),
+    ];
+    for (seed, keep_prob, len) in cases {
+        let mut cpu = vec![0.0_f32; len];
+        karnna_model::kernel::dropout_mask(seed, keep_prob, &mut cpu);
+        let mask = <wgpu::Backend as CellBackend>::dropout_mask(
+            seed,
+            keep_prob,
+            Shape::new([len]),
+            &device,
+        );
+        let gpu = karnna_model::to_f32_vec(Tensor::<wgpu::Backend, 1>::from_primitive(
+            TensorPrimitive::Float(mask),
+        ));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&gpu),
+            bits(&cpu),
+            "seed {seed:#x}, keep_prob {keep_prob}"
+        );
+        if len == 1000 {
+            let kept = cpu.iter().filter(|&&x| x != 0.0).count();
+            assert!((400..600).contains(&kept), "kept {kept} of 1000 at 0.5");
+        }
+    }
+}

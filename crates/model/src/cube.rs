@@ -33,6 +33,10 @@
 //! output layers) are Burn's, which on a CUDA card with tensor cores run in TF32 (10-bit
 //! mantissa, unit roundoff 2⁻¹¹ ≈ 4.9e-4) for f32 inputs; see [`matmul_precision`].
 //!
+//! Dropout masks are drawn here too ([`dropout_mask_kernel`]), with the counter-based hash of
+//! [`crate::kernel::dropout_mask`], bit for bit: a seed gives the same mask on the CPU and on
+//! any GPU, and no mask crosses from the host.
+//!
 //! No kernel synchronizes across thread blocks: a persistent kernel that walks all steps would
 //! need a grid-wide barrier, which CubeCL lacks and which would hang on a runtime that runs the
 //! blocks one after another (llvmpipe).
@@ -375,6 +379,45 @@ pub fn rnn_backward_step(
     }
     let y = hs[(s + 1) * bh + pos];
     dhp[s * bh + pos] = dh * (1.0 - y * y);
+}
+
+/// `i·0x9E3779B9`, wrapping.
+#[cube]
+fn spread(i: u32) -> u32 {
+    i * 0x9E37_79B9u32
+}
+
+#[cube]
+fn fmix32(x: u32) -> u32 {
+    let a = x ^ (x >> 16u32);
+    let b = a * 0x85EB_CA6Bu32;
+    let c = b ^ (b >> 13u32);
+    let d = c * 0xC2B2_AE35u32;
+    d ^ (d >> 16u32)
+}
+
+/// The dropout mask of [`crate::kernel::dropout_mask`] on the device, bit for bit: element `i`
+/// is `scale` when `fmix32(fmix32(i·0x9E3779B9 ^ seed_lo) ^ seed_hi) < threshold` (or always,
+/// when `keep_all`), else 0. Multiplications wrap, as `u32::wrapping_mul` does on the host.
+#[cube(launch)]
+pub fn dropout_mask_kernel(
+    out: &mut Tensor<f32>,
+    seed_lo: u32,
+    seed_hi: u32,
+    threshold: u32,
+    scale: f32,
+    keep_all: u32,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= out.len() {
+        terminate!();
+    }
+    let x = fmix32(fmix32(spread(i as u32) ^ seed_lo) ^ seed_hi);
+    let mut v = 0.0;
+    if keep_all == 1 || x < threshold {
+        v = scale;
+    }
+    out[i] = v;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -729,6 +772,32 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
         h0: CubeTensor<R>,
     ) -> CubeTensor<R> {
         hcell_forward::<R, I, BT>(cell, xp, w_hh, b_hh, h0, false).0
+    }
+
+    fn dropout_mask(seed: u64, keep_prob: f64, shape: Shape, device: &R::Device) -> CubeTensor<R> {
+        // The threshold and scale as `kernel::dropout_mask` computes them.
+        let threshold = (keep_prob.clamp(0.0, 1.0) * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+        let scale = if keep_prob > 0.0 {
+            (1.0 / keep_prob) as f32
+        } else {
+            0.0
+        };
+        let n = shape.num_elements();
+        let out =
+            empty_device_contiguous_dtype(R::client(device), device.clone(), shape, DType::F32);
+        let (count, dim) = grid(n);
+        dropout_mask_kernel::launch::<R>(
+            &out.client,
+            count,
+            dim,
+            arg(&out),
+            seed as u32,
+            (seed >> 32) as u32,
+            threshold,
+            scale,
+            u32::from(keep_prob >= 1.0),
+        );
+        out
     }
 }
 

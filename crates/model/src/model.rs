@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::embedding;
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::{Distribution, TensorData, TensorPrimitive};
 
 use karnna_data::Vocab;
 use rand::rngs::StdRng;
@@ -593,19 +593,19 @@ pub fn next_dropout_seed<B: Backend>(device: &B::Device) -> u64 {
 /// Dropout on a recurrent layer's output, in training only (on an autodiff backend): each
 /// value is kept with probability `keep_prob` and scaled by `1 / keep_prob`, or zeroed.
 ///
-/// The mask is drawn on the host by [`crate::kernel::dropout_mask`] (a counter-based hash, 16
-/// lanes at a time) from a seed given by [`seed_dropout`]'s sequence, or else taken from the
-/// backend's own RNG (reproducible under `Backend::seed` when nothing else draws); Burn's
-/// `Dropout` draws every Bernoulli sample through its generic sampler, which cost ~8% of a
-/// training step.
-fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, keep_prob: f64) -> Tensor<B, D> {
+/// The mask is [`crate::kernel::dropout_mask`] (a counter-based hash of the seed and each
+/// element's index) of a seed given by [`seed_dropout`]'s sequence, or else taken from the
+/// backend's own RNG (reproducible under `Backend::seed` when nothing else draws). The backend
+/// draws it ([`CellBackend::dropout_mask`]): the CPU backends on the host, 16 lanes at a time;
+/// the GPU backends on the device, bit for bit the same, so no mask crosses to the device.
+/// Burn's `Dropout` draws every Bernoulli sample through its generic sampler, which cost ~8% of
+/// a training step.
+fn dropout<B: CellBackend, const D: usize>(x: Tensor<B, D>, keep_prob: f64) -> Tensor<B, D> {
     let device = x.device();
     if keep_prob >= 1.0 || !B::ad_enabled(&device) {
         return x;
     }
     let seed = next_dropout_seed::<B>(&device);
-    let shape = x.shape();
-    let mut mask = vec![0.0; shape.num_elements()];
-    crate::kernel::dropout_mask(seed, keep_prob, &mut mask);
-    x * Tensor::from_data(TensorData::new(mask, shape), &device)
+    let mask = B::dropout_mask(seed, keep_prob, x.shape(), &device);
+    x * Tensor::from_primitive(TensorPrimitive::Float(mask))
 }

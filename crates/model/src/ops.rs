@@ -53,7 +53,7 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
 
 use crate::kernel::{self, Dims};
 
@@ -96,6 +96,21 @@ pub trait CellBackend: Backend {
         b_hh: FloatTensor<Self>,
         h0: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// A dropout mask of `shape` on `device`: [`kernel::dropout_mask`] of `seed` and
+    /// `keep_prob`, element `i` of the row-major order being element `i` of that mask, bit for
+    /// bit. By default it is drawn on the host and uploaded; the GPU backends draw it on the
+    /// device with the same hash (`crate::cube`).
+    fn dropout_mask(
+        seed: u64,
+        keep_prob: f64,
+        shape: Shape,
+        device: &burn::tensor::Device<Self>,
+    ) -> FloatTensor<Self> {
+        let mut mask = vec![0.0; shape.num_elements()];
+        kernel::dropout_mask(seed, keep_prob, &mut mask);
+        Self::float_from_data(TensorData::new(mask, shape), device)
+    }
 }
 
 /// What a backend needs besides [`CellBackend`] for `Autodiff<Self>` to train through the ops: a
@@ -267,6 +282,16 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::hcell_sequence(cell, xp, w_hh, b_hh, h0)),
         }
+    }
+
+    fn dropout_mask(
+        seed: u64,
+        keep_prob: f64,
+        shape: Shape,
+        device: &burn::tensor::Device<Self>,
+    ) -> FloatTensor<Self> {
+        // A constant of the graph: no gradient flows into the mask.
+        <Self as AutodiffBackend>::from_inner(B::dropout_mask(seed, keep_prob, shape, device))
     }
 }
 

@@ -133,11 +133,18 @@ fn worker(rx: &Mutex<mpsc::Receiver<(Job, Admitted)>>, counters: &Counters) {
             buf: Vec::new(),
             counters,
         };
-        // An error here is the client gone: nothing is left to tell.
-        let drawn = generate(s, &job.model.vocab, &job.opts, &mut out, &job.stop);
-        if drawn.is_ok() && !job.stop.load(Ordering::Acquire) {
-            // `karnna sample` ends its text with a newline; so does the stream.
-            let _ = out.write_all(b"\n").and_then(|()| out.finish());
+        // An error here is the client gone: nothing is left to tell. A panic (a bug) ends this
+        // sample's stream early and costs the sampler, not the thread.
+        let drawn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            generate(s, &job.model.vocab, &job.opts, &mut out, &job.stop)
+        }));
+        match drawn {
+            Ok(Ok(())) if !job.stop.load(Ordering::Acquire) => {
+                // `karnna sample` ends its text with a newline; so does the stream.
+                let _ = out.write_all(b"\n").and_then(|()| out.finish());
+            }
+            Ok(_) => {}
+            Err(_) => sampler = None,
         }
         counters.running.fetch_sub(1, Ordering::AcqRel);
     }

@@ -201,7 +201,10 @@ fn the_page_samples_live_and_draws_the_curve_in_chromium() {
             s.contains("characters in").then_some(s)
         })
         .await;
-        assert!(status.contains("seed"), "{status}");
+        assert!(
+            status.contains("from i100_l32_v2.500.ckpt, seed"),
+            "{status}"
+        );
 
         // Another checkpoint: the curve is drawn, with that checkpoint marked.
         let select = c.find(Locator::Id("checkpoint")).await.unwrap();
@@ -228,15 +231,14 @@ fn the_page_samples_live_and_draws_the_curve_in_chromium() {
 
         // Sampling the chosen checkpoint says so.
         c.find(Locator::Id("generate")).await.unwrap().click().await.unwrap();
-        until("a sample of the other checkpoint", || async {
+        until("a whole sample of the other checkpoint", || async {
             let s = text_of(&c, "#status").await;
-            (s.contains("characters in")
-                && eval(&c, "return document.getElementById('out').textContent.length").await
-                    .as_u64()
-                    > Some(300))
-            .then_some(())
+            s.contains("characters in").then_some(())?;
+            s.contains("from i50_l32_v3.100.ckpt").then_some(())
         })
         .await;
+        let text = text_of(&c, "#out").await;
+        assert!(text.starts_with("Far from") && text.chars().count() > 300, "{text:?}");
 
         let png = c.screenshot().await.unwrap();
         std::fs::write(&shot, &png).unwrap();

@@ -152,8 +152,8 @@ async function generate() {
       const e = await r.json().catch(() => ({ error: r.statusText }));
       throw new Error(e.error || r.statusText);
     }
-    const seed = r.headers.get("x-seed");
-    status.textContent = `sampling ${r.headers.get("x-checkpoint") || ""} (seed ${seed})…`;
+    const seed = r.headers.get("x-seed"), name = r.headers.get("x-checkpoint") || "";
+    status.textContent = `sampling ${name} (seed ${seed})…`;
     const reader = r.body.getReader();
     const decoder = new TextDecoder();
     for (;;) {
@@ -164,7 +164,7 @@ async function generate() {
       text.appendData(s);
     }
     const secs = (performance.now() - t0) / 1000;
-    status.textContent = `${chars} characters in ${secs.toFixed(2)} s, seed ${seed}`;
+    status.textContent = `${chars} characters in ${secs.toFixed(2)} s from ${name}, seed ${seed}`;
   } catch (e) {
     if (e.name === "AbortError") {
       status.textContent = `stopped after ${chars} characters`;

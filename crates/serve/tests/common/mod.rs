@@ -72,7 +72,7 @@ pub fn metrics(n: usize) -> String {
 /// Row `i` of [`metrics`].
 pub fn metrics_row(i: usize) -> String {
     let train = 4.0 - 1.5 * (i as f64 / 150.0);
-    let val = if i % 50 == 0 {
+    let val = if i.is_multiple_of(50) {
         format!("{:.5}", train + 0.2)
     } else {
         String::new()

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use karnna_gpu::{check, Gpu, OnBackend};
-use karnna_model::{Cell, CellKernels};
+use karnna_model::{Cell, CellKernels, MatmulPrecision};
 
 use crate::bench;
 
@@ -35,10 +35,11 @@ struct Checks {
 }
 
 impl OnBackend for Checks {
-    type Output = Vec<(String, anyhow::Result<String>)>;
+    type Output = (MatmulPrecision, Vec<(String, anyhow::Result<String>)>);
 
     fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let dir = std::env::temp_dir().join(format!("karnna-gpu-check-{}", std::process::id()));
+        let precision = B::matmul_precision(&device);
         let mut results = Vec::new();
         for cell in Cell::ALL {
             let op = check::fused_op::<B>(&device, cell).map(|d| {
@@ -78,7 +79,7 @@ impl OnBackend for Checks {
         });
         let _ = std::fs::remove_dir_all(&dir);
         results.push(("sampling".to_owned(), sampling));
-        Ok(results)
+        Ok((precision, results))
     }
 }
 
@@ -86,13 +87,17 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
     let Some(gpu) = args.bench.device.gpu() else {
         bail!("gpu-check needs a GPU: --device cuda or --device wgpu");
     };
-    let checks = karnna_gpu::run_on(
+    let (precision, checks) = karnna_gpu::run_on(
         gpu,
         Checks {
             name: gpu.name(),
             iters: args.check_iters.max(1),
         },
     )?;
+    println!(
+        "gpu_check_matmul_precision={}  # Burn's matmuls (dW_hh, the input and output layers); karnna's recurrence kernels compute in f32; the fused-op tolerances follow from both",
+        precision.name()
+    );
     let mut failed = false;
     for (name, result) in &checks {
         match result {

@@ -216,3 +216,21 @@ fn dropout_masks_drawn_on_wgpu_equal_the_cpu_masks_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn a_corrupted_result_fails_the_fused_op_check_on_wgpu() {
+    let Some(device) = device() else { return };
+    // 1e-3 in one value: far below a real fault (~0.1), far above f32's rounding here.
+    for (cell, name) in [(Cell::Lstm, "dW_hh"), (Cell::Gru, "dh0"), (Cell::Rnn, "hs")] {
+        let err = check::fused_op_with::<wgpu::Backend>(&device, cell, |gpu| {
+            let (_, values) = gpu.iter_mut().find(|(n, _)| *n == name).expect(name);
+            values[5] += 1e-3;
+        })
+        .expect_err("a planted fault must fail the check");
+        let err = format!("{err:#}");
+        assert!(
+            err.contains(&format!("tolerance in {name}")),
+            "{cell}: {err}"
+        );
+    }
+}

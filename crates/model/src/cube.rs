@@ -48,7 +48,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement};
 use cubecl::prelude::*;
 
-use crate::ops::{CellBackend, CellKernels, HCell};
+use crate::ops::{CellBackend, CellKernels, HCell, MatmulPrecision};
 
 /// Threads per cube (thread block) of every launch here.
 const CUBE_DIM: u32 = 128;
@@ -427,15 +427,16 @@ pub fn dropout_mask_kernel(
 type Cube<R, I, BT> = CubeBackend<R, f32, I, BT>;
 
 /// The precision of the matmuls that Burn runs for the model on this device (the recurrence
-/// kernels here are always f32): `"tf32"` when the device offers TF32 tensor-core tiles, which
-/// Burn's matmul (cubek's CMMA routine) uses for f32 inputs, else `"f32"`.
-pub fn matmul_precision<R: CubeRuntime>(device: &R::Device) -> &'static str {
+/// kernels here are always f32): TF32 when the device offers TF32 tensor-core tiles, which
+/// Burn's matmul (cubek's CMMA routine, tried first) then uses for f32 inputs, else f32 (its
+/// plain routine; llvmpipe).
+pub fn matmul_precision<R: CubeRuntime>(device: &R::Device) -> MatmulPrecision {
     let client = R::client(device);
     let tf32 = cubecl::tf32::as_type_native_unchecked().storage_type();
     if client.properties().supports_type(tf32) {
-        "tf32"
+        MatmulPrecision::Tf32
     } else {
-        "f32"
+        MatmulPrecision::F32
     }
 }
 
@@ -772,6 +773,10 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
         h0: CubeTensor<R>,
     ) -> CubeTensor<R> {
         hcell_forward::<R, I, BT>(cell, xp, w_hh, b_hh, h0, false).0
+    }
+
+    fn matmul_precision(device: &R::Device) -> MatmulPrecision {
+        matmul_precision::<R>(device)
     }
 
     fn dropout_mask(seed: u64, keep_prob: f64, shape: Shape, device: &R::Device) -> CubeTensor<R> {

@@ -22,4 +22,4 @@ pub use model::{
     next_dropout_seed, seed_dropout, to_f32_vec, Cell, CharRnn, CharRnnConfig, Init, Recurrence,
     RnnLayer, RnnState,
 };
-pub use ops::{CellBackend, CellKernels, HCell};
+pub use ops::{CellBackend, CellKernels, HCell, MatmulPrecision};

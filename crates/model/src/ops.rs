@@ -76,6 +76,34 @@ impl HCell {
     }
 }
 
+/// The arithmetic of a backend's matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulPrecision {
+    /// IEEE single precision throughout (unit roundoff 2⁻²⁴ ≈ 6.0e-8).
+    F32,
+    /// Inputs rounded to TF32 (a 10-bit mantissa, unit roundoff 2⁻¹¹ ≈ 4.9e-4) for tensor
+    /// cores, sums in f32: what Burn's matmul does for f32 inputs on a CUDA card that has TF32.
+    Tf32,
+}
+
+impl MatmulPrecision {
+    /// Its name in output (`f32`, `tf32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulPrecision::F32 => "f32",
+            MatmulPrecision::Tf32 => "tf32",
+        }
+    }
+
+    /// The unit roundoff of the products' inputs.
+    pub fn unit_roundoff(self) -> f32 {
+        match self {
+            MatmulPrecision::F32 => f32::EPSILON / 2.0,
+            MatmulPrecision::Tf32 => 2f32.powi(-11),
+        }
+    }
+}
+
 /// A backend that runs the fused recurrent sequences (see the module docs for the maths and
 /// shapes).
 pub trait CellBackend: Backend {
@@ -110,6 +138,14 @@ pub trait CellBackend: Backend {
         let mut mask = vec![0.0; shape.num_elements()];
         kernel::dropout_mask(seed, keep_prob, &mut mask);
         Self::float_from_data(TensorData::new(mask, shape), device)
+    }
+
+    /// The precision of the matrix products this backend runs for the model on `device`
+    /// outside the sequence ops (`dW_hh`, the input and output layers); the sequence ops
+    /// themselves compute in f32 on every backend. By default f32 (the CPU backends' `gemm`).
+    fn matmul_precision(device: &burn::tensor::Device<Self>) -> MatmulPrecision {
+        let _ = device;
+        MatmulPrecision::F32
     }
 }
 
@@ -292,6 +328,10 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         // A constant of the graph: no gradient flows into the mask.
         <Self as AutodiffBackend>::from_inner(B::dropout_mask(seed, keep_prob, shape, device))
+    }
+
+    fn matmul_precision(device: &burn::tensor::Device<Self>) -> MatmulPrecision {
+        B::matmul_precision(device)
     }
 }
 

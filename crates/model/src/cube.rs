@@ -26,6 +26,14 @@
 //! at `t = 0` copies in: step `t` reads slot `t` and writes slot `t + 1`, and the backward's
 //! `H_prev` is slots `0..T` with no copy.
 //!
+//! # Bounds
+//! The kernels are launched without CubeCL's bounds checks (`launch_unchecked`), which would
+//! add a compare and branch to every load of the inner loops. Every index is in bounds by
+//! construction: the host allocates each tensor contiguous with the shape the kernel's
+//! doc comment gives (inputs go through `into_contiguous`), a thread returns at once unless its
+//! position is below `B·H` (or the mask's length), and every index is then a row, a unit and
+//! a step each below the shape's bound.
+//!
 //! # Precision
 //! The kernels compute in full f32 (IEEE single, unit roundoff 2⁻²⁴ ≈ 6e-8): their products are
 //! plain f32 multiply-adds, never TF32 or tensor cores; `σ(x) = 1 / (1 + e^{-x})` and `tanh`
@@ -62,7 +70,7 @@ fn sigmoid(x: f32) -> f32 {
 /// `t = 0` it is taken from `h0`, `c0` and copied in), `xp` and `gates` `[T, B, 4H]`, `w`
 /// `[H, 4H]`. Writes slot `t + 1` of `hs` and `cs`, and `i, f, g, o` into `gates[t]` when
 /// `keep`.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn lstm_forward_step(
     xp: &Tensor<f32>,
     w: &Tensor<f32>,
@@ -131,7 +139,7 @@ pub fn lstm_forward_step(
 /// One LSTM backward step `s` of `steps`: `dz` `[T, B, 4H]` (reads `dz[s + 1]`, writes
 /// `dz[s]`), `wt` = `W_hhᵀ` `[4H, H]`, `dc` `[B, H]` the carried `dL/dc_s ⊙ f_s` (read when
 /// `s + 1 < steps`, then overwritten), `gates` and `cs` as the forward left them.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn lstm_backward_step(
     gates: &Tensor<f32>,
     cs: &Tensor<f32>,
@@ -178,7 +186,7 @@ pub fn lstm_backward_step(
 
 /// `out = dz[0]·W_hhᵀ` (`wt` = `W_hhᵀ` `[G·H, H]`, `dz [T, B, G·H]`, `out [B, H]`), plus
 /// `direct` when `with_direct`: `dL/dh0` after the backward loop.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn through_weights(
     dz: &Tensor<f32>,
     wt: &Tensor<f32>,
@@ -207,7 +215,7 @@ pub fn through_weights(
 /// One GRU step `t` (gate blocks r, z, n; `b` = `b_hh [3H]` inside the reset product):
 /// `hs [T + 1, B, H]` as in [`lstm_forward_step`], `gates [T, B, 3H]` gets `r, z, n` and
 /// `hn [T, B, H]` gets `hp_n = (h_{t-1}·W_hh + b_hh)_n` when `keep`.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn gru_forward_step(
     xp: &Tensor<f32>,
     w: &Tensor<f32>,
@@ -268,7 +276,7 @@ pub fn gru_forward_step(
 /// One GRU backward step `s` of `steps`: `dh = dhs[s] + direct + dhp[s + 1]·W_hhᵀ` (the last
 /// two when `s + 1 < steps`), then `dxp[s] = [dr, dz, dn]`, `dhp[s] = [dr, dz, dn ⊙ r]` and
 /// `direct = dh ⊙ z` (the part of `dL/dh_{s-1}` that skips `W_hh`).
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn gru_backward_step(
     gates: &Tensor<f32>,
     hn: &Tensor<f32>,
@@ -318,7 +326,7 @@ pub fn gru_backward_step(
 
 /// One tanh-RNN step `t`: `hs [T + 1, B, H]` as in [`lstm_forward_step`],
 /// `h_t = tanh(xp[t] + h_{t-1}·W_hh + b_hh)`.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn rnn_forward_step(
     xp: &Tensor<f32>,
     w: &Tensor<f32>,
@@ -352,7 +360,7 @@ pub fn rnn_forward_step(
 
 /// One tanh-RNN backward step `s` of `steps`: `dh = dhs[s] + dhp[s + 1]·W_hhᵀ` (the product
 /// when `s + 1 < steps`), `dhp[s] = dh ⊙ (1 − h_s²)` (also `dL/dxp[s]`).
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn rnn_backward_step(
     hs: &Tensor<f32>,
     dhs: &Tensor<f32>,
@@ -399,7 +407,7 @@ fn fmix32(x: u32) -> u32 {
 /// The dropout mask of [`crate::kernel::dropout_mask`] on the device, bit for bit: element `i`
 /// is `scale` when `fmix32(fmix32(i·0x9E3779B9 ^ seed_lo) ^ seed_hi) < threshold` (or always,
 /// when `keep_all`), else 0. Multiplications wrap, as `u32::wrapping_mul` does on the host.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub fn dropout_mask_kernel(
     out: &mut Tensor<f32>,
     seed_lo: u32,
@@ -516,16 +524,19 @@ fn dh0<R: CubeRuntime>(
     let h = wt.meta.shape()[1];
     let out = empty(like, &[b, h]);
     let (count, dim) = grid(b * h);
-    through_weights::launch::<R>(
-        &out.client,
-        count,
-        dim,
-        arg(dz),
-        arg(wt),
-        arg(direct.unwrap_or(wt)),
-        arg(&out),
-        direct.is_some(),
-    );
+    // SAFETY: every index is in bounds (module docs, "Bounds").
+    unsafe {
+        through_weights::launch_unchecked::<R>(
+            &out.client,
+            count,
+            dim,
+            arg(dz),
+            arg(wt),
+            arg(direct.unwrap_or(wt)),
+            arg(&out),
+            direct.is_some(),
+        );
+    }
     out
 }
 
@@ -557,20 +568,23 @@ fn lstm_forward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     let gates = empty(&xp, &[if keep { t } else { 1 }, b, g4]);
     let (count, dim) = grid(b * h);
     for step in 0..t {
-        lstm_forward_step::launch::<R>(
-            &xp.client,
-            count.clone(),
-            dim,
-            arg(&xp),
-            arg(&w_hh),
-            arg(&h0),
-            arg(&c0),
-            arg(&hs),
-            arg(&cs),
-            arg(&gates),
-            step,
-            keep,
-        );
+        // SAFETY: every index is in bounds (module docs, "Bounds").
+        unsafe {
+            lstm_forward_step::launch_unchecked::<R>(
+                &xp.client,
+                count.clone(),
+                dim,
+                arg(&xp),
+                arg(&w_hh),
+                arg(&h0),
+                arg(&c0),
+                arg(&hs),
+                arg(&cs),
+                arg(&gates),
+                step,
+                keep,
+            );
+        }
     }
     let out = after_first::<R, I, BT>(&hs);
     let c_t = prim(
@@ -598,19 +612,22 @@ fn lstm_backward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     let dc = empty(&dhs, &[b, h]);
     let (count, dim) = grid(b * h);
     for s in (0..t).rev() {
-        lstm_backward_step::launch::<R>(
-            &dhs.client,
-            count.clone(),
-            dim,
-            arg(&cache.gates),
-            arg(&cache.cs),
-            arg(&dhs),
-            arg(&wt),
-            arg(&dz),
-            arg(&dc),
-            s,
-            t,
-        );
+        // SAFETY: every index is in bounds (module docs, "Bounds").
+        unsafe {
+            lstm_backward_step::launch_unchecked::<R>(
+                &dhs.client,
+                count.clone(),
+                dim,
+                arg(&cache.gates),
+                arg(&cache.cs),
+                arg(&dhs),
+                arg(&wt),
+                arg(&dz),
+                arg(&dc),
+                s,
+                t,
+            );
+        }
     }
     let dh0 = dh0(&dz, &wt, None, &dhs);
     let dw = weight_grad::<R, I, BT>(&cache.hs, &dz);
@@ -648,36 +665,42 @@ fn hcell_forward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
             let gates = empty(&xp, &[kept, b, gh]);
             let hn = empty(&xp, &[kept, b, h]);
             for step in 0..t {
-                gru_forward_step::launch::<R>(
-                    &xp.client,
-                    count.clone(),
-                    dim,
-                    arg(&xp),
-                    arg(&w_hh),
-                    arg(&b_hh),
-                    arg(&h0),
-                    arg(&hs),
-                    arg(&gates),
-                    arg(&hn),
-                    step,
-                    keep,
-                );
+                // SAFETY: every index is in bounds (module docs, "Bounds").
+                unsafe {
+                    gru_forward_step::launch_unchecked::<R>(
+                        &xp.client,
+                        count.clone(),
+                        dim,
+                        arg(&xp),
+                        arg(&w_hh),
+                        arg(&b_hh),
+                        arg(&h0),
+                        arg(&hs),
+                        arg(&gates),
+                        arg(&hn),
+                        step,
+                        keep,
+                    );
+                }
             }
             Some((gates, hn))
         }
         HCell::Rnn => {
             for step in 0..t {
-                rnn_forward_step::launch::<R>(
-                    &xp.client,
-                    count.clone(),
-                    dim,
-                    arg(&xp),
-                    arg(&w_hh),
-                    arg(&b_hh),
-                    arg(&h0),
-                    arg(&hs),
-                    step,
-                );
+                // SAFETY: every index is in bounds (module docs, "Bounds").
+                unsafe {
+                    rnn_forward_step::launch_unchecked::<R>(
+                        &xp.client,
+                        count.clone(),
+                        dim,
+                        arg(&xp),
+                        arg(&w_hh),
+                        arg(&b_hh),
+                        arg(&h0),
+                        arg(&hs),
+                        step,
+                    );
+                }
             }
             None
         }
@@ -707,38 +730,44 @@ fn hcell_backward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
             let dxp = empty(&dhs, &[t, b, gh]);
             let direct = empty(&dhs, &[b, h]);
             for s in (0..t).rev() {
-                gru_backward_step::launch::<R>(
-                    &dhs.client,
-                    count.clone(),
-                    dim,
-                    arg(gates),
-                    arg(hn),
-                    arg(&cache.hs),
-                    arg(&dhs),
-                    arg(&wt),
-                    arg(&dxp),
-                    arg(&dhp),
-                    arg(&direct),
-                    s,
-                    t,
-                );
+                // SAFETY: every index is in bounds (module docs, "Bounds").
+                unsafe {
+                    gru_backward_step::launch_unchecked::<R>(
+                        &dhs.client,
+                        count.clone(),
+                        dim,
+                        arg(gates),
+                        arg(hn),
+                        arg(&cache.hs),
+                        arg(&dhs),
+                        arg(&wt),
+                        arg(&dxp),
+                        arg(&dhp),
+                        arg(&direct),
+                        s,
+                        t,
+                    );
+                }
             }
             let dh0 = dh0(&dhp, &wt, Some(&direct), &dhs);
             (dxp, dh0)
         }
         None => {
             for s in (0..t).rev() {
-                rnn_backward_step::launch::<R>(
-                    &dhs.client,
-                    count.clone(),
-                    dim,
-                    arg(&cache.hs),
-                    arg(&dhs),
-                    arg(&wt),
-                    arg(&dhp),
-                    s,
-                    t,
-                );
+                // SAFETY: every index is in bounds (module docs, "Bounds").
+                unsafe {
+                    rnn_backward_step::launch_unchecked::<R>(
+                        &dhs.client,
+                        count.clone(),
+                        dim,
+                        arg(&cache.hs),
+                        arg(&dhs),
+                        arg(&wt),
+                        arg(&dhp),
+                        s,
+                        t,
+                    );
+                }
             }
             let dh0 = dh0(&dhp, &wt, None, &dhs);
             (dhp.clone(), dh0)
@@ -791,17 +820,20 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
         let out =
             empty_device_contiguous_dtype(R::client(device), device.clone(), shape, DType::F32);
         let (count, dim) = grid(n);
-        dropout_mask_kernel::launch::<R>(
-            &out.client,
-            count,
-            dim,
-            arg(&out),
-            seed as u32,
-            (seed >> 32) as u32,
-            threshold,
-            scale,
-            u32::from(keep_prob >= 1.0),
-        );
+        // SAFETY: every index is in bounds (module docs, "Bounds").
+        unsafe {
+            dropout_mask_kernel::launch_unchecked::<R>(
+                &out.client,
+                count,
+                dim,
+                arg(&out),
+                seed as u32,
+                (seed >> 32) as u32,
+                threshold,
+                scale,
+                u32::from(keep_prob >= 1.0),
+            );
+        }
         out
     }
 }

@@ -20,6 +20,9 @@ pub struct ReportArgs {
     /// picture is linked relative to the document).
     #[arg(long)]
     into: Option<PathBuf>,
+    /// A row for every iteration a run was validated at, not only the notebook's.
+    #[arg(long)]
+    all_rows: bool,
 }
 
 /// Runs `karnna report`.
@@ -44,7 +47,11 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             None => svg.display().to_string(),
         }
     });
-    let table = report::markdown(&runs, link.as_deref());
+    let rows = match args.all_rows {
+        true => report::Rows::All,
+        false => report::Rows::Notebook,
+    };
+    let table = report::markdown(&runs, rows, link.as_deref());
     match &args.into {
         None => print!("{table}"),
         Some(doc_path) => {

@@ -50,8 +50,10 @@ pub enum ReportError {
 /// One run's validation curve and what it was made with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunCurve {
-    /// The run's name in the table: its folder's name, its initialisation and its seed.
+    /// The run's name in the table: its folder's name.
     pub label: String,
+    /// What the run was: its initialisation and seed (`` `init = "tensorflow"`, seed 42 ``).
+    pub settings: String,
     /// `(iteration, validation loss)`, in iteration order.
     pub val: Vec<(usize, f64)>,
     /// The last iteration the run logged.
@@ -87,7 +89,8 @@ impl RunCurve {
             .unwrap_or_default();
         let last = rows.last();
         Ok(Self {
-            label: format!("{name} (`{}`, seed {})", config.init.name(), config.seed),
+            label: name,
+            settings: format!("`init = \"{}\"`, seed {}", config.init.name(), config.seed),
             val,
             last_iteration: last.map_or(0, |r| r.iteration),
             elapsed_s: last.map_or(0.0, |r| r.elapsed_s),
@@ -112,10 +115,19 @@ impl RunCurve {
     }
 }
 
-/// The Markdown report: the table (rows: the notebook's iterations up to the longest run's
-/// last, then the best of each column),
-/// a line per run saying where and how long it ran, and the picture when `svg` names it.
-pub fn markdown(runs: &[RunCurve], svg: Option<&str>) -> String {
+/// Which iterations the table has a row for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// The notebook's (every 200 and 3,560), up to the longest run's last iteration.
+    Notebook,
+    /// Those and every other iteration a run was validated at (its epochs' ends).
+    All,
+}
+
+/// The Markdown report: the table (a row per iteration, see [`Rows`], then the best of each
+/// column), a line per run saying what it was and where and how long it ran, and the picture
+/// when `svg` names it.
+pub fn markdown(runs: &[RunCurve], rows: Rows, svg: Option<&str>) -> String {
     let mut s = String::new();
     let _ = write!(s, "| iteration | notebook |");
     for r in runs {
@@ -126,15 +138,27 @@ pub fn markdown(runs: &[RunCurve], svg: Option<&str>) -> String {
         let _ = write!(s, " ---: |");
     }
     s.push('\n');
-    // The notebook's rows up to the longest run.
     let last = runs.iter().map(|r| r.last_iteration).max().unwrap_or(0);
     let notebook: Vec<(usize, f64)> = NOTEBOOK_VAL_LOSS
         .iter()
         .copied()
         .filter(|&(it, _)| it <= last)
         .collect();
-    for &(it, nb) in &notebook {
-        let _ = write!(s, "| {it} | {nb:.3} |");
+    let mut iterations: Vec<usize> = notebook.iter().map(|&(it, _)| it).collect();
+    if rows == Rows::All {
+        iterations.extend(runs.iter().flat_map(|r| r.val.iter().map(|&(it, _)| it)));
+    }
+    iterations.sort_unstable();
+    iterations.dedup();
+    for it in iterations {
+        match notebook.iter().find(|&&(i, _)| i == it) {
+            Some((_, nb)) => {
+                let _ = write!(s, "| {it} | {nb:.3} |");
+            }
+            None => {
+                let _ = write!(s, "| {it} | |");
+            }
+        }
         for r in runs {
             match r.at(it) {
                 Some(v) => {
@@ -159,8 +183,9 @@ pub fn markdown(runs: &[RunCurve], svg: Option<&str>) -> String {
     for r in runs {
         let _ = write!(
             s,
-            "- {}: {} iterations in {}",
+            "- {}: {}, {} iterations in {}",
             r.label,
+            r.settings,
             r.last_iteration,
             duration(r.elapsed_s)
         );
@@ -188,19 +213,27 @@ fn duration(secs: f64) -> String {
     }
 }
 
-/// The runs' validation curves and the notebook's (dashed) against iterations, as SVG.
+/// The runs' validation curves and the notebook's (dashed, as far as the runs go) against
+/// iterations, each measured point a dot, as SVG.
 pub fn svg(runs: &[RunCurve]) -> String {
     let (w, h, left, right, top, bottom) = (800.0, 480.0, 70.0, 20.0, 40.0, 50.0);
-    let max_it = runs
+    let last = runs
         .iter()
         .map(|r| r.last_iteration)
-        .chain(NOTEBOOK_VAL_LOSS.iter().map(|&(it, _)| it))
         .max()
-        .unwrap_or(1) as f64;
+        .unwrap_or(1)
+        .max(1);
+    let max_it = last as f64;
+    // The notebook's curve as far as the runs go.
+    let notebook: Vec<(usize, f64)> = NOTEBOOK_VAL_LOSS
+        .iter()
+        .copied()
+        .filter(|&(it, _)| it <= last)
+        .collect();
     let all = runs
         .iter()
         .flat_map(|r| r.val.iter().map(|&(_, v)| v))
-        .chain(NOTEBOOK_VAL_LOSS.iter().map(|&(_, v)| v))
+        .chain(notebook.iter().map(|&(_, v)| v))
         .filter(|v| v.is_finite());
     let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
     let pad = ((hi - lo) * 0.05).max(0.01);
@@ -239,7 +272,7 @@ pub fn svg(runs: &[RunCurve]) -> String {
     const COLOURS: [&str; 6] = [
         "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
     ];
-    let notebook = ("notebook (2017)".to_string(), NOTEBOOK_VAL_LOSS.to_vec());
+    let notebook = ("notebook (2017)".to_string(), notebook);
     let curves =
         std::iter::once(notebook).chain(runs.iter().map(|r| (plain(&r.label), r.val.clone())));
     for (k, (label, points)) in curves.enumerate() {
@@ -262,6 +295,14 @@ pub fn svg(runs: &[RunCurve]) -> String {
             ly + 4.0,
             escape(&label),
         );
+        for &(it, v) in &points {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
+                x(it as f64),
+                y(v)
+            );
+        }
     }
     s.push_str("</svg>\n");
     s
@@ -301,6 +342,7 @@ mod tests {
     fn curve(label: &str, val: &[(usize, f64)]) -> RunCurve {
         RunCurve {
             label: label.into(),
+            settings: "`init = \"tensorflow\"`, seed 42".into(),
             val: val.to_vec(),
             last_iteration: val.last().unwrap().0,
             elapsed_s: 3900.0,
@@ -314,7 +356,7 @@ mod tests {
             curve("a", &[(200, 2.5), (400, 2.0), (3560, 1.2)]),
             curve("b", &[(200, 2.4), (300, 1.0), (400, 1.9)]),
         ];
-        let md = markdown(&runs, Some("curves.svg"));
+        let md = markdown(&runs, Rows::Notebook, Some("curves.svg"));
         assert!(md.contains("| iteration | notebook | a | b |"), "{md}");
         assert!(md.contains("| 200 | 2.432 | 2.5000 | 2.4000 |"), "{md}");
         // A run without a loss at an iteration leaves its cell empty.
@@ -325,7 +367,7 @@ mod tests {
             "{md}"
         );
         // Rows stop at the longest run's last iteration.
-        let short = markdown(&runs[1..], None);
+        let short = markdown(&runs[1..], Rows::Notebook, None);
         assert!(
             short.contains("| 400 | 2.012 | 1.9000 |") && !short.contains("| 600 |"),
             "{short}"
@@ -334,7 +376,13 @@ mod tests {
             short.contains("| best | 2.012 at 400 | **1.0000** at 300 |"),
             "{short}"
         );
-        assert!(md.contains("- a: 3560 iterations in 1 h 05 min; commit: abc1234"));
+        assert!(md.contains(
+            "- a: `init = \"tensorflow\"`, seed 42, 3560 iterations in 1 h 05 min; commit: abc1234"
+        ));
+        // Every validated iteration on request: b's 300 gets a row with no notebook figure.
+        let all = markdown(&runs, Rows::All, None);
+        assert!(all.contains("| 300 | | | 1.0000 |"), "{all}");
+        assert!(!md.contains("| 300 |"), "{md}");
         assert!(md.contains("](curves.svg)"));
     }
 
@@ -343,6 +391,8 @@ mod tests {
         let runs = [curve("a `x`", &[(200, 2.5), (400, 2.0)])];
         let pic = svg(&runs);
         assert_eq!(pic.matches("<polyline").count(), 2);
+        // The run's two points and the notebook's two (200, 400; the rest lie beyond the run).
+        assert_eq!(pic.matches("<circle").count(), 4);
         assert!(pic.contains(">a x</text>") && pic.contains(">notebook (2017)</text>"));
         assert!(pic.trim_end().ends_with("</svg>"));
     }

@@ -269,8 +269,9 @@ pub fn svg(runs: &[RunCurve]) -> String {
         w - left - right,
         h - top - bottom
     );
-    const COLOURS: [&str; 6] = [
-        "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    const COLOURS: [&str; 9] = [
+        "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+        "#bcbd22",
     ];
     let notebook = ("notebook (2017)".to_string(), notebook);
     let curves =

@@ -151,13 +151,99 @@ fn parse_row(line: &str) -> Option<Row> {
     })
 }
 
+/// The frame every loss picture shares (`loss.svg`, the report's): losses against iterations
+/// on an 800 x 480 canvas, with a title, a grid of six ticks on each axis and a border.
+pub(crate) struct Plot {
+    lo: f64,
+    hi: f64,
+    max_it: f64,
+}
+
+impl Plot {
+    pub(crate) const W: f64 = 800.0;
+    const H: f64 = 480.0;
+    const LEFT: f64 = 70.0;
+    pub(crate) const RIGHT: f64 = 20.0;
+    pub(crate) const TOP: f64 = 40.0;
+    const BOTTOM: f64 = 50.0;
+
+    /// Scales that fit `losses` (the finite ones, with 5% to spare) over iterations
+    /// `0..=last`.
+    pub(crate) fn new(losses: impl Iterator<Item = f64>, last: usize) -> Self {
+        let (mut lo, mut hi) = losses
+            .filter(|v| v.is_finite())
+            .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+        if lo > hi {
+            (lo, hi) = (0.0, 1.0);
+        }
+        let pad = ((hi - lo) * 0.05).max(0.01);
+        Self {
+            lo: (lo - pad).max(0.0),
+            hi: hi + pad,
+            max_it: last.max(1) as f64,
+        }
+    }
+
+    /// The horizontal position of iteration `it`.
+    pub(crate) fn x(&self, it: f64) -> f64 {
+        Self::LEFT + (Self::W - Self::LEFT - Self::RIGHT) * it / self.max_it
+    }
+
+    /// The vertical position of loss `v`.
+    pub(crate) fn y(&self, v: f64) -> f64 {
+        Self::TOP
+            + (Self::H - Self::TOP - Self::BOTTOM) * (1.0 - (v - self.lo) / (self.hi - self.lo))
+    }
+
+    /// The picture's opening: canvas, `title`, grid, tick labels, axis name and border (the
+    /// caller adds its curves and `</svg>`).
+    pub(crate) fn frame(&self, title: &str) -> String {
+        let (w, h, left, right, top, bottom) = (
+            Self::W,
+            Self::H,
+            Self::LEFT,
+            Self::RIGHT,
+            Self::TOP,
+            Self::BOTTOM,
+        );
+        let mut s = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="22" text-anchor="middle" font-size="15">{title}</text>
+"#,
+            w / 2.0
+        );
+        for i in 0..=5 {
+            let v = self.lo + (self.hi - self.lo) * i as f64 / 5.0;
+            let it = self.max_it * i as f64 / 5.0;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v:.2}</text><text x="{:.1}" y="{}" text-anchor="middle">{it:.0}</text>"##,
+                w - right,
+                left - 6.0,
+                self.y(v) + 4.0,
+                self.x(it),
+                h - bottom + 18.0,
+                y = self.y(v),
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="middle">iteration</text><rect x="{left}" y="{top}" width="{}" height="{}" fill="none" stroke="#444"/>"##,
+            (left + w - right) / 2.0,
+            h - 12.0,
+            w - left - right,
+            h - top - bottom
+        );
+        s
+    }
+}
+
 /// An SVG plot of train loss (thin line, smoothed over a few iterations) and validation loss
 /// (thick line with dots) against iterations, with a reference validation curve (dashed, up to
 /// the run's last iteration) when one is given.
 pub fn loss_svg(rows: &[Row], reference: Option<Reference>) -> String {
-    let (w, h, left, right, top, bottom) = (800.0, 480.0, 70.0, 20.0, 40.0, 50.0);
     let last_it = rows.iter().map(|r| r.iteration).max().unwrap_or(1).max(1);
-    let max_it = last_it as f64;
     let reference = reference.map(|(label, points)| {
         let shown: Vec<(usize, f64)> = points
             .iter()
@@ -173,53 +259,10 @@ pub fn loss_svg(rows: &[Row], reference: Option<Reference>) -> String {
         .iter()
         .flat_map(|r| std::iter::once(r.train_loss).chain(r.val_loss))
         .chain(ref_losses);
-    let (mut lo, mut hi) = losses
-        .filter(|v| v.is_finite())
-        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
-    if lo > hi {
-        (lo, hi) = (0.0, 1.0);
-    }
-    let pad = ((hi - lo) * 0.05).max(0.01);
-    let (lo, hi) = ((lo - pad).max(0.0), hi + pad);
-    let x = |it: f64| left + (w - left - right) * it / max_it;
-    let y = |v: f64| top + (h - top - bottom) * (1.0 - (v - lo) / (hi - lo));
-
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="22" text-anchor="middle" font-size="15">karnna: loss (nats per character)</text>
-"#,
-        w / 2.0
-    );
-    for i in 0..=5 {
-        let v = lo + (hi - lo) * i as f64 / 5.0;
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v:.2}</text>"##,
-            w - right,
-            left - 6.0,
-            y(v) + 4.0,
-            y = y(v)
-        );
-        let it = max_it * i as f64 / 5.0;
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0}</text>"#,
-            x(it),
-            h - bottom + 18.0,
-            it
-        );
-    }
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="{}" text-anchor="middle">iteration</text><rect x="{left}" y="{top}" width="{}" height="{}" fill="none" stroke="#444"/>"##,
-        (left + w - right) / 2.0,
-        h - 12.0,
-        w - left - right,
-        h - top - bottom
-    );
+    let plot = Plot::new(losses, last_it);
+    let (x, y) = (|it: f64| plot.x(it), |v: f64| plot.y(v));
+    let (w, right, top) = (Plot::W, Plot::RIGHT, Plot::TOP);
+    let mut s = plot.frame("karnna: loss (nats per character)");
     // Train loss, smoothed with a trailing mean over a window that keeps ~400 points.
     let window = (rows.len() / 400).max(1);
     let train: Vec<String> = rows

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::log::{read_rows, NOTEBOOK_VAL_LOSS};
+use crate::log::{read_rows, Plot, NOTEBOOK_VAL_LOSS};
 use crate::RunConfig;
 
 /// Where the generated part of a document starts; [`splice`] replaces what lies between this
@@ -138,12 +138,7 @@ pub fn markdown(runs: &[RunCurve], rows: Rows, svg: Option<&str>) -> String {
         let _ = write!(s, " ---: |");
     }
     s.push('\n');
-    let last = runs.iter().map(|r| r.last_iteration).max().unwrap_or(0);
-    let notebook: Vec<(usize, f64)> = NOTEBOOK_VAL_LOSS
-        .iter()
-        .copied()
-        .filter(|&(it, _)| it <= last)
-        .collect();
+    let (_, notebook) = notebook_within(runs);
     let mut iterations: Vec<usize> = notebook.iter().map(|&(it, _)| it).collect();
     if rows == Rows::All {
         iterations.extend(runs.iter().flat_map(|r| r.val.iter().map(|&(it, _)| it)));
@@ -213,62 +208,29 @@ fn duration(secs: f64) -> String {
     }
 }
 
-/// The runs' validation curves and the notebook's (dashed, as far as the runs go) against
-/// iterations, each measured point a dot, as SVG.
-pub fn svg(runs: &[RunCurve]) -> String {
-    let (w, h, left, right, top, bottom) = (800.0, 480.0, 70.0, 20.0, 40.0, 50.0);
-    let last = runs
-        .iter()
-        .map(|r| r.last_iteration)
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let max_it = last as f64;
-    // The notebook's curve as far as the runs go.
-    let notebook: Vec<(usize, f64)> = NOTEBOOK_VAL_LOSS
+/// The longest run's last iteration, and the notebook's validation losses up to it.
+fn notebook_within(runs: &[RunCurve]) -> (usize, Vec<(usize, f64)>) {
+    let last = runs.iter().map(|r| r.last_iteration).max().unwrap_or(0);
+    let notebook = NOTEBOOK_VAL_LOSS
         .iter()
         .copied()
         .filter(|&(it, _)| it <= last)
         .collect();
+    (last, notebook)
+}
+
+/// The runs' validation curves and the notebook's (dashed, as far as the runs go) against
+/// iterations, each measured point a dot, as SVG.
+pub fn svg(runs: &[RunCurve]) -> String {
+    let (last, notebook) = notebook_within(runs);
     let all = runs
         .iter()
         .flat_map(|r| r.val.iter().map(|&(_, v)| v))
-        .chain(notebook.iter().map(|&(_, v)| v))
-        .filter(|v| v.is_finite());
-    let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
-    let pad = ((hi - lo) * 0.05).max(0.01);
-    let (lo, hi) = ((lo - pad).max(0.0), hi + pad);
-    let x = |it: f64| left + (w - left - right) * it / max_it;
-    let y = |v: f64| top + (h - top - bottom) * (1.0 - (v - lo) / (hi - lo));
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="22" text-anchor="middle" font-size="15">validation loss (nats per character)</text>
-"#,
-        w / 2.0
-    );
-    for i in 0..=5 {
-        let v = lo + (hi - lo) * i as f64 / 5.0;
-        let it = max_it * i as f64 / 5.0;
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" x2="{}" y1="{yv:.1}" y2="{yv:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v:.2}</text><text x="{:.1}" y="{}" text-anchor="middle">{it:.0}</text>"##,
-            w - right,
-            left - 6.0,
-            y(v) + 4.0,
-            x(it),
-            h - bottom + 18.0,
-            yv = y(v),
-        );
-    }
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="{}" text-anchor="middle">iteration</text><rect x="{left}" y="{top}" width="{}" height="{}" fill="none" stroke="#444"/>"##,
-        (left + w - right) / 2.0,
-        h - 12.0,
-        w - left - right,
-        h - top - bottom
-    );
+        .chain(notebook.iter().map(|&(_, v)| v));
+    let plot = Plot::new(all, last);
+    let (x, y) = (|it: f64| plot.x(it), |v: f64| plot.y(v));
+    let (w, right, top) = (Plot::W, Plot::RIGHT, Plot::TOP);
+    let mut s = plot.frame("validation loss (nats per character)");
     const COLOURS: [&str; 9] = [
         "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
         "#bcbd22",

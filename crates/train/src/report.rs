@@ -5,7 +5,8 @@
 //! A run folder gives its validation losses (`metrics.csv`), its settings (`config.toml`) and,
 //! when the run wrote one, where it was made (`provenance.txt`: karnna's commit, the device and
 //! the CPU). The table has one row per iteration the notebook printed (every 200 and its last,
-//! 3,560), the notebook's own loss and each run's, and then each run's best.
+//! 3,560; or also every other iteration a run was validated at, [`Rows::All`]), the notebook's
+//! own loss and each run's, and then the best of each column.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -84,7 +85,7 @@ impl RunCurve {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
-        let provenance = std::fs::read_to_string(dir.join("provenance.txt"))
+        let provenance = std::fs::read_to_string(dir.join(crate::provenance::FILE))
             .map(|t| t.lines().map(str::to_owned).collect())
             .unwrap_or_default();
         let last = rows.last();
@@ -100,19 +101,29 @@ impl RunCurve {
 
     /// The validation loss at `iteration`, when the run measured one there.
     pub fn at(&self, iteration: usize) -> Option<f64> {
-        self.val
-            .iter()
-            .find(|&&(it, _)| it == iteration)
-            .map(|&(_, v)| v)
+        loss_at(&self.val, iteration)
     }
 
     /// The lowest validation loss and its iteration.
     pub fn best(&self) -> (usize, f64) {
-        self.val
-            .iter()
-            .copied()
-            .fold((0, f64::INFINITY), |b, p| if p.1 < b.1 { p } else { b })
+        lowest(&self.val)
     }
+}
+
+/// The loss of `curve` (`(iteration, loss)` points) at `iteration`, when it has one there.
+fn loss_at(curve: &[(usize, f64)], iteration: usize) -> Option<f64> {
+    curve
+        .iter()
+        .find(|&&(it, _)| it == iteration)
+        .map(|&(_, v)| v)
+}
+
+/// The lowest point of `curve`: `(iteration, loss)`.
+fn lowest(curve: &[(usize, f64)]) -> (usize, f64) {
+    curve
+        .iter()
+        .copied()
+        .fold((0, f64::INFINITY), |b, p| if p.1 < b.1 { p } else { b })
 }
 
 /// Which iterations the table has a row for.
@@ -146,8 +157,8 @@ pub fn markdown(runs: &[RunCurve], rows: Rows, svg: Option<&str>) -> String {
     iterations.sort_unstable();
     iterations.dedup();
     for it in iterations {
-        match notebook.iter().find(|&&(i, _)| i == it) {
-            Some((_, nb)) => {
+        match loss_at(&notebook, it) {
+            Some(nb) => {
                 let _ = write!(s, "| {it} | {nb:.3} |");
             }
             None => {
@@ -164,11 +175,7 @@ pub fn markdown(runs: &[RunCurve], rows: Rows, svg: Option<&str>) -> String {
         }
         s.push('\n');
     }
-    let (nb_it, nb_best) =
-        notebook
-            .iter()
-            .copied()
-            .fold((0, f64::INFINITY), |b, p| if p.1 < b.1 { p } else { b });
+    let (nb_it, nb_best) = lowest(&notebook);
     let _ = write!(s, "| best | {nb_best:.3} at {nb_it} |");
     for r in runs {
         let (it, v) = r.best();

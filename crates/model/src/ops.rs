@@ -222,40 +222,71 @@ fn from_float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
 // ---------------------------------------------------------------------------------------------
 // Autodiff: the whole sequence is one graph node with a hand-written backward.
 
-#[derive(Debug)]
-struct LstmBackward<B>(PhantomData<B>);
+/// What a sequence op's forward kept for its backward.
+#[derive(Clone, Debug)]
+enum SequenceCache<B: CellKernels> {
+    Lstm(B::LstmCache),
+    HCell(B::HCellCache),
+}
 
-impl<B: CellKernels> Backward<B, 4> for LstmBackward<B> {
-    type State = B::LstmCache;
+/// The backward of a sequence op: takes `dL/dhs` from the node, runs the backend's hand-written
+/// backward on what the forward kept, and hands each of the four inputs' gradients to the inputs
+/// that track one.
+#[derive(Debug)]
+struct SequenceBackward<B>(PhantomData<B>);
+
+impl<B: CellKernels> Backward<B, 4> for SequenceBackward<B> {
+    type State = SequenceCache<B>;
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        backward_through::<B, _>(ops, grads, B::lstm_backward);
+        let dhs = grads.consume::<B>(&ops.node);
+        let input_grads = match ops.state {
+            SequenceCache::Lstm(cache) => B::lstm_backward(cache, dhs),
+            SequenceCache::HCell(cache) => B::hcell_backward(cache, dhs),
+        };
+        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
+            if let Some(parent) = parent {
+                grads.register::<B>(parent.id, grad);
+            }
+        }
     }
 }
 
-#[derive(Debug)]
-struct HCellBackward<B>(PhantomData<B>);
+/// The inner backend's outputs of a sequence op: `hs`, the LSTM's `c_T`, and the cache when the
+/// forward kept one.
+type Outputs<B> = (
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    Option<SequenceCache<B>>,
+);
 
-impl<B: CellKernels> Backward<B, 4> for HCellBackward<B> {
-    type State = B::HCellCache;
-
-    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        backward_through::<B, _>(ops, grads, B::hcell_backward);
-    }
-}
-
-/// A sequence op's backward step: takes `dL/dhs` from the node, runs the op's hand-written
-/// `backward` on what its forward kept, and hands each input's gradient to the inputs that
-/// track one.
-fn backward_through<B: Backend, S>(
-    ops: Ops<S, 4>,
-    grads: &mut Gradients,
-    backward: impl FnOnce(S, FloatTensor<B>) -> [FloatTensor<B>; 4],
+/// Runs a sequence op of four inputs under autodiff as one graph node: `forward(inputs, true)`
+/// keeps the cache for [`SequenceBackward`] when a gradient is wanted. `hs` is the node's output;
+/// `c_T` is a constant of the graph (truncated BPTT).
+#[allow(clippy::type_complexity)]
+fn autodiff_sequence<B: CellKernels, C: CheckpointStrategy>(
+    inputs: [FloatTensor<Autodiff<B, C>>; 4],
+    forward: impl FnOnce([FloatTensor<B>; 4], bool) -> Outputs<B>,
+) -> (
+    FloatTensor<Autodiff<B, C>>,
+    Option<FloatTensor<Autodiff<B, C>>>,
 ) {
-    let dhs = grads.consume::<B>(&ops.node);
-    for (parent, grad) in ops.parents.into_iter().zip(backward(ops.state, dhs)) {
-        if let Some(parent) = parent {
-            grads.register::<B>(parent.id, grad);
+    let nodes = inputs.each_ref().map(|t| t.node.clone());
+    let inputs = inputs.map(|t| t.primitive);
+    let untracked =
+        |c: Option<FloatTensor<B>>| c.map(<Autodiff<B, C> as AutodiffBackend>::from_inner);
+    match SequenceBackward::<B>(PhantomData)
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (hs, c, cache) = forward(inputs, true);
+            (prep.finish(cache.expect("cache kept"), hs), untracked(c))
+        }
+        OpsKind::UnTracked(prep) => {
+            let (hs, c, _) = forward(inputs, false);
+            (prep.finish(hs), untracked(c))
         }
     }
 }
@@ -267,31 +298,16 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let nodes = [
-            xp.node.clone(),
-            w_hh.node.clone(),
-            h0.node.clone(),
-            c0.node.clone(),
-        ];
-        match LstmBackward::<B>(PhantomData)
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (hs, c, cache) =
-                    B::lstm_forward_train(xp.primitive, w_hh.primitive, h0.primitive, c0.primitive);
-                (
-                    prep.finish(cache, hs),
-                    <Self as AutodiffBackend>::from_inner(c),
-                )
+        let (hs, c) = autodiff_sequence::<B, C>([xp, w_hh, h0, c0], |[xp, w_hh, h0, c0], keep| {
+            if keep {
+                let (hs, c, cache) = B::lstm_forward_train(xp, w_hh, h0, c0);
+                (hs, Some(c), Some(SequenceCache::Lstm(cache)))
+            } else {
+                let (hs, c) = B::lstm_sequence(xp, w_hh, h0, c0);
+                (hs, Some(c), None)
             }
-            OpsKind::UnTracked(prep) => {
-                let (hs, c) =
-                    B::lstm_sequence(xp.primitive, w_hh.primitive, h0.primitive, c0.primitive);
-                (prep.finish(hs), <Self as AutodiffBackend>::from_inner(c))
-            }
-        }
+        });
+        (hs, c.expect("the LSTM's c_T"))
     }
 
     fn hcell_sequence(
@@ -301,24 +317,16 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
         b_hh: FloatTensor<Self>,
         h0: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let nodes = [
-            xp.node.clone(),
-            w_hh.node.clone(),
-            b_hh.node.clone(),
-            h0.node.clone(),
-        ];
-        let (xp, w_hh, b_hh, h0) = (xp.primitive, w_hh.primitive, b_hh.primitive, h0.primitive);
-        match HCellBackward::<B>(PhantomData)
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
+        let inputs = [xp, w_hh, b_hh, h0];
+        let (hs, _) = autodiff_sequence::<B, C>(inputs, |[xp, w_hh, b_hh, h0], keep| {
+            if keep {
                 let (hs, cache) = B::hcell_forward_train(cell, xp, w_hh, b_hh, h0);
-                prep.finish(cache, hs)
+                (hs, None, Some(SequenceCache::HCell(cache)))
+            } else {
+                (B::hcell_sequence(cell, xp, w_hh, b_hh, h0), None, None)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::hcell_sequence(cell, xp, w_hh, b_hh, h0)),
-        }
+        });
+        hs
     }
 
     fn dropout_mask(
@@ -376,7 +384,11 @@ fn native_forward<B: Backend>(
     h0: FloatTensor<B>,
     c0: Option<FloatTensor<B>>,
     keep: bool,
-) -> (FloatTensor<B>, Option<FloatTensor<B>>, Option<NativeCache<B>>) {
+) -> (
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    Option<NativeCache<B>>,
+) {
     let shape = burn::tensor::TensorMetadata::shape(&xp);
     let d = Dims {
         t: shape[0],
@@ -386,7 +398,10 @@ fn native_forward<B: Backend>(
     let device = B::float_device(&xp);
     // xz: the input projections, turned into the gates in place.
     let (mut xz, w_hh, h0) = (read::<B>(xp), read::<B>(w_hh), read::<B>(h0));
-    let (b_hh, c0) = (b_hh.map_or(Vec::new(), read::<B>), c0.map_or(Vec::new(), read::<B>));
+    let (b_hh, c0) = (
+        b_hh.map_or(Vec::new(), read::<B>),
+        c0.map_or(Vec::new(), read::<B>),
+    );
     let tbh = d.t * d.b * d.h;
     let mut hs = vec![0.0; tbh];
     let mut aux = vec![0.0; if cell == Cell::Rnn { 0 } else { tbh }];

@@ -41,12 +41,11 @@ impl CellMath for Gru {
     const HP_APART: bool = true;
 
     fn forward_rows(simd: Simd, h: usize, r: FwdRows) {
-        gru_forward_rows(simd, h, r.z, r.hh, r.b_hh, r.h_prev, r.h_out, r.aux_out);
+        gru_forward_rows(simd, h, r);
     }
 
     fn backward_rows(simd: Simd, h: usize, r: BwdRows) {
-        let hn = r.aux_t;
-        gru_backward_rows(simd, h, r.gz, r.dn, hn, r.h_prev, r.dh_loss, r.dh, r.db);
+        gru_backward_rows(simd, h, r);
     }
 }
 
@@ -123,15 +122,7 @@ fn gru_forward_row_impl<const FMA: bool>(h: usize, a: &mut [f32], hp: &[f32], h_
 dispatch! {
     /// The GRU forward pointwise pass over `[rows, ·]` blocks of one step
     /// ([`gru_forward_rows_impl`]).
-    pub(super) fn gru_forward_rows => gru_forward_rows_impl(
-        h: usize,
-        xz: &mut [f32],
-        hh: &[f32],
-        b_hh: &[f32],
-        h_prev: &[f32],
-        h_out: &mut [f32],
-        hn_out: &mut [f32],
-    )
+    pub(super) fn gru_forward_rows => gru_forward_rows_impl(h: usize, r: FwdRows)
 }
 
 /// The GRU forward pointwise pass over a block of rows: `xz` `[rows, 3H]` holds the input
@@ -139,15 +130,16 @@ dispatch! {
 /// `b_hh` `[3H]` (so the product need not start from the bias); writes `h_t` to `h_out` and
 /// `hp_n = hh_n + b_hn` to `hn_out` (both `[rows, H]`).
 #[inline(always)]
-fn gru_forward_rows_impl<const FMA: bool>(
-    h: usize,
-    xz: &mut [f32],
-    hh: &[f32],
-    b_hh: &[f32],
-    h_prev: &[f32],
-    h_out: &mut [f32],
-    hn_out: &mut [f32],
-) {
+fn gru_forward_rows_impl<const FMA: bool>(h: usize, r: FwdRows) {
+    let FwdRows {
+        z: xz,
+        hh,
+        b_hh,
+        h_prev,
+        h_out,
+        aux_out: hn_out,
+        ..
+    } = r;
     let (br, rest) = b_hh.split_at(h);
     let (bz, bn) = rest.split_at(h);
     for ((((a, hh), h_prev), h_out), hn_out) in xz
@@ -189,16 +181,7 @@ fn gru_backward<const FMA: bool>(g: [f32; 3], hp_n: f32, h_prev: f32, dh: f32) -
 dispatch! {
     /// The GRU backward pointwise pass over `[rows, ·]` blocks of step `t`
     /// ([`gru_backward_rows_impl`]).
-    pub(super) fn gru_backward_rows => gru_backward_rows_impl(
-        h: usize,
-        gz: &mut [f32],
-        dn: &mut [f32],
-        hn: &[f32],
-        h_prev: &[f32],
-        dh_loss: &[f32],
-        dh_next: &mut [f32],
-        db: &mut [f32],
-    )
+    pub(super) fn gru_backward_rows => gru_backward_rows_impl(h: usize, r: BwdRows)
 }
 
 /// The GRU backward pointwise pass over a block of rows.
@@ -208,18 +191,18 @@ dispatch! {
 /// `hn` is `hp_n`; `dh_next` holds the gradient reaching `h_t` from step `t+1` in and `dh ⊙ z`
 /// out (the rest of the gradient reaching `h_{t-1}` is `dhp_t · w_hhᵀ`); `db` `[3H]` accumulates
 /// `dhp_t` summed over the rows.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn gru_backward_rows_impl<const FMA: bool>(
-    h: usize,
-    gz: &mut [f32],
-    dn: &mut [f32],
-    hn: &[f32],
-    h_prev: &[f32],
-    dh_loss: &[f32],
-    dh_next: &mut [f32],
-    db: &mut [f32],
-) {
+fn gru_backward_rows_impl<const FMA: bool>(h: usize, r: BwdRows) {
+    let BwdRows {
+        gz,
+        dn,
+        aux_t: hn,
+        h_prev,
+        dh_loss,
+        dh: dh_next,
+        db,
+        ..
+    } = r;
     let [dbr, dbz, dbn] = split3(db, h);
     for (((((gz, dn), hn), h_prev), dh_loss), dh_next) in gz
         .chunks_exact_mut(3 * h)
@@ -248,12 +231,12 @@ fn gru_backward_rows_impl<const FMA: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{backward, forward, Backward, Dims, Forward};
-    use crate::Cell;
     use crate::kernel::test_support::{
         assert_close, batch_one_cases, check_finite_differences, check_grid, check_large, f64s,
         row_product, sig64, Case, KernelCell, Outputs, Tol,
     };
+    use crate::kernel::{backward, forward, Backward, Dims, Forward};
+    use crate::Cell;
 
     /// The sequence forward of the GRU, `hn` its second array.
     fn gru_forward(

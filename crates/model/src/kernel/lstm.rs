@@ -38,12 +38,11 @@ impl CellMath for Lstm {
     const HP_APART: bool = false;
 
     fn forward_rows(simd: Simd, h: usize, r: FwdRows) {
-        lstm_forward_rows(simd, h, r.z, r.aux_prev, r.h_out, r.aux_out);
+        lstm_forward_rows(simd, h, r);
     }
 
     fn backward_rows(simd: Simd, h: usize, r: BwdRows) {
-        let (c, c_prev) = (r.aux_t, r.aux_prev);
-        lstm_backward_rows(simd, h, c, c_prev, r.dh_loss, r.dh, r.dc, r.gz);
+        lstm_backward_rows(simd, h, r);
     }
 }
 
@@ -76,19 +75,18 @@ pub fn lstm_cell(h: usize, z: &mut [f32], h_out: &mut [f32], c: &mut [f32]) {
 dispatch! {
     /// The forward pointwise pass over `[rows, ·]` blocks ([`forward_rows_impl`]): activates `z` in
     /// place and writes `h_t` and `c_t`.
-    pub(super) fn lstm_forward_rows => forward_rows_impl(
-        h: usize, z: &mut [f32], c_prev: &[f32], h_out: &mut [f32], c_out: &mut [f32],
-    )
+    pub(super) fn lstm_forward_rows => forward_rows_impl(h: usize, r: FwdRows)
 }
 
 #[inline(always)]
-fn forward_rows_impl<const FMA: bool>(
-    h: usize,
-    z: &mut [f32],
-    c_prev: &[f32],
-    h_out: &mut [f32],
-    c_out: &mut [f32],
-) {
+fn forward_rows_impl<const FMA: bool>(h: usize, r: FwdRows) {
+    let FwdRows {
+        z,
+        aux_prev: c_prev,
+        h_out,
+        aux_out: c_out,
+        ..
+    } = r;
     for (((z, c_prev), h_out), c_out) in z
         .chunks_exact_mut(4 * h)
         .zip(c_prev.chunks_exact(h))
@@ -204,27 +202,20 @@ dispatch! {
     /// `h_t` from step `t+1` and `dc_next`, in and out, the gradient reaching `c_t` from step
     /// `t+1`, replaced by the one reaching `c_{t-1}`; `gz` holds the activated gates in and
     /// `dz_t` out.
-    pub(super) fn lstm_backward_rows => backward_rows_impl(
-        h: usize,
-        c: &[f32],
-        c_prev: &[f32],
-        dh_loss: &[f32],
-        dh_next: &[f32],
-        dc_next: &mut [f32],
-        gz: &mut [f32],
-    )
+    pub(super) fn lstm_backward_rows => backward_rows_impl(h: usize, r: BwdRows)
 }
 
 #[inline(always)]
-fn backward_rows_impl<const FMA: bool>(
-    h: usize,
-    c: &[f32],
-    c_prev: &[f32],
-    dh_loss: &[f32],
-    dh_next: &[f32],
-    dc_next: &mut [f32],
-    gz: &mut [f32],
-) {
+fn backward_rows_impl<const FMA: bool>(h: usize, r: BwdRows) {
+    let BwdRows {
+        aux_t: c,
+        aux_prev: c_prev,
+        dh_loss,
+        dh: dh_next,
+        dc: dc_next,
+        gz,
+        ..
+    } = r;
     for (((((c, c_prev), dh_loss), dh_next), dc_next), gz) in c
         .chunks_exact(h)
         .zip(c_prev.chunks_exact(h))
@@ -302,12 +293,12 @@ fn backward_row<const FMA: bool>(gz: [&mut [f32]; 4], v: [&[f32]; 4], dc_next: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{backward, forward, Backward, Dims, Forward};
-    use crate::Cell;
     use crate::kernel::test_support::{
         assert_close, batch_one_cases, check_finite_differences, check_grid, check_large, f64s,
         row_product, sig64, Case, KernelCell, Outputs, Tol,
     };
+    use crate::kernel::{backward, forward, Backward, Dims, Forward};
+    use crate::Cell;
 
     /// The sequence forward of the LSTM, `cs` its second array.
     fn lstm_forward(

@@ -26,11 +26,11 @@ impl CellMath for Rnn {
     const HP_APART: bool = false;
 
     fn forward_rows(simd: Simd, h: usize, r: FwdRows) {
-        rnn_forward_rows(simd, h, r.z, r.b_hh, r.h_out);
+        rnn_forward_rows(simd, h, r);
     }
 
     fn backward_rows(simd: Simd, h: usize, r: BwdRows) {
-        rnn_backward_rows(simd, h, r.h_t, r.dh_loss, r.dh, r.gz, r.db);
+        rnn_backward_rows(simd, h, r);
     }
 }
 
@@ -67,15 +67,14 @@ fn tanh_row_impl<const FMA: bool>(z: &[f32], out: &mut [f32]) {
 dispatch! {
     /// The plain RNN forward pointwise pass over `[rows, H]` blocks of one step
     /// ([`rnn_forward_rows_impl`]).
-    pub(super) fn rnn_forward_rows => rnn_forward_rows_impl(
-        h: usize, z: &[f32], b_hh: &[f32], h_out: &mut [f32],
-    )
+    pub(super) fn rnn_forward_rows => rnn_forward_rows_impl(h: usize, r: FwdRows)
 }
 
 /// The plain RNN forward pointwise pass over a block of rows: `h_out = tanh(z + b_hh)` row by row,
 /// `z` `[rows, H]` holding `xp[t] + h_{t-1} · w_hh`.
 #[inline(always)]
-fn rnn_forward_rows_impl<const FMA: bool>(h: usize, z: &[f32], b_hh: &[f32], h_out: &mut [f32]) {
+fn rnn_forward_rows_impl<const FMA: bool>(h: usize, r: FwdRows) {
+    let FwdRows { z, b_hh, h_out, .. } = r;
     for (z, h_out) in z.chunks_exact(h).zip(h_out.chunks_exact_mut(h)) {
         lanes(h, [z, b_hh], [], [h_out], |[z, b], []| {
             ([], [tanh_fast::<FMA>(z + b)])
@@ -86,23 +85,22 @@ fn rnn_forward_rows_impl<const FMA: bool>(h: usize, z: &[f32], b_hh: &[f32], h_o
 dispatch! {
     /// The plain RNN backward pointwise pass over `[rows, H]` blocks of step `t`
     /// ([`rnn_backward_rows_impl`]).
-    pub(super) fn rnn_backward_rows => rnn_backward_rows_impl(
-        h: usize, h_t: &[f32], dh_loss: &[f32], dh_next: &[f32], dz: &mut [f32], db: &mut [f32],
-    )
+    pub(super) fn rnn_backward_rows => rnn_backward_rows_impl(h: usize, r: BwdRows)
 }
 
 /// The plain RNN backward pointwise pass over a block of rows: `dz = (dh_loss + dh_next) ⊙
 /// (1 − h_t²)` (`dh_next` the gradient reaching `h_t` from step `t+1`), and `db` `[H]` accumulates
 /// `dz` summed over the rows.
 #[inline(always)]
-fn rnn_backward_rows_impl<const FMA: bool>(
-    h: usize,
-    h_t: &[f32],
-    dh_loss: &[f32],
-    dh_next: &[f32],
-    dz: &mut [f32],
-    db: &mut [f32],
-) {
+fn rnn_backward_rows_impl<const FMA: bool>(h: usize, r: BwdRows) {
+    let BwdRows {
+        h_t,
+        dh_loss,
+        dh: dh_next,
+        gz: dz,
+        db,
+        ..
+    } = r;
     for (((h_t, dh_loss), dh_next), dz) in h_t
         .chunks_exact(h)
         .zip(dh_loss.chunks_exact(h))
@@ -125,15 +123,22 @@ fn rnn_backward_rows_impl<const FMA: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{backward, forward, Backward, Dims, Forward};
-    use crate::Cell;
     use crate::kernel::test_support::{
         assert_close, batch_one_cases, check_finite_differences, check_grid, check_large, f64s,
         row_product, Case, KernelCell, Outputs, Tol,
     };
+    use crate::kernel::{backward, forward, Backward, Dims, Forward};
+    use crate::Cell;
 
     /// The sequence forward of the plain RNN.
-    fn rnn_forward(d: Dims, xz: &mut [f32], w_hh: &[f32], b_hh: &[f32], h0: &[f32], hs: &mut [f32]) {
+    fn rnn_forward(
+        d: Dims,
+        xz: &mut [f32],
+        w_hh: &[f32],
+        b_hh: &[f32],
+        h0: &[f32],
+        hs: &mut [f32],
+    ) {
         let io = Forward {
             xz,
             w_hh,

@@ -32,6 +32,7 @@ pub struct Dims {
 }
 
 /// One step of a block of `rows` rows as a cell's forward pointwise pass sees it.
+#[derive(Default)]
 pub(super) struct FwdRows<'a> {
     /// `[rows, G·H]`: the input projection (plus `h_{t-1} · w_hh` unless [`CellMath::HP_APART`])
     /// in, the activated gates out (scratch for the RNN).
@@ -52,6 +53,7 @@ pub(super) struct FwdRows<'a> {
 }
 
 /// One step `t` of a block of `rows` rows as a cell's backward pointwise pass sees it.
+#[derive(Default)]
 pub(super) struct BwdRows<'a> {
     /// `[rows, G·H]`: the activated gates in, `dhp_t`, the gradient of `h_{t-1} · w_hh (+ b_hh)`,
     /// out (which is `dL/dxp` but for what [`Self::dn`] holds).
@@ -217,7 +219,11 @@ fn run_forward<C: CellMath>(d: Dims, io: Forward) {
     assert_eq!(h0.len(), n.bh, "h0 must be [b, h]");
     assert_eq!(c0.len(), n.c, "c0 must be [b, h] (LSTM) or empty");
     assert_eq!(hs.len(), n.tbh, "hs must be [t, b, h]");
-    assert_eq!(aux.len(), n.aux, "aux must be [t, b, h] (LSTM, GRU) or empty");
+    assert_eq!(
+        aux.len(),
+        n.aux,
+        "aux must be [t, b, h] (LSTM, GRU) or empty"
+    );
     if n.tbh == 0 {
         return;
     }
@@ -338,11 +344,19 @@ fn run_backward<C: CellMath>(d: Dims, io: Backward) {
     assert_eq!(h0.len(), n.bh, "h0 must be [b, h]");
     assert_eq!(c0.len(), n.c, "c0 must be [b, h] (LSTM) or empty");
     assert_eq!(hs.len(), n.tbh, "hs must be [t, b, h]");
-    assert_eq!(aux.len(), n.aux, "aux must be [t, b, h] (LSTM, GRU) or empty");
+    assert_eq!(
+        aux.len(),
+        n.aux,
+        "aux must be [t, b, h] (LSTM, GRU) or empty"
+    );
     assert_eq!(gz.len(), t_len * b * g, "gz must be [t, b, G·h]");
     assert_eq!(dhs.len(), n.tbh, "dhs must be [t, b, h]");
     assert_eq!(dw_hh.len(), h * g, "dw_hh must be [h, G·h]");
-    assert_eq!(db_hh.len(), n.bias, "db_hh must be [G·h] (GRU, RNN) or empty");
+    assert_eq!(
+        db_hh.len(),
+        n.bias,
+        "db_hh must be [G·h] (GRU, RNN) or empty"
+    );
     assert_eq!(dh0.len(), n.bh, "dh0 must be [b, h]");
     assert_eq!(dc0.len(), n.c, "dc0 must be [b, h] (LSTM) or empty");
 

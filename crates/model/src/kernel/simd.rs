@@ -141,6 +141,7 @@ mod tests {
     use crate::kernel::gru::{gru_backward_rows, gru_forward_rows};
     use crate::kernel::lstm::{lstm_backward_rows, lstm_forward_rows};
     use crate::kernel::rnn::{rnn_backward_rows, rnn_forward_rows};
+    use crate::kernel::sequence::{BwdRows, FwdRows};
     use crate::kernel::test_support::Lcg;
     use crate::kernel::vecmat::axpy_block;
 
@@ -170,10 +171,25 @@ mod tests {
         for &s in &levels {
             let mut z = z0.clone();
             let (mut ho, mut co) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
-            lstm_forward_rows(s, h, &mut z, &c_prev, &mut ho, &mut co);
-            let mut dcn = c_prev.clone();
-            let mut dz = z.clone();
-            lstm_backward_rows(s, h, &co, &c_prev, &ho, &c_prev, &mut dcn, &mut dz);
+            let fwd = FwdRows {
+                z: &mut z,
+                aux_prev: &c_prev,
+                h_out: &mut ho,
+                aux_out: &mut co,
+                ..Default::default()
+            };
+            lstm_forward_rows(s, h, fwd);
+            let (mut dcn, mut dz, mut dh) = (c_prev.clone(), z.clone(), c_prev.clone());
+            let bwd = BwdRows {
+                gz: &mut dz,
+                aux_prev: &c_prev,
+                aux_t: &co,
+                dh_loss: &ho,
+                dh: &mut dh,
+                dc: &mut dcn,
+                ..Default::default()
+            };
+            lstm_backward_rows(s, h, bwd);
             let mut acc = z0[..4 * h].to_vec();
             axpy_block(s, &c_prev[..h], &w, 4 * h, &mut acc);
             outs.push([z, ho.clone(), co, dcn, dz, acc].concat());
@@ -181,14 +197,47 @@ mod tests {
             let (gz, hp) = g0.split_at(3 * 3 * h);
             let mut gz = gz.to_vec();
             let (mut hg, mut hn) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
-            gru_forward_rows(s, h, &mut gz, hp, &w[..3 * h], &c_prev, &mut hg, &mut hn);
+            let fwd = FwdRows {
+                z: &mut gz,
+                hh: hp,
+                b_hh: &w[..3 * h],
+                h_prev: &c_prev,
+                h_out: &mut hg,
+                aux_out: &mut hn,
+                ..Default::default()
+            };
+            gru_forward_rows(s, h, fwd);
             let (mut dn, mut dh, mut db) = (vec![0.0; 3 * h], c_prev.clone(), vec![0.5; 3 * h]);
             let mut dhp = gz.clone();
-            gru_backward_rows(s, h, &mut dhp, &mut dn, &hn, &c_prev, &ho, &mut dh, &mut db);
-            let mut hr = vec![0.0; 3 * h];
-            rnn_forward_rows(s, h, &z0[..3 * h], &c_prev[..h], &mut hr);
-            let (mut dz, mut dbr) = (vec![0.0; 3 * h], vec![0.5; h]);
-            rnn_backward_rows(s, h, &hr, &ho, &c_prev, &mut dz, &mut dbr);
+            let bwd = BwdRows {
+                gz: &mut dhp,
+                dn: &mut dn,
+                aux_t: &hn,
+                h_prev: &c_prev,
+                dh_loss: &ho,
+                dh: &mut dh,
+                db: &mut db,
+                ..Default::default()
+            };
+            gru_backward_rows(s, h, bwd);
+            let (mut zr, mut hr) = (z0[..3 * h].to_vec(), vec![0.0; 3 * h]);
+            let fwd = FwdRows {
+                z: &mut zr,
+                b_hh: &c_prev[..h],
+                h_out: &mut hr,
+                ..Default::default()
+            };
+            rnn_forward_rows(s, h, fwd);
+            let (mut dz, mut dbr, mut dhr) = (vec![0.0; 3 * h], vec![0.5; h], c_prev.clone());
+            let bwd = BwdRows {
+                gz: &mut dz,
+                h_t: &hr,
+                dh_loss: &ho,
+                dh: &mut dhr,
+                db: &mut dbr,
+                ..Default::default()
+            };
+            rnn_backward_rows(s, h, bwd);
             outs.push([gz, hg, hn, dhp, dn, dh, db, hr, dz, dbr].concat());
         }
         let per_level = outs.len() / levels.len();

@@ -23,7 +23,7 @@ use burn::prelude::*;
 use karnna_model::kernel::{gru_cell, lstm_cell, rnn_cell};
 use karnna_model::{to_f32_vec, Cell, CharRnn};
 
-use crate::generate::CharStepper;
+use crate::stepper::CharStepper;
 
 /// How the sampler stores the weight matrices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

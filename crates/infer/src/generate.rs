@@ -12,17 +12,7 @@ use rand::SeedableRng;
 
 use crate::cpu::CpuCharRnn;
 use crate::sampler::{pick, Strategy};
-
-/// A model that reads one character at a time and returns its logits for the next one,
-/// carrying its LSTM state between calls.
-pub trait CharStepper {
-    /// Back to the zero state.
-    fn reset(&mut self);
-    /// Feeds character `id`; returns the logits of the next character (`[vocab]`).
-    fn step(&mut self, id: u32) -> &[f32];
-    /// Vocabulary size.
-    fn vocab_size(&self) -> usize;
-}
+use crate::stepper::CharStepper;
 
 /// The Burn model stepped one character at a time on any backend (batch 1, no autodiff).
 pub struct BurnStepper<B: CellBackend> {

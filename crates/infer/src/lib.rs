@@ -13,10 +13,12 @@ mod cpu;
 pub mod eval;
 mod generate;
 mod sampler;
+mod stepper;
 
 pub use cpu::{default_parts, CpuCharRnn, CpuWeights, Precision};
 pub use eval::{encode_known, evaluate, Encoded, EvalReport};
 pub use generate::{
-    default_prime, generate, generate_many, BurnStepper, CharStepper, SampleError, SampleOptions,
+    default_prime, generate, generate_many, BurnStepper, SampleError, SampleOptions,
 };
 pub use sampler::{pick, Strategy};
+pub use stepper::CharStepper;

@@ -56,6 +56,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
 
 use crate::kernel::{self, Dims};
+use crate::Cell;
 
 /// A cell whose whole state is `h`, run by [`hcell_sequence`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,40 +222,71 @@ fn from_float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
 // ---------------------------------------------------------------------------------------------
 // Autodiff: the whole sequence is one graph node with a hand-written backward.
 
-#[derive(Debug)]
-struct LstmBackward<B>(PhantomData<B>);
+/// What a sequence op's forward kept for its backward.
+#[derive(Clone, Debug)]
+enum SequenceCache<B: CellKernels> {
+    Lstm(B::LstmCache),
+    HCell(B::HCellCache),
+}
 
-impl<B: CellKernels> Backward<B, 4> for LstmBackward<B> {
-    type State = B::LstmCache;
+/// The backward of a sequence op: takes `dL/dhs` from the node, runs the backend's hand-written
+/// backward on what the forward kept, and hands each of the four inputs' gradients to the inputs
+/// that track one.
+#[derive(Debug)]
+struct SequenceBackward<B>(PhantomData<B>);
+
+impl<B: CellKernels> Backward<B, 4> for SequenceBackward<B> {
+    type State = SequenceCache<B>;
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        backward_through::<B, _>(ops, grads, B::lstm_backward);
+        let dhs = grads.consume::<B>(&ops.node);
+        let input_grads = match ops.state {
+            SequenceCache::Lstm(cache) => B::lstm_backward(cache, dhs),
+            SequenceCache::HCell(cache) => B::hcell_backward(cache, dhs),
+        };
+        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
+            if let Some(parent) = parent {
+                grads.register::<B>(parent.id, grad);
+            }
+        }
     }
 }
 
-#[derive(Debug)]
-struct HCellBackward<B>(PhantomData<B>);
+/// The inner backend's outputs of a sequence op: `hs`, the LSTM's `c_T`, and the cache when the
+/// forward kept one.
+type Outputs<B> = (
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    Option<SequenceCache<B>>,
+);
 
-impl<B: CellKernels> Backward<B, 4> for HCellBackward<B> {
-    type State = B::HCellCache;
-
-    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        backward_through::<B, _>(ops, grads, B::hcell_backward);
-    }
-}
-
-/// A sequence op's backward step: takes `dL/dhs` from the node, runs the op's hand-written
-/// `backward` on what its forward kept, and hands each input's gradient to the inputs that
-/// track one.
-fn backward_through<B: Backend, S>(
-    ops: Ops<S, 4>,
-    grads: &mut Gradients,
-    backward: impl FnOnce(S, FloatTensor<B>) -> [FloatTensor<B>; 4],
+/// Runs a sequence op of four inputs under autodiff as one graph node: `forward(inputs, true)`
+/// keeps the cache for [`SequenceBackward`] when a gradient is wanted. `hs` is the node's output;
+/// `c_T` is a constant of the graph (truncated BPTT).
+#[allow(clippy::type_complexity)]
+fn autodiff_sequence<B: CellKernels, C: CheckpointStrategy>(
+    inputs: [FloatTensor<Autodiff<B, C>>; 4],
+    forward: impl FnOnce([FloatTensor<B>; 4], bool) -> Outputs<B>,
+) -> (
+    FloatTensor<Autodiff<B, C>>,
+    Option<FloatTensor<Autodiff<B, C>>>,
 ) {
-    let dhs = grads.consume::<B>(&ops.node);
-    for (parent, grad) in ops.parents.into_iter().zip(backward(ops.state, dhs)) {
-        if let Some(parent) = parent {
-            grads.register::<B>(parent.id, grad);
+    let nodes = inputs.each_ref().map(|t| t.node.clone());
+    let inputs = inputs.map(|t| t.primitive);
+    let untracked =
+        |c: Option<FloatTensor<B>>| c.map(<Autodiff<B, C> as AutodiffBackend>::from_inner);
+    match SequenceBackward::<B>(PhantomData)
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (hs, c, cache) = forward(inputs, true);
+            (prep.finish(cache.expect("cache kept"), hs), untracked(c))
+        }
+        OpsKind::UnTracked(prep) => {
+            let (hs, c, _) = forward(inputs, false);
+            (prep.finish(hs), untracked(c))
         }
     }
 }
@@ -266,31 +298,16 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let nodes = [
-            xp.node.clone(),
-            w_hh.node.clone(),
-            h0.node.clone(),
-            c0.node.clone(),
-        ];
-        match LstmBackward::<B>(PhantomData)
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (hs, c, cache) =
-                    B::lstm_forward_train(xp.primitive, w_hh.primitive, h0.primitive, c0.primitive);
-                (
-                    prep.finish(cache, hs),
-                    <Self as AutodiffBackend>::from_inner(c),
-                )
+        let (hs, c) = autodiff_sequence::<B, C>([xp, w_hh, h0, c0], |[xp, w_hh, h0, c0], keep| {
+            if keep {
+                let (hs, c, cache) = B::lstm_forward_train(xp, w_hh, h0, c0);
+                (hs, Some(c), Some(SequenceCache::Lstm(cache)))
+            } else {
+                let (hs, c) = B::lstm_sequence(xp, w_hh, h0, c0);
+                (hs, Some(c), None)
             }
-            OpsKind::UnTracked(prep) => {
-                let (hs, c) =
-                    B::lstm_sequence(xp.primitive, w_hh.primitive, h0.primitive, c0.primitive);
-                (prep.finish(hs), <Self as AutodiffBackend>::from_inner(c))
-            }
-        }
+        });
+        (hs, c.expect("the LSTM's c_T"))
     }
 
     fn hcell_sequence(
@@ -300,24 +317,16 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
         b_hh: FloatTensor<Self>,
         h0: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let nodes = [
-            xp.node.clone(),
-            w_hh.node.clone(),
-            b_hh.node.clone(),
-            h0.node.clone(),
-        ];
-        let (xp, w_hh, b_hh, h0) = (xp.primitive, w_hh.primitive, b_hh.primitive, h0.primitive);
-        match HCellBackward::<B>(PhantomData)
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
+        let inputs = [xp, w_hh, b_hh, h0];
+        let (hs, _) = autodiff_sequence::<B, C>(inputs, |[xp, w_hh, b_hh, h0], keep| {
+            if keep {
                 let (hs, cache) = B::hcell_forward_train(cell, xp, w_hh, b_hh, h0);
-                prep.finish(cache, hs)
+                (hs, None, Some(SequenceCache::HCell(cache)))
+            } else {
+                (B::hcell_sequence(cell, xp, w_hh, b_hh, h0), None, None)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::hcell_sequence(cell, xp, w_hh, b_hh, h0)),
-        }
+        });
+        hs
     }
 
     fn dropout_mask(
@@ -338,15 +347,20 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
 // ---------------------------------------------------------------------------------------------
 // CPU backends: the plain-Rust kernels.
 
-/// What the CPU kernels keep between forward and backward.
+/// What the CPU kernels keep between a sequence's forward and backward: the inputs and outputs
+/// of [`kernel::forward`] that [`kernel::backward`] takes.
 #[derive(Clone, Debug)]
 pub struct NativeCache<B: Backend> {
+    cell: Cell,
     dims: Dims,
     w_hh: Arc<Vec<f32>>,
     h0: Arc<Vec<f32>>,
+    /// The LSTM's `c0` (empty for the other cells).
     c0: Arc<Vec<f32>>,
     hs: Arc<Vec<f32>>,
-    cs: Arc<Vec<f32>>,
+    /// The LSTM's `c_t`, the GRU's `hp_n` of every step (empty for the RNN).
+    aux: Arc<Vec<f32>>,
+    /// The activated gates (the RNN's scratch).
     gates: Arc<Vec<f32>>,
     device: B::Device,
 }
@@ -360,162 +374,114 @@ fn write<B: Backend>(v: Vec<f32>, shape: &[usize], device: &B::Device) -> FloatT
     B::float_from_data(TensorData::new(v, shape.to_vec()), device)
 }
 
-/// The sizes of a sequence op whose `xp` is `[T, B, gates·H]`.
-fn native_dims<B: Backend>(xp: &FloatTensor<B>, gates: usize) -> Dims {
-    let shape = burn::tensor::TensorMetadata::shape(xp);
-    Dims {
-        t: shape[0],
-        b: shape[1],
-        h: shape[2] / gates,
-    }
-}
-
+/// Runs `cell`'s sequence on the CPU kernels: `hs [T, B, H]`, the LSTM's `c_T [B, H]`, and the
+/// cache for [`native_backward`] when `keep`. `b_hh` is the GRU's and the RNN's, `c0` the LSTM's.
 fn native_forward<B: Backend>(
+    cell: Cell,
     xp: FloatTensor<B>,
     w_hh: FloatTensor<B>,
+    b_hh: Option<FloatTensor<B>>,
     h0: FloatTensor<B>,
-    c0: FloatTensor<B>,
+    c0: Option<FloatTensor<B>>,
     keep: bool,
-) -> (FloatTensor<B>, FloatTensor<B>, Option<NativeCache<B>>) {
-    let d = native_dims::<B>(&xp, 4);
+) -> (
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    Option<NativeCache<B>>,
+) {
+    let shape = burn::tensor::TensorMetadata::shape(&xp);
+    let d = Dims {
+        t: shape[0],
+        b: shape[1],
+        h: shape[2] / cell.gates(),
+    };
     let device = B::float_device(&xp);
     // xz: the input projections, turned into the gates in place.
-    let (mut xz, w_hh) = (read::<B>(xp), read::<B>(w_hh));
-    let (h0, c0) = (read::<B>(h0), read::<B>(c0));
-    let mut hs = vec![0.0; d.t * d.b * d.h];
-    let mut cs = vec![0.0; d.t * d.b * d.h];
-    kernel::lstm_forward(d, &mut xz, &w_hh, &h0, &c0, &mut hs, &mut cs);
-    let last = (d.t - 1) * d.b * d.h..d.t * d.b * d.h;
-    let c_t = write::<B>(cs[last].to_vec(), &[d.b, d.h], &device);
-    let hs_out = write::<B>(hs.clone(), &[d.t, d.b, d.h], &device);
-    let cache = keep.then(|| NativeCache {
+    let (mut xz, w_hh, h0) = (read::<B>(xp), read::<B>(w_hh), read::<B>(h0));
+    let (b_hh, c0) = (
+        b_hh.map_or(Vec::new(), read::<B>),
+        c0.map_or(Vec::new(), read::<B>),
+    );
+    let tbh = d.t * d.b * d.h;
+    let mut hs = vec![0.0; tbh];
+    let mut aux = vec![0.0; if cell == Cell::Rnn { 0 } else { tbh }];
+    let io = kernel::Forward {
+        xz: &mut xz,
+        w_hh: &w_hh,
+        b_hh: &b_hh,
+        h0: &h0,
+        c0: &c0,
+        hs: &mut hs,
+        aux: &mut aux,
+    };
+    kernel::forward(cell, d, io);
+    let c_t = (cell == Cell::Lstm).then(|| {
+        let last = (d.t - 1) * d.b * d.h..tbh;
+        write::<B>(aux[last].to_vec(), &[d.b, d.h], &device)
+    });
+    let shape = [d.t, d.b, d.h];
+    if !keep {
+        return (write::<B>(hs, &shape, &device), c_t, None);
+    }
+    let hs_out = write::<B>(hs.clone(), &shape, &device);
+    let cache = NativeCache {
+        cell,
         dims: d,
         w_hh: Arc::new(w_hh),
         h0: Arc::new(h0),
         c0: Arc::new(c0),
         hs: Arc::new(hs),
-        cs: Arc::new(cs),
-        gates: Arc::new(xz),
-        device: device.clone(),
-    });
-    (hs_out, c_t, cache)
-}
-
-fn native_backward<B: Backend>(cache: NativeCache<B>, dhs: FloatTensor<B>) -> [FloatTensor<B>; 4] {
-    let d = cache.dims;
-    let dhs = read::<B>(dhs);
-    // The gates become dL/dxp in place (the cache is normally its only owner).
-    let mut dxp = Arc::try_unwrap(cache.gates).unwrap_or_else(|g| g.to_vec());
-    let mut dw = vec![0.0; d.h * 4 * d.h];
-    let mut dh0 = vec![0.0; d.b * d.h];
-    let mut dc0 = vec![0.0; d.b * d.h];
-    kernel::lstm_backward(
-        d,
-        &cache.w_hh,
-        &cache.h0,
-        &cache.c0,
-        &cache.hs,
-        &cache.cs,
-        &mut dxp,
-        &dhs,
-        &mut dw,
-        &mut dh0,
-        &mut dc0,
-    );
-    let dev = &cache.device;
-    [
-        write::<B>(dxp, &[d.t, d.b, 4 * d.h], dev),
-        write::<B>(dw, &[d.h, 4 * d.h], dev),
-        write::<B>(dh0, &[d.b, d.h], dev),
-        write::<B>(dc0, &[d.b, d.h], dev),
-    ]
-}
-
-/// What the CPU kernels keep between an h-cell's forward and backward.
-#[derive(Clone, Debug)]
-pub struct NativeHCache<B: Backend> {
-    cell: HCell,
-    dims: Dims,
-    w_hh: Arc<Vec<f32>>,
-    h0: Arc<Vec<f32>>,
-    hs: Arc<Vec<f32>>,
-    /// The GRU's `hp_n` of every step (empty for the RNN).
-    hn: Arc<Vec<f32>>,
-    /// The GRU's activated gates; the RNN's scratch.
-    gates: Arc<Vec<f32>>,
-    device: B::Device,
-}
-
-fn native_hcell_forward<B: Backend>(
-    cell: HCell,
-    xp: FloatTensor<B>,
-    w_hh: FloatTensor<B>,
-    b_hh: FloatTensor<B>,
-    h0: FloatTensor<B>,
-    keep: bool,
-) -> (FloatTensor<B>, Option<NativeHCache<B>>) {
-    let d = native_dims::<B>(&xp, cell.gates());
-    let device = B::float_device(&xp);
-    let (mut xz, w_hh, b_hh, h0) = (
-        read::<B>(xp),
-        read::<B>(w_hh),
-        read::<B>(b_hh),
-        read::<B>(h0),
-    );
-    let mut hs = vec![0.0; d.t * d.b * d.h];
-    let mut hn = Vec::new();
-    match cell {
-        HCell::Gru => {
-            hn = vec![0.0; d.t * d.b * d.h];
-            kernel::gru_forward(d, &mut xz, &w_hh, &b_hh, &h0, &mut hs, &mut hn);
-        }
-        HCell::Rnn => kernel::rnn_forward(d, &mut xz, &w_hh, &b_hh, &h0, &mut hs),
-    }
-    let shape = [d.t, d.b, d.h];
-    if !keep {
-        return (write::<B>(hs, &shape, &device), None);
-    }
-    let hs_out = write::<B>(hs.clone(), &shape, &device);
-    let cache = NativeHCache {
-        cell,
-        dims: d,
-        w_hh: Arc::new(w_hh),
-        h0: Arc::new(h0),
-        hs: Arc::new(hs),
-        hn: Arc::new(hn),
+        aux: Arc::new(aux),
         gates: Arc::new(xz),
         device,
     };
-    (hs_out, Some(cache))
+    (hs_out, c_t, Some(cache))
 }
 
-fn native_hcell_backward<B: Backend>(
-    cache: NativeHCache<B>,
-    dhs: FloatTensor<B>,
-) -> [FloatTensor<B>; 4] {
-    let (d, gh) = (cache.dims, cache.cell.gates() * cache.dims.h);
+/// The backward of [`native_forward`] from `dL/dhs`: `[dxp, dW_hh, db_hh or dh0, dh0 or dc0]`
+/// (the order of the cell's op: the LSTM's inputs are `xp, w_hh, h0, c0`, the others'
+/// `xp, w_hh, b_hh, h0`).
+fn native_backward<B: Backend>(cache: NativeCache<B>, dhs: FloatTensor<B>) -> [FloatTensor<B>; 4] {
+    let (cell, d) = (cache.cell, cache.dims);
+    let gh = cell.gates() * d.h;
+    let bh = d.b * d.h;
     let dhs = read::<B>(dhs);
-    // The gates (or scratch) become dL/dxp in place.
+    // The gates (or scratch) become dL/dxp in place (the cache is normally its only owner).
     let mut dxp = Arc::try_unwrap(cache.gates).unwrap_or_else(|g| g.to_vec());
     let mut dw = vec![0.0; d.h * gh];
-    let mut db = vec![0.0; gh];
-    let mut dh0 = vec![0.0; d.b * d.h];
-    let (w_hh, h0, hs) = (&cache.w_hh, &cache.h0, &cache.hs);
-    match cache.cell {
-        HCell::Gru => kernel::gru_backward(
-            d, w_hh, h0, hs, &cache.hn, &mut dxp, &dhs, &mut dw, &mut db, &mut dh0,
-        ),
-        HCell::Rnn => {
-            kernel::rnn_backward(d, w_hh, h0, hs, &mut dxp, &dhs, &mut dw, &mut db, &mut dh0)
-        }
-    }
+    let mut db = vec![0.0; if cell == Cell::Lstm { 0 } else { gh }];
+    let mut dh0 = vec![0.0; bh];
+    let mut dc0 = vec![0.0; if cell == Cell::Lstm { bh } else { 0 }];
+    let io = kernel::Backward {
+        w_hh: &cache.w_hh,
+        h0: &cache.h0,
+        c0: &cache.c0,
+        hs: &cache.hs,
+        aux: &cache.aux,
+        gz: &mut dxp,
+        dhs: &dhs,
+        dw_hh: &mut dw,
+        db_hh: &mut db,
+        dh0: &mut dh0,
+        dc0: &mut dc0,
+    };
+    kernel::backward(cell, d, io);
     let dev = &cache.device;
-    [
-        write::<B>(dxp, &[d.t, d.b, gh], dev),
-        write::<B>(dw, &[d.h, gh], dev),
-        write::<B>(db, &[gh], dev),
-        write::<B>(dh0, &[d.b, d.h], dev),
-    ]
+    let dxp = write::<B>(dxp, &[d.t, d.b, gh], dev);
+    let dw = write::<B>(dw, &[d.h, gh], dev);
+    let dh0 = write::<B>(dh0, &[d.b, d.h], dev);
+    match cell {
+        Cell::Lstm => [dxp, dw, dh0, write::<B>(dc0, &[d.b, d.h], dev)],
+        Cell::Gru | Cell::Rnn => [dxp, dw, write::<B>(db, &[gh], dev), dh0],
+    }
+}
+
+/// The cell of an h-cell op.
+fn cell_of(cell: HCell) -> Cell {
+    match cell {
+        HCell::Gru => Cell::Gru,
+        HCell::Rnn => Cell::Rnn,
+    }
 }
 
 macro_rules! native_backend {
@@ -527,8 +493,9 @@ macro_rules! native_backend {
                 h0: FloatTensor<Self>,
                 c0: FloatTensor<Self>,
             ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-                let (hs, c, _) = native_forward::<Self>(xp, w_hh, h0, c0, false);
-                (hs, c)
+                let (hs, c, _) =
+                    native_forward::<Self>(Cell::Lstm, xp, w_hh, None, h0, Some(c0), false);
+                (hs, c.expect("the LSTM's c_T"))
             }
 
             fn hcell_sequence(
@@ -538,7 +505,8 @@ macro_rules! native_backend {
                 b_hh: FloatTensor<Self>,
                 h0: FloatTensor<Self>,
             ) -> FloatTensor<Self> {
-                native_hcell_forward::<Self>(cell, xp, w_hh, b_hh, h0, false).0
+                let cell = cell_of(cell);
+                native_forward::<Self>(cell, xp, w_hh, Some(b_hh), h0, None, false).0
             }
         }
 
@@ -551,8 +519,9 @@ macro_rules! native_backend {
                 h0: FloatTensor<Self>,
                 c0: FloatTensor<Self>,
             ) -> (FloatTensor<Self>, FloatTensor<Self>, Self::LstmCache) {
-                let (hs, c, cache) = native_forward::<Self>(xp, w_hh, h0, c0, true);
-                (hs, c, cache.expect("cache kept"))
+                let (hs, c, cache) =
+                    native_forward::<Self>(Cell::Lstm, xp, w_hh, None, h0, Some(c0), true);
+                (hs, c.expect("the LSTM's c_T"), cache.expect("cache kept"))
             }
 
             fn lstm_backward(
@@ -562,7 +531,7 @@ macro_rules! native_backend {
                 native_backward::<Self>(cache, dhs)
             }
 
-            type HCellCache = NativeHCache<Self>;
+            type HCellCache = NativeCache<Self>;
 
             fn hcell_forward_train(
                 cell: HCell,
@@ -571,7 +540,9 @@ macro_rules! native_backend {
                 b_hh: FloatTensor<Self>,
                 h0: FloatTensor<Self>,
             ) -> (FloatTensor<Self>, Self::HCellCache) {
-                let (hs, cache) = native_hcell_forward::<Self>(cell, xp, w_hh, b_hh, h0, true);
+                let cell = cell_of(cell);
+                let (hs, _, cache) =
+                    native_forward::<Self>(cell, xp, w_hh, Some(b_hh), h0, None, true);
                 (hs, cache.expect("cache kept"))
             }
 
@@ -579,7 +550,7 @@ macro_rules! native_backend {
                 cache: Self::HCellCache,
                 dhs: FloatTensor<Self>,
             ) -> [FloatTensor<Self>; 4] {
-                native_hcell_backward::<Self>(cache, dhs)
+                native_backward::<Self>(cache, dhs)
             }
         }
     };

@@ -1,269 +1,294 @@
-//! The GRU sequence passes (PyTorch's `nn.GRU` maths): [`gru_forward`] and [`gru_backward`] over a
-//! whole sequence, one row block per thread, like the LSTM's.
+//! The GRU cell's maths (PyTorch's `nn.GRU`): the forward and backward pointwise passes of a step
+//! over a block of rows, side by side, in blocks of 16 lanes and compiled per instruction set;
+//! [`gru_cell`], the forward cell alone for the sampler; and its tests against a naive `f64`
+//! reference.
 //!
 //! Gate blocks r, z, n lie side by side along the last axis (`3H`). For `t = 0..T` with
 //! `h_{-1} = h0`:
 //!
 //! ```text
-//! a_t  = xp[t]                      (x · w_ih + b_ih, computed by the caller)
-//! hp_t = h_{t-1} · w_hh + b_hh
-//! r = σ(a_r + hp_r), z = σ(a_z + hp_z), n = tanh(a_n + r ⊙ hp_n)
-//! h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}
+//! a_t  = xp[t]                      [B, 3H]  (x · w_ih + b_ih, computed by the caller)
+//! hp_t = h_{t-1} · w_hh + b_hh      [B, 3H]
+//! r = σ(a_r + hp_r), z = σ(a_z + hp_z), n = tanh(a_n + r ⊙ hp_n)    [B, H] each
+//! h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}   [B, H]
 //! ```
+//!
+//! Backward, with `dh = dL/dh_t` (from the loss and from step `t+1`):
+//!
+//! ```text
+//! dn = dh ⊙ (1 − z) ⊙ (1 − n²)     dz = dh ⊙ (h_{t-1} − n) ⊙ z(1 − z)
+//! dr = dn ⊙ hp_n ⊙ r(1 − r)
+//! dL/dxp_t = (dr, dz, dn)          dhp_t = (dr, dz, dn ⊙ r)
+//! dh_{t-1} = dh ⊙ z + dhp_t · w_hhᵀ
+//! ```
+//!
+//! `hp_n` cannot fold into the input projection (it is multiplied by `r`), so the driver keeps the
+//! recurrent product apart ([`CellMath::HP_APART`]) and the forward saves `hp_n` of every step.
 
-use rayon::prelude::*;
+use super::activation::{madd, sigmoid_fast, tanh_fast};
+use super::sequence::{BwdRows, CellMath, FwdRows};
+use super::simd::{dispatch, lanes, simd_level, Simd};
 
-use super::hcell::{gru_backward_rows, gru_forward_rows};
-use super::lstm::Dims;
-use super::schedule::{blocks, blocks_mut, on_worker, row_bounds, run_blocks};
-use super::simd::{simd_level, Simd};
-use super::step::{sum_parts, weight_grad, StepWeights};
+/// The GRU for the sequence driver: three gate blocks, `b_hh` inside the op, `hp_n` of every step
+/// as the second array.
+pub(super) struct Gru;
 
-/// GRU forward over a sequence.
+impl CellMath for Gru {
+    const GATES: usize = 3;
+    const BIAS: bool = true;
+    const CARRY_C: bool = false;
+    const AUX: bool = true;
+    const HP_APART: bool = true;
+
+    fn forward_rows(simd: Simd, h: usize, r: FwdRows) {
+        gru_forward_rows(simd, h, r);
+    }
+
+    fn backward_rows(simd: Simd, h: usize, r: BwdRows) {
+        gru_backward_rows(simd, h, r);
+    }
+}
+
+/// The GRU cell of one row, for callers that compute `hp` themselves (the sampler).
 ///
-/// Runs the recurrence for `d.t` steps from `h0`, writing every step's hidden state. `xz` holds
-/// the input projection `a_t` of every step on entry and the activated gates `(r, z, n)`, which
-/// [`gru_backward`] needs, on return; `hn` receives `hp_n = h_{t-1} · w_hn + b_hn` of every step,
-/// which it needs too.
-///
-/// Each step of a block of rows computes `h_{t-1} · w_hh` in a scratch `[rows, 3H]` (one product
-/// with `w_hh` packed once per sequence) and runs one fused pointwise pass, which adds `b_hh`.
+/// `a` holds the input projection `x · w_ih + b_ih` on entry and is scratch on return (the
+/// activated gates r, z, n); `hp` holds `h_{t-1} · w_hh + b_hh`; `h_state` holds `h_{t-1}` on
+/// entry and `h_t` on return. Same fast `σ`/`tanh` and instruction-set choice as
+/// the sequence [`forward`].
 ///
 /// # Shapes
 ///
-/// - `xz` (read and written): `[T, B, 3H]`, `x · w_ih + b_ih` of every step, then the gates;
-/// - `w_hh`: `[H, 3H]`; `b_hh`: `[3H]`;
-/// - `h0`: `[B, H]`;
-/// - `hs` (written): `[T, B, H]`, `h_t`;
-/// - `hn` (written): `[T, B, H]`, `hp_n` of every step.
+/// - `a` (read and written): `[3H]`, gate blocks r, z, n;
+/// - `hp`: `[3H]`, gate blocks r, z, n;
+/// - `h_state` (read and written): `[H]`.
 ///
 /// # Panics
 ///
-/// Panics if a slice's length does not match `d`.
-pub fn gru_forward(
-    d: Dims,
-    xz: &mut [f32],
-    w_hh: &[f32],
-    b_hh: &[f32],
-    h0: &[f32],
-    hs: &mut [f32],
-    hn: &mut [f32],
-) {
-    let (t_len, b, h) = (d.t, d.b, d.h);
-    let (bh, g) = (b * h, 3 * h);
-    assert_eq!(xz.len(), t_len * b * g, "xz must be [t, b, 3h]");
-    assert_eq!(w_hh.len(), h * g, "w_hh must be [h, 3h]");
-    assert_eq!(b_hh.len(), g, "b_hh must be [3h]");
-    assert_eq!(h0.len(), bh, "h0 must be [b, h]");
-    assert_eq!(hs.len(), t_len * bh, "hs must be [t, b, h]");
-    assert_eq!(hn.len(), t_len * bh, "hn must be [t, b, h]");
-    if t_len == 0 || bh == 0 {
-        return;
+/// Panics if a slice's length does not match `h`.
+///
+/// the sequence [`forward`]: super::gru_forward
+pub fn gru_cell(h: usize, a: &mut [f32], hp: &[f32], h_state: &mut [f32]) {
+    assert_eq!(a.len(), 3 * h, "a must be [3h]");
+    assert_eq!(hp.len(), 3 * h, "hp must be [3h]");
+    assert_eq!(h_state.len(), h, "h_state must be [h]");
+    gru_forward_row(simd_level(), h, a, hp, h_state);
+}
+
+/// The three gate blocks of a `[3H]` row.
+#[inline(always)]
+fn split3(row: &mut [f32], h: usize) -> [&mut [f32]; 3] {
+    let (r, rest) = row.split_at_mut(h);
+    let (z, n) = rest.split_at_mut(h);
+    [r, z, n]
+}
+
+/// One element of the GRU forward cell: from `a = (a_r, a_z, a_n)`, `hp = (hp_r, hp_z, hp_n)` and
+/// `h_{t-1}`, the gates `(r, z, n)` and `h_t`.
+#[inline(always)]
+fn gru<const FMA: bool>(a: [f32; 3], hp: [f32; 3], h_prev: f32) -> ([f32; 3], f32) {
+    let r = sigmoid_fast::<FMA>(a[0] + hp[0]);
+    let z = sigmoid_fast::<FMA>(a[1] + hp[1]);
+    let n = tanh_fast::<FMA>(madd::<FMA>(r, hp[2], a[2]));
+    // (1 − z)·n + z·h_{t-1} = n + z·(h_{t-1} − n)
+    ([r, z, n], madd::<FMA>(z, h_prev - n, n))
+}
+
+dispatch! {
+    /// One row of the GRU forward pass with `h` updated in place ([`gru_forward_row_impl`]).
+    fn gru_forward_row => gru_forward_row_impl(
+        h: usize, a: &mut [f32], hp: &[f32], h_state: &mut [f32],
+    )
+}
+
+/// One row of the GRU forward pass: `a` `[3H]` holds the input projection in and the gates
+/// out, `hp` `[3H]` is `h_{t-1} · w_hh + b_hh`, `h_state` `[H]` holds `h_{t-1}` in and `h_t` out.
+#[inline(always)]
+fn gru_forward_row_impl<const FMA: bool>(h: usize, a: &mut [f32], hp: &[f32], h_state: &mut [f32]) {
+    let [ar, az, an] = split3(a, h);
+    let (hpr, rest) = hp.split_at(h);
+    let (hpz, hpn) = rest.split_at(h);
+    lanes(
+        h,
+        [hpr, hpz, hpn],
+        [ar, az, an, h_state],
+        [],
+        |[hr, hz, hn], [ar, az, an, hprev]| {
+            let ([r, z, n], ht) = gru::<FMA>([ar, az, an], [hr, hz, hn], hprev);
+            ([r, z, n, ht], [])
+        },
+    );
+}
+
+dispatch! {
+    /// The GRU forward pointwise pass over `[rows, ·]` blocks of one step
+    /// ([`gru_forward_rows_impl`]).
+    pub(super) fn gru_forward_rows => gru_forward_rows_impl(h: usize, r: FwdRows)
+}
+
+/// The GRU forward pointwise pass over a block of rows: `xz` `[rows, 3H]` holds the input
+/// projections in and the gates out; `hh` `[rows, 3H]` is `h_{t-1} · w_hh`, to which it adds
+/// `b_hh` `[3H]` (so the product need not start from the bias); writes `h_t` to `h_out` and
+/// `hp_n = hh_n + b_hn` to `hn_out` (both `[rows, H]`).
+#[inline(always)]
+fn gru_forward_rows_impl<const FMA: bool>(h: usize, r: FwdRows) {
+    let FwdRows {
+        z: xz,
+        hh,
+        b_hh,
+        h_prev,
+        h_out,
+        aux_out: hn_out,
+        ..
+    } = r;
+    let (br, rest) = b_hh.split_at(h);
+    let (bz, bn) = rest.split_at(h);
+    for ((((a, hh), h_prev), h_out), hn_out) in xz
+        .chunks_exact_mut(3 * h)
+        .zip(hh.chunks_exact(3 * h))
+        .zip(h_prev.chunks_exact(h))
+        .zip(h_out.chunks_exact_mut(h))
+        .zip(hn_out.chunks_exact_mut(h))
+    {
+        let [ar, az, an] = split3(a, h);
+        let (hr, rest) = hh.split_at(h);
+        let (hz, hn) = rest.split_at(h);
+        lanes(
+            h,
+            [hr, hz, hn, br, bz, bn, h_prev],
+            [ar, az, an],
+            [h_out, hn_out],
+            |[hr, hz, hn, br, bz, bn, hprev], [ar, az, an]| {
+                let hp_n = hn + bn;
+                let (g, ht) = gru::<FMA>([ar, az, an], [hr + br, hz + bz, hp_n], hprev);
+                (g, [ht, hp_n])
+            },
+        );
     }
-    on_worker(|| {
-        let bounds = row_bounds(b);
-        let simd = simd_level();
-        let w = StepWeights::forward(simd, b, h, g, w_hh);
-        let xz = blocks_mut(xz, b, g, &bounds);
-        let h0 = blocks(h0, b, h, &bounds);
-        let hs = blocks_mut(hs, b, h, &bounds);
-        let hn = blocks_mut(hn, b, h, &bounds);
-        let parts: Vec<_> = xz
-            .into_iter()
-            .zip(h0)
-            .zip(hs)
-            .zip(hn)
-            .map(|(((xz, h0), hs), hn)| FwdPart {
-                xz,
-                h0: h0[0],
-                hs,
-                hn,
-            })
-            .collect();
-        run_blocks(parts, |p, threaded| {
-            forward_part(simd, h, &w, b_hh, p, threaded)
-        });
-    })
 }
 
-/// One block of rows of a sequence for [`forward_part`]: per-step slices of the arrays of
-/// [`gru_forward`], restricted to the block's rows.
-struct FwdPart<'a> {
-    xz: Vec<&'a mut [f32]>,
-    h0: &'a [f32],
-    hs: Vec<&'a mut [f32]>,
-    hn: Vec<&'a mut [f32]>,
+/// One element of the GRU backward cell: from the gates `(r, z, n)`, `hp_n`, `h_{t-1}` and the
+/// total gradient `dh` reaching `h_t`, the gradients `(dr, dz, dn)` of the pre-activations and the
+/// part `dh ⊙ z` of the gradient reaching `h_{t-1}` directly.
+#[inline(always)]
+fn gru_backward<const FMA: bool>(g: [f32; 3], hp_n: f32, h_prev: f32, dh: f32) -> ([f32; 3], f32) {
+    let [r, z, n] = g;
+    let dn = dh * (1.0 - z) * madd::<FMA>(-n, n, 1.0);
+    let dz = dh * (h_prev - n) * (z - z * z);
+    let dr = dn * hp_n * (r - r * r);
+    ([dr, dz, dn], dh * z)
 }
 
-/// The forward recurrence of one block of rows; `threaded` lets its products use the thread pool
-/// (when the block is the whole batch).
-fn forward_part(simd: Simd, h: usize, w: &StepWeights, b_hh: &[f32], p: FwdPart, threaded: bool) {
-    let FwdPart {
-        mut xz,
-        h0,
-        mut hs,
-        mut hn,
-    } = p;
-    let rows = h0.len() / h;
-    let mut hh = vec![0.0; rows * 3 * h];
-    for t in 0..xz.len() {
-        let (hs_done, hs_rest) = hs.split_at_mut(t);
-        let h_prev: &[f32] = if t == 0 { h0 } else { hs_done[t - 1] };
-        // hh [rows, 3H] = h_prev [rows, H] · w_hh [H, 3H]; the pointwise pass adds b_hh.
-        w.product(&mut hh, false, h_prev, threaded);
-        gru_forward_rows(simd, h, xz[t], &hh, b_hh, h_prev, hs_rest[0], hn[t]);
-    }
+dispatch! {
+    /// The GRU backward pointwise pass over `[rows, ·]` blocks of step `t`
+    /// ([`gru_backward_rows_impl`]).
+    pub(super) fn gru_backward_rows => gru_backward_rows_impl(h: usize, r: BwdRows)
 }
 
-/// GRU backward over a sequence (truncated BPTT: no gradient arrives for `h_T` beyond `dhs`).
+/// The GRU backward pointwise pass over a block of rows.
 ///
-/// Takes what [`gru_forward`] took and wrote and the gradient of the loss with respect to every
-/// `h_t`, and overwrites (does not accumulate into) the gradients of the input projections (in
-/// place of the gates), of `w_hh`, `b_hh` and of `h0`.
-///
-/// Each step of a block of rows runs one fused pointwise pass, which leaves `dhp_t` (the
-/// gradient of `hp_t`) in `gz[t]`, and one product `dh_{t-1} += dhp_t · w_hhᵀ` with a transposed
-/// copy of `w_hh` packed once per sequence. `dw_hh` is one threaded product over all steps at the
-/// end, `db_hh` the sum of per-block column sums taken in the pointwise pass; finally the n
-/// blocks of `gz` change from `dhp_n = dn ⊙ r` to `dn`, kept aside meanwhile.
-///
-/// # Shapes
-///
-/// - `w_hh`: `[H, 3H]`; `h0`: `[B, H]`;
-/// - `hs`, `hn`: `[T, B, H]`, as written by [`gru_forward`];
-/// - `gz` (read and written): `[T, B, 3H]`, the gates [`gru_forward`] left in `xz`, then `dL/dxp`;
-/// - `dhs`: `[T, B, H]`, `dL/dh_t` for every `t`;
-/// - `dw_hh` (written): `[H, 3H]`, `Σ_t h_{t-1}ᵀ · dhp_t`;
-/// - `db_hh` (written): `[3H]`, `dhp_t` summed over steps and rows;
-/// - `dh0` (written): `[B, H]`.
-///
-/// # Panics
-///
-/// Panics if a slice's length does not match `d`.
-#[allow(clippy::too_many_arguments)]
-pub fn gru_backward(
-    d: Dims,
-    w_hh: &[f32],
-    h0: &[f32],
-    hs: &[f32],
-    hn: &[f32],
-    gz: &mut [f32],
-    dhs: &[f32],
-    dw_hh: &mut [f32],
-    db_hh: &mut [f32],
-    dh0: &mut [f32],
-) {
-    let (t_len, b, h) = (d.t, d.b, d.h);
-    let (bh, g) = (b * h, 3 * h);
-    assert_eq!(w_hh.len(), h * g, "w_hh must be [h, 3h]");
-    assert_eq!(h0.len(), bh, "h0 must be [b, h]");
-    assert_eq!(hs.len(), t_len * bh, "hs must be [t, b, h]");
-    assert_eq!(hn.len(), t_len * bh, "hn must be [t, b, h]");
-    assert_eq!(gz.len(), t_len * b * g, "gz must be [t, b, 3h]");
-    assert_eq!(dhs.len(), t_len * bh, "dhs must be [t, b, h]");
-    assert_eq!(dw_hh.len(), h * g, "dw_hh must be [h, 3h]");
-    assert_eq!(db_hh.len(), g, "db_hh must be [3h]");
-    assert_eq!(dh0.len(), bh, "dh0 must be [b, h]");
-
-    // dh0 carries dL/dh_{t-1} from step to step; after step 0 it is the answer.
-    dh0.fill(0.0);
-    if t_len == 0 || bh == 0 {
-        dw_hh.fill(0.0);
-        db_hh.fill(0.0);
-        return;
-    }
-    on_worker(|| {
-        let simd = simd_level();
-        let bounds = row_bounds(b);
-        let n_parts = bounds.len() - 1;
-        let w = StepWeights::backward(simd, b, n_parts, h, g, w_hh);
-        // dn of every step (the n block of dL/dxp) while gz holds dhp_t.
-        let mut dn = vec![0.0; t_len * bh];
-        let mut db = vec![0.0; n_parts * g];
-        {
-            let gz = blocks_mut(gz, b, g, &bounds);
-            let dn = blocks_mut(&mut dn, b, h, &bounds);
-            let hs = blocks(hs, b, h, &bounds);
-            let hn = blocks(hn, b, h, &bounds);
-            let h0 = blocks(h0, b, h, &bounds);
-            let dhs = blocks(dhs, b, h, &bounds);
-            let dh0 = blocks_mut(dh0, b, h, &bounds);
-            let parts: Vec<_> = gz
-                .into_iter()
-                .zip(dn)
-                .zip(hs)
-                .zip(hn)
-                .zip(h0)
-                .zip(dhs)
-                .zip(dh0)
-                .zip(db.chunks_exact_mut(g))
-                .map(
-                    |(((((((gz, dn), hs), hn), h0), dhs), mut dh0), db)| BwdPart {
-                        gz,
-                        dn,
-                        hs,
-                        hn,
-                        h0: h0[0],
-                        dhs,
-                        dh0: dh0.pop().expect("one step"),
-                        db,
-                    },
-                )
-                .collect();
-            run_blocks(parts, |p, threaded| backward_part(simd, h, &w, p, threaded));
-        }
-        weight_grad(t_len, b, h, g, h0, hs, gz, dw_hh);
-        sum_parts(&db, db_hh);
-        gz.par_chunks_exact_mut(g)
-            .zip(dn.par_chunks_exact(h))
-            .with_min_len(64)
-            .for_each(|(gz, dn)| gz[2 * h..].copy_from_slice(dn));
-    })
-}
-
-/// One block of rows of a sequence for [`backward_part`]: per-step slices of the arrays of
-/// [`gru_backward`], restricted to the block's rows, and the block's partial `db_hh`.
-struct BwdPart<'a> {
-    gz: Vec<&'a mut [f32]>,
-    dn: Vec<&'a mut [f32]>,
-    hs: Vec<&'a [f32]>,
-    hn: Vec<&'a [f32]>,
-    h0: &'a [f32],
-    dhs: Vec<&'a [f32]>,
-    dh0: &'a mut [f32],
-    db: &'a mut [f32],
-}
-
-/// The backward recurrence of one block of rows (everything but `dw_hh`, which mixes rows, and
-/// the final n blocks of `gz`).
-fn backward_part(simd: Simd, h: usize, w: &StepWeights, p: BwdPart, threaded: bool) {
-    let BwdPart {
-        mut gz,
-        mut dn,
-        hs,
-        hn,
-        h0,
-        dhs,
-        dh0,
+/// `gz` `[rows, 3H]` holds the gates `(r, z, n)` in and `dhp_t = (dr, dz, dn ⊙ r)`, the gradient
+/// of `h_{t-1} · w_hh + b_hh`, out; `dn` `[rows, H]` receives `dn` (the n block of `dL/dxp`);
+/// `hn` is `hp_n`; `dh_next` holds the gradient reaching `h_t` from step `t+1` in and `dh ⊙ z`
+/// out (the rest of the gradient reaching `h_{t-1}` is `dhp_t · w_hhᵀ`); `db` `[3H]` accumulates
+/// `dhp_t` summed over the rows.
+#[inline(always)]
+fn gru_backward_rows_impl<const FMA: bool>(h: usize, r: BwdRows) {
+    let BwdRows {
+        gz,
+        dn,
+        aux_t: hn,
+        h_prev,
+        dh_loss,
+        dh: dh_next,
         db,
-    } = p;
-    for t in (0..gz.len()).rev() {
-        let h_prev = if t == 0 { h0 } else { hs[t - 1] };
-        let dhp = &mut *gz[t];
-        // dh0 becomes dh ⊙ z, then dh_{t-1} [rows, H] += dhp_t [rows, 3H] · w_hhᵀ [3H, H].
-        gru_backward_rows(simd, h, dhp, dn[t], hn[t], h_prev, dhs[t], dh0, db);
-        w.product(dh0, true, dhp, threaded);
+        ..
+    } = r;
+    let [dbr, dbz, dbn] = split3(db, h);
+    for (((((gz, dn), hn), h_prev), dh_loss), dh_next) in gz
+        .chunks_exact_mut(3 * h)
+        .zip(dn.chunks_exact_mut(h))
+        .zip(hn.chunks_exact(h))
+        .zip(h_prev.chunks_exact(h))
+        .zip(dh_loss.chunks_exact(h))
+        .zip(dh_next.chunks_exact_mut(h))
+    {
+        let [gr, gzz, gn] = split3(gz, h);
+        lanes(
+            h,
+            [hn, h_prev, dh_loss],
+            [gr, gzz, gn, dh_next, &mut *dbr, &mut *dbz, &mut *dbn],
+            [dn],
+            |[hp_n, h_prev, dh_loss], [r, z, n, dh_next, br, bz, bn]| {
+                let ([dr, dz, dn], dh_prev) =
+                    gru_backward::<FMA>([r, z, n], hp_n, h_prev, dh_loss + dh_next);
+                let dnr = dn * r;
+                ([dr, dz, dnr, dh_prev, br + dr, bz + dz, bn + dnr], [dn])
+            },
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::gru_cell;
     use crate::kernel::test_support::{
         assert_close, batch_one_cases, check_finite_differences, check_grid, check_large, f64s,
         row_product, sig64, Case, KernelCell, Outputs, Tol,
     };
+    use crate::kernel::{backward, forward, Backward, Dims, Forward};
+    use crate::Cell;
+
+    /// The sequence forward of the GRU, `hn` its second array.
+    fn gru_forward(
+        d: Dims,
+        xz: &mut [f32],
+        w_hh: &[f32],
+        b_hh: &[f32],
+        h0: &[f32],
+        hs: &mut [f32],
+        hn: &mut [f32],
+    ) {
+        let io = Forward {
+            xz,
+            w_hh,
+            b_hh,
+            h0,
+            c0: &[],
+            hs,
+            aux: hn,
+        };
+        forward(Cell::Gru, d, io);
+    }
+
+    /// The sequence backward of the GRU.
+    #[allow(clippy::too_many_arguments)]
+    fn gru_backward(
+        d: Dims,
+        w_hh: &[f32],
+        h0: &[f32],
+        hs: &[f32],
+        hn: &[f32],
+        gz: &mut [f32],
+        dhs: &[f32],
+        dw_hh: &mut [f32],
+        db_hh: &mut [f32],
+        dh0: &mut [f32],
+    ) {
+        let io = Backward {
+            w_hh,
+            h0,
+            c0: &[],
+            hs,
+            aux: hn,
+            gz,
+            dhs,
+            dw_hh,
+            db_hh,
+            dh0,
+            dc0: &mut [],
+        };
+        backward(Cell::Gru, d, io);
+    }
 
     /// The f64 forward of the reference: hs, gates, hp_n.
     struct RefFwd {

@@ -1,363 +1,358 @@
-//! The LSTM sequence passes: [`lstm_forward`] and [`lstm_backward`] over a whole sequence, one row
-//! block per thread, and the sizes ([`Dims`]) they take.
+//! The LSTM cell's maths: the forward and backward pointwise passes of a step over a block of
+//! rows, side by side, in blocks of 16 lanes and compiled per instruction set; [`lstm_cell`], the
+//! forward cell alone for the sampler; and its tests against a naive `f64` reference.
+//!
+//! Gate blocks i, f, g, o (input, forget, cell candidate, output) lie side by side along the last
+//! axis (`4H`). For step `t = 0..T`, with `h_{-1} = h0` and `c_{-1} = c0`:
+//!
+//! ```text
+//! z_t = xp[t] + h_{t-1} · w_hh                      [B, 4H]
+//! i = σ(z_i), f = σ(z_f), g = tanh(z_g), o = σ(z_o)  [B, H] each
+//! c_t = f ⊙ c_{t-1} + i ⊙ g                          [B, H]
+//! h_t = o ⊙ tanh(c_t)                                [B, H]
+//! ```
+//!
+//! Backward, with `dh = dL/dh_t` (from the loss and from step `t+1`) and `dc_next` the gradient
+//! reaching `c_t` from step `t+1`:
+//!
+//! ```text
+//! dc = dh ⊙ o ⊙ (1 − tanh²(c_t)) + dc_next
+//! dz_i = dc ⊙ g ⊙ i(1 − i)    dz_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
+//! dz_g = dc ⊙ i ⊙ (1 − g²)    dz_o = dh ⊙ tanh(c_t) ⊙ o(1 − o)
+//! dc_{t-1} = dc ⊙ f           dh_{t-1} = dz_t · w_hhᵀ
+//! ```
 
-use super::cell::{backward_rows, forward_rows};
-use super::matmul::{matmul, packed_weights, transpose, Packed};
-use super::schedule::{blocks, blocks_mut, on_worker, row_bounds, run_blocks};
-use super::simd::{simd_level, Simd};
-use super::vecmat::vec_mat;
+use super::activation::{madd, sigmoid_fast, tanh_fast};
+use super::sequence::{BwdRows, CellMath, FwdRows};
+use super::simd::{dispatch, simd_level, Simd, LANES};
 
-/// Sizes of one recurrent layer's sequence (LSTM, GRU or plain RNN): `t` steps, `b` rows (batch),
-/// `h` hidden units.
+/// The LSTM for the sequence driver: four gate blocks, `c` carried beside `h` (its `c_t` are the
+/// second array), no recurrent bias (the caller folds `b_hh` into the input projection).
+pub(super) struct Lstm;
+
+impl CellMath for Lstm {
+    const GATES: usize = 4;
+    const BIAS: bool = false;
+    const CARRY_C: bool = true;
+    const AUX: bool = true;
+    const HP_APART: bool = false;
+
+    fn forward_rows(simd: Simd, h: usize, r: FwdRows) {
+        lstm_forward_rows(simd, h, r);
+    }
+
+    fn backward_rows(simd: Simd, h: usize, r: BwdRows) {
+        lstm_backward_rows(simd, h, r);
+    }
+}
+
+/// The LSTM cell of one row, given its gate pre-activations: the pointwise part of a step, for
+/// callers that compute `z` themselves (the sampler, whose layers are split across cores).
+///
+/// On return `z` holds the activated gates, `c` holds `c_t` (it held `c_{t-1}`) and `h_out`
+/// holds `h_t`. Same fast `σ`/`tanh` and instruction-set choice as the sequence [`forward`].
 ///
 /// # Shapes
 ///
-/// The arrays of [`lstm_forward`] and [`lstm_backward`] are `[t, b, 4h]` (gate pre-activations and
-/// their gradients), `[t, b, h]` (hidden and cell states and their gradients), `[h, 4h]` (the
-/// recurrent weights) and `[b, h]` (initial states); the GRU's and the RNN's take `3h` and `h`
-/// gate columns in place of `4h`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dims {
-    /// Number of time steps `T`.
-    pub t: usize,
-    /// Number of rows (batch size) `B`.
-    pub b: usize,
-    /// Number of hidden units `H`.
-    pub h: usize,
-}
-
-impl Dims {
-    /// Elements of one step's `[B, H]` block.
-    fn bh(&self) -> usize {
-        self.b * self.h
-    }
-
-    /// Elements of one step's `[B, 4H]` block.
-    fn bg(&self) -> usize {
-        self.b * 4 * self.h
-    }
-}
-
-/// Forward over the whole sequence.
-///
-/// Runs the recurrence for `d.t` steps from `(h0, c0)`, writing every step's hidden and cell
-/// state. `xz` holds the input projection of every step on entry and the activated gates
-/// `(σ(z_i), σ(z_f), tanh(z_g), σ(z_o))`, which [`lstm_backward`] needs, on return: working in
-/// place spares a buffer of the sequence's largest size, and a copy into it.
-///
-/// # Shapes
-///
-/// - `xz` (read and written): `[T, B, 4H]`, the input projection of every step with all biases
-///   already added, then the gates;
-/// - `w_hh`: `[H, 4H]`;
-/// - `h0`, `c0`: `[B, H]`;
-/// - `hs`, `cs` (written): `[T, B, H]`, `h_t` and `c_t`.
+/// - `z` (read and written): `[4H]`, gate blocks i, f, g, o;
+/// - `h_out` (written): `[H]`;
+/// - `c` (read and written): `[H]`.
 ///
 /// # Panics
 ///
-/// Panics if a slice's length does not match `d`.
-#[allow(clippy::too_many_arguments)]
-pub fn lstm_forward(
-    d: Dims,
-    xz: &mut [f32],
-    w_hh: &[f32],
-    h0: &[f32],
-    c0: &[f32],
-    hs: &mut [f32],
-    cs: &mut [f32],
-) {
-    let (t_len, b, h) = (d.t, d.b, d.h);
-    let (bh, bg) = (d.bh(), d.bg());
-    assert_eq!(xz.len(), t_len * bg, "xz must be [t, b, 4h]");
-    assert_eq!(w_hh.len(), h * 4 * h, "w_hh must be [h, 4h]");
-    assert_eq!(h0.len(), bh, "h0 must be [b, h]");
-    assert_eq!(c0.len(), bh, "c0 must be [b, h]");
-    assert_eq!(hs.len(), t_len * bh, "hs must be [t, b, h]");
-    assert_eq!(cs.len(), t_len * bh, "cs must be [t, b, h]");
-    if t_len == 0 || bh == 0 {
-        return;
-    }
-    on_worker(|| {
-        let bounds = row_bounds(b);
-        let simd = simd_level();
-        let packed = packed_weights(simd, b, h, 4 * h, w_hh);
-        let xz = blocks_mut(xz, b, 4 * h, &bounds);
-        let h0 = blocks(h0, b, h, &bounds);
-        let c0 = blocks(c0, b, h, &bounds);
-        let hs = blocks_mut(hs, b, h, &bounds);
-        let cs = blocks_mut(cs, b, h, &bounds);
-        let parts: Vec<_> = xz
-            .into_iter()
-            .zip(h0)
-            .zip(c0)
-            .zip(hs)
-            .zip(cs)
-            .map(|((((xz, h0), c0), hs), cs)| FwdPart {
-                xz,
-                h0: h0[0],
-                c0: c0[0],
-                hs,
-                cs,
-            })
-            .collect();
-        run_blocks(parts, |p, threaded| {
-            forward_part(simd, h, w_hh, packed.as_ref(), p, threaded)
-        });
-    })
-}
-
-/// One block of rows of a sequence for [`forward_part`]: per-step slices of the arrays of
-/// [`lstm_forward`], restricted to the block's rows.
-struct FwdPart<'a> {
-    xz: Vec<&'a mut [f32]>,
-    h0: &'a [f32],
-    c0: &'a [f32],
-    hs: Vec<&'a mut [f32]>,
-    cs: Vec<&'a mut [f32]>,
-}
-
-/// The forward recurrence of one block of rows; `threaded` lets its `gemm` products use the
-/// thread pool (when the block is the whole batch).
+/// Panics if a slice's length does not match `h`.
 ///
-/// `packed`, when given, is `w_hh` packed for the microkernels, used for products of two rows or
-/// more.
-fn forward_part(
-    simd: Simd,
+/// the sequence [`forward`]: super::lstm_forward
+pub fn lstm_cell(h: usize, z: &mut [f32], h_out: &mut [f32], c: &mut [f32]) {
+    assert_eq!(z.len(), 4 * h, "z must be [4h]");
+    assert_eq!(h_out.len(), h, "h_out must be [h]");
+    assert_eq!(c.len(), h, "c must be [h]");
+    // The pointwise pass reads c_{t-1}[j] before writing c_t[j] and never reads h, so `c` is
+    // updated in place and `h_out` only written.
+    forward_pointwise_inplace(simd_level(), h, z, h_out, c);
+}
+
+dispatch! {
+    /// The forward pointwise pass over `[rows, ·]` blocks ([`forward_rows_impl`]): activates `z` in
+    /// place and writes `h_t` and `c_t`.
+    pub(super) fn lstm_forward_rows => forward_rows_impl(h: usize, r: FwdRows)
+}
+
+#[inline(always)]
+fn forward_rows_impl<const FMA: bool>(h: usize, r: FwdRows) {
+    let FwdRows {
+        z,
+        aux_prev: c_prev,
+        h_out,
+        aux_out: c_out,
+        ..
+    } = r;
+    for (((z, c_prev), h_out), c_out) in z
+        .chunks_exact_mut(4 * h)
+        .zip(c_prev.chunks_exact(h))
+        .zip(h_out.chunks_exact_mut(h))
+        .zip(c_out.chunks_exact_mut(h))
+    {
+        // The row works in place: c_out starts as c_{t-1}.
+        c_out.copy_from_slice(c_prev);
+        forward_inplace_impl::<FMA>(h, z, h_out, c_out);
+    }
+}
+
+/// One element of the forward cell: from the pre-activations `z = (z_i, z_f, z_g, z_o)` and
+/// `c_{t-1}`, the activated gates, `c_t` and `h_t`.
+#[inline(always)]
+fn cell<const FMA: bool>(z: [f32; 4], c_prev: f32) -> ([f32; 4], f32, f32) {
+    let i = sigmoid_fast::<FMA>(z[0]);
+    let f = sigmoid_fast::<FMA>(z[1]);
+    let g = tanh_fast::<FMA>(z[2]);
+    let o = sigmoid_fast::<FMA>(z[3]);
+    let c = madd::<FMA>(f, c_prev, i * g);
+    ([i, f, g, o], c, o * tanh_fast::<FMA>(c))
+}
+
+/// [`cell`] over one block of [`LANES`] elements: `z` holds the pre-activations in and the
+/// activated gates out, `c` holds `c_{t-1}` in and `c_t` out, `hv` receives `h_t`.
+///
+/// The rows work on blocks copied to local arrays: with seven separate slices LLVM would need
+/// more run-time overlap checks than it is willing to emit and falls back to scalar code (it did,
+/// at ~12% of a small training step).
+#[inline(always)]
+fn cell_block<const FMA: bool>(
+    z: &mut [[f32; LANES]; 4],
+    c: &mut [f32; LANES],
+    hv: &mut [f32; LANES],
+) {
+    for k in 0..LANES {
+        let (a, ck, hk) = cell::<FMA>([z[0][k], z[1][k], z[2][k], z[3][k]], c[k]);
+        (z[0][k], z[1][k], z[2][k], z[3][k]) = (a[0], a[1], a[2], a[3]);
+        (c[k], hv[k]) = (ck, hk);
+    }
+}
+
+/// The gate pre-activations of block `r` of one row, as local arrays.
+#[inline(always)]
+fn load_gates(z: [&[f32]; 4], r: std::ops::Range<usize>) -> [[f32; LANES]; 4] {
+    let mut out = [[0.0f32; LANES]; 4];
+    for (out, z) in out.iter_mut().zip(z) {
+        out.copy_from_slice(&z[r.clone()]);
+    }
+    out
+}
+
+dispatch! {
+    /// One row of the forward pointwise pass with `h` and `c` updated in place.
+    fn forward_pointwise_inplace => forward_inplace_impl(
+        h: usize, z: &mut [f32], h_state: &mut [f32], c_state: &mut [f32],
+    )
+}
+
+#[inline(always)]
+fn forward_inplace_impl<const FMA: bool>(
     h: usize,
-    w_hh: &[f32],
-    packed: Option<&Packed>,
-    p: FwdPart,
-    threaded: bool,
+    z: &mut [f32],
+    h_state: &mut [f32],
+    c_state: &mut [f32],
 ) {
-    let FwdPart {
-        mut xz,
-        h0,
-        c0,
-        mut hs,
-        mut cs,
-    } = p;
-    let rows = h0.len() / h;
-    // xz[t] becomes the pre-activations of step t, then its activated gates.
-    for t in 0..xz.len() {
-        let z = &mut *xz[t];
-        let (hs_done, hs_rest) = hs.split_at_mut(t);
-        let (cs_done, cs_rest) = cs.split_at_mut(t);
-        let (h_prev, c_prev): (&[f32], &[f32]) = match t {
-            0 => (h0, c0),
-            _ => (hs_done[t - 1], cs_done[t - 1]),
-        };
-        if rows == 1 {
-            vec_mat(simd, h, h_prev, w_hh, z, threaded);
-        } else if let Some(packed) = packed {
-            packed.matmul(z, true, h_prev);
-        } else {
-            // z [rows, 4H] += h_prev [rows, H] · w_hh [H, 4H]
-            // SAFETY: the blocks have these shapes; the three matrices do not overlap.
-            unsafe {
-                matmul(
-                    rows,
-                    4 * h,
-                    h,
-                    (z.as_mut_ptr(), 4 * h, 1),
-                    true,
-                    (h_prev.as_ptr(), h, 1),
-                    (w_hh.as_ptr(), 4 * h, 1),
-                    threaded,
-                );
-            }
+    let (zi, rest) = z.split_at_mut(h);
+    let (zf, rest) = rest.split_at_mut(h);
+    let (zg, zo) = rest.split_at_mut(h);
+    forward_row::<FMA>(zi, zf, zg, zo, h_state, c_state);
+}
+
+/// One row of the forward pointwise pass: activates the gate blocks `zi`..`zo` in place, reads
+/// `c_{t-1}` from and writes `c_t` to `c_state`, writes `h_t` to `h_state`.
+#[inline(always)]
+fn forward_row<const FMA: bool>(
+    zi: &mut [f32],
+    zf: &mut [f32],
+    zg: &mut [f32],
+    zo: &mut [f32],
+    h_state: &mut [f32],
+    c_state: &mut [f32],
+) {
+    let h = zi.len();
+    let (zf, zg, zo) = (&mut zf[..h], &mut zg[..h], &mut zo[..h]);
+    let (h_state, c_state) = (&mut h_state[..h], &mut c_state[..h]);
+    let blocks = h / LANES * LANES;
+    for j0 in (0..blocks).step_by(LANES) {
+        let r = j0..j0 + LANES;
+        let mut z = load_gates([zi, zf, zg, zo], r.clone());
+        let mut c = [0.0f32; LANES];
+        c.copy_from_slice(&c_state[r.clone()]);
+        let mut hv = [0.0f32; LANES];
+        cell_block::<FMA>(&mut z, &mut c, &mut hv);
+        for (dst, src) in [&mut *zi, &mut *zf, &mut *zg, &mut *zo].into_iter().zip(&z) {
+            dst[r.clone()].copy_from_slice(src);
         }
-        let (h_out, c_out) = (&mut *hs_rest[0], &mut *cs_rest[0]);
-        forward_rows(simd, h, z, c_prev, h_out, c_out);
+        c_state[r.clone()].copy_from_slice(&c);
+        h_state[r].copy_from_slice(&hv);
+    }
+    for j in blocks..h {
+        let (a, c, hv) = cell::<FMA>([zi[j], zf[j], zg[j], zo[j]], c_state[j]);
+        (zi[j], zf[j], zg[j], zo[j]) = (a[0], a[1], a[2], a[3]);
+        (c_state[j], h_state[j]) = (c, hv);
     }
 }
 
-/// Backward over the whole sequence (truncated BPTT: no gradient arrives for `c_T`).
-///
-/// Takes what [`lstm_forward`] took and wrote and the gradient of the loss with respect to every
-/// `h_t`, and overwrites (does not accumulate into) the gradients of the pre-activations (in
-/// place of the gates), of `w_hh` and of the initial states.
-///
-/// # Shapes
-///
-/// - `w_hh`: `[H, 4H]`; `h0`, `c0`: `[B, H]`;
-/// - `hs`, `cs`: `[T, B, H]`, as written by [`lstm_forward`];
-/// - `gz` (read and written): `[T, B, 4H]`, the gates [`lstm_forward`] left in `xz`, then
-///   `dL/dz_t`, which is exactly `dL/dxp`;
-/// - `dhs`: `[T, B, H]`, `dL/dh_t` for every `t`;
-/// - `dw_hh` (written): `[H, 4H]`, `Σ_t h_{t-1}ᵀ · dz_t`;
-/// - `dh0`, `dc0` (written): `[B, H]`.
-///
-/// # Panics
-///
-/// Panics if a slice's length does not match `d`.
-#[allow(clippy::too_many_arguments)]
-pub fn lstm_backward(
-    d: Dims,
-    w_hh: &[f32],
-    h0: &[f32],
-    c0: &[f32],
-    hs: &[f32],
-    cs: &[f32],
-    gz: &mut [f32],
-    dhs: &[f32],
-    dw_hh: &mut [f32],
-    dh0: &mut [f32],
-    dc0: &mut [f32],
-) {
-    let (t_len, b, h) = (d.t, d.b, d.h);
-    let (bh, bg) = (d.bh(), d.bg());
-    assert_eq!(w_hh.len(), h * 4 * h, "w_hh must be [h, 4h]");
-    assert_eq!(h0.len(), bh, "h0 must be [b, h]");
-    assert_eq!(c0.len(), bh, "c0 must be [b, h]");
-    assert_eq!(hs.len(), t_len * bh, "hs must be [t, b, h]");
-    assert_eq!(cs.len(), t_len * bh, "cs must be [t, b, h]");
-    assert_eq!(gz.len(), t_len * bg, "gz must be [t, b, 4h]");
-    assert_eq!(dhs.len(), t_len * bh, "dhs must be [t, b, h]");
-    assert_eq!(dw_hh.len(), h * 4 * h, "dw_hh must be [h, 4h]");
-    assert_eq!(dh0.len(), bh, "dh0 must be [b, h]");
-    assert_eq!(dc0.len(), bh, "dc0 must be [b, h]");
+dispatch! {
+    /// The backward pointwise pass over `[rows, ·]` blocks of step `t` ([`backward_rows_impl`]).
+    ///
+    /// Reads `c_t`, `c_{t-1}` and `dh_t` from the loss; `dh_next` holds the gradient reaching
+    /// `h_t` from step `t+1` and `dc_next`, in and out, the gradient reaching `c_t` from step
+    /// `t+1`, replaced by the one reaching `c_{t-1}`; `gz` holds the activated gates in and
+    /// `dz_t` out.
+    pub(super) fn lstm_backward_rows => backward_rows_impl(h: usize, r: BwdRows)
+}
 
-    // dh0 and dc0 carry dL/dh_{t-1} and dL/dc_{t-1} from step to step; after step 0 they are the
-    // answer.
-    dh0.fill(0.0);
-    dc0.fill(0.0);
-    if t_len == 0 || bh == 0 {
-        dw_hh.fill(0.0);
-        return;
+#[inline(always)]
+fn backward_rows_impl<const FMA: bool>(h: usize, r: BwdRows) {
+    let BwdRows {
+        aux_t: c,
+        aux_prev: c_prev,
+        dh_loss,
+        dh: dh_next,
+        dc: dc_next,
+        gz,
+        ..
+    } = r;
+    for (((((c, c_prev), dh_loss), dh_next), dc_next), gz) in c
+        .chunks_exact(h)
+        .zip(c_prev.chunks_exact(h))
+        .zip(dh_loss.chunks_exact(h))
+        .zip(dh_next.chunks_exact(h))
+        .zip(dc_next.chunks_exact_mut(h))
+        .zip(gz.chunks_exact_mut(4 * h))
+    {
+        let (gi, rest) = gz.split_at_mut(h);
+        let (gf, rest) = rest.split_at_mut(h);
+        let (gg, go) = rest.split_at_mut(h);
+        backward_row::<FMA>([gi, gf, gg, go], [c, c_prev, dh_loss, dh_next], dc_next);
     }
-    on_worker(|| {
-        let simd = simd_level();
-        let bounds = row_bounds(b);
-        // gemm multiplies by w_hhᵀ about twice as fast from a row-major copy of it as through
-        // transposed strides, which repays the copy (one pass over w_hh) many times over; a
-        // single row is a matrix-vector product either way.
-        let w_t = (b > bounds.len() - 1).then(|| transpose(h, 4 * h, w_hh));
-        let packed = w_t
-            .as_ref()
-            .and_then(|w_t| packed_weights(simd, b, 4 * h, h, w_t));
-        let w_t = match &w_t {
-            Some(w_t) => (&w_t[..], h, 1),
-            None => (w_hh, 1, 4 * h),
-        };
-        let gz_b = blocks_mut(gz, b, 4 * h, &bounds);
-        let cs_b = blocks(cs, b, h, &bounds);
-        let c0 = blocks(c0, b, h, &bounds);
-        let dhs = blocks(dhs, b, h, &bounds);
-        let dh0 = blocks_mut(dh0, b, h, &bounds);
-        let dc0 = blocks_mut(dc0, b, h, &bounds);
-        let parts: Vec<_> = gz_b
-            .into_iter()
-            .zip(cs_b)
-            .zip(c0)
-            .zip(dhs)
-            .zip(dh0)
-            .zip(dc0)
-            .map(|(((((gz, cs), c0), dhs), mut dh0), mut dc0)| BwdPart {
-                gz,
-                cs,
-                c0: c0[0],
-                dhs,
-                dh0: dh0.pop().expect("one step"),
-                dc0: dc0.pop().expect("one step"),
-            })
-            .collect();
-        run_blocks(parts, |p, threaded| {
-            backward_part(simd, h, w_t, packed.as_ref(), p, threaded)
-        });
-
-        // dw_hh [H, 4H] = h0ᵀ [H, B] · dz_0 [B, 4H] + hs[0..T-1]ᵀ [H, (T-1)B] · dz[1..T] [(T-1)B, 4H]
-        // SAFETY: the lengths were checked above; the three matrices do not overlap.
-        unsafe {
-            matmul(
-                h,
-                4 * h,
-                b,
-                (dw_hh.as_mut_ptr(), 4 * h, 1),
-                false,
-                (h0.as_ptr(), 1, h),
-                (gz.as_ptr(), 4 * h, 1),
-                true,
-            );
-            if t_len > 1 {
-                matmul(
-                    h,
-                    4 * h,
-                    (t_len - 1) * b,
-                    (dw_hh.as_mut_ptr(), 4 * h, 1),
-                    true,
-                    (hs.as_ptr(), 1, h),
-                    (gz[bg..].as_ptr(), 4 * h, 1),
-                    true,
-                );
-            }
-        }
-    })
 }
 
-/// One block of rows of a sequence for [`backward_part`]: per-step slices of the arrays of
-/// [`lstm_backward`], restricted to the block's rows.
-struct BwdPart<'a> {
-    gz: Vec<&'a mut [f32]>,
-    cs: Vec<&'a [f32]>,
-    c0: &'a [f32],
-    dhs: Vec<&'a [f32]>,
-    dh0: &'a mut [f32],
-    dc0: &'a mut [f32],
+/// One element of the backward cell: from the activated gates `(i, f, g, o)`, `c_t`, `c_{t-1}`,
+/// the two gradients reaching `h_t` and the one reaching `c_t`, the gradients of the four
+/// pre-activations and the one reaching `c_{t-1}`.
+#[inline(always)]
+fn cell_backward<const FMA: bool>(gate: [f32; 4], v: [f32; 4], dc_next: f32) -> ([f32; 4], f32) {
+    let [i, f, g, o] = gate;
+    let [c, c_prev, dh_loss, dh_next] = v;
+    let dh = dh_loss + dh_next;
+    let tc = tanh_fast::<FMA>(c);
+    let dho = dh * o;
+    let dc = madd::<FMA>(dho, madd::<FMA>(-tc, tc, 1.0), dc_next);
+    let dz = [
+        dc * g * i * (1.0 - i),
+        dc * c_prev * f * (1.0 - f),
+        dc * i * madd::<FMA>(-g, g, 1.0),
+        dho * tc * (1.0 - o),
+    ];
+    (dz, dc * f)
 }
 
-/// The backward recurrence of one block of rows (everything but `dw_hh`, which mixes rows);
-/// `w_t` is `w_hhᵀ` as a matrix operand (slice, row stride, column stride).
-/// `packed`, when given, is `w_t` packed for the microkernels.
-fn backward_part(
-    simd: Simd,
-    h: usize,
-    w_t: (&[f32], usize, usize),
-    packed: Option<&Packed>,
-    p: BwdPart,
-    threaded: bool,
-) {
-    let BwdPart {
-        mut gz,
-        cs,
-        c0,
-        dhs,
-        dh0,
-        dc0,
-    } = p;
-    let rows = c0.len() / h;
-    for t in (0..gz.len()).rev() {
-        let c_prev = if t == 0 { c0 } else { cs[t - 1] };
-        let dz = &mut *gz[t];
-        backward_rows(simd, h, cs[t], c_prev, dhs[t], dh0, dc0, dz);
-        // dh_{t-1} [rows, H] = dz_t [rows, 4H] · w_hhᵀ [4H, H]
-        if let Some(packed) = packed {
-            packed.matmul(dh0, false, dz);
-            continue;
+/// One row of the backward pointwise pass: `gz` (gate blocks i, f, g, o) holds the activated
+/// gates in and their pre-activations' gradients out; `v` is `[c_t, c_{t-1}, dh_loss, dh_next]`.
+/// Works in blocks of [`LANES`] like [`forward_row`].
+#[inline(always)]
+fn backward_row<const FMA: bool>(gz: [&mut [f32]; 4], v: [&[f32]; 4], dc_next: &mut [f32]) {
+    let h = dc_next.len();
+    let [gi, gf, gg, go] = gz;
+    let (gi, gf, gg, go) = (&mut gi[..h], &mut gf[..h], &mut gg[..h], &mut go[..h]);
+    let v = v.map(|v| &v[..h]);
+    let blocks = h / LANES * LANES;
+    for j0 in (0..blocks).step_by(LANES) {
+        let r = j0..j0 + LANES;
+        let mut g = load_gates([gi, gf, gg, go], r.clone());
+        let mut vb = [[0.0f32; LANES]; 4];
+        for (vb, v) in vb.iter_mut().zip(v) {
+            vb.copy_from_slice(&v[r.clone()]);
         }
-        // SAFETY: the blocks have these shapes; the three matrices do not overlap.
-        unsafe {
-            matmul(
-                rows,
-                h,
-                4 * h,
-                (dh0.as_mut_ptr(), h, 1),
-                false,
-                (dz.as_ptr(), 4 * h, 1),
-                (w_t.0.as_ptr(), w_t.1, w_t.2),
-                threaded,
-            );
+        let mut dc = [0.0f32; LANES];
+        dc.copy_from_slice(&dc_next[r.clone()]);
+        for k in 0..LANES {
+            let gate = [g[0][k], g[1][k], g[2][k], g[3][k]];
+            let (dz, dck) =
+                cell_backward::<FMA>(gate, [vb[0][k], vb[1][k], vb[2][k], vb[3][k]], dc[k]);
+            (g[0][k], g[1][k], g[2][k], g[3][k]) = (dz[0], dz[1], dz[2], dz[3]);
+            dc[k] = dck;
         }
+        for (dst, src) in [&mut *gi, &mut *gf, &mut *gg, &mut *go].into_iter().zip(&g) {
+            dst[r.clone()].copy_from_slice(src);
+        }
+        dc_next[r].copy_from_slice(&dc);
+    }
+    for j in blocks..h {
+        let gate = [gi[j], gf[j], gg[j], go[j]];
+        let (dz, dc) = cell_backward::<FMA>(gate, [v[0][j], v[1][j], v[2][j], v[3][j]], dc_next[j]);
+        (gi[j], gf[j], gg[j], go[j]) = (dz[0], dz[1], dz[2], dz[3]);
+        dc_next[j] = dc;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::lstm_cell;
     use crate::kernel::test_support::{
         assert_close, batch_one_cases, check_finite_differences, check_grid, check_large, f64s,
         row_product, sig64, Case, KernelCell, Outputs, Tol,
     };
+    use crate::kernel::{backward, forward, Backward, Dims, Forward};
+    use crate::Cell;
+
+    /// The sequence forward of the LSTM, `cs` its second array.
+    fn lstm_forward(
+        d: Dims,
+        xz: &mut [f32],
+        w_hh: &[f32],
+        h0: &[f32],
+        c0: &[f32],
+        hs: &mut [f32],
+        cs: &mut [f32],
+    ) {
+        let (b_hh, aux) = (&[][..], cs);
+        let io = Forward {
+            xz,
+            w_hh,
+            b_hh,
+            h0,
+            c0,
+            hs,
+            aux,
+        };
+        forward(Cell::Lstm, d, io);
+    }
+
+    /// The sequence backward of the LSTM.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_backward(
+        d: Dims,
+        w_hh: &[f32],
+        h0: &[f32],
+        c0: &[f32],
+        hs: &[f32],
+        cs: &[f32],
+        gz: &mut [f32],
+        dhs: &[f32],
+        dw_hh: &mut [f32],
+        dh0: &mut [f32],
+        dc0: &mut [f32],
+    ) {
+        let io = Backward {
+            w_hh,
+            h0,
+            c0,
+            hs,
+            aux: cs,
+            gz,
+            dhs,
+            dw_hh,
+            db_hh: &mut [],
+            dh0,
+            dc0,
+        };
+        backward(Cell::Lstm, d, io);
+    }
 
     /// Naive f64 forward: returns (hs, cs, activated gates).
     fn ref_forward(

@@ -1,208 +1,184 @@
-//! The plain tanh RNN sequence passes (PyTorch's `nn.RNN(nonlinearity='tanh')` maths):
-//! [`rnn_forward`] and [`rnn_backward`] over a whole sequence, one row block per thread, like the
-//! LSTM's. For `t = 0..T` with `h_{-1} = h0`: `h_t = tanh(xp[t] + h_{t-1} · w_hh + b_hh)`.
+//! The plain tanh RNN cell's maths (PyTorch's `nn.RNN(nonlinearity='tanh')`): the forward and
+//! backward pointwise passes of a step over a block of rows, side by side, compiled per
+//! instruction set; [`rnn_cell`], the forward cell alone for the sampler; and its tests against a
+//! naive `f64` reference.
+//!
+//! For `t = 0..T` with `h_{-1} = h0`:
+//!
+//! ```text
+//! h_t = tanh(xp[t] + h_{t-1} · w_hh + b_hh)      [B, H]
+//! dz_t = dh ⊙ (1 − h_t²)                          dL/dxp_t, [B, H]
+//! dh_{t-1} = dz_t · w_hhᵀ
+//! ```
 
-use super::hcell::{rnn_backward_rows, rnn_forward_rows};
-use super::lstm::Dims;
-use super::schedule::{blocks, blocks_mut, on_worker, row_bounds, run_blocks};
-use super::simd::{simd_level, Simd};
-use super::step::{sum_parts, weight_grad, StepWeights};
+use super::activation::{madd, tanh_fast};
+use super::sequence::{BwdRows, CellMath, FwdRows};
+use super::simd::{dispatch, lanes, simd_level, Simd};
 
-/// Plain RNN forward over a sequence.
-///
-/// Runs the recurrence for `d.t` steps from `h0`, writing every step's hidden state. Each step of
-/// a block of rows adds `h_{t-1} · w_hh` (weights packed once per sequence) to `xz[t]` in place,
-/// then writes `h_t = tanh(xz[t] + b_hh)` in one pointwise pass.
+/// The plain RNN for the sequence driver: one gate block, `b_hh` inside the op, no second array.
+pub(super) struct Rnn;
+
+impl CellMath for Rnn {
+    const GATES: usize = 1;
+    const BIAS: bool = true;
+    const CARRY_C: bool = false;
+    const AUX: bool = false;
+    const HP_APART: bool = false;
+
+    fn forward_rows(simd: Simd, h: usize, r: FwdRows) {
+        rnn_forward_rows(simd, h, r);
+    }
+
+    fn backward_rows(simd: Simd, h: usize, r: BwdRows) {
+        rnn_backward_rows(simd, h, r);
+    }
+}
+
+/// The plain tanh RNN cell of one row, for callers that compute the pre-activation themselves
+/// (the sampler): `h_out = tanh(z)`, with `z = x · w_ih + b_ih + h_{t-1} · w_hh + b_hh`. Same fast
+/// `tanh` and instruction-set choice as the sequence [`forward`].
 ///
 /// # Shapes
 ///
-/// - `xz` (read and written): `[T, B, H]`, `x · w_ih + b_ih` of every step on entry, unspecified
-///   (scratch) on return;
-/// - `w_hh`: `[H, H]`; `b_hh`: `[H]`;
-/// - `h0`: `[B, H]`;
-/// - `hs` (written): `[T, B, H]`, `h_t`.
+/// `z`: `[H]`; `h_out` (written): `[H]`.
 ///
 /// # Panics
 ///
-/// Panics if a slice's length does not match `d`.
-pub fn rnn_forward(
-    d: Dims,
-    xz: &mut [f32],
-    w_hh: &[f32],
-    b_hh: &[f32],
-    h0: &[f32],
-    hs: &mut [f32],
-) {
-    let (t_len, b, h) = (d.t, d.b, d.h);
-    let bh = b * h;
-    assert_eq!(xz.len(), t_len * bh, "xz must be [t, b, h]");
-    assert_eq!(w_hh.len(), h * h, "w_hh must be [h, h]");
-    assert_eq!(b_hh.len(), h, "b_hh must be [h]");
-    assert_eq!(h0.len(), bh, "h0 must be [b, h]");
-    assert_eq!(hs.len(), t_len * bh, "hs must be [t, b, h]");
-    if t_len == 0 || bh == 0 {
-        return;
-    }
-    on_worker(|| {
-        let bounds = row_bounds(b);
-        let simd = simd_level();
-        let w = StepWeights::forward(simd, b, h, h, w_hh);
-        let xz = blocks_mut(xz, b, h, &bounds);
-        let h0 = blocks(h0, b, h, &bounds);
-        let hs = blocks_mut(hs, b, h, &bounds);
-        let parts: Vec<_> = xz
-            .into_iter()
-            .zip(h0)
-            .zip(hs)
-            .map(|((xz, h0), hs)| FwdPart { xz, h0: h0[0], hs })
-            .collect();
-        run_blocks(parts, |p, threaded| {
-            forward_part(simd, h, &w, b_hh, p, threaded)
+/// Panics if the lengths differ.
+///
+/// the sequence [`forward`]: super::rnn_forward
+pub fn rnn_cell(z: &[f32], h_out: &mut [f32]) {
+    assert_eq!(h_out.len(), z.len(), "h_out must be as long as z");
+    tanh_row(simd_level(), z, h_out);
+}
+
+dispatch! {
+    /// `out = tanh(z)` ([`tanh_row_impl`]).
+    fn tanh_row => tanh_row_impl(z: &[f32], out: &mut [f32])
+}
+
+#[inline(always)]
+fn tanh_row_impl<const FMA: bool>(z: &[f32], out: &mut [f32]) {
+    lanes(z.len(), [z], [], [out], |[z], []| {
+        ([], [tanh_fast::<FMA>(z)])
+    });
+}
+
+dispatch! {
+    /// The plain RNN forward pointwise pass over `[rows, H]` blocks of one step
+    /// ([`rnn_forward_rows_impl`]).
+    pub(super) fn rnn_forward_rows => rnn_forward_rows_impl(h: usize, r: FwdRows)
+}
+
+/// The plain RNN forward pointwise pass over a block of rows: `h_out = tanh(z + b_hh)` row by row,
+/// `z` `[rows, H]` holding `xp[t] + h_{t-1} · w_hh`.
+#[inline(always)]
+fn rnn_forward_rows_impl<const FMA: bool>(h: usize, r: FwdRows) {
+    let FwdRows { z, b_hh, h_out, .. } = r;
+    for (z, h_out) in z.chunks_exact(h).zip(h_out.chunks_exact_mut(h)) {
+        lanes(h, [z, b_hh], [], [h_out], |[z, b], []| {
+            ([], [tanh_fast::<FMA>(z + b)])
         });
-    })
-}
-
-/// One block of rows of a sequence for [`forward_part`]: per-step slices of the arrays of
-/// [`rnn_forward`], restricted to the block's rows.
-struct FwdPart<'a> {
-    xz: Vec<&'a mut [f32]>,
-    h0: &'a [f32],
-    hs: Vec<&'a mut [f32]>,
-}
-
-/// The forward recurrence of one block of rows; `threaded` lets its products use the thread pool
-/// (when the block is the whole batch).
-fn forward_part(simd: Simd, h: usize, w: &StepWeights, b_hh: &[f32], p: FwdPart, threaded: bool) {
-    let FwdPart { mut xz, h0, mut hs } = p;
-    for t in 0..xz.len() {
-        let (hs_done, hs_rest) = hs.split_at_mut(t);
-        let h_prev: &[f32] = if t == 0 { h0 } else { hs_done[t - 1] };
-        // xz[t] [rows, H] += h_prev [rows, H] · w_hh [H, H]
-        w.product(xz[t], true, h_prev, threaded);
-        rnn_forward_rows(simd, h, xz[t], b_hh, hs_rest[0]);
     }
 }
 
-/// Plain RNN backward over a sequence (truncated BPTT: no gradient arrives for `h_T` beyond
-/// `dhs`).
-///
-/// Takes what [`rnn_forward`] took and wrote and the gradient of the loss with respect to every
-/// `h_t`, and overwrites (does not accumulate into) the gradients of the input projections, of
-/// `w_hh`, `b_hh` and of `h0`. Each step of a block of rows runs one pointwise pass
-/// (`dz_t = dh ⊙ (1 − h_t²)`, into `gz[t]`) and one product `dh_{t-1} = dz_t · w_hhᵀ`; `dw_hh` is
-/// one threaded product over all steps at the end.
-///
-/// # Shapes
-///
-/// - `w_hh`: `[H, H]`; `h0`: `[B, H]`;
-/// - `hs`: `[T, B, H]`, as written by [`rnn_forward`];
-/// - `gz` (read and written): `[T, B, H]`, any contents on entry (such as the scratch
-///   [`rnn_forward`] left in `xz`), `dL/dxp` on return;
-/// - `dhs`: `[T, B, H]`, `dL/dh_t` for every `t`;
-/// - `dw_hh` (written): `[H, H]`, `Σ_t h_{t-1}ᵀ · dz_t`;
-/// - `db_hh` (written): `[H]`, `dz_t` summed over steps and rows;
-/// - `dh0` (written): `[B, H]`.
-///
-/// # Panics
-///
-/// Panics if a slice's length does not match `d`.
-#[allow(clippy::too_many_arguments)]
-pub fn rnn_backward(
-    d: Dims,
-    w_hh: &[f32],
-    h0: &[f32],
-    hs: &[f32],
-    gz: &mut [f32],
-    dhs: &[f32],
-    dw_hh: &mut [f32],
-    db_hh: &mut [f32],
-    dh0: &mut [f32],
-) {
-    let (t_len, b, h) = (d.t, d.b, d.h);
-    let bh = b * h;
-    assert_eq!(w_hh.len(), h * h, "w_hh must be [h, h]");
-    assert_eq!(h0.len(), bh, "h0 must be [b, h]");
-    assert_eq!(hs.len(), t_len * bh, "hs must be [t, b, h]");
-    assert_eq!(gz.len(), t_len * bh, "gz must be [t, b, h]");
-    assert_eq!(dhs.len(), t_len * bh, "dhs must be [t, b, h]");
-    assert_eq!(dw_hh.len(), h * h, "dw_hh must be [h, h]");
-    assert_eq!(db_hh.len(), h, "db_hh must be [h]");
-    assert_eq!(dh0.len(), bh, "dh0 must be [b, h]");
-
-    // dh0 carries dL/dh_{t-1} from step to step; after step 0 it is the answer.
-    dh0.fill(0.0);
-    if t_len == 0 || bh == 0 {
-        dw_hh.fill(0.0);
-        db_hh.fill(0.0);
-        return;
-    }
-    on_worker(|| {
-        let simd = simd_level();
-        let bounds = row_bounds(b);
-        let n_parts = bounds.len() - 1;
-        let w = StepWeights::backward(simd, b, n_parts, h, h, w_hh);
-        let mut db = vec![0.0; n_parts * h];
-        {
-            let gz = blocks_mut(gz, b, h, &bounds);
-            let hs = blocks(hs, b, h, &bounds);
-            let dhs = blocks(dhs, b, h, &bounds);
-            let dh0 = blocks_mut(dh0, b, h, &bounds);
-            let parts: Vec<_> = gz
-                .into_iter()
-                .zip(hs)
-                .zip(dhs)
-                .zip(dh0)
-                .zip(db.chunks_exact_mut(h))
-                .map(|((((gz, hs), dhs), mut dh0), db)| BwdPart {
-                    gz,
-                    hs,
-                    dhs,
-                    dh0: dh0.pop().expect("one step"),
-                    db,
-                })
-                .collect();
-            run_blocks(parts, |p, threaded| backward_part(simd, h, &w, p, threaded));
-        }
-        weight_grad(t_len, b, h, h, h0, hs, gz, dw_hh);
-        sum_parts(&db, db_hh);
-    })
+dispatch! {
+    /// The plain RNN backward pointwise pass over `[rows, H]` blocks of step `t`
+    /// ([`rnn_backward_rows_impl`]).
+    pub(super) fn rnn_backward_rows => rnn_backward_rows_impl(h: usize, r: BwdRows)
 }
 
-/// One block of rows of a sequence for [`backward_part`]: per-step slices of the arrays of
-/// [`rnn_backward`], restricted to the block's rows, and the block's partial `db_hh`.
-struct BwdPart<'a> {
-    gz: Vec<&'a mut [f32]>,
-    hs: Vec<&'a [f32]>,
-    dhs: Vec<&'a [f32]>,
-    dh0: &'a mut [f32],
-    db: &'a mut [f32],
-}
-
-/// The backward recurrence of one block of rows (everything but `dw_hh`, which mixes rows).
-fn backward_part(simd: Simd, h: usize, w: &StepWeights, p: BwdPart, threaded: bool) {
-    let BwdPart {
-        mut gz,
-        hs,
-        dhs,
-        dh0,
+/// The plain RNN backward pointwise pass over a block of rows: `dz = (dh_loss + dh_next) ⊙
+/// (1 − h_t²)` (`dh_next` the gradient reaching `h_t` from step `t+1`), and `db` `[H]` accumulates
+/// `dz` summed over the rows.
+#[inline(always)]
+fn rnn_backward_rows_impl<const FMA: bool>(h: usize, r: BwdRows) {
+    let BwdRows {
+        h_t,
+        dh_loss,
+        dh: dh_next,
+        gz: dz,
         db,
-    } = p;
-    for t in (0..gz.len()).rev() {
-        let dz = &mut *gz[t];
-        rnn_backward_rows(simd, h, hs[t], dhs[t], dh0, dz, db);
-        // dh_{t-1} [rows, H] = dz_t [rows, H] · w_hhᵀ [H, H]
-        w.product(dh0, false, dz, threaded);
+        ..
+    } = r;
+    for (((h_t, dh_loss), dh_next), dz) in h_t
+        .chunks_exact(h)
+        .zip(dh_loss.chunks_exact(h))
+        .zip(dh_next.chunks_exact(h))
+        .zip(dz.chunks_exact_mut(h))
+    {
+        lanes(
+            h,
+            [h_t, dh_loss, dh_next],
+            [&mut *db],
+            [dz],
+            |[ht, dl, dn], [b]| {
+                let d = (dl + dn) * madd::<FMA>(-ht, ht, 1.0);
+                ([b + d], [d])
+            },
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::rnn_cell;
     use crate::kernel::test_support::{
         assert_close, batch_one_cases, check_finite_differences, check_grid, check_large, f64s,
         row_product, Case, KernelCell, Outputs, Tol,
     };
+    use crate::kernel::{backward, forward, Backward, Dims, Forward};
+    use crate::Cell;
+
+    /// The sequence forward of the plain RNN.
+    fn rnn_forward(
+        d: Dims,
+        xz: &mut [f32],
+        w_hh: &[f32],
+        b_hh: &[f32],
+        h0: &[f32],
+        hs: &mut [f32],
+    ) {
+        let io = Forward {
+            xz,
+            w_hh,
+            b_hh,
+            h0,
+            c0: &[],
+            hs,
+            aux: &mut [],
+        };
+        forward(Cell::Rnn, d, io);
+    }
+
+    /// The sequence backward of the plain RNN.
+    #[allow(clippy::too_many_arguments)]
+    fn rnn_backward(
+        d: Dims,
+        w_hh: &[f32],
+        h0: &[f32],
+        hs: &[f32],
+        gz: &mut [f32],
+        dhs: &[f32],
+        dw_hh: &mut [f32],
+        db_hh: &mut [f32],
+        dh0: &mut [f32],
+    ) {
+        let io = Backward {
+            w_hh,
+            h0,
+            c0: &[],
+            hs,
+            aux: &[],
+            gz,
+            dhs,
+            dw_hh,
+            db_hh,
+            dh0,
+            dc0: &mut [],
+        };
+        backward(Cell::Rnn, d, io);
+    }
 
     /// Naive f64 forward: hs.
     fn ref_forward(d: Dims, xp: &[f32], w: &[f32], bias: &[f32], h0: &[f32]) -> Vec<f64> {

@@ -69,13 +69,79 @@ macro_rules! dispatch {
 
 pub(super) use dispatch;
 
+/// Runs `f` on every element `j < n` of the slices: `f(read[·][j], rw[·][j])` returns the new
+/// `rw[·][j]` and `out[·][j]`.
+///
+/// Works on blocks of [`LANES`] copied to local arrays: with this many separate slices LLVM would
+/// need more run-time overlap checks than it is willing to emit and fall back to scalar code; the
+/// remainder runs element by element.
+///
+/// # Panics
+///
+/// Panics if a slice is shorter than `n`.
+#[inline(always)]
+pub(super) fn lanes<const R: usize, const W: usize, const O: usize>(
+    n: usize,
+    read: [&[f32]; R],
+    rw: [&mut [f32]; W],
+    out: [&mut [f32]; O],
+    f: impl Fn([f32; R], [f32; W]) -> ([f32; W], [f32; O]),
+) {
+    let read = read.map(|s| &s[..n]);
+    let mut rw = rw.map(|s| &mut s[..n]);
+    let mut out = out.map(|s| &mut s[..n]);
+    let blocks = n / LANES * LANES;
+    for j0 in (0..blocks).step_by(LANES) {
+        let r = j0..j0 + LANES;
+        let mut x = [[0.0f32; LANES]; R];
+        for (x, s) in x.iter_mut().zip(&read) {
+            x.copy_from_slice(&s[r.clone()]);
+        }
+        let mut y = [[0.0f32; LANES]; W];
+        for (y, s) in y.iter_mut().zip(&rw) {
+            y.copy_from_slice(&s[r.clone()]);
+        }
+        let mut o = [[0.0f32; LANES]; O];
+        for k in 0..LANES {
+            let (yk, ok) = f(
+                std::array::from_fn(|i| x[i][k]),
+                std::array::from_fn(|i| y[i][k]),
+            );
+            for (y, v) in y.iter_mut().zip(yk) {
+                y[k] = v;
+            }
+            for (o, v) in o.iter_mut().zip(ok) {
+                o[k] = v;
+            }
+        }
+        for (s, y) in rw.iter_mut().zip(&y) {
+            s[r.clone()].copy_from_slice(y);
+        }
+        for (s, o) in out.iter_mut().zip(&o) {
+            s[r.clone()].copy_from_slice(o);
+        }
+    }
+    for j in blocks..n {
+        let (yj, oj) = f(
+            std::array::from_fn(|i| read[i][j]),
+            std::array::from_fn(|i| rw[i][j]),
+        );
+        for (s, v) in rw.iter_mut().zip(yj) {
+            s[j] = v;
+        }
+        for (s, v) in out.iter_mut().zip(oj) {
+            s[j] = v;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::cell::{backward_rows, forward_rows};
-    use crate::kernel::hcell::{
-        gru_backward_rows, gru_forward_rows, rnn_backward_rows, rnn_forward_rows,
-    };
+    use crate::kernel::gru::{gru_backward_rows, gru_forward_rows};
+    use crate::kernel::lstm::{lstm_backward_rows, lstm_forward_rows};
+    use crate::kernel::rnn::{rnn_backward_rows, rnn_forward_rows};
+    use crate::kernel::sequence::{BwdRows, FwdRows};
     use crate::kernel::test_support::Lcg;
     use crate::kernel::vecmat::axpy_block;
 
@@ -105,10 +171,25 @@ mod tests {
         for &s in &levels {
             let mut z = z0.clone();
             let (mut ho, mut co) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
-            forward_rows(s, h, &mut z, &c_prev, &mut ho, &mut co);
-            let mut dcn = c_prev.clone();
-            let mut dz = z.clone();
-            backward_rows(s, h, &co, &c_prev, &ho, &c_prev, &mut dcn, &mut dz);
+            let fwd = FwdRows {
+                z: &mut z,
+                aux_prev: &c_prev,
+                h_out: &mut ho,
+                aux_out: &mut co,
+                ..Default::default()
+            };
+            lstm_forward_rows(s, h, fwd);
+            let (mut dcn, mut dz, mut dh) = (c_prev.clone(), z.clone(), c_prev.clone());
+            let bwd = BwdRows {
+                gz: &mut dz,
+                aux_prev: &c_prev,
+                aux_t: &co,
+                dh_loss: &ho,
+                dh: &mut dh,
+                dc: &mut dcn,
+                ..Default::default()
+            };
+            lstm_backward_rows(s, h, bwd);
             let mut acc = z0[..4 * h].to_vec();
             axpy_block(s, &c_prev[..h], &w, 4 * h, &mut acc);
             outs.push([z, ho.clone(), co, dcn, dz, acc].concat());
@@ -116,14 +197,47 @@ mod tests {
             let (gz, hp) = g0.split_at(3 * 3 * h);
             let mut gz = gz.to_vec();
             let (mut hg, mut hn) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
-            gru_forward_rows(s, h, &mut gz, hp, &w[..3 * h], &c_prev, &mut hg, &mut hn);
+            let fwd = FwdRows {
+                z: &mut gz,
+                hh: hp,
+                b_hh: &w[..3 * h],
+                h_prev: &c_prev,
+                h_out: &mut hg,
+                aux_out: &mut hn,
+                ..Default::default()
+            };
+            gru_forward_rows(s, h, fwd);
             let (mut dn, mut dh, mut db) = (vec![0.0; 3 * h], c_prev.clone(), vec![0.5; 3 * h]);
             let mut dhp = gz.clone();
-            gru_backward_rows(s, h, &mut dhp, &mut dn, &hn, &c_prev, &ho, &mut dh, &mut db);
-            let mut hr = vec![0.0; 3 * h];
-            rnn_forward_rows(s, h, &z0[..3 * h], &c_prev[..h], &mut hr);
-            let (mut dz, mut dbr) = (vec![0.0; 3 * h], vec![0.5; h]);
-            rnn_backward_rows(s, h, &hr, &ho, &c_prev, &mut dz, &mut dbr);
+            let bwd = BwdRows {
+                gz: &mut dhp,
+                dn: &mut dn,
+                aux_t: &hn,
+                h_prev: &c_prev,
+                dh_loss: &ho,
+                dh: &mut dh,
+                db: &mut db,
+                ..Default::default()
+            };
+            gru_backward_rows(s, h, bwd);
+            let (mut zr, mut hr) = (z0[..3 * h].to_vec(), vec![0.0; 3 * h]);
+            let fwd = FwdRows {
+                z: &mut zr,
+                b_hh: &c_prev[..h],
+                h_out: &mut hr,
+                ..Default::default()
+            };
+            rnn_forward_rows(s, h, fwd);
+            let (mut dz, mut dbr, mut dhr) = (vec![0.0; 3 * h], vec![0.5; h], c_prev.clone());
+            let bwd = BwdRows {
+                gz: &mut dz,
+                h_t: &hr,
+                dh_loss: &ho,
+                dh: &mut dhr,
+                db: &mut dbr,
+                ..Default::default()
+            };
+            rnn_backward_rows(s, h, bwd);
             outs.push([gz, hg, hn, dhp, dn, dh, db, hr, dz, dbr].concat());
         }
         let per_level = outs.len() / levels.len();

@@ -1,7 +1,7 @@
-//! What the sequence passes of the GRU and the plain RNN share beyond the row blocks, independent
-//! of the cell: the per-step product with the recurrent weights ([`StepWeights`]: packed once per
-//! sequence, the batch-1 product at one row, `gemm` on a CPU without AVX2), and the weight
-//! gradient summed over all steps at the end ([`weight_grad`]). The LSTM does the same inline.
+//! The products of the sequence driver, independent of the cell: the per-step product with the
+//! recurrent weights ([`StepWeights`]: packed once per sequence, the batch-1 product at one row,
+//! `gemm` on a CPU without AVX2), the weight gradient summed over all steps at the end
+//! ([`weight_grad`]), and the bias gradient's per-block sums ([`sum_parts`]).
 
 use super::matmul::{matmul, packed_weights, transpose, Packed};
 use super::simd::Simd;
@@ -22,7 +22,7 @@ pub(super) struct StepWeights<'a> {
     w_hh: &'a [f32],
     /// `dense` packed for the microkernels (products of two rows or more, AVX2 and up).
     packed: Option<Packed>,
-    /// Whether a one-row product may take [`vec_mat`] (the forward pass, like the LSTM's).
+    /// Whether a one-row product may take [`vec_mat`] (the forward pass).
     vec_mat: bool,
 }
 
@@ -44,9 +44,9 @@ impl<'a> StepWeights<'a> {
     /// `w_hhᵀ [g, h]` (`w_hh` is `[h, g]`) for the backward products `dhp [rows, g] · w_hhᵀ` of a
     /// batch of `b` rows split into `parts` blocks.
     ///
-    /// Like the LSTM's: `gemm` multiplies by `w_hhᵀ` about twice as fast from a row-major copy as
-    /// through transposed strides, which repays the copy many times over, unless every block is a
-    /// single row (a matrix-vector product either way).
+    /// `gemm` multiplies by `w_hhᵀ` about twice as fast from a row-major copy as through
+    /// transposed strides, which repays the copy many times over, unless every block is a single
+    /// row (a matrix-vector product either way).
     pub(super) fn backward(
         simd: Simd,
         b: usize,

@@ -1,0 +1,475 @@
+//! The sequence driver, one for every cell: [`forward`] and [`backward`] over a whole sequence,
+//! one row block per thread, each step one product with the recurrent weights and one fused
+//! pointwise pass of the cell ([`CellMath`]), and `dW_hh` as one product over all steps at the
+//! end.
+
+use rayon::prelude::*;
+
+use super::gru::Gru;
+use super::lstm::Lstm;
+use super::rnn::Rnn;
+use super::schedule::{blocks, blocks_mut, on_worker, row_bounds, run_blocks};
+use super::simd::{simd_level, Simd};
+use super::step::{sum_parts, weight_grad, StepWeights};
+use crate::Cell;
+
+/// Sizes of one recurrent layer's sequence: `t` steps, `b` rows (batch), `h` hidden units.
+///
+/// # Shapes
+///
+/// With `G` the cell's gate blocks ([`Cell::gates`]: LSTM 4, GRU 3, RNN 1), the arrays of
+/// [`forward`] and [`backward`] are `[t, b, G·h]` (gate pre-activations and their gradients),
+/// `[t, b, h]` (hidden states, the cell's second array and their gradients), `[h, G·h]` (the
+/// recurrent weights), `[G·h]` (their bias) and `[b, h]` (initial states).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Number of time steps `T`.
+    pub t: usize,
+    /// Number of rows (batch size) `B`.
+    pub b: usize,
+    /// Number of hidden units `H`.
+    pub h: usize,
+}
+
+/// One step of a block of `rows` rows as a cell's forward pointwise pass sees it.
+#[derive(Default)]
+pub(super) struct FwdRows<'a> {
+    /// `[rows, G·H]`: the input projection (plus `h_{t-1} · w_hh` unless [`CellMath::HP_APART`])
+    /// in, the activated gates out (scratch for the RNN).
+    pub(super) z: &'a mut [f32],
+    /// `[rows, G·H]`: `h_{t-1} · w_hh` when [`CellMath::HP_APART`], else empty.
+    pub(super) hh: &'a [f32],
+    /// `[G·H]`: `b_hh` when [`CellMath::BIAS`], else empty.
+    pub(super) b_hh: &'a [f32],
+    /// `[rows, H]`: `h_{t-1}`.
+    pub(super) h_prev: &'a [f32],
+    /// `[rows, H]`: `c_{t-1}` when [`CellMath::CARRY_C`], else empty.
+    pub(super) aux_prev: &'a [f32],
+    /// `[rows, H]` (written): `h_t`.
+    pub(super) h_out: &'a mut [f32],
+    /// `[rows, H]` (written): the cell's second array when [`CellMath::AUX`] (the LSTM's `c_t`,
+    /// the GRU's `hp_n`), else empty.
+    pub(super) aux_out: &'a mut [f32],
+}
+
+/// One step `t` of a block of `rows` rows as a cell's backward pointwise pass sees it.
+#[derive(Default)]
+pub(super) struct BwdRows<'a> {
+    /// `[rows, G·H]`: the activated gates in, `dhp_t`, the gradient of `h_{t-1} · w_hh (+ b_hh)`,
+    /// out (which is `dL/dxp` but for what [`Self::dn`] holds).
+    pub(super) gz: &'a mut [f32],
+    /// `[rows, H]` (written): when [`CellMath::HP_APART`], the last gate block of `dL/dxp`, which
+    /// differs from `dhp`'s; else empty.
+    pub(super) dn: &'a mut [f32],
+    /// `[rows, H]`: `h_{t-1}` and `h_t`.
+    pub(super) h_prev: &'a [f32],
+    pub(super) h_t: &'a [f32],
+    /// `[rows, H]`: the second array of steps `t-1` (when [`CellMath::CARRY_C`]) and `t` (when
+    /// [`CellMath::AUX`]), else empty.
+    pub(super) aux_prev: &'a [f32],
+    pub(super) aux_t: &'a [f32],
+    /// `[rows, H]`: `dL/dh_t` from the loss.
+    pub(super) dh_loss: &'a [f32],
+    /// `[rows, H]`: the gradient reaching `h_t` from step `t+1` in; when [`CellMath::HP_APART`]
+    /// the part of the gradient reaching `h_{t-1}` that bypasses `w_hh` out, else unchanged.
+    pub(super) dh: &'a mut [f32],
+    /// `[rows, H]`: when [`CellMath::CARRY_C`], the gradient reaching `c_t` from step `t+1` in
+    /// and the one reaching `c_{t-1}` out; else empty.
+    pub(super) dc: &'a mut [f32],
+    /// `[G·H]`: when [`CellMath::BIAS`], accumulates `dhp_t` summed over the rows; else empty.
+    pub(super) db: &'a mut [f32],
+}
+
+/// A recurrent cell's maths as the sequence driver runs it: its shape and its pointwise passes
+/// over a block of rows, compiled per instruction set.
+pub(super) trait CellMath {
+    /// Gate blocks of the cell's weights (`G`).
+    const GATES: usize;
+    /// Whether the cell's recurrent product carries a bias `b_hh` (the GRU and the RNN).
+    const BIAS: bool;
+    /// Whether the cell carries `c` besides `h` (the LSTM): `c0` in, `dc0` out.
+    const CARRY_C: bool;
+    /// Whether the forward writes a second per-step array that the backward reads.
+    const AUX: bool;
+    /// Whether the cell needs `hp = h_{t-1} · w_hh + b_hh` apart from the input projection (the
+    /// GRU, whose reset gate multiplies part of it): the forward product goes to a scratch, and
+    /// the backward's product adds to the part of `dh_{t-1}` that bypasses `w_hh`.
+    const HP_APART: bool;
+
+    /// The forward pointwise pass of one step over a block of rows.
+    fn forward_rows(simd: Simd, h: usize, r: FwdRows);
+
+    /// The backward pointwise pass of one step over a block of rows.
+    fn backward_rows(simd: Simd, h: usize, r: BwdRows);
+}
+
+/// The arrays of a sequence's forward pass (`G` = [`Cell::gates`]).
+pub struct Forward<'a> {
+    /// `[T, B, G·H]` (read and written): the input projection of every step (`x · w_ih` plus the
+    /// biases the op does not take) in; the activated gates, which [`backward`] needs, out (the
+    /// plain RNN: scratch). Working in place spares a buffer of the sequence's largest size.
+    pub xz: &'a mut [f32],
+    /// `[H, G·H]`.
+    pub w_hh: &'a [f32],
+    /// `[G·H]`: the recurrent bias of the GRU and the RNN; empty for the LSTM.
+    pub b_hh: &'a [f32],
+    /// `[B, H]`.
+    pub h0: &'a [f32],
+    /// `[B, H]`: the LSTM's `c0`; empty for the other cells.
+    pub c0: &'a [f32],
+    /// `[T, B, H]` (written): `h_t`.
+    pub hs: &'a mut [f32],
+    /// `[T, B, H]` (written): the LSTM's `c_t`, the GRU's `hp_n = h_{t-1} · w_hn + b_hn`; empty
+    /// for the plain RNN.
+    pub aux: &'a mut [f32],
+}
+
+/// The arrays of a sequence's backward pass (truncated BPTT: no gradient arrives for the last
+/// state beyond `dhs`). The gradients are overwritten, not accumulated into.
+pub struct Backward<'a> {
+    /// `w_hh`, `h0` and `c0` as [`forward`] took them.
+    pub w_hh: &'a [f32],
+    pub h0: &'a [f32],
+    pub c0: &'a [f32],
+    /// `hs` and `aux` as [`forward`] wrote them.
+    pub hs: &'a [f32],
+    pub aux: &'a [f32],
+    /// `[T, B, G·H]` (read and written): the gates [`forward`] left in `xz` in (the plain RNN:
+    /// anything), `dL/dxp` out.
+    pub gz: &'a mut [f32],
+    /// `[T, B, H]`: `dL/dh_t` for every `t`.
+    pub dhs: &'a [f32],
+    /// `[H, G·H]` (written): `Σ_t h_{t-1}ᵀ · dhp_t`.
+    pub dw_hh: &'a mut [f32],
+    /// `[G·H]` (written): `dhp_t` summed over steps and rows; empty for the LSTM.
+    pub db_hh: &'a mut [f32],
+    /// `[B, H]` (written).
+    pub dh0: &'a mut [f32],
+    /// `[B, H]` (written): the LSTM's `dc0`; empty for the other cells.
+    pub dc0: &'a mut [f32],
+}
+
+/// Runs `cell`'s recurrence forward over the whole sequence from `h0` (and `c0`), writing every
+/// step's hidden state (and second array): see [`Forward`] for the arrays.
+///
+/// # Panics
+///
+/// Panics if a slice's length does not match `d` and the cell.
+pub fn forward(cell: Cell, d: Dims, io: Forward) {
+    match cell {
+        Cell::Lstm => run_forward::<Lstm>(d, io),
+        Cell::Gru => run_forward::<Gru>(d, io),
+        Cell::Rnn => run_forward::<Rnn>(d, io),
+    }
+}
+
+/// Runs `cell`'s recurrence backward over the whole sequence: see [`Backward`] for the arrays.
+///
+/// # Panics
+///
+/// Panics if a slice's length does not match `d` and the cell.
+pub fn backward(cell: Cell, d: Dims, io: Backward) {
+    match cell {
+        Cell::Lstm => run_backward::<Lstm>(d, io),
+        Cell::Gru => run_backward::<Gru>(d, io),
+        Cell::Rnn => run_backward::<Rnn>(d, io),
+    }
+}
+
+/// The expected lengths of a cell's arrays for `d`, by name.
+struct Lens {
+    bh: usize,
+    tbh: usize,
+    g: usize,
+    bias: usize,
+    c: usize,
+    aux: usize,
+}
+
+impl Lens {
+    fn of<C: CellMath>(d: Dims) -> Self {
+        let (bh, g) = (d.b * d.h, C::GATES * d.h);
+        let tbh = d.t * bh;
+        Lens {
+            bh,
+            tbh,
+            g,
+            bias: if C::BIAS { g } else { 0 },
+            c: if C::CARRY_C { bh } else { 0 },
+            aux: if C::AUX { tbh } else { 0 },
+        }
+    }
+}
+
+fn run_forward<C: CellMath>(d: Dims, io: Forward) {
+    let Forward {
+        xz,
+        w_hh,
+        b_hh,
+        h0,
+        c0,
+        hs,
+        aux,
+    } = io;
+    let (b, h, n) = (d.b, d.h, Lens::of::<C>(d));
+    let g = n.g;
+    assert_eq!(xz.len(), d.t * b * g, "xz must be [t, b, G·h]");
+    assert_eq!(w_hh.len(), h * g, "w_hh must be [h, G·h]");
+    assert_eq!(b_hh.len(), n.bias, "b_hh must be [G·h] (GRU, RNN) or empty");
+    assert_eq!(h0.len(), n.bh, "h0 must be [b, h]");
+    assert_eq!(c0.len(), n.c, "c0 must be [b, h] (LSTM) or empty");
+    assert_eq!(hs.len(), n.tbh, "hs must be [t, b, h]");
+    assert_eq!(
+        aux.len(),
+        n.aux,
+        "aux must be [t, b, h] (LSTM, GRU) or empty"
+    );
+    if n.tbh == 0 {
+        return;
+    }
+    on_worker(|| {
+        let bounds = row_bounds(b);
+        let simd = simd_level();
+        let w = StepWeights::forward(simd, b, h, g, w_hh);
+        let mut xz = blocks_mut(xz, b, g, &bounds).into_iter();
+        let mut h0 = blocks(h0, b, h, &bounds).into_iter();
+        let mut c0 = blocks(c0, b, h, &bounds).into_iter();
+        let mut hs = blocks_mut(hs, b, h, &bounds).into_iter();
+        let mut aux = blocks_mut(aux, b, h, &bounds).into_iter();
+        let parts: Vec<_> = (1..bounds.len())
+            .map(|_| FwdPart {
+                xz: xz.next().expect("a block"),
+                h0: first(h0.next()),
+                c0: first(c0.next()),
+                hs: hs.next().expect("a block"),
+                aux: aux.next().expect("a block"),
+            })
+            .collect();
+        run_blocks(parts, |p, threaded| {
+            forward_part::<C>(simd, h, &w, b_hh, p, threaded)
+        });
+    })
+}
+
+/// The first step's slice of a block, or an empty one (an array the cell does not take).
+fn first(block: Option<Vec<&[f32]>>) -> &[f32] {
+    block.and_then(|b| b.first().copied()).unwrap_or(&[])
+}
+
+/// The first step's slice of a mutable block, or an empty one.
+fn first_mut(block: Option<Vec<&mut [f32]>>) -> &mut [f32] {
+    block.and_then(|b| b.into_iter().next()).unwrap_or_default()
+}
+
+/// One block of rows of a sequence for [`forward_part`]: per-step slices of the arrays of
+/// [`Forward`], restricted to the block's rows (empty vectors and slices for arrays the cell
+/// does not take).
+struct FwdPart<'a> {
+    xz: Vec<&'a mut [f32]>,
+    h0: &'a [f32],
+    c0: &'a [f32],
+    hs: Vec<&'a mut [f32]>,
+    aux: Vec<&'a mut [f32]>,
+}
+
+/// The forward recurrence of one block of rows; `threaded` lets its products use the thread pool
+/// (when the block is the whole batch).
+fn forward_part<C: CellMath>(
+    simd: Simd,
+    h: usize,
+    w: &StepWeights,
+    b_hh: &[f32],
+    p: FwdPart,
+    threaded: bool,
+) {
+    let FwdPart {
+        mut xz,
+        h0,
+        c0,
+        mut hs,
+        mut aux,
+    } = p;
+    let rows = h0.len() / h;
+    let mut hh = vec![0.0; if C::HP_APART { rows * C::GATES * h } else { 0 }];
+    for t in 0..xz.len() {
+        let (hs_done, hs_rest) = hs.split_at_mut(t);
+        let h_prev: &[f32] = if t == 0 { h0 } else { hs_done[t - 1] };
+        let done = t.min(aux.len());
+        let (aux_done, aux_rest) = aux.split_at_mut(done);
+        let aux_prev: &[f32] = match (C::CARRY_C, t) {
+            (false, _) => &[],
+            (true, 0) => c0,
+            (true, _) => aux_done[t - 1],
+        };
+        if C::HP_APART {
+            // hh [rows, G·H] = h_prev [rows, H] · w_hh [H, G·H]; the pointwise pass adds b_hh.
+            w.product(&mut hh, false, h_prev, threaded);
+        } else {
+            // xz[t] [rows, G·H] += h_prev [rows, H] · w_hh [H, G·H]
+            w.product(xz[t], true, h_prev, threaded);
+        }
+        C::forward_rows(
+            simd,
+            h,
+            FwdRows {
+                z: &mut *xz[t],
+                hh: &hh,
+                b_hh,
+                h_prev,
+                aux_prev,
+                h_out: &mut *hs_rest[0],
+                aux_out: aux_rest.first_mut().map(|a| &mut **a).unwrap_or_default(),
+            },
+        );
+    }
+}
+
+fn run_backward<C: CellMath>(d: Dims, io: Backward) {
+    let Backward {
+        w_hh,
+        h0,
+        c0,
+        hs,
+        aux,
+        gz,
+        dhs,
+        dw_hh,
+        db_hh,
+        dh0,
+        dc0,
+    } = io;
+    let (t_len, b, h, n) = (d.t, d.b, d.h, Lens::of::<C>(d));
+    let g = n.g;
+    assert_eq!(w_hh.len(), h * g, "w_hh must be [h, G·h]");
+    assert_eq!(h0.len(), n.bh, "h0 must be [b, h]");
+    assert_eq!(c0.len(), n.c, "c0 must be [b, h] (LSTM) or empty");
+    assert_eq!(hs.len(), n.tbh, "hs must be [t, b, h]");
+    assert_eq!(
+        aux.len(),
+        n.aux,
+        "aux must be [t, b, h] (LSTM, GRU) or empty"
+    );
+    assert_eq!(gz.len(), t_len * b * g, "gz must be [t, b, G·h]");
+    assert_eq!(dhs.len(), n.tbh, "dhs must be [t, b, h]");
+    assert_eq!(dw_hh.len(), h * g, "dw_hh must be [h, G·h]");
+    assert_eq!(
+        db_hh.len(),
+        n.bias,
+        "db_hh must be [G·h] (GRU, RNN) or empty"
+    );
+    assert_eq!(dh0.len(), n.bh, "dh0 must be [b, h]");
+    assert_eq!(dc0.len(), n.c, "dc0 must be [b, h] (LSTM) or empty");
+
+    // dh0 and dc0 carry dL/dh_{t-1} and dL/dc_{t-1} from step to step; after step 0 they are the
+    // answer.
+    dh0.fill(0.0);
+    dc0.fill(0.0);
+    if n.tbh == 0 {
+        dw_hh.fill(0.0);
+        db_hh.fill(0.0);
+        return;
+    }
+    on_worker(|| {
+        let simd = simd_level();
+        let bounds = row_bounds(b);
+        let n_parts = bounds.len() - 1;
+        let w = StepWeights::backward(simd, b, n_parts, h, g, w_hh);
+        // The last gate block of dL/dxp of every step while gz holds dhp_t (HP_APART).
+        let mut dn = vec![0.0; if C::HP_APART { n.tbh } else { 0 }];
+        let mut db = vec![0.0; n_parts * n.bias];
+        {
+            let mut gz = blocks_mut(gz, b, g, &bounds).into_iter();
+            let mut dn = blocks_mut(&mut dn, b, h, &bounds).into_iter();
+            let mut hs = blocks(hs, b, h, &bounds).into_iter();
+            let mut aux = blocks(aux, b, h, &bounds).into_iter();
+            let mut h0 = blocks(h0, b, h, &bounds).into_iter();
+            let mut c0 = blocks(c0, b, h, &bounds).into_iter();
+            let mut dhs = blocks(dhs, b, h, &bounds).into_iter();
+            let mut dh0 = blocks_mut(dh0, b, h, &bounds).into_iter();
+            let mut dc0 = blocks_mut(dc0, b, h, &bounds).into_iter();
+            let mut db = db.chunks_mut(n.bias.max(1));
+            let parts: Vec<_> = (0..n_parts)
+                .map(|_| BwdPart {
+                    gz: gz.next().expect("a block"),
+                    dn: dn.next().expect("a block"),
+                    hs: hs.next().expect("a block"),
+                    aux: aux.next().expect("a block"),
+                    h0: first(h0.next()),
+                    c0: first(c0.next()),
+                    dhs: dhs.next().expect("a block"),
+                    dh0: first_mut(dh0.next()),
+                    dc0: first_mut(dc0.next()),
+                    db: db.next().unwrap_or_default(),
+                })
+                .collect();
+            run_blocks(parts, |p, threaded| {
+                backward_part::<C>(simd, h, &w, p, threaded)
+            });
+        }
+        weight_grad(t_len, b, h, g, h0, hs, gz, dw_hh);
+        sum_parts(&db, db_hh);
+        if C::HP_APART {
+            gz.par_chunks_exact_mut(g)
+                .zip(dn.par_chunks_exact(h))
+                .with_min_len(64)
+                .for_each(|(gz, dn)| gz[g - h..].copy_from_slice(dn));
+        }
+    })
+}
+
+/// One block of rows of a sequence for [`backward_part`]: per-step slices of the arrays of
+/// [`Backward`], restricted to the block's rows, and the block's partial `db_hh`.
+struct BwdPart<'a> {
+    gz: Vec<&'a mut [f32]>,
+    dn: Vec<&'a mut [f32]>,
+    hs: Vec<&'a [f32]>,
+    aux: Vec<&'a [f32]>,
+    h0: &'a [f32],
+    c0: &'a [f32],
+    dhs: Vec<&'a [f32]>,
+    dh0: &'a mut [f32],
+    dc0: &'a mut [f32],
+    db: &'a mut [f32],
+}
+
+/// The backward recurrence of one block of rows (everything but `dw_hh`, which mixes rows, and
+/// the final last gate blocks of `gz`).
+fn backward_part<C: CellMath>(simd: Simd, h: usize, w: &StepWeights, p: BwdPart, threaded: bool) {
+    let BwdPart {
+        mut gz,
+        mut dn,
+        hs,
+        aux,
+        h0,
+        c0,
+        dhs,
+        dh0,
+        dc0,
+        db,
+    } = p;
+    for t in (0..gz.len()).rev() {
+        let (h_prev, aux_prev): (&[f32], &[f32]) = match (C::CARRY_C, t) {
+            (_, 0) => (h0, c0),
+            (true, _) => (hs[t - 1], aux[t - 1]),
+            (false, _) => (hs[t - 1], &[]),
+        };
+        C::backward_rows(
+            simd,
+            h,
+            BwdRows {
+                gz: &mut *gz[t],
+                dn: dn.get_mut(t).map(|d| &mut **d).unwrap_or_default(),
+                h_prev,
+                h_t: hs[t],
+                aux_prev,
+                aux_t: aux.get(t).copied().unwrap_or(&[]),
+                dh_loss: dhs[t],
+                dh: &mut *dh0,
+                dc: &mut *dc0,
+                db: &mut *db,
+            },
+        );
+        // dh_{t-1} [rows, H] (+)= dhp_t [rows, G·H] · w_hhᵀ [G·H, H]
+        w.product(dh0, C::HP_APART, gz[t], threaded);
+    }
+}

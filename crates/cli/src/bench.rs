@@ -83,7 +83,7 @@ impl BenchArgs {
     /// The benchmarked model.
     fn model(&self) -> CharRnnConfig {
         CharRnnConfig::new(self.vocab)
-            .with_cell(Some(self.cell.cell()))
+            .with_cell(self.cell.cell())
             .with_lstm_size(self.hidden)
             .with_num_layers(self.layers)
     }

@@ -15,7 +15,7 @@ use karnna_gpu::OnBackend;
 use karnna_infer::{encode_known, evaluate, EvalReport};
 use karnna_model::{CellKernels, Checkpoint};
 
-use crate::sample::{best_in_run, run_dir};
+use crate::sample::run_dir;
 use crate::DeviceArg;
 
 /// Targets each row should have at least: rows are read side by side from the zero state, so
@@ -63,7 +63,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let path = match (&args.checkpoint, &args.run) {
         (Some(file), _) => file.clone(),
-        (None, run) => best_in_run(&run_dir(run.as_deref(), &args.artifacts)?)?,
+        (None, run) => run_dir(run.as_deref(), &args.artifacts)?.best_or_err()?,
     };
     let ckpt = Checkpoint::read(&path)?;
     let text = karnna_data::load_text(&args.data)?;

@@ -229,18 +229,22 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         max_iters,
         batch_size,
         num_steps,
-        lstm_size,
-        num_layers,
         learning_rate,
         keep_prob,
         grad_clip,
         seed
     );
+    if let Some(v) = args.lstm_size {
+        c.shape.lstm_size = v;
+    }
+    if let Some(v) = args.num_layers {
+        c.shape.num_layers = v;
+    }
     if let Some(p) = &args.init_from {
         c.init_from = Some(p.clone());
     }
     if let Some(cell) = args.cell {
-        c.cell = cell.cell();
+        c.shape.cell = cell.cell();
     }
     if let Some(d) = args.device {
         c.device = match d {
@@ -340,7 +344,7 @@ impl OnBackend for Train {
 fn info(config: PathBuf, data: Vec<PathBuf>, cell: Option<CellArg>) -> anyhow::Result<()> {
     let mut c = load_config(&config, &data)?;
     if let Some(cell) = cell {
-        c.cell = cell.cell();
+        c.shape.cell = cell.cell();
     }
     let corpus = Corpus::load(&c.data, &c, VocabFrom::Text).map_err(|e| {
         if c.data.iter().any(|d| !d.exists()) && !c.data_url.is_empty() {

@@ -9,7 +9,7 @@ use karnna_infer::{
     default_parts, default_prime, generate, generate_many, CharStepper, CpuCharRnn, Precision,
     SampleOptions, Strategy,
 };
-use karnna_model::checkpoint::{best_checkpoint, run_checkpoints};
+use karnna_model::checkpoint::{CheckpointError, RunDir};
 use karnna_model::Checkpoint;
 
 use crate::DeviceArg;
@@ -75,46 +75,13 @@ pub struct SampleArgs {
 }
 
 /// `--run DIR`, or else the most recent run under `artifacts`.
-pub(crate) fn run_dir(run: Option<&Path>, artifacts: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn run_dir(run: Option<&Path>, artifacts: &Path) -> anyhow::Result<RunDir> {
     match run {
-        Some(dir) => Ok(dir.to_owned()),
-        None => latest_run(artifacts),
+        Some(dir) => Ok(RunDir::new(dir)),
+        None => RunDir::most_recent(artifacts).ok_or_else(|| {
+            anyhow::anyhow!("{}: no training run found (train one first: cargo xtask train --config configs/tiny.toml)", artifacts.display())
+        }),
     }
-}
-
-/// The best checkpoint of the run folder `dir` (see [`best_checkpoint`]).
-pub(crate) fn best_in_run(dir: &Path) -> anyhow::Result<PathBuf> {
-    best_checkpoint(dir)
-        .map_err(|_| no_checkpoints(dir))?
-        .ok_or_else(|| no_checkpoints(dir))
-}
-
-fn no_checkpoints(dir: &Path) -> anyhow::Error {
-    anyhow::anyhow!("{}: no checkpoints in this run folder", dir.display())
-}
-
-/// The run folder with the most recently written checkpoint under `artifacts`.
-fn latest_run(artifacts: &Path) -> anyhow::Result<PathBuf> {
-    let none = || {
-        anyhow::anyhow!("{}: no training run found (train one first: cargo xtask train --config configs/tiny.toml)", artifacts.display())
-    };
-    let entries = std::fs::read_dir(artifacts).map_err(|_| none())?;
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let Ok(ckpts) = run_checkpoints(&dir) else {
-            continue;
-        };
-        for (_, p) in ckpts {
-            let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
-            if let Some(t) = t {
-                if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
-                    best = Some((t, dir.clone()));
-                }
-            }
-        }
-    }
-    best.map(|(_, d)| d).ok_or_else(none)
 }
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
@@ -139,17 +106,19 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         (None, run) => {
             let dir = run_dir(run.as_deref(), &args.artifacts)?;
             if args.all_checkpoints {
-                let all: Vec<PathBuf> = run_checkpoints(&dir)
-                    .map_err(|_| no_checkpoints(&dir))?
+                let none = || CheckpointError::NoCheckpoints(dir.path().to_owned());
+                let all: Vec<PathBuf> = dir
+                    .checkpoints()
+                    .map_err(|_| none())?
                     .into_iter()
                     .map(|(_, p)| p)
                     .collect();
                 if all.is_empty() {
-                    return Err(no_checkpoints(&dir));
+                    return Err(none().into());
                 }
                 all
             } else {
-                vec![best_in_run(&dir)?]
+                vec![dir.best_or_err()?]
             }
         }
     };

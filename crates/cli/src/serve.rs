@@ -46,7 +46,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| PathBuf::from("."), PathBuf::from)
         }
-        None => run_dir(args.run.as_deref(), &args.artifacts)?,
+        None => run_dir(args.run.as_deref(), &args.artifacts)?
+            .path()
+            .to_owned(),
     };
     let mut opts = ServeOptions::new(dir.clone());
     opts.checkpoint = args.checkpoint.clone();

@@ -222,7 +222,7 @@ impl Corpus {
             self.train.len(),
             iterations,
             params,
-            config.shape(),
+            config.shape,
             config.init.name(),
             MemoryEstimate::of(
                 &config.model(self.vocab.len()),

@@ -15,13 +15,24 @@ use crate::ops::{hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_for
 use crate::ops::{CellBackend, HCell};
 
 /// How an untrained model's weights are drawn.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
     /// PyTorch's `nn.LSTM` and `nn.Linear`: every LSTM weight and bias from U(-1/√H, 1/√H);
     /// the output layer takes Burn's `Linear` default, which is the same distribution
     /// (Kaiming-uniform with gain 1/√3 over fan-in H).
     #[default]
+    #[value(name = "pytorch", help = "PyTorch's defaults.")]
     PyTorch,
     /// The notebook's TensorFlow 1 model: `BasicLSTMCell` kernels Glorot-uniform over the
     /// stacked `[input + H, 4H]` kernel (so `W_ih` and `W_hh` share one bound,
@@ -29,6 +40,10 @@ pub enum Init {
     /// (here the forget block of `b_ih`; the sum of the two biases is what the cell sees),
     /// softmax weights `truncated_normal(stddev = 0.1)` (redrawn beyond two standard
     /// deviations) and a zero softmax bias.
+    #[value(
+        name = "tensorflow",
+        help = "The notebook's TensorFlow 1 initialisation."
+    )]
     TensorFlow,
 }
 
@@ -47,16 +62,28 @@ impl Init {
 /// The GRU and the plain RNN follow PyTorch's `nn.GRU` and `nn.RNN` (tanh): the same equations
 /// and parameter layout, so the PyTorch peer runs the same model.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Cell {
     /// Long short-term memory: gates i, f, g, o; state `h` and `c` (the notebook's cell).
     #[default]
+    #[value(help = "Long short-term memory (the notebook's).")]
     Lstm,
     /// Gated recurrent unit: gates r, z, n, with `b_hn` inside the reset product; state `h`.
+    #[value(help = "Gated recurrent unit (PyTorch's nn.GRU).")]
     Gru,
     /// Plain (Elman) RNN, `h_t = tanh(x·W_ih + b_ih + h_{t-1}·W_hh + b_hh)`; state `h`.
+    #[value(help = "Plain tanh RNN (PyTorch's nn.RNN).")]
     Rnn,
 }
 

@@ -9,25 +9,30 @@ use karnna_model::{CharRnnConfig, Checkpoint, Init, ModelShape};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Where the model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where the model runs (in a config's `device` and on the command line's `--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The CPU (no installation needed).
+    #[value(help = "The CPU.")]
     Cpu,
     /// An NVIDIA GPU through burn-cuda (build with the `cuda` feature).
+    #[value(help = "An NVIDIA GPU (burn-cuda).")]
     Cuda,
     /// Any GPU with Vulkan, Metal or DX12 through burn-wgpu (build with the `wgpu` feature).
+    #[value(help = "Any GPU with Vulkan, Metal or DX12 (burn-wgpu): AMD, Intel, Apple, NVIDIA.")]
     Wgpu,
 }
 
 /// Which Burn backend runs on the CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CpuBackend {
     /// burn-flex: pure Rust on the `gemm` crate; the faster one on our measurements.
+    #[value(help = "burn-flex (default: faster here).")]
     Flex,
     /// burn-ndarray.
+    #[value(help = "burn-ndarray.")]
     Ndarray,
 }
 

@@ -4,8 +4,8 @@
 //!
 //! [`train`] reads top to bottom: lock the run folder, settle the config (resume, fine-tuning),
 //! read the text, build or restore the model ([`Start`]), then hand [`Carry`] to the learner.
-//! [`Carry::fit`] is the notebook's loop: per batch a [`Carry::step`], then [`Carry::record`]
-//! (metrics, validation, the log line, checkpoints).
+//! [`Carry::fit`] is the notebook's loop over epochs and batches ([`Loop`]): per batch a
+//! [`Loop::step`], then [`Loop::record`] (metrics, validation, the log line, checkpoints).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ use burn::train::metric::{
     CpuMemory, CpuUse, IterationSpeedMetric, LearningRateMetric, LossMetric,
 };
 use burn::train::{
-    EventProcessorTraining, Learner, LearnerEvent, LearningComponentsMarker,
+    EventProcessorTraining, Interrupter, Learner, LearnerEvent, LearningComponentsMarker,
     SupervisedLearningStrategy, SupervisedTraining, SupervisedTrainingEventProcessor, TrainLoader,
     TrainingComponents, TrainingItem, TrainingStrategy, ValidLoader,
 };
@@ -419,14 +419,25 @@ impl Plan {
     }
 }
 
-/// One step done: where the loop stands after it, for [`Carry::record`].
+/// [`Carry::fit`]'s moving parts: the learner, the carried state, where the loop is.
+struct Loop<'a, I: CellKernels> {
+    carry: &'a Carry<I>,
+    shared: std::sync::MutexGuard<'a, Shared<B<I>>>,
+    learner: Learner<Components<I>>,
+    processor: SupervisedTrainingEventProcessor<Components<I>>,
+    interrupter: Interrupter,
+    valid_loader: ValidLoader<Components<I>>,
+    plan: Plan,
+    state: Option<RnnState<B<I>>>,
+    iteration: usize,
+    started: Instant,
+}
+
+/// A step done, for [`Loop::record`]: batch `k` of `epoch`, its output and timing.
 struct Done<I: CellKernels> {
     epoch: usize,
-    /// Batches of this epoch done.
     k: usize,
-    iteration: usize,
     loss: f64,
-    chars: usize,
     secs: f64,
     out: CharOutput<B<I>>,
 }
@@ -479,115 +490,6 @@ impl<I: CellKernels> Carry<I> {
             handle: start.optim.handle(),
             shared: Mutex::new(shared),
         })
-    }
-
-    /// One optimizer step on `batch` from `state`: dropout seeded for `iteration`, forward and
-    /// backward, the clip, Adam. The output, its loss and the state to carry; an error when the
-    /// loss is not finite (nothing is stepped then).
-    fn step(
-        &self,
-        learner: &mut Learner<Components<I>>,
-        batch: CharBatch<B<I>>,
-        state: Option<RnnState<B<I>>>,
-        iteration: usize,
-        shared: &Shared<B<I>>,
-    ) -> Result<(CharOutput<B<I>>, f64, RnnState<B<I>>), String> {
-        karnna_model::seed_dropout(step_seed(self.config.seed, iteration));
-        learner.lr_step();
-        let model = learner.model();
-        let (out, mut grads, next_state) = model.train_batch(batch, state);
-        let loss = out.loss_value();
-        if !loss.is_finite() {
-            let last = shared
-                .last_checkpoint
-                .as_ref()
-                .map_or("none".into(), |p| p.display().to_string());
-            return Err(format!(
-                "the loss became {loss} at iteration {}: stopping (last good checkpoint: {last}); try a lower learning_rate or grad_clip",
-                iteration + 1
-            ));
-        }
-        clip_global_norm(&model, &mut grads, self.config.grad_clip);
-        self.handle.request();
-        learner.optimizer_step(grads);
-        Ok((out, loss, next_state))
-    }
-
-    /// After a step: the metrics item, validation when due, the log row and plain line, and a
-    /// checkpoint when due (`stopping` forces one).
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        done: Done<I>,
-        plan: &Plan,
-        stopping: bool,
-        learner: &Learner<Components<I>>,
-        valid_loader: &ValidLoader<Components<I>>,
-        processor: &mut SupervisedTrainingEventProcessor<Components<I>>,
-        shared: &mut Shared<B<I>>,
-        state: Option<&RnnState<B<I>>>,
-        started: Instant,
-    ) -> anyhow::Result<()> {
-        let cfg = &self.config;
-        let (epoch, iteration) = (done.epoch, done.iteration);
-        let item = TrainingItem::new(
-            done.out,
-            Progress::new(done.k, plan.epoch_items(epoch)),
-            Progress::new(epoch, plan.last_epoch),
-            Some(iteration),
-            Some(learner.lr_current()),
-        );
-        processor.process_train(LearnerEvent::ProcessedItem(item));
-        let end_of_epoch = done.k == plan.per_epoch;
-        // An epoch's end is saved only when epochs are at least `save_every_n` long: a short
-        // text (a few batches an epoch) would otherwise write a checkpoint every few
-        // iterations. Resuming mid-epoch is exact, so nothing depends on epoch-end saves.
-        let saving = iteration.is_multiple_of(cfg.save_every_n)
-            || stopping
-            || (end_of_epoch && plan.per_epoch >= cfg.save_every_n);
-        let validating = cfg.val_fraction > 0.0
-            && (iteration.is_multiple_of(cfg.eval_every) || saving || end_of_epoch);
-        let val_loss = validating.then(|| {
-            let epoch = Progress::new(epoch, plan.last_epoch);
-            self.validate(
-                &learner.model().valid(),
-                valid_loader,
-                processor,
-                epoch,
-                iteration,
-            )
-        });
-        let row = Row {
-            iteration,
-            epoch,
-            train_loss: done.loss,
-            val_loss,
-            chars_per_s: done.chars as f64 / done.secs,
-            elapsed_s: shared.elapsed0 + started.elapsed().as_secs_f64(),
-        };
-        if self.plain
-            && (iteration.is_multiple_of(cfg.log_every)
-                || val_loss.is_some()
-                || iteration == self.start_iteration + 1)
-        {
-            print_line(&row, plan.stop_at, plan.last_epoch, done.secs);
-        }
-        shared.log.push(row)?;
-        if saving {
-            let carried = state.filter(|_| !end_of_epoch);
-            let saved = self.save(
-                shared,
-                &learner.model(),
-                iteration,
-                val_loss,
-                done.loss,
-                carried,
-            )?;
-            if self.plain {
-                println!("saved {}", saved.display());
-            }
-        }
-        Ok(())
     }
 
     /// Validation loss over the whole validation split, the state carried across its batches.
@@ -663,7 +565,7 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
     fn fit(
         &self,
         components: TrainingComponents<Components<I>>,
-        mut learner: Learner<Components<I>>,
+        learner: Learner<Components<I>>,
         train_loader: TrainLoader<Components<I>>,
         valid_loader: ValidLoader<Components<I>>,
         _starting_epoch: usize,
@@ -671,8 +573,6 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
         Trainee<B<I>>,
         SupervisedTrainingEventProcessor<Components<I>>,
     ) {
-        let mut processor = components.event_processor;
-        let interrupter = components.interrupter;
         let mut shared = self.shared.lock().unwrap();
         if !self.plain {
             dashboard::dashboard_started();
@@ -683,65 +583,171 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
             stop_at: self.stop_at,
             last_epoch: self.stop_at.div_ceil(per_epoch),
         };
-        let mut state = shared.start_state.take();
-        let mut iteration = self.start_iteration;
-        let started = Instant::now();
-        'epochs: for epoch in iteration / per_epoch + 1..=self.config.epochs {
-            let first = iteration % per_epoch;
-            if first == 0 {
-                state = None; // the notebook resets the state at each epoch
+        let mut run = Loop {
+            carry: self,
+            state: shared.start_state.take(),
+            shared,
+            learner,
+            processor: components.event_processor,
+            interrupter: components.interrupter,
+            valid_loader,
+            plan,
+            iteration: self.start_iteration,
+            started: Instant::now(),
+        };
+        for epoch in run.iteration / per_epoch + 1..=self.config.epochs {
+            if !run.epoch(epoch, &train_loader) {
+                break;
             }
-            for (k, batch) in (first + 1..).zip(train_loader.slice(first, per_epoch).iter()) {
-                if !self.plain {
-                    dashboard::ctrl_c_as_signal();
-                }
-                let t0 = Instant::now();
-                let step = self.step(&mut learner, batch, state.take(), iteration, &shared);
-                let (out, loss, next_state) = match step {
-                    Ok(step) => step,
-                    Err(e) => {
-                        shared.error = Some(e);
-                        break 'epochs;
-                    }
-                };
-                iteration += 1;
-                state = Some(next_state);
-                let chars = out.chars;
-                let secs = t0.elapsed().as_secs_f64();
-                let done = Done {
-                    epoch,
-                    k,
-                    iteration,
-                    loss,
-                    chars,
-                    secs,
-                    out,
-                };
-                let stopping = interrupter.should_stop() || iteration >= plan.stop_at;
-                let recorded = self.record(
-                    done,
-                    &plan,
-                    stopping,
-                    &learner,
-                    &valid_loader,
-                    &mut processor,
-                    &mut shared,
-                    state.as_ref(),
-                    started,
-                );
-                if let Err(e) = recorded {
-                    shared.error = Some(format!("{}: {e:#}", self.run.path().display()));
-                    break 'epochs;
-                }
-                shared.iteration = iteration;
-                if stopping {
-                    shared.interrupted = interrupter.should_stop();
-                    break 'epochs;
-                }
-            }
-            processor.process_train(LearnerEvent::EndEpoch(epoch));
         }
-        (learner.model(), processor)
+        (run.learner.model(), run.processor)
+    }
+}
+
+impl<I: CellKernels> Loop<'_, I> {
+    /// The rest of `epoch`'s batches, then its end; `false` when the run stops in it.
+    fn epoch(&mut self, epoch: usize, train_loader: &TrainLoader<Components<I>>) -> bool {
+        let per_epoch = self.plan.per_epoch;
+        let first = self.iteration % per_epoch;
+        if first == 0 {
+            self.state = None; // the notebook resets the state at each epoch
+        }
+        for (k, batch) in (first + 1..).zip(train_loader.slice(first, per_epoch).iter()) {
+            if !self.batch(epoch, k, batch) {
+                return false;
+            }
+        }
+        self.processor.process_train(LearnerEvent::EndEpoch(epoch));
+        true
+    }
+
+    /// Batch `k` of `epoch`: a step and its record; `false` when the run stops here (the end,
+    /// a stop request, or an error kept for [`train`] to report).
+    fn batch(&mut self, epoch: usize, k: usize, batch: CharBatch<B<I>>) -> bool {
+        if !self.carry.plain {
+            dashboard::ctrl_c_as_signal();
+        }
+        let t0 = Instant::now();
+        let (out, loss) = match self.step(batch) {
+            Ok(step) => step,
+            Err(e) => {
+                self.shared.error = Some(e);
+                return false;
+            }
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        let done = Done {
+            epoch,
+            k,
+            loss,
+            secs,
+            out,
+        };
+        let stopping = self.interrupter.should_stop() || self.iteration >= self.plan.stop_at;
+        if let Err(e) = self.record(done, stopping) {
+            let dir = self.carry.run.path().display();
+            self.shared.error = Some(format!("{dir}: {e:#}"));
+            return false;
+        }
+        self.shared.iteration = self.iteration;
+        if stopping {
+            self.shared.interrupted = self.interrupter.should_stop();
+        }
+        !stopping
+    }
+
+    /// One optimizer step on `batch` from the carried state: dropout seeded for the
+    /// iteration, forward and backward, the clip, Adam; the iteration and the state advance.
+    /// The output and its loss; an error when the loss is not finite (nothing is stepped then).
+    fn step(&mut self, batch: CharBatch<B<I>>) -> Result<(CharOutput<B<I>>, f64), String> {
+        let config = &self.carry.config;
+        karnna_model::seed_dropout(step_seed(config.seed, self.iteration));
+        self.learner.lr_step();
+        let model = self.learner.model();
+        let (out, mut grads, next_state) = model.train_batch(batch, self.state.take());
+        let loss = out.loss_value();
+        if !loss.is_finite() {
+            let last = (self.shared.last_checkpoint.as_ref())
+                .map_or("none".into(), |p| p.display().to_string());
+            return Err(format!(
+                "the loss became {loss} at iteration {}: stopping (last good checkpoint: {last}); try a lower learning_rate or grad_clip",
+                self.iteration + 1
+            ));
+        }
+        clip_global_norm(&model, &mut grads, config.grad_clip);
+        self.carry.handle.request();
+        self.learner.optimizer_step(grads);
+        self.iteration += 1;
+        self.state = Some(next_state);
+        Ok((out, loss))
+    }
+
+    /// After a step: the metrics item, validation when due, the log row and plain line, and a
+    /// checkpoint when due (`stopping` forces one).
+    fn record(&mut self, done: Done<I>, stopping: bool) -> anyhow::Result<()> {
+        let (cfg, plan, iteration) = (&self.carry.config, &self.plan, self.iteration);
+        let epoch = Progress::new(done.epoch, plan.last_epoch);
+        let chars_per_s = done.out.chars as f64 / done.secs;
+        let item = TrainingItem::new(
+            done.out,
+            Progress::new(done.k, plan.epoch_items(done.epoch)),
+            epoch.clone(),
+            Some(iteration),
+            Some(self.learner.lr_current()),
+        );
+        self.processor
+            .process_train(LearnerEvent::ProcessedItem(item));
+        let end_of_epoch = done.k == plan.per_epoch;
+        // An epoch's end is saved only when epochs are at least `save_every_n` long: a short
+        // text (a few batches an epoch) would otherwise write a checkpoint every few
+        // iterations. Resuming mid-epoch is exact, so nothing depends on epoch-end saves.
+        let saving = iteration.is_multiple_of(cfg.save_every_n)
+            || stopping
+            || (end_of_epoch && plan.per_epoch >= cfg.save_every_n);
+        let validating = cfg.val_fraction > 0.0
+            && (iteration.is_multiple_of(cfg.eval_every) || saving || end_of_epoch);
+        let val_loss = validating.then(|| {
+            let model = self.learner.model().valid();
+            (self.carry).validate(
+                &model,
+                &self.valid_loader,
+                &mut self.processor,
+                epoch,
+                iteration,
+            )
+        });
+        let row = Row {
+            iteration,
+            epoch: done.epoch,
+            train_loss: done.loss,
+            val_loss,
+            chars_per_s,
+            elapsed_s: self.shared.elapsed0 + self.started.elapsed().as_secs_f64(),
+        };
+        if self.carry.plain
+            && (iteration.is_multiple_of(cfg.log_every)
+                || val_loss.is_some()
+                || iteration == self.carry.start_iteration + 1)
+        {
+            print_line(&row, plan.stop_at, plan.last_epoch, done.secs);
+        }
+        self.shared.log.push(row)?;
+        if saving {
+            let carried = self.state.as_ref().filter(|_| !end_of_epoch);
+            let model = self.learner.model();
+            let saved = (self.carry).save(
+                &mut self.shared,
+                &model,
+                iteration,
+                val_loss,
+                done.loss,
+                carried,
+            )?;
+            if self.carry.plain {
+                println!("saved {}", saved.display());
+            }
+        }
+        Ok(())
     }
 }
 

@@ -32,7 +32,7 @@ pub enum Init {
     /// the output layer takes Burn's `Linear` default, which is the same distribution
     /// (Kaiming-uniform with gain 1/√3 over fan-in H).
     #[default]
-    #[value(name = "pytorch", help = "PyTorch's defaults.")]
+    #[value(name = "pytorch", help = "PyTorch's defaults")]
     PyTorch,
     /// The notebook's TensorFlow 1 model: `BasicLSTMCell` kernels Glorot-uniform over the
     /// stacked `[input + H, 4H]` kernel (so `W_ih` and `W_hh` share one bound,
@@ -42,7 +42,7 @@ pub enum Init {
     /// deviations) and a zero softmax bias.
     #[value(
         name = "tensorflow",
-        help = "The notebook's TensorFlow 1 initialisation."
+        help = "The notebook's TensorFlow 1 initialisation"
     )]
     TensorFlow,
 }
@@ -77,13 +77,13 @@ impl Init {
 pub enum Cell {
     /// Long short-term memory: gates i, f, g, o; state `h` and `c` (the notebook's cell).
     #[default]
-    #[value(help = "Long short-term memory (the notebook's).")]
+    #[value(help = "Long short-term memory (the notebook's)")]
     Lstm,
     /// Gated recurrent unit: gates r, z, n, with `b_hn` inside the reset product; state `h`.
-    #[value(help = "Gated recurrent unit (PyTorch's nn.GRU).")]
+    #[value(help = "Gated recurrent unit (PyTorch's nn.GRU)")]
     Gru,
     /// Plain (Elman) RNN, `h_t = tanh(x·W_ih + b_ih + h_{t-1}·W_hh + b_hh)`; state `h`.
-    #[value(help = "Plain tanh RNN (PyTorch's nn.RNN).")]
+    #[value(help = "Plain tanh RNN (PyTorch's nn.RNN)")]
     Rnn,
 }
 

@@ -14,13 +14,13 @@ use serde_json::Value;
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The CPU (no installation needed).
-    #[value(help = "The CPU.")]
+    #[value(help = "The CPU")]
     Cpu,
     /// An NVIDIA GPU through burn-cuda (build with the `cuda` feature).
-    #[value(help = "An NVIDIA GPU (burn-cuda).")]
+    #[value(help = "An NVIDIA GPU (burn-cuda)")]
     Cuda,
     /// Any GPU with Vulkan, Metal or DX12 through burn-wgpu (build with the `wgpu` feature).
-    #[value(help = "Any GPU with Vulkan, Metal or DX12 (burn-wgpu): AMD, Intel, Apple, NVIDIA.")]
+    #[value(help = "Any GPU with Vulkan, Metal or DX12 (burn-wgpu): AMD, Intel, Apple, NVIDIA")]
     Wgpu,
 }
 
@@ -29,10 +29,10 @@ pub enum Device {
 #[serde(rename_all = "lowercase")]
 pub enum CpuBackend {
     /// burn-flex: pure Rust on the `gemm` crate; the faster one on our measurements.
-    #[value(help = "burn-flex (default: faster here).")]
+    #[value(help = "burn-flex (default: faster here)")]
     Flex,
     /// burn-ndarray.
-    #[value(help = "burn-ndarray.")]
+    #[value(help = "burn-ndarray")]
     Ndarray,
 }
 

@@ -173,7 +173,7 @@ fn read_base(path: &std::path::Path) -> anyhow::Result<Checkpoint> {
     } else {
         path.to_path_buf()
     };
-    Ok(Checkpoint::read(&file).context("init_from")?)
+    Checkpoint::read(&file).context("init_from")
 }
 
 /// The text (downloaded first when the config says where from), in batches, with the
@@ -192,7 +192,7 @@ fn read_text(
         (None, Some(base)) => VocabFrom::Extend(base.meta.vocab.clone()),
         (None, None) => VocabFrom::Text,
     };
-    Ok(Corpus::load(&config.data, config, vocab)?)
+    Corpus::load(&config.data, config, vocab)
 }
 
 /// Refuses a run whose memory estimate exceeds `limit`, before anything is allocated.

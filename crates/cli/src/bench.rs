@@ -19,13 +19,15 @@ use karnna_train::learner::{CharBatch, Trainee};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{BackendArg, CellArg, DeviceArg};
+use karnna_gpu::Gpu;
+use karnna_model::Cell;
+use karnna_train::{CpuBackend, Device};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// The recurrent cell (the peer runs nn.LSTM, nn.GRU or nn.RNN to match).
     #[arg(long, value_enum, default_value = "lstm")]
-    cell: CellArg,
+    cell: Cell,
     /// Units per layer.
     #[arg(long, default_value_t = 512)]
     hidden: usize,
@@ -55,11 +57,11 @@ pub struct BenchArgs {
     repeats: usize,
     /// CPU backend for the training step.
     #[arg(long, value_enum, default_value = "flex")]
-    backend: BackendArg,
+    backend: CpuBackend,
     /// cpu, cuda or wgpu. On a GPU, sampling is Burn's forward one character at a time, and
     /// the peer runs on CUDA when the device is cuda (on the CPU otherwise).
     #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    pub device: Device,
     /// Python interpreter with torch: also run ../shared/peers/torch_charrnn.py, alternating.
     #[arg(long)]
     peer: Option<PathBuf>,
@@ -83,7 +85,7 @@ impl BenchArgs {
     /// The benchmarked model.
     fn model(&self) -> CharRnnConfig {
         CharRnnConfig::new(self.vocab)
-            .with_cell(Some(self.cell.cell()))
+            .with_cell(self.cell)
             .with_lstm_size(self.hidden)
             .with_num_layers(self.layers)
     }
@@ -244,8 +246,8 @@ fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
     let mut cmd = Command::new(python);
     cmd.arg(&a.peer_script)
         .args(["--mode", mode, "--threads", "2"])
-        .args(["--cell", a.cell.cell().name()]);
-    if a.device == DeviceArg::Cuda {
+        .args(["--cell", a.cell.name()]);
+    if a.device == Device::Cuda {
         cmd.args(["--device", "cuda"]);
     }
     cmd.args([
@@ -269,7 +271,7 @@ fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
         ]);
     } else {
         cmd.args(["--sample-len", &a.sample_len.to_string()]);
-        if a.device != DeviceArg::Cuda {
+        if a.device != Device::Cuda {
             cmd.arg("--no-mkldnn");
         }
     }
@@ -334,7 +336,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
         "bench: {}x{} {}, batch {}x{}, vocab {}, device {:?}, cpu backend {:?}, {} threads available",
         a.layers,
         a.hidden,
-        a.cell.cell().name().to_uppercase(),
+        a.cell.name().to_uppercase(),
         a.batch,
         a.steps,
         a.vocab,
@@ -343,115 +345,147 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     // Installed before any GPU work, which reads CubeCL's configuration once per process.
-    let counter = match a.device.gpu() {
+    let counter = match Gpu::of(a.device) {
         Some(_) if !a.no_train && !a.no_launch_count => LaunchCounter::install(),
         _ => None,
     };
-    let mut launches = None;
-    let (mut ours_t, mut peer_t, mut ours_s, mut peer_s, mut burn_s) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let mut f16_s = vec![];
+    let mut t = Timings::default();
     for r in 0..a.repeats {
         if !a.no_train {
-            let (t, counted) = match (a.device.gpu(), a.backend) {
-                (Some(gpu), _) => karnna_gpu::run_on(gpu, GpuTrainStep(&a, counter.as_ref()))?,
-                (None, BackendArg::Flex) => train_step_secs::<Flex>(&a, Default::default(), None),
-                (None, BackendArg::Ndarray) => {
-                    train_step_secs::<NdArray>(&a, Default::default(), None)
-                }
-            };
-            launches = launches.or(counted);
-            println!("run {r}: karnna train_s_per_batch={t:.4}");
-            ours_t.push(t);
-            if let Some(p) = &a.peer {
-                let t = peer(&a, p, "train")?;
-                println!("run {r}: pytorch train_s_per_batch={t:.4}");
-                peer_t.push(t);
-            }
+            t.training(&a, r, counter.as_ref())?;
         }
         if !a.no_sample {
-            match a.device.gpu() {
-                Some(gpu) => {
-                    let rate = karnna_gpu::run_on(gpu, GpuSample(&a))?;
-                    println!("run {r}: karnna sample_chars_per_s={rate:.1}");
-                    ours_s.push(rate);
+            t.sampling(&a, r)?;
+        }
+    }
+    Ok(t.report(&a))
+}
+
+/// Each run's figures, for the medians.
+#[derive(Default)]
+struct Timings {
+    ours_t: Vec<f64>,
+    peer_t: Vec<f64>,
+    ours_s: Vec<f64>,
+    peer_s: Vec<f64>,
+    burn_s: Vec<f64>,
+    f16_s: Vec<f64>,
+    launches: Option<u64>,
+}
+
+impl Timings {
+    /// Run `r`'s training step, ours and the peer's.
+    fn training(
+        &mut self,
+        a: &BenchArgs,
+        r: usize,
+        counter: Option<&LaunchCounter>,
+    ) -> anyhow::Result<()> {
+        let (t, counted) = match (Gpu::of(a.device), a.backend) {
+            (Some(gpu), _) => karnna_gpu::run_on(gpu, GpuTrainStep(a, counter))?,
+            (None, CpuBackend::Flex) => train_step_secs::<Flex>(a, Default::default(), None),
+            (None, CpuBackend::Ndarray) => train_step_secs::<NdArray>(a, Default::default(), None),
+        };
+        self.launches = self.launches.or(counted);
+        println!("run {r}: karnna train_s_per_batch={t:.4}");
+        self.ours_t.push(t);
+        if let Some(p) = &a.peer {
+            let t = peer(a, p, "train")?;
+            println!("run {r}: pytorch train_s_per_batch={t:.4}");
+            self.peer_t.push(t);
+        }
+        Ok(())
+    }
+
+    /// Run `r`'s sampling rates, ours and the peer's.
+    fn sampling(&mut self, a: &BenchArgs, r: usize) -> anyhow::Result<()> {
+        match Gpu::of(a.device) {
+            Some(gpu) => {
+                let rate = karnna_gpu::run_on(gpu, GpuSample(a))?;
+                println!("run {r}: karnna sample_chars_per_s={rate:.1}");
+                self.ours_s.push(rate);
+            }
+            None => self.cpu_sampling(a, r),
+        }
+        if let Some(p) = &a.peer {
+            let rate = peer(a, p, "sample")?;
+            println!("run {r}: pytorch sample_chars_per_s={rate:.1}");
+            self.peer_s.push(rate);
+        }
+        Ok(())
+    }
+
+    /// Run `r`'s CPU sampling: f32 and f16 weights, eight rows batched, Burn's forward.
+    fn cpu_sampling(&mut self, a: &BenchArgs, r: usize) {
+        let device = Default::default();
+        let model = a.model().init::<Flex>(&device);
+        let rate = sample_rate(&mut CpuCharRnn::new(&model), a.sample_len, a.vocab);
+        println!("run {r}: karnna sample_chars_per_s={rate:.1}");
+        self.ours_s.push(rate);
+        let f16 = CpuCharRnn::with(&model, Precision::F16, default_parts());
+        let rate = sample_rate(&mut { f16 }, a.sample_len, a.vocab);
+        println!("run {r}: karnna (f16 weights) sample_chars_per_s={rate:.1}");
+        self.f16_s.push(rate);
+        // Eight samples side by side (`karnna sample --num-samples 8`), all rows counted.
+        let mut batched = CpuCharRnn::with_rows(&model, Precision::F32, default_parts(), 8);
+        let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
+        println!("run {r}: karnna (8 samples batched) sample_chars_per_s={rate:.1}");
+        let mut batched = CpuCharRnn::with_rows(&model, Precision::F16, default_parts(), 8);
+        let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
+        let label = "karnna (8 samples batched, f16 weights)";
+        println!("run {r}: {label} sample_chars_per_s={rate:.1}");
+        let burn_len = (a.sample_len / 10).max(20);
+        let rate = sample_rate(&mut BurnStepper::new(model, device), burn_len, a.vocab);
+        println!("run {r}: karnna (burn-flex forward) sample_chars_per_s={rate:.1}");
+        self.burn_s.push(rate);
+    }
+
+    /// Prints the medians (and launches, peak memory) and returns the headline figures.
+    fn report(self, a: &BenchArgs) -> Figures {
+        println!("--- medians over {} run(s)", a.repeats);
+        let mut figures = Figures::default();
+        if !self.ours_t.is_empty() {
+            let t = median(self.ours_t);
+            figures.train_s_per_batch = Some(t);
+            println!("train_s_per_batch={t:.4}");
+            println!("train_chars_per_s={:.0}", (a.batch * a.steps) as f64 / t);
+            if !self.peer_t.is_empty() {
+                let p = median(self.peer_t);
+                figures.peer_train_s_per_batch = Some(p);
+                println!("peer_train_s_per_batch={p:.4}");
+                println!("train_speedup_vs_peer={:.2}", p / t);
+            }
+        }
+        if !self.ours_s.is_empty() {
+            let s = median(self.ours_s);
+            figures.sample_chars_per_s = Some(s);
+            println!("sample_chars_per_s={s:.1}");
+            if !self.f16_s.is_empty() {
+                println!("sample_chars_per_s_f16={:.1}", median(self.f16_s.clone()));
+                println!("sample_chars_per_s_burn_forward={:.1}", median(self.burn_s));
+            }
+            if !self.peer_s.is_empty() {
+                let p = median(self.peer_s);
+                figures.peer_sample_chars_per_s = Some(p);
+                println!("peer_sample_chars_per_s={p:.1}");
+                println!("sample_speedup_vs_peer={:.2}", s / p);
+                if !self.f16_s.is_empty() {
+                    println!("sample_speedup_vs_peer_f16={:.2}", median(self.f16_s) / p);
                 }
-                None => {
-                    let device = Default::default();
-                    let model = a.model().init::<Flex>(&device);
-                    let rate = sample_rate(&mut CpuCharRnn::new(&model), a.sample_len, a.vocab);
-                    println!("run {r}: karnna sample_chars_per_s={rate:.1}");
-                    ours_s.push(rate);
-                    let f16 = CpuCharRnn::with(&model, Precision::F16, default_parts());
-                    let rate = sample_rate(&mut { f16 }, a.sample_len, a.vocab);
-                    println!("run {r}: karnna (f16 weights) sample_chars_per_s={rate:.1}");
-                    f16_s.push(rate);
-                    // Eight samples side by side (`karnna sample --num-samples 8`), all rows counted.
-                    let mut batched =
-                        CpuCharRnn::with_rows(&model, Precision::F32, default_parts(), 8);
-                    let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
-                    println!("run {r}: karnna (8 samples batched) sample_chars_per_s={rate:.1}");
-                    let mut batched =
-                        CpuCharRnn::with_rows(&model, Precision::F16, default_parts(), 8);
-                    let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
-                    let label = "karnna (8 samples batched, f16 weights)";
-                    println!("run {r}: {label} sample_chars_per_s={rate:.1}");
-                    let burn_len = (a.sample_len / 10).max(20);
-                    let rate = sample_rate(&mut BurnStepper::new(model, device), burn_len, a.vocab);
-                    println!("run {r}: karnna (burn-flex forward) sample_chars_per_s={rate:.1}");
-                    burn_s.push(rate);
-                }
-            }
-            if let Some(p) = &a.peer {
-                let rate = peer(&a, p, "sample")?;
-                println!("run {r}: pytorch sample_chars_per_s={rate:.1}");
-                peer_s.push(rate);
             }
         }
-    }
-    println!("--- medians over {} run(s)", a.repeats);
-    let mut figures = Figures::default();
-    if !ours_t.is_empty() {
-        let t = median(ours_t);
-        figures.train_s_per_batch = Some(t);
-        println!("train_s_per_batch={t:.4}");
-        println!("train_chars_per_s={:.0}", (a.batch * a.steps) as f64 / t);
-        if !peer_t.is_empty() {
-            let p = median(peer_t);
-            figures.peer_train_s_per_batch = Some(p);
-            println!("peer_train_s_per_batch={p:.4}");
-            println!("train_speedup_vs_peer={:.2}", p / t);
+        if let Some(n) = self.launches {
+            // Counted through CubeCL's launch log (karnna_gpu::launches), one step after the timed ones.
+            println!("gpu_launches_per_step={n}");
         }
-    }
-    if !ours_s.is_empty() {
-        let s = median(ours_s);
-        figures.sample_chars_per_s = Some(s);
-        println!("sample_chars_per_s={s:.1}");
-        if !f16_s.is_empty() {
-            println!("sample_chars_per_s_f16={:.1}", median(f16_s.clone()));
-            println!("sample_chars_per_s_burn_forward={:.1}", median(burn_s));
+        if let Some(m) = peak_rss_mib() {
+            println!("peak_rss_mib={m:.0}");
         }
-        if !peer_s.is_empty() {
-            let p = median(peer_s);
-            figures.peer_sample_chars_per_s = Some(p);
-            println!("peer_sample_chars_per_s={p:.1}");
-            println!("sample_speedup_vs_peer={:.2}", s / p);
-            if !f16_s.is_empty() {
-                println!("sample_speedup_vs_peer_f16={:.2}", median(f16_s) / p);
+        if a.peer.is_some() {
+            if let Some(m) = peer_peak_rss_mib() {
+                println!("peer_peak_rss_mib={m:.0}");
             }
         }
+        figures
     }
-    if let Some(n) = launches {
-        // Counted through CubeCL's launch log (karnna_gpu::launches), one step after the timed ones.
-        println!("gpu_launches_per_step={n}");
-    }
-    if let Some(m) = peak_rss_mib() {
-        println!("peak_rss_mib={m:.0}");
-    }
-    if a.peer.is_some() {
-        if let Some(m) = peer_peak_rss_mib() {
-            println!("peer_peak_rss_mib={m:.0}");
-        }
-    }
-    Ok(figures)
 }

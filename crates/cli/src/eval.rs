@@ -15,8 +15,10 @@ use karnna_gpu::OnBackend;
 use karnna_infer::{encode_known, evaluate, EvalReport};
 use karnna_model::{CellKernels, Checkpoint};
 
-use crate::sample::{best_in_run, run_dir};
-use crate::DeviceArg;
+use karnna_gpu::Gpu;
+use karnna_train::Device;
+
+use crate::args::CheckpointArgs;
 
 /// Targets each row should have at least: rows are read side by side from the zero state, so
 /// short rows would score many characters with little context.
@@ -30,15 +32,8 @@ const LIST_UNKNOWN: usize = 10;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// Score this checkpoint file.
-    #[arg(long, conflicts_with = "run")]
-    checkpoint: Option<PathBuf>,
-    /// Score this run folder's best checkpoint (default: the most recent run under --artifacts).
-    #[arg(long)]
-    run: Option<PathBuf>,
-    /// Where runs are looked for.
-    #[arg(long, default_value = "artifacts")]
-    artifacts: PathBuf,
+    #[command(flatten)]
+    from: CheckpointArgs,
     /// The text to score (UTF-8).
     #[arg(long)]
     data: PathBuf,
@@ -51,7 +46,7 @@ pub struct EvalArgs {
     num_steps: usize,
     /// cpu, cuda or wgpu.
     #[arg(long, value_enum, default_value = "cpu")]
-    device: DeviceArg,
+    device: Device,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
@@ -61,10 +56,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.num_steps == 0 {
         bail!("--num-steps must be at least 1");
     }
-    let path = match (&args.checkpoint, &args.run) {
-        (Some(file), _) => file.clone(),
-        (None, run) => best_in_run(&run_dir(run.as_deref(), &args.artifacts)?)?,
-    };
+    let path = args.from.checkpoint()?;
     let ckpt = Checkpoint::read(&path)?;
     let text = karnna_data::load_text(&args.data)?;
     let chars = text.chars().count();
@@ -86,7 +78,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         steps: args.num_steps,
         progress: &mut |done, total| bar.show(done, total),
     };
-    let (report, secs) = match args.device.gpu() {
+    let (report, secs) = match Gpu::of(args.device) {
         None => job.run::<burn::backend::Flex>(Default::default())?,
         Some(gpu) => karnna_gpu::run_on(gpu, job)?,
     };

@@ -84,7 +84,7 @@ impl OnBackend for Checks {
 }
 
 pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
-    let Some(gpu) = args.bench.device.gpu() else {
+    let Some(gpu) = karnna_gpu::Gpu::of(args.bench.device) else {
         bail!("gpu-check needs a GPU: --device cuda or --device wgpu");
     };
     let (precision, checks) = karnna_gpu::run_on(

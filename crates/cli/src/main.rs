@@ -6,6 +6,7 @@
 //! `wgpu` features) through `karnna-gpu`, and hands them to `karnna-train` and `karnna-infer`. It holds no model logic. Every error is printed as one line
 //! on stderr with exit code 2; a closed pipe while sampling exits 0.
 
+mod args;
 mod bench;
 mod eval;
 mod gpu_check;
@@ -21,9 +22,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use karnna_data::ValSplit;
 use karnna_gpu::{Gpu, OnBackend};
-use karnna_model::CellKernels;
+use karnna_model::{Cell, CellKernels, Init};
 use karnna_train::{Corpus, CpuBackend, Device, RunConfig, TrainOptions, TrainReport, VocabFrom};
 
 /// karnna: a character-level LSTM that learns a text and writes more of it.
@@ -47,7 +49,7 @@ enum Command {
         data: Vec<PathBuf>,
         /// The recurrent cell (default: the config's `cell`).
         #[arg(long, value_enum)]
-        cell: Option<CellArg>,
+        cell: Option<Cell>,
     },
     /// Train a model; checkpoints go to artifacts/<name>/ (or --run-dir).
     Train(TrainArgs),
@@ -65,77 +67,6 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
-/// Where the model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    /// The CPU.
-    Cpu,
-    /// An NVIDIA GPU (burn-cuda).
-    Cuda,
-    /// Any GPU with Vulkan, Metal or DX12 (burn-wgpu): AMD, Intel, Apple, NVIDIA.
-    Wgpu,
-}
-
-impl DeviceArg {
-    /// The GPU backend, or `None` for the CPU.
-    pub fn gpu(self) -> Option<Gpu> {
-        match self {
-            DeviceArg::Cpu => None,
-            DeviceArg::Cuda => Some(Gpu::Cuda),
-            DeviceArg::Wgpu => Some(Gpu::Wgpu),
-        }
-    }
-}
-
-/// The CPU backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BackendArg {
-    /// burn-flex (default: faster here).
-    Flex,
-    /// burn-ndarray.
-    Ndarray,
-}
-
-/// Where the validation part comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ValSplitArg {
-    /// The end of the text.
-    Tail,
-    /// The end of each batch row (the notebook's split_data).
-    Rows,
-}
-
-/// The recurrent cell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum CellArg {
-    /// Long short-term memory (the notebook's).
-    Lstm,
-    /// Gated recurrent unit (PyTorch's nn.GRU).
-    Gru,
-    /// Plain tanh RNN (PyTorch's nn.RNN).
-    Rnn,
-}
-
-impl CellArg {
-    /// The model's cell.
-    pub fn cell(self) -> karnna_model::Cell {
-        match self {
-            CellArg::Lstm => karnna_model::Cell::Lstm,
-            CellArg::Gru => karnna_model::Cell::Gru,
-            CellArg::Rnn => karnna_model::Cell::Rnn,
-        }
-    }
-}
-
-/// How the untrained weights are drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum InitArg {
-    /// PyTorch's defaults.
-    Pytorch,
-    /// The notebook's TensorFlow 1 initialisation.
-    Tensorflow,
-}
-
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
     /// The run's config file (configs/anna.toml, configs/tiny.toml, ...).
@@ -150,10 +81,10 @@ struct TrainArgs {
     init_from: Option<PathBuf>,
     /// cpu, cuda or wgpu (default: the config's `device`).
     #[arg(long, value_enum)]
-    device: Option<DeviceArg>,
+    device: Option<Device>,
     /// CPU backend (default: the config's `cpu_backend`).
     #[arg(long, value_enum)]
-    backend: Option<BackendArg>,
+    backend: Option<CpuBackend>,
     /// Run folder (default: artifacts/<name>).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -177,7 +108,7 @@ struct TrainArgs {
     num_steps: Option<usize>,
     /// The recurrent cell (default: the config's `cell`).
     #[arg(long, value_enum)]
-    cell: Option<CellArg>,
+    cell: Option<Cell>,
     /// Units per recurrent layer.
     #[arg(long)]
     lstm_size: Option<usize>,
@@ -198,10 +129,10 @@ struct TrainArgs {
     seed: Option<u64>,
     /// Where the validation part comes from (default: the config's `val_split`).
     #[arg(long, value_enum)]
-    val_split: Option<ValSplitArg>,
+    val_split: Option<ValSplit>,
     /// How the untrained weights are drawn (default: the config's `init`).
     #[arg(long, value_enum)]
-    init: Option<InitArg>,
+    init: Option<Init>,
     /// Plain progress lines instead of the dashboard.
     #[arg(long)]
     plain: bool,
@@ -220,78 +151,71 @@ fn load_config(path: &std::path::Path, data: &[PathBuf]) -> anyhow::Result<RunCo
 /// Trains; a run stopped by a signal exits with the shell's code for it (128 + the signal's
 /// number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), after saving its checkpoint.
 fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let mut c = load_config(&args.config, &args.data)?;
-    macro_rules! set {
-        ($($field:ident),*) => { $(if let Some(v) = args.$field { c.$field = v; })* };
-    }
-    set!(
-        epochs,
-        max_iters,
-        batch_size,
-        num_steps,
-        lstm_size,
-        num_layers,
-        learning_rate,
-        keep_prob,
-        grad_clip,
-        seed
-    );
-    if let Some(p) = &args.init_from {
-        c.init_from = Some(p.clone());
-    }
-    if let Some(cell) = args.cell {
-        c.cell = cell.cell();
-    }
-    if let Some(d) = args.device {
-        c.device = match d {
-            DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::Cuda,
-            DeviceArg::Wgpu => Device::Wgpu,
-        };
-    }
-    if let Some(v) = args.val_split {
-        c.val_split = match v {
-            ValSplitArg::Tail => karnna_data::ValSplit::Tail,
-            ValSplitArg::Rows => karnna_data::ValSplit::Rows,
-        };
-    }
-    if let Some(i) = args.init {
-        c.init = match i {
-            InitArg::Pytorch => karnna_model::Init::PyTorch,
-            InitArg::Tensorflow => karnna_model::Init::TensorFlow,
-        };
-    }
-    if let Some(b) = args.backend {
-        c.cpu_backend = match b {
-            BackendArg::Flex => CpuBackend::Flex,
-            BackendArg::Ndarray => CpuBackend::Ndarray,
-        };
-    }
-    c.validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    let config = train_config(&args)?;
+    let gpu = Gpu::of(config.device);
     let opts = TrainOptions {
         run_dir: args
             .run_dir
-            .unwrap_or_else(|| PathBuf::from("artifacts").join(&c.name)),
-        config: c.clone(),
+            .unwrap_or_else(|| PathBuf::from("artifacts").join(&config.name)),
         resume: args.resume,
         fresh: args.fresh,
         plain: args.plain,
         // What the machine has free on the CPU; the device's own memory on a GPU.
-        memory_limit: match config_gpu(c.device) {
+        memory_limit: match gpu {
             None => karnna_train::memory::available(),
             Some(gpu) => karnna_gpu::memory(gpu),
         },
+        config,
     };
-    let report = match (config_gpu(c.device), c.cpu_backend) {
+    let report = match (gpu, opts.config.cpu_backend) {
         (None, CpuBackend::Flex) => Train(opts).run::<burn::backend::Flex>(Default::default()),
         (None, CpuBackend::Ndarray) => {
             Train(opts).run::<burn::backend::NdArray>(Default::default())
         }
         (Some(gpu), _) => karnna_gpu::run_on(gpu, Train(opts)),
     }?;
-    // The summary. Written without `println!`, which panics when the terminal is gone (a run
-    // stopped by SIGHUP has already saved its checkpoint; only these lines are lost).
+    // Written without `println!`, which panics when the terminal is gone (a run stopped by
+    // SIGHUP has already saved its checkpoint; only these lines are lost).
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), summary(&report).as_bytes());
+    Ok(match report.signal {
+        Some(s) => ExitCode::from(128 + s as u8),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// The config file with the command line's overrides, checked.
+fn train_config(args: &TrainArgs) -> anyhow::Result<RunConfig> {
+    let mut c = load_config(&args.config, &args.data)?;
+    fn set<T: Clone>(field: &mut T, arg: &Option<T>) {
+        if let Some(v) = arg {
+            *field = v.clone();
+        }
+    }
+    set(&mut c.epochs, &args.epochs);
+    set(&mut c.max_iters, &args.max_iters);
+    set(&mut c.batch_size, &args.batch_size);
+    set(&mut c.num_steps, &args.num_steps);
+    set(&mut c.shape.lstm_size, &args.lstm_size);
+    set(&mut c.shape.num_layers, &args.num_layers);
+    set(&mut c.shape.cell, &args.cell);
+    set(&mut c.learning_rate, &args.learning_rate);
+    set(&mut c.keep_prob, &args.keep_prob);
+    set(&mut c.grad_clip, &args.grad_clip);
+    set(&mut c.seed, &args.seed);
+    set(&mut c.device, &args.device);
+    set(&mut c.val_split, &args.val_split);
+    set(&mut c.init, &args.init);
+    set(&mut c.cpu_backend, &args.backend);
+    if args.init_from.is_some() {
+        c.init_from = args.init_from.clone();
+    }
+    c.validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    Ok(c)
+}
+
+/// The lines printed when a run ends: how it stopped, its last and best checkpoints.
+fn summary(report: &TrainReport) -> String {
     let mut summary = String::new();
     if report.interrupted {
         summary += &format!("stopped at iteration {}", report.iteration);
@@ -310,20 +234,7 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     summary += "sample from it:  cargo xtask sample\n";
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), summary.as_bytes());
-    Ok(match report.signal {
-        Some(s) => ExitCode::from(128 + s as u8),
-        None => ExitCode::SUCCESS,
-    })
-}
-
-/// The GPU a config's `device` names, or `None` for the CPU.
-fn config_gpu(device: Device) -> Option<Gpu> {
-    match device {
-        Device::Cpu => None,
-        Device::Cuda => Some(Gpu::Cuda),
-        Device::Wgpu => Some(Gpu::Wgpu),
-    }
+    summary
 }
 
 /// A training run, on whichever backend the config chose.
@@ -337,10 +248,10 @@ impl OnBackend for Train {
     }
 }
 
-fn info(config: PathBuf, data: Vec<PathBuf>, cell: Option<CellArg>) -> anyhow::Result<()> {
+fn info(config: PathBuf, data: Vec<PathBuf>, cell: Option<Cell>) -> anyhow::Result<()> {
     let mut c = load_config(&config, &data)?;
     if let Some(cell) = cell {
-        c.cell = cell.cell();
+        c.shape.cell = cell;
     }
     let corpus = Corpus::load(&c.data, &c, VocabFrom::Text).map_err(|e| {
         if c.data.iter().any(|d| !d.exists()) && !c.data_url.is_empty() {

@@ -1,6 +1,7 @@
 //! `karnna sample`: text from a checkpoint, streamed to stdout.
 
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -9,10 +10,13 @@ use karnna_infer::{
     default_parts, default_prime, generate, generate_many, CharStepper, CpuCharRnn, Precision,
     SampleOptions, Strategy,
 };
-use karnna_model::checkpoint::{best_checkpoint, run_checkpoints};
+use karnna_model::checkpoint::CheckpointError;
 use karnna_model::Checkpoint;
 
-use crate::DeviceArg;
+use karnna_gpu::Gpu;
+use karnna_train::Device;
+
+use crate::args::CheckpointArgs;
 
 /// Weight precision of the CPU sampler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,15 +29,8 @@ pub enum PrecisionArg {
 
 #[derive(clap::Args, Debug)]
 pub struct SampleArgs {
-    /// Sample from this run folder's best checkpoint (default: the most recent run).
-    #[arg(long, conflicts_with = "checkpoint")]
-    run: Option<PathBuf>,
-    /// Sample from this checkpoint file.
-    #[arg(long)]
-    checkpoint: Option<PathBuf>,
-    /// Where runs are looked for.
-    #[arg(long, default_value = "artifacts")]
-    artifacts: PathBuf,
+    #[command(flatten)]
+    from: CheckpointArgs,
     /// Text to start from, printed first [default: "Far", the notebook's, when the model knows
     /// those characters; else a newline]
     #[arg(long)]
@@ -59,7 +56,7 @@ pub struct SampleArgs {
     seed: Option<u64>,
     /// cpu, cuda or wgpu (on a GPU, Burn's forward one character at a time).
     #[arg(long, value_enum, default_value = "cpu")]
-    device: DeviceArg,
+    device: Device,
     /// Weight precision of the CPU sampler: f16 streams half the bytes (about 1.8x faster here;
     /// logits within ~1e-3 of f32), f32 is exactly the trained weights.
     #[arg(long, value_enum, default_value = "f16")]
@@ -74,86 +71,13 @@ pub struct SampleArgs {
     num_samples: usize,
 }
 
-/// `--run DIR`, or else the most recent run under `artifacts`.
-pub(crate) fn run_dir(run: Option<&Path>, artifacts: &Path) -> anyhow::Result<PathBuf> {
-    match run {
-        Some(dir) => Ok(dir.to_owned()),
-        None => latest_run(artifacts),
-    }
-}
-
-/// The best checkpoint of the run folder `dir` (see [`best_checkpoint`]).
-pub(crate) fn best_in_run(dir: &Path) -> anyhow::Result<PathBuf> {
-    best_checkpoint(dir)
-        .map_err(|_| no_checkpoints(dir))?
-        .ok_or_else(|| no_checkpoints(dir))
-}
-
-fn no_checkpoints(dir: &Path) -> anyhow::Error {
-    anyhow::anyhow!("{}: no checkpoints in this run folder", dir.display())
-}
-
-/// The run folder with the most recently written checkpoint under `artifacts`.
-fn latest_run(artifacts: &Path) -> anyhow::Result<PathBuf> {
-    let none = || {
-        anyhow::anyhow!("{}: no training run found (train one first: cargo xtask train --config configs/tiny.toml)", artifacts.display())
-    };
-    let entries = std::fs::read_dir(artifacts).map_err(|_| none())?;
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let Ok(ckpts) = run_checkpoints(&dir) else {
-            continue;
-        };
-        for (_, p) in ckpts {
-            let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
-            if let Some(t) = t {
-                if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
-                    best = Some((t, dir.clone()));
-                }
-            }
-        }
-    }
-    best.map(|(_, d)| d).ok_or_else(none)
-}
-
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
-    if args.temperature.is_nan() || args.temperature <= 0.0 || !args.temperature.is_finite() {
-        bail!("--temperature must be positive, got {}", args.temperature);
-    }
-    if args.num_samples == 0 {
-        bail!("--num-samples must be at least 1");
-    }
-    if args.num_samples > 1 && args.device.gpu().is_some() {
-        bail!(
-            "--num-samples above 1 draws its samples in one batch on the CPU only: drop --device \
-             (or sample one at a time with --num-samples 1)"
-        );
-    }
+    check(&args)?;
     let prime_file = match &args.prime_file {
         Some(p) => Some(karnna_data::load_text(p).context("--prime-file")?),
         None => None,
     };
-    let checkpoints: Vec<PathBuf> = match (&args.checkpoint, &args.run) {
-        (Some(file), _) => vec![file.clone()],
-        (None, run) => {
-            let dir = run_dir(run.as_deref(), &args.artifacts)?;
-            if args.all_checkpoints {
-                let all: Vec<PathBuf> = run_checkpoints(&dir)
-                    .map_err(|_| no_checkpoints(&dir))?
-                    .into_iter()
-                    .map(|(_, p)| p)
-                    .collect();
-                if all.is_empty() {
-                    return Err(no_checkpoints(&dir));
-                }
-                all
-            } else {
-                vec![best_in_run(&dir)?]
-            }
-        }
-    };
-
+    let checkpoints = checkpoints(&args)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let _ = ctrlc::set_handler(move || {
@@ -171,23 +95,8 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     for path in &checkpoints {
         let ckpt = Checkpoint::read(path)?;
         let vocab = &ckpt.meta.vocab;
-        let strategy = if args.argmax {
-            Strategy::Argmax
-        } else {
-            if args.top_n == 0 || args.top_n > vocab.len() {
-                bail!(
-                    "--top-n must be between 1 and {} (the vocabulary size), got {}",
-                    vocab.len(),
-                    args.top_n
-                );
-            }
-            Strategy::TopN {
-                n: args.top_n,
-                temperature: args.temperature,
-            }
-        };
+        let strategy = strategy(&args, vocab.len())?;
         if many {
-            use std::io::Write;
             let val = ckpt.meta.val_loss.map_or("-".into(), |v| format!("{v:.3}"));
             writeln!(
                 out,
@@ -204,15 +113,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             strategy,
             seed,
         };
-        let drawn = if args.num_samples > 1 {
-            let mut model = cpu_model(&ckpt, args.precision, args.num_samples)?;
-            generate_many(&mut model, vocab, &opts, args.num_samples, &mut out, &stop)
-        } else {
-            let mut model = stepper(&ckpt, args.device, args.precision)?;
-            generate(model.as_mut(), vocab, &opts, &mut out, &stop)
-        };
-        drawn.with_context(|| format!("sampling from {}", path.display()))?;
-        use std::io::Write;
+        draw(&args, &ckpt, &opts, &mut out, &stop)?;
         writeln!(out)?;
         if many {
             writeln!(out)?;
@@ -224,13 +125,90 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The options' ranges and combinations.
+fn check(args: &SampleArgs) -> anyhow::Result<()> {
+    if args.temperature.is_nan() || args.temperature <= 0.0 || !args.temperature.is_finite() {
+        bail!("--temperature must be positive, got {}", args.temperature);
+    }
+    if args.num_samples == 0 {
+        bail!("--num-samples must be at least 1");
+    }
+    if args.num_samples > 1 && Gpu::of(args.device).is_some() {
+        bail!(
+            "--num-samples above 1 draws its samples in one batch on the CPU only: drop --device \
+             (or sample one at a time with --num-samples 1)"
+        );
+    }
+    Ok(())
+}
+
+/// The checkpoints to sample from: `--checkpoint`, every one of the run (`--all-checkpoints`),
+/// or the run's best.
+fn checkpoints(args: &SampleArgs) -> anyhow::Result<Vec<PathBuf>> {
+    if let Some(file) = &args.from.checkpoint {
+        return Ok(vec![file.clone()]);
+    }
+    let dir = args.from.run_dir()?;
+    if !args.all_checkpoints {
+        return Ok(vec![dir.best_or_err()?]);
+    }
+    let none = || CheckpointError::NoCheckpoints(dir.path().to_owned());
+    let all: Vec<PathBuf> = dir
+        .checkpoints()
+        .map_err(|_| none())?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    if all.is_empty() {
+        return Err(none().into());
+    }
+    Ok(all)
+}
+
+/// How each character is drawn, for a vocabulary of `vocab_len` characters.
+fn strategy(args: &SampleArgs, vocab_len: usize) -> anyhow::Result<Strategy> {
+    if args.argmax {
+        return Ok(Strategy::Argmax);
+    }
+    if args.top_n == 0 || args.top_n > vocab_len {
+        bail!(
+            "--top-n must be between 1 and {vocab_len} (the vocabulary size), got {}",
+            args.top_n
+        );
+    }
+    Ok(Strategy::TopN {
+        n: args.top_n,
+        temperature: args.temperature,
+    })
+}
+
+/// Writes `ckpt`'s text to `out`: `--num-samples` rows at once on the CPU, or one on the
+/// chosen device.
+fn draw(
+    args: &SampleArgs,
+    ckpt: &Checkpoint,
+    opts: &SampleOptions,
+    out: &mut impl Write,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let vocab = &ckpt.meta.vocab;
+    let drawn = if args.num_samples > 1 {
+        let mut model = cpu_model(ckpt, args.precision, args.num_samples)?;
+        generate_many(&mut model, vocab, opts, args.num_samples, out, stop)
+    } else {
+        let mut model = stepper(ckpt, args.device, args.precision)?;
+        generate(model.as_mut(), vocab, opts, out, stop)
+    };
+    drawn.with_context(|| format!("sampling from {}", ckpt.path.display()))
+}
+
 /// The model of `ckpt` ready to step: the dedicated CPU path, or Burn on a GPU.
 fn stepper(
     ckpt: &Checkpoint,
-    device: DeviceArg,
+    device: Device,
     precision: PrecisionArg,
 ) -> anyhow::Result<Box<dyn CharStepper>> {
-    match device.gpu() {
+    match Gpu::of(device) {
         None => Ok(Box::new(cpu_model(ckpt, precision, 1)?)),
         Some(gpu) => karnna_gpu::run_on(gpu, GpuStepper(ckpt)),
     }

@@ -7,19 +7,13 @@ use std::path::PathBuf;
 use anyhow::bail;
 use karnna_serve::{ServeOptions, Server};
 
-use crate::sample::{run_dir, PrecisionArg};
+use crate::args::CheckpointArgs;
+use crate::sample::PrecisionArg;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Serve this run folder's checkpoints and curves (default: the most recent run).
-    #[arg(long, conflicts_with = "checkpoint")]
-    run: Option<PathBuf>,
-    /// Serve only this checkpoint file (the curves of its folder).
-    #[arg(long)]
-    checkpoint: Option<PathBuf>,
-    /// Where runs are looked for.
-    #[arg(long, default_value = "artifacts")]
-    artifacts: PathBuf,
+    #[command(flatten)]
+    from: CheckpointArgs,
     /// Address to listen on. Anything but loopback lets every machine that can reach the port
     /// use the server.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -37,7 +31,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let dir = match &args.checkpoint {
+    let dir = match &args.from.checkpoint {
         Some(file) => {
             if !file.is_file() {
                 bail!("{}: no such checkpoint file", file.display());
@@ -46,10 +40,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| PathBuf::from("."), PathBuf::from)
         }
-        None => run_dir(args.run.as_deref(), &args.artifacts)?,
+        None => args.from.run_dir()?.path().to_owned(),
     };
     let mut opts = ServeOptions::new(dir.clone());
-    opts.checkpoint = args.checkpoint.clone();
+    opts.checkpoint = args.from.checkpoint.clone();
     opts.precision = match args.precision {
         PrecisionArg::F16 => karnna_serve::Precision::F16,
         PrecisionArg::F32 => karnna_serve::Precision::F32,

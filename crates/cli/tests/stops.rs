@@ -9,7 +9,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
-use karnna_model::checkpoint::run_checkpoints;
+use karnna_model::checkpoint::RunDir;
+
+/// The checkpoints of the run folder `dir`, in iteration order.
+fn run_checkpoints(dir: &Path) -> std::io::Result<Vec<(usize, PathBuf)>> {
+    RunDir::new(dir).checkpoints()
+}
 use karnna_model::Checkpoint;
 
 mod common;

@@ -107,15 +107,17 @@ impl Batches {
 }
 
 /// Where the validation part of a text comes from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ValSplit {
     /// The last `val_fraction` of the text, as one passage (karnna's first split).
     #[default]
+    #[value(help = "The end of the text")]
     Tail,
     /// The notebook's `split_data`: the text laid out as `n_seqs` rows, and the last
     /// `val_fraction` of each row's batches held out, so validation is `n_seqs` pieces spread
     /// through the whole text.
+    #[value(help = "The end of each batch row (the notebook's split_data)")]
     Rows,
 }
 

@@ -345,7 +345,7 @@ pub fn training<G: CellKernels>(
 ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
     let shape = [4, 12];
     let config = CharRnnConfig::new(16)
-        .with_cell(Some(cell))
+        .with_cell(cell)
         .with_lstm_size(32)
         .with_num_layers(2)
         .with_keep_prob(0.75);
@@ -447,8 +447,10 @@ fn train_tiny<X: CellKernels>(
         data: vec![data],
         batch_size: 4,
         num_steps: 24,
-        lstm_size: 32,
-        num_layers: 2,
+        shape: karnna_model::ModelShape {
+            lstm_size: 32,
+            ..Default::default()
+        },
         keep_prob: 1.0,
         learning_rate: 0.02,
         epochs: 1000,

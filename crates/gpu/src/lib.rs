@@ -50,6 +50,16 @@ pub enum Gpu {
 }
 
 impl Gpu {
+    /// The GPU a [`Device`](karnna_train::Device) names, or `None` for the CPU: the one place a
+    /// device becomes a backend.
+    pub fn of(device: karnna_train::Device) -> Option<Gpu> {
+        match device {
+            karnna_train::Device::Cpu => None,
+            karnna_train::Device::Cuda => Some(Gpu::Cuda),
+            karnna_train::Device::Wgpu => Some(Gpu::Wgpu),
+        }
+    }
+
     /// Its name on the command line and in configs (`cuda`, `wgpu`), also its cargo feature.
     pub fn name(self) -> &'static str {
         match self {

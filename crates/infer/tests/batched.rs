@@ -30,7 +30,7 @@ fn each_row_of_step_rows_is_a_batch_1_step() {
         let model = CharRnnConfig::new(vocab)
             .with_lstm_size(h)
             .with_num_layers(layers)
-            .with_cell(Some(cell))
+            .with_cell(cell)
             .init::<Flex>(&device);
         for precision in [Precision::F32, Precision::F16] {
             for parts in [1, 2] {

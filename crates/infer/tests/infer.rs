@@ -20,7 +20,7 @@ fn cpu_path_equals_burn_forward() {
         let model = CharRnnConfig::new(11)
             .with_lstm_size(h)
             .with_num_layers(layers)
-            .with_cell(Some(cell))
+            .with_cell(cell)
             .init::<Flex>(&device);
         for (parts, precision, tol) in [
             (1, Precision::F32, 1e-4),

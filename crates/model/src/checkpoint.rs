@@ -34,6 +34,9 @@ pub enum CheckpointError {
     /// The file does not start with karnna's magic bytes.
     #[error("{}: not a karnna checkpoint", .0.display())]
     NotACheckpoint(PathBuf),
+    /// A run folder without a checkpoint.
+    #[error("{}: no checkpoints in this run folder", .0.display())]
+    NoCheckpoints(PathBuf),
     /// The file is cut short or altered.
     #[error("{}: checkpoint is truncated or corrupted ({})", .0.display(), .1)]
     Corrupt(PathBuf, String),
@@ -42,7 +45,8 @@ pub enum CheckpointError {
 /// The checkpoint's description: what it is and how to rebuild the model.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CheckpointMeta {
-    /// The model's shape.
+    /// The model: vocabulary size, shape ([`crate::ModelShape`]) and dropout. The one place a
+    /// checkpoint holds the shape.
     pub model: CharRnnConfig,
     /// The vocabulary the model was trained with.
     pub vocab: Vocab,
@@ -52,7 +56,8 @@ pub struct CheckpointMeta {
     pub val_loss: Option<f64>,
     /// The last training loss (nats per character).
     pub train_loss: Option<f64>,
-    /// The run's resolved configuration, as the trainer wrote it.
+    /// The run's resolved configuration, as the trainer wrote it, less the keys of `model`
+    /// (checkpoints that repeat them here hold the same values; `model` is the one read).
     #[serde(default)]
     pub run: serde_json::Value,
 }
@@ -215,47 +220,124 @@ pub fn checkpoint_name(iteration: usize, lstm_size: usize, val_loss: Option<f64>
     }
 }
 
-/// The checkpoints of a run folder, in iteration order (read from their names).
-pub fn run_checkpoints(dir: &Path) -> std::io::Result<Vec<(usize, PathBuf)>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let iteration = name
-            .strip_suffix(".ckpt")
-            .and_then(|n| n.strip_prefix('i'))
-            .and_then(|n| n.split('_').next())
-            .and_then(|n| n.parse::<usize>().ok());
-        if let Some(it) = iteration {
-            found.push((it, path));
+/// What a name written by [`checkpoint_name`] gives (`.ckpt` or not): the iteration (`None`
+/// when the name has none) and the validation loss (`None` for `v-` or an unreadable one).
+pub fn parse_checkpoint_name(name: &str) -> (Option<usize>, Option<f64>) {
+    let stem = name.strip_suffix(".ckpt").unwrap_or(name);
+    let mut fields = stem.split('_');
+    let iteration = fields
+        .next()
+        .and_then(|f| f.strip_prefix('i'))
+        .and_then(|n| n.parse().ok());
+    let val_loss = fields
+        .find_map(|f| f.strip_prefix('v'))
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite());
+    (iteration, val_loss)
+}
+
+/// A run folder's checkpoints: their names, the list in iteration order, the latest, and the
+/// best one (named by [`RunDir::BEST_POINTER`]). Training, sampling, evaluation and serving
+/// find a run's checkpoints through it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunDir {
+    dir: PathBuf,
+}
+
+impl RunDir {
+    /// The file in a run folder that names its best checkpoint (lowest validation loss).
+    pub const BEST_POINTER: &str = "best.txt";
+
+    /// The run folder `dir` (nothing is read yet).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the checkpoint of `iteration` goes ([`checkpoint_name`]).
+    pub fn checkpoint_path(
+        &self,
+        iteration: usize,
+        lstm_size: usize,
+        val_loss: Option<f64>,
+    ) -> PathBuf {
+        self.dir
+            .join(checkpoint_name(iteration, lstm_size, val_loss))
+    }
+
+    /// The checkpoints, in iteration order (read from their names).
+    pub fn checkpoints(&self) -> std::io::Result<Vec<(usize, PathBuf)>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if let (true, (Some(iteration), _)) =
+                (name.ends_with(".ckpt"), parse_checkpoint_name(name))
+            {
+                found.push((iteration, path));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// The latest checkpoint (highest iteration), if any.
+    pub fn latest(&self) -> std::io::Result<Option<PathBuf>> {
+        Ok(self.checkpoints()?.pop().map(|(_, p)| p))
+    }
+
+    /// The checkpoint that [`RunDir::BEST_POINTER`] names, when it names one that exists.
+    pub fn best_pointer(&self) -> Option<PathBuf> {
+        let name = std::fs::read_to_string(self.dir.join(Self::BEST_POINTER)).ok()?;
+        let path = self.dir.join(name.trim());
+        path.is_file().then_some(path)
+    }
+
+    /// Points [`RunDir::BEST_POINTER`] at `checkpoint` (a file in this folder), atomically.
+    pub fn set_best(&self, checkpoint: &Path) -> std::io::Result<()> {
+        let name = checkpoint.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = self.dir.join(format!("{}.tmp", Self::BEST_POINTER));
+        std::fs::write(&tmp, format!("{name}\n"))?;
+        std::fs::rename(tmp, self.dir.join(Self::BEST_POINTER))
+    }
+
+    /// The run's best checkpoint: the one [`RunDir::BEST_POINTER`] names, or else its latest.
+    pub fn best(&self) -> std::io::Result<Option<PathBuf>> {
+        match self.best_pointer() {
+            Some(path) => Ok(Some(path)),
+            None => self.latest(),
         }
     }
-    found.sort();
-    Ok(found)
-}
 
-/// The file in a run folder that names its best checkpoint (lowest validation loss).
-pub const BEST_POINTER: &str = "best.txt";
+    /// [`RunDir::best`], or an error naming the folder when it has no checkpoint.
+    pub fn best_or_err(&self) -> Result<PathBuf, CheckpointError> {
+        self.best()
+            .ok()
+            .flatten()
+            .ok_or_else(|| CheckpointError::NoCheckpoints(self.dir.clone()))
+    }
 
-/// The checkpoint that `best.txt` names, when it names one that exists.
-pub fn best_pointer(dir: &Path) -> Option<PathBuf> {
-    let name = std::fs::read_to_string(dir.join(BEST_POINTER)).ok()?;
-    let path = dir.join(name.trim());
-    path.is_file().then_some(path)
-}
-
-/// Points `best.txt` at `checkpoint` (a file in `dir`), atomically.
-pub fn set_best_pointer(dir: &Path, checkpoint: &Path) -> std::io::Result<()> {
-    let name = checkpoint.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!("{BEST_POINTER}.tmp"));
-    std::fs::write(&tmp, format!("{name}\n"))?;
-    std::fs::rename(tmp, dir.join(BEST_POINTER))
-}
-
-/// The run's best checkpoint: the one `best.txt` names, or else its latest.
-pub fn best_checkpoint(dir: &Path) -> std::io::Result<Option<PathBuf>> {
-    match best_pointer(dir) {
-        Some(path) => Ok(Some(path)),
-        None => Ok(run_checkpoints(dir)?.pop().map(|(_, p)| p)),
+    /// The run folder under `artifacts` with the most recently written checkpoint.
+    pub fn most_recent(artifacts: &Path) -> Option<RunDir> {
+        let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+        for entry in std::fs::read_dir(artifacts).ok()?.flatten() {
+            let run = RunDir::new(entry.path());
+            let Ok(ckpts) = run.checkpoints() else {
+                continue;
+            };
+            for (_, p) in ckpts {
+                let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+                if let Some(t) = t {
+                    if newest.as_ref().is_none_or(|(nt, _)| t > *nt) {
+                        newest = Some((t, run.dir.clone()));
+                    }
+                }
+            }
+        }
+        newest.map(|(_, d)| RunDir::new(d))
     }
 }

@@ -19,7 +19,7 @@ pub mod ops;
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta};
 pub use model::{
-    next_dropout_seed, seed_dropout, to_f32_vec, Cell, CharRnn, CharRnnConfig, Init, Recurrence,
-    RnnLayer, RnnState,
+    next_dropout_seed, seed_dropout, to_f32_vec, Cell, CharRnn, CharRnnConfig, Init, ModelShape,
+    Recurrence, RnnLayer, RnnState,
 };
 pub use ops::{CellBackend, CellKernels, HCell, MatmulPrecision};

@@ -15,13 +15,24 @@ use crate::ops::{hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_for
 use crate::ops::{CellBackend, HCell};
 
 /// How an untrained model's weights are drawn.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
     /// PyTorch's `nn.LSTM` and `nn.Linear`: every LSTM weight and bias from U(-1/√H, 1/√H);
     /// the output layer takes Burn's `Linear` default, which is the same distribution
     /// (Kaiming-uniform with gain 1/√3 over fan-in H).
     #[default]
+    #[value(name = "pytorch", help = "PyTorch's defaults")]
     PyTorch,
     /// The notebook's TensorFlow 1 model: `BasicLSTMCell` kernels Glorot-uniform over the
     /// stacked `[input + H, 4H]` kernel (so `W_ih` and `W_hh` share one bound,
@@ -29,6 +40,10 @@ pub enum Init {
     /// (here the forget block of `b_ih`; the sum of the two biases is what the cell sees),
     /// softmax weights `truncated_normal(stddev = 0.1)` (redrawn beyond two standard
     /// deviations) and a zero softmax bias.
+    #[value(
+        name = "tensorflow",
+        help = "The notebook's TensorFlow 1 initialisation"
+    )]
     TensorFlow,
 }
 
@@ -47,16 +62,28 @@ impl Init {
 /// The GRU and the plain RNN follow PyTorch's `nn.GRU` and `nn.RNN` (tanh): the same equations
 /// and parameter layout, so the PyTorch peer runs the same model.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Cell {
     /// Long short-term memory: gates i, f, g, o; state `h` and `c` (the notebook's cell).
     #[default]
+    #[value(help = "Long short-term memory (the notebook's)")]
     Lstm,
     /// Gated recurrent unit: gates r, z, n, with `b_hn` inside the reset product; state `h`.
+    #[value(help = "Gated recurrent unit (PyTorch's nn.GRU)")]
     Gru,
     /// Plain (Elman) RNN, `h_t = tanh(x·W_ih + b_ih + h_{t-1}·W_hh + b_hh)`; state `h`.
+    #[value(help = "Plain tanh RNN (PyTorch's nn.RNN)")]
     Rnn,
 }
 
@@ -126,25 +153,61 @@ pub enum Recurrence {
     Tensor,
 }
 
-/// The model's shape and dropout; everything needed to build an untrained [`CharRnn`].
-#[derive(Config, Debug, PartialEq)]
+/// The model's shape: what a checkpoint's weights fix. A config file names it with flat keys
+/// (`cell`, `lstm_size`, `num_layers`); the vocabulary's size comes from the text, so it sits
+/// beside the shape in [`CharRnnConfig`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ModelShape {
+    /// The recurrent cell. A checkpoint whose model names none (or `null`) holds an LSTM.
+    #[serde(deserialize_with = "cell_or_lstm")]
+    pub cell: Cell,
+    /// Units in each recurrent layer, whatever its cell (the notebook's `lstm_size`).
+    pub lstm_size: usize,
+    /// Stacked recurrent layers (the notebook's `num_layers`).
+    pub num_layers: usize,
+}
+
+impl Default for ModelShape {
+    /// The notebook's model: two LSTM layers of 512 units.
+    fn default() -> Self {
+        Self {
+            cell: Cell::Lstm,
+            lstm_size: 512,
+            num_layers: 2,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelShape {
+    /// The shape in words, such as `2 LSTM layers x 512 units`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} layers x {} units",
+            self.num_layers,
+            self.cell.name().to_uppercase(),
+            self.lstm_size
+        )
+    }
+}
+
+fn cell_or_lstm<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Cell, D::Error> {
+    Ok(<Option<Cell> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Everything needed to build an untrained [`CharRnn`]: the vocabulary's size, the shape, and
+/// the training setting the model carries (dropout). Serialized flat, as checkpoints hold it:
+/// `vocab_size`, `cell`, `lstm_size`, `num_layers`, `keep_prob`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CharRnnConfig {
     /// Number of distinct characters (input and output size).
     pub vocab_size: usize,
-    /// Units in each recurrent layer, whatever its cell (the notebook's `lstm_size`; the name is
-    /// kept so that every config and checkpoint reads as before).
-    #[config(default = 512)]
-    pub lstm_size: usize,
-    /// Stacked recurrent layers (the notebook's `num_layers`).
-    #[config(default = 2)]
-    pub num_layers: usize,
+    /// Cell, units and layers.
+    #[serde(flatten)]
+    pub shape: ModelShape,
     /// Probability of keeping each layer's output in training (the notebook's `keep_prob`).
-    #[config(default = 0.5)]
     pub keep_prob: f64,
-    /// The recurrent cell; `None`, as in checkpoints written before cells could be chosen, is
-    /// the LSTM ([`CharRnnConfig::cell`]). An `Option` because a missing field then reads as
-    /// `None`: Burn's `Config` derive has no serde defaults.
-    pub cell: Option<Cell>,
 }
 
 /// One recurrent layer's parameters, gates fused: the cell's gate blocks side by side (`G` of
@@ -207,14 +270,48 @@ pub struct CharRnn<B: Backend> {
 }
 
 impl CharRnnConfig {
+    /// The notebook's model ([`ModelShape::default`], `keep_prob` 0.5) for `vocab_size`
+    /// characters.
+    pub fn new(vocab_size: usize) -> Self {
+        Self {
+            vocab_size,
+            shape: ModelShape::default(),
+            keep_prob: 0.5,
+        }
+    }
+
+    /// The same with `lstm_size` units per layer.
+    pub fn with_lstm_size(mut self, lstm_size: usize) -> Self {
+        self.shape.lstm_size = lstm_size;
+        self
+    }
+
+    /// The same with `num_layers` layers.
+    pub fn with_num_layers(mut self, num_layers: usize) -> Self {
+        self.shape.num_layers = num_layers;
+        self
+    }
+
+    /// The same with `cell` in every layer.
+    pub fn with_cell(mut self, cell: Cell) -> Self {
+        self.shape.cell = cell;
+        self
+    }
+
+    /// The same with `keep_prob`.
+    pub fn with_keep_prob(mut self, keep_prob: f64) -> Self {
+        self.keep_prob = keep_prob;
+        self
+    }
+
     /// Builds an untrained model, initialised as PyTorch does ([`Init::PyTorch`]).
     pub fn init<B: Backend>(&self, device: &B::Device) -> CharRnn<B> {
         self.init_with(Init::PyTorch, device)
     }
 
-    /// The recurrent cell (the LSTM when the config names none).
+    /// The recurrent cell.
     pub fn cell(&self) -> Cell {
-        self.cell.unwrap_or_default()
+        self.shape.cell
     }
 
     /// Builds an untrained model with its weights drawn the way `init` says, from the
@@ -240,11 +337,11 @@ impl CharRnnConfig {
     }
 
     fn build<B: Backend>(&self, init: Init, draws: &mut Draws, device: &B::Device) -> CharRnn<B> {
-        let (h, v) = (self.lstm_size, self.vocab_size);
+        let (h, v) = (self.shape.lstm_size, self.vocab_size);
         let cell = self.cell();
         let gh = cell.gates() * h;
         let torch = 1.0 / (h as f64).sqrt();
-        let layers = (0..self.num_layers)
+        let layers = (0..self.shape.num_layers)
             .map(|l| {
                 let input = if l == 0 { v } else { h };
                 match init {
@@ -306,8 +403,8 @@ impl CharRnnConfig {
     /// Trainable parameters of the model this config builds: per layer `G·H·(input + H) + 2·G·H`
     /// (`G` gate blocks, [`Cell::gates`]), plus `H·V + V` for the output layer.
     pub fn num_params(&self) -> usize {
-        let (v, h, g) = (self.vocab_size, self.lstm_size, self.cell().gates());
-        let recurrent: usize = (0..self.num_layers)
+        let (v, h, g) = (self.vocab_size, self.shape.lstm_size, self.cell().gates());
+        let recurrent: usize = (0..self.shape.num_layers)
             .map(|l| {
                 let input = if l == 0 { v } else { h };
                 g * h * (input + h) + 2 * g * h

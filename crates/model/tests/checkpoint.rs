@@ -89,34 +89,41 @@ fn bad_files_are_errors() {
 
 #[test]
 fn names_and_listing() {
-    use karnna_model::checkpoint::{best_checkpoint, checkpoint_name, run_checkpoints};
+    use karnna_model::checkpoint::{checkpoint_name, RunDir};
     assert_eq!(
         checkpoint_name(3960, 512, Some(1.2155)),
         "i3960_l512_v1.216.ckpt"
     );
-    let run = dir().join("run");
-    std::fs::create_dir_all(&run).unwrap();
+    let run = RunDir::new(dir().join("run"));
+    assert!(matches!(
+        run.best_or_err(),
+        Err(CheckpointError::NoCheckpoints(..))
+    ));
+    let run_path = run.path().to_owned();
+    std::fs::create_dir_all(&run_path).unwrap();
     for n in [
         "i200_l8_v2.000.ckpt",
         "i1000_l8_v1.500.ckpt",
         "i400_l8_v1.000.ckpt",
         "notes.txt",
     ] {
-        std::fs::write(run.join(n), b"x").unwrap();
+        std::fs::write(run_path.join(n), b"x").unwrap();
     }
-    let its: Vec<usize> = run_checkpoints(&run)
+    let its: Vec<usize> = run
+        .checkpoints()
         .unwrap()
         .into_iter()
         .map(|(i, _)| i)
         .collect();
     assert_eq!(its, vec![200, 400, 1000]);
-    assert!(best_checkpoint(&run)
+    assert!(run.best_or_err().unwrap().ends_with("i1000_l8_v1.500.ckpt"));
+    run.set_best(&run_path.join("i400_l8_v1.000.ckpt")).unwrap();
+    let pointer = std::fs::read_to_string(run_path.join("best.txt")).unwrap();
+    assert_eq!(pointer, "i400_l8_v1.000.ckpt\n");
+    assert!(run.best_or_err().unwrap().ends_with("i400_l8_v1.000.ckpt"));
+    assert!(run
+        .latest()
         .unwrap()
         .unwrap()
         .ends_with("i1000_l8_v1.500.ckpt"));
-    std::fs::write(run.join("best.txt"), "i400_l8_v1.000.ckpt\n").unwrap();
-    assert!(best_checkpoint(&run)
-        .unwrap()
-        .unwrap()
-        .ends_with("i400_l8_v1.000.ckpt"));
 }

@@ -38,24 +38,31 @@ fn notebook_parameter_count() {
         let small = CharRnnConfig::new(11)
             .with_lstm_size(8)
             .with_num_layers(3)
-            .with_cell(Some(cell));
+            .with_cell(cell);
         let model = small.init::<B>(&device);
         assert_eq!(model.num_params(), small.num_params(), "{cell}");
         assert_eq!(model.cell(), cell);
     }
     // PyTorch's nn.GRU and nn.RNN at the notebook's sizes: G·H·(input + H) + 2·G·H per layer.
-    let gru = CharRnnConfig::new(83).with_cell(Some(Cell::Gru));
+    let gru = CharRnnConfig::new(83).with_cell(Cell::Gru);
     assert_eq!(gru.num_params(), 916_992 + 1_575_936 + 42_579);
-    let rnn = CharRnnConfig::new(83).with_cell(Some(Cell::Rnn));
+    let rnn = CharRnnConfig::new(83).with_cell(Cell::Rnn);
     assert_eq!(rnn.num_params(), 305_664 + 525_312 + 42_579);
 }
 
 #[test]
 fn a_config_without_a_cell_is_the_lstm() {
-    // Checkpoints written before cells existed have no `cell` in their model config.
+    // A checkpoint's model config may name no cell, or a `null` one: both are the LSTM.
     let old = r#"{"vocab_size": 5, "lstm_size": 4, "num_layers": 1, "keep_prob": 0.5}"#;
     let config: CharRnnConfig = serde_json::from_str(old).unwrap();
-    assert_eq!((config.cell, config.cell()), (None, Cell::Lstm));
+    assert_eq!(config.cell(), Cell::Lstm);
+    assert_eq!(
+        config,
+        CharRnnConfig::new(5).with_lstm_size(4).with_num_layers(1)
+    );
+    let null: CharRnnConfig =
+        serde_json::from_str(&old.replace('}', r#", "cell": null}"#)).unwrap();
+    assert_eq!(null, config);
     let gru: CharRnnConfig =
         serde_json::from_str(&old.replace('}', r#", "cell": "gru"}"#)).unwrap();
     assert_eq!(gru.cell(), Cell::Gru);
@@ -75,7 +82,7 @@ fn output_shapes() {
         let model = CharRnnConfig::new(13)
             .with_lstm_size(6)
             .with_num_layers(3)
-            .with_cell(Some(cell))
+            .with_cell(cell)
             .init::<B>(&device);
         let (logits, state) = model.forward(tokens::<B>(4, 5, 13, &device), None);
         assert_eq!(logits.dims(), [5, 4, 13]);
@@ -99,7 +106,7 @@ fn whole_equals_halves_of<Bk: CellBackend>(cell: Cell) {
     let model = CharRnnConfig::new(10)
         .with_lstm_size(7)
         .with_num_layers(2)
-        .with_cell(Some(cell))
+        .with_cell(cell)
         .init::<Bk>(&device);
     let x = tokens::<Bk>(3, 8, 10, &device);
     let (whole, s_whole) = model.forward(x.clone(), None);
@@ -296,7 +303,7 @@ fn model_gradients_match_step_by_step_autodiff() {
             .with_lstm_size(6)
             .with_num_layers(layers)
             .with_keep_prob(1.0)
-            .with_cell(Some(cell))
+            .with_cell(cell)
             .init::<AD>(&device);
         let state = with_state.then(|| RnnState {
             h: Tensor::random([layers, 3, 6], Distribution::Uniform(-0.5, 0.5), &device),
@@ -654,9 +661,7 @@ fn tensorflow_init_of_the_gru_and_rnn() {
     let device = Default::default();
     let h = 8;
     for (cell, ones) in [(Cell::Gru, 0..2 * h), (Cell::Rnn, 0..0)] {
-        let config = CharRnnConfig::new(5)
-            .with_lstm_size(h)
-            .with_cell(Some(cell));
+        let config = CharRnnConfig::new(5).with_lstm_size(h).with_cell(cell);
         let model = config.init_with::<B>(Init::TensorFlow, &device);
         for layer in &model.layers {
             assert_eq!(layer.w_hh.dims(), [h, cell.gates() * h]);

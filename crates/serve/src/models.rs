@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use karnna_data::Vocab;
 use karnna_infer::{CpuWeights, Precision};
-use karnna_model::checkpoint::{best_checkpoint, run_checkpoints};
+use karnna_model::checkpoint::{parse_checkpoint_name, RunDir};
 use karnna_model::Checkpoint;
 use serde::Serialize;
 
@@ -107,12 +107,14 @@ impl Folder {
         let (files, best) = match &self.only {
             Some(file) => (vec![file.clone()], Some(file.clone())),
             None => {
-                let files = run_checkpoints(&self.dir)
+                let run = RunDir::new(&self.dir);
+                let files = run
+                    .checkpoints()
                     .map_err(|e| ModelError::Load(format!("{}: {e}", self.dir.display())))?
                     .into_iter()
                     .map(|(_, p)| p)
                     .collect();
-                (files, best_checkpoint(&self.dir).ok().flatten())
+                (files, run.best().ok().flatten())
             }
         };
         let best = best.as_deref().and_then(file_name);
@@ -255,23 +257,11 @@ fn file_name(p: &Path) -> Option<String> {
     p.file_name()?.to_str().map(str::to_owned)
 }
 
-/// The iteration and validation loss a checkpoint's name gives (`i{iteration}_l{size}_v{loss}`
-/// or `_v-`, plus `.ckpt`); 0 and `None` for what it does not give.
+/// The iteration and validation loss a checkpoint's name gives
+/// ([`parse_checkpoint_name`]); 0 for a name without an iteration.
 fn parse_name(name: &str) -> (usize, Option<f64>) {
-    let stem = name.strip_suffix(".ckpt").unwrap_or(name);
-    let mut iteration = 0;
-    let mut val_loss = None;
-    for (k, field) in stem.split('_').enumerate() {
-        if k == 0 {
-            iteration = field
-                .strip_prefix('i')
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-        } else if let Some(v) = field.strip_prefix('v') {
-            val_loss = v.parse::<f64>().ok().filter(|v| v.is_finite());
-        }
-    }
-    (iteration, val_loss)
+    let (iteration, val_loss) = parse_checkpoint_name(name);
+    (iteration.unwrap_or(0), val_loss)
 }
 
 /// `metrics.csv` as JSON: one object per row, keyed by the header's column names, numbers as

@@ -3,29 +3,36 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use karnna_data::ValSplit;
-use karnna_model::{Cell, CharRnnConfig, Init};
+use karnna_model::{CharRnnConfig, Checkpoint, Init, ModelShape};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-/// Where the model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where the model runs (in a config's `device` and on the command line's `--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The CPU (no installation needed).
+    #[value(help = "The CPU")]
     Cpu,
     /// An NVIDIA GPU through burn-cuda (build with the `cuda` feature).
+    #[value(help = "An NVIDIA GPU (burn-cuda)")]
     Cuda,
     /// Any GPU with Vulkan, Metal or DX12 through burn-wgpu (build with the `wgpu` feature).
+    #[value(help = "Any GPU with Vulkan, Metal or DX12 (burn-wgpu): AMD, Intel, Apple, NVIDIA")]
     Wgpu,
 }
 
 /// Which Burn backend runs on the CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CpuBackend {
     /// burn-flex: pure Rust on the `gemm` crate; the faster one on our measurements.
+    #[value(help = "burn-flex (default: faster here)")]
     Flex,
     /// burn-ndarray.
+    #[value(help = "burn-ndarray")]
     Ndarray,
 }
 
@@ -69,13 +76,11 @@ pub struct RunConfig {
     pub batch_size: usize,
     /// Characters per sequence in a batch (the notebook's `num_steps`).
     pub num_steps: usize,
-    /// The recurrent cell: `lstm` (the default, so every config and checkpoint written before
-    /// this key keeps its meaning), `gru` or `rnn` (PyTorch's `nn.GRU` and tanh `nn.RNN`).
-    pub cell: Cell,
-    /// Units in each recurrent layer (the notebook's name, whatever the cell).
-    pub lstm_size: usize,
-    /// Stacked recurrent layers.
-    pub num_layers: usize,
+    /// The model's shape, as the flat keys `cell` (`lstm`, the default; `gru` or `rnn`:
+    /// PyTorch's `nn.GRU` and tanh `nn.RNN`), `lstm_size` (units in each recurrent layer, the
+    /// notebook's name whatever the cell) and `num_layers`.
+    #[serde(flatten)]
+    pub shape: ModelShape,
     /// Probability of keeping a layer's output in training (dropout is `1 - keep_prob`).
     pub keep_prob: f64,
     /// Adam's learning rate.
@@ -105,6 +110,63 @@ pub struct RunConfig {
     /// checkpoint. Unset: a new model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+}
+
+/// The keys a resumed run takes from its config and command line ([`RunConfig::resume`]);
+/// every other key is the checkpoint's.
+pub const RESUME_KEEPS: [&str; 5] = ["epochs", "max_iters", "data", "device", "cpu_backend"];
+
+/// The one rule for a shape that a checkpoint decides (resume, fine-tuning): shapes compare
+/// as values, and a config that asked for another gets a note naming both.
+fn shape_note(used: ModelShape, asked: ModelShape, why: impl FnOnce() -> String) -> Option<String> {
+    (used != asked).then(|| {
+        format!(
+            "note:            {} ({used}); the config's {asked} is not used",
+            why()
+        )
+    })
+}
+
+/// A TOML error as one line: `line N: message`. The flattened shape makes serde read the
+/// whole table at once, so a bad value or an unknown key reports a span over the whole file;
+/// such an error is pinned to the line of the first key that fails on its own.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = |e: &toml::de::Error| e.message().replace('\n', " ");
+    let line_at = |offset: usize| text[..offset].matches('\n').count() + 1;
+    let whole_file = |s: &std::ops::Range<usize>| s.start == 0 && s.end >= text.trim_end().len();
+    let located = match e.span() {
+        Some(s) if !whole_file(&s) => Some((line_at(s.start), message(e))),
+        _ => failing_key(text, line_at).map(|(line, e)| (line, message(&e))),
+    };
+    match located {
+        Some((line, msg)) => format!("line {line}: {msg}"),
+        None => message(e),
+    }
+}
+
+/// The first key of a config file (by line) that does not read on its own, its line and its
+/// error.
+fn failing_key(text: &str, line_at: impl Fn(usize) -> usize) -> Option<(usize, toml::de::Error)> {
+    let table: toml::Table = text.parse().ok()?;
+    let key_line = |key: &str| {
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            let rest = line.trim_start().strip_prefix(key);
+            if rest.is_some_and(|r| r.trim_start().starts_with('=')) {
+                return line_at(offset);
+            }
+            offset += line.len();
+        }
+        usize::MAX
+    };
+    table
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let one = toml::Table::from_iter([(key.clone(), value)]);
+            let e = toml::Value::Table(one).try_into::<RunConfig>().err()?;
+            Some((key_line(&key), e))
+        })
+        .min_by_key(|(line, _)| *line)
 }
 
 /// `data` as one path or a list of paths (one path is written back as one path, so configs and
@@ -149,9 +211,7 @@ impl Default for RunConfig {
             init: Init::PyTorch,
             batch_size: 100,
             num_steps: 100,
-            cell: Cell::Lstm,
-            lstm_size: 512,
-            num_layers: 2,
+            shape: ModelShape::default(),
             keep_prob: 0.5,
             learning_rate: 0.001,
             grad_clip: 5.0,
@@ -190,14 +250,7 @@ impl RunConfig {
             std::io::ErrorKind::NotFound => err("no such config file".into()),
             _ => err(format!("cannot read: {e}")),
         })?;
-        let config: Self = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
-            let msg = e.message().replace('\n', " ");
-            err(match line {
-                Some(l) => format!("line {l}: {msg}"),
-                None => msg,
-            })
-        })?;
+        let config: Self = toml::from_str(&text).map_err(|e| err(toml_error(&text, &e)))?;
         config.validate().map_err(err)?;
         Ok(config)
     }
@@ -207,8 +260,8 @@ impl RunConfig {
         let positive = [
             ("batch_size", self.batch_size),
             ("num_steps", self.num_steps),
-            ("lstm_size", self.lstm_size),
-            ("num_layers", self.num_layers),
+            ("lstm_size", self.shape.lstm_size),
+            ("num_layers", self.shape.num_layers),
             ("epochs", self.epochs),
             ("save_every_n", self.save_every_n),
             ("eval_every", self.eval_every),
@@ -261,29 +314,78 @@ impl RunConfig {
         Ok(())
     }
 
-    /// The model's shape in words, such as `2 LSTM layers x 512 units`.
-    pub fn shape(&self) -> String {
-        format!(
-            "{} {} layers x {} units",
-            self.num_layers,
-            self.cell.name().to_uppercase(),
-            self.lstm_size
-        )
+    /// The run as a checkpoint stores it (its meta's `run`): without the keys of the model's
+    /// config, which the checkpoint holds once, in its meta's `model`.
+    pub fn checkpoint_json(&self) -> serde_json::Value {
+        let mut run = serde_json::to_value(self).expect("a run config serializes");
+        let model = serde_json::to_value(self.model(0)).expect("a model config serializes");
+        if let (Value::Object(run), Value::Object(model)) = (&mut run, model) {
+            for key in model.keys() {
+                run.remove(key);
+            }
+        }
+        run
+    }
+
+    /// The run a checkpoint was saved by: its meta's `run` with the model's keys from its
+    /// meta's `model` (checkpoints that repeat them in `run` hold the same values there).
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> anyhow::Result<Self> {
+        let mut run = ckpt.meta.run.clone();
+        let model = serde_json::to_value(&ckpt.meta.model)?;
+        if let (Value::Object(run), Value::Object(model)) = (&mut run, model) {
+            run.extend(model.into_iter().filter(|(key, _)| key != "vocab_size"));
+        }
+        serde_json::from_value(run).with_context(|| {
+            format!(
+                "{}: the run config inside is unreadable",
+                ckpt.path.display()
+            )
+        })
+    }
+
+    /// This config resuming the run of `ckpt`, and a note when the config asked for another
+    /// shape. A checkpoint's run fixes every key except [`RESUME_KEEPS`]: the length of the run,
+    /// the text's paths and the device, which come from this config.
+    pub fn resume(self, ckpt: &Checkpoint) -> anyhow::Result<(Self, Option<String>)> {
+        let saved = Self::from_checkpoint(ckpt)?;
+        let note = shape_note(saved.shape, self.shape, || {
+            "resuming keeps the run's own model".to_string()
+        });
+        let resumed = Self {
+            epochs: self.epochs,
+            max_iters: self.max_iters,
+            data: self.data,
+            device: self.device,
+            cpu_backend: self.cpu_backend,
+            ..saved
+        };
+        Ok((resumed, note))
+    }
+
+    /// This config fine-tuning `base`: the base's model decides the shape ([`ModelShape`]'s
+    /// keys); a note when the config asked for another.
+    pub fn fine_tune(self, base: &Checkpoint) -> (Self, Option<String>) {
+        let shape = base.meta.model.shape;
+        let note = shape_note(shape, self.shape, || {
+            format!("the model's shape comes from {}", base.path.display())
+        });
+        (Self { shape, ..self }, note)
     }
 
     /// The model this config describes, for a vocabulary of `vocab_size` characters.
     pub fn model(&self, vocab_size: usize) -> CharRnnConfig {
-        CharRnnConfig::new(vocab_size)
-            .with_cell(Some(self.cell))
-            .with_lstm_size(self.lstm_size)
-            .with_num_layers(self.num_layers)
-            .with_keep_prob(self.keep_prob)
+        CharRnnConfig {
+            vocab_size,
+            shape: self.shape,
+            keep_prob: self.keep_prob,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use karnna_model::Cell;
 
     fn write(name: &str, text: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("karnna-config-{}", std::process::id()));
@@ -311,8 +413,8 @@ mod tests {
             (
                 anna.batch_size,
                 anna.num_steps,
-                anna.lstm_size,
-                anna.num_layers
+                anna.shape.lstm_size,
+                anna.shape.num_layers
             ),
             (100, 100, 512, 2)
         );
@@ -334,10 +436,13 @@ mod tests {
     #[test]
     fn the_cell_is_lstm_unless_named() {
         let none = RunConfig::load(&write("nocell.toml", "data = \"a.txt\"\n")).unwrap();
-        assert_eq!(none.cell, Cell::Lstm);
+        assert_eq!(none.shape.cell, Cell::Lstm);
         let gru = RunConfig::load(&write("gru.toml", "cell = \"gru\"\n")).unwrap();
-        assert_eq!((gru.cell, gru.model(10).cell()), (Cell::Gru, Cell::Gru));
-        assert_eq!(gru.shape(), "2 GRU layers x 512 units");
+        assert_eq!(
+            (gru.shape.cell, gru.model(10).cell()),
+            (Cell::Gru, Cell::Gru)
+        );
+        assert_eq!(gru.shape.to_string(), "2 GRU layers x 512 units");
         let e = RunConfig::load(&write("badcell.toml", "cell = \"lstmx\"\n"))
             .unwrap_err()
             .to_string();
@@ -387,6 +492,106 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn a_bad_value_or_key_names_its_line() {
+        let p = write(
+            "lines.toml",
+            "name = \"x\"\n\nlstm_size = 8\ncell = \"lstmx\"\nnum_layers = 2.5\n",
+        );
+        let e = RunConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("lines.toml: line 4: unknown variant `lstmx`"),
+            "{e}"
+        );
+        let p = write("lines2.toml", "name = \"x\"\nseed = 1\n  num_layers = -2\n");
+        let e = RunConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("lines2.toml: line 3: invalid value"), "{e}");
+        let p = write("lines3.toml", "name = \"x\"\nbatch_size = \"many\"\n");
+        let e = RunConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("lines3.toml: line 2: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn a_checkpoint_holds_the_shape_once_and_resume_keeps_only_its_keys() {
+        let mut config = RunConfig::default();
+        config.shape.cell = Cell::Gru;
+        let run = config.checkpoint_json();
+        for key in ["cell", "lstm_size", "num_layers", "keep_prob", "vocab_size"] {
+            assert!(run.get(key).is_none(), "{key} in {run}");
+        }
+        assert_eq!(run["batch_size"], 100);
+        // Every key of the new config differs from the saved run's.
+        let new = RunConfig {
+            name: "other".into(),
+            data: vec!["b.txt".into()],
+            data_url: "u".into(),
+            data_sha256: "0".repeat(64),
+            val_fraction: 0.2,
+            val_split: ValSplit::Rows,
+            init: Init::TensorFlow,
+            batch_size: 7,
+            num_steps: 7,
+            shape: ModelShape {
+                cell: Cell::Rnn,
+                lstm_size: 7,
+                num_layers: 7,
+            },
+            keep_prob: 0.7,
+            learning_rate: 0.7,
+            grad_clip: 7.0,
+            epochs: 7,
+            max_iters: 7,
+            save_every_n: 7,
+            eval_every: 7,
+            log_every: 7,
+            seed: 7,
+            device: Device::Wgpu,
+            cpu_backend: CpuBackend::Ndarray,
+            reference_curve: ReferenceCurve::Notebook,
+            init_from: Some("c".into()),
+        };
+        let saved = serde_json::to_value(&config).unwrap();
+        let wanted = serde_json::to_value(&new).unwrap();
+        let ckpt_dir = std::env::temp_dir().join(format!("karnna-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&ckpt_dir).unwrap();
+        let path = ckpt_dir.join("a.ckpt");
+        let vocab = karnna_data::Vocab::from_text("ab");
+        let model = config
+            .model(vocab.len())
+            .with_lstm_size(2)
+            .with_num_layers(1);
+        let meta = karnna_model::CheckpointMeta {
+            model: model.clone(),
+            vocab,
+            iteration: 1,
+            val_loss: None,
+            train_loss: None,
+            run: RunConfig {
+                shape: model.shape,
+                ..config.clone()
+            }
+            .checkpoint_json(),
+        };
+        let device = Default::default();
+        let weights = model.init::<burn::backend::Flex>(&device);
+        Checkpoint::save(&ckpt_dir.join("a.ckpt"), &meta, &weights, &[]).unwrap();
+        let ckpt = Checkpoint::read(&path).unwrap();
+        let (resumed, note) = new.resume(&ckpt).unwrap();
+        assert_eq!(resumed.shape, model.shape);
+        assert_eq!(
+            note.unwrap(),
+            "note:            resuming keeps the run's own model (1 GRU layers x 2 units); the config's 7 RNN layers x 7 units is not used"
+        );
+        let resumed = serde_json::to_value(&resumed).unwrap();
+        for (key, value) in resumed.as_object().unwrap() {
+            let from_new = RESUME_KEEPS.contains(&key.as_str());
+            let want = if from_new { &wanted[key] } else { &saved[key] };
+            if !["lstm_size", "num_layers"].contains(&key.as_str()) {
+                assert_eq!(value, want, "{key}");
+            }
+        }
     }
 
     #[test]

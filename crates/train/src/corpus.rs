@@ -145,59 +145,11 @@ impl Corpus {
 
     /// The figures a user checks before a long run, one per line.
     pub fn describe(&self, config: &RunConfig) -> String {
-        let params = config.model(self.vocab.len()).num_params();
+        let model = config.model(self.vocab.len());
+        let params = model.num_params();
         let ratio = params as f64 / self.train_chars as f64;
-        // Karpathy's char-rnn advice: parameters about the size of the data; far more
-        // parameters than characters overfits, far fewer underfits.
-        let advice = if ratio > 2.0 {
-            "more parameters than training characters: likely to overfit (watch the validation loss; lower keep_prob for more dropout, or shrink the model)"
-        } else if ratio < 0.1 {
-            "far fewer parameters than characters: likely to underfit (a bigger model would learn more)"
-        } else {
-            "parameters and characters in the same range: a good fit (watch the validation loss)"
-        };
         let val_batches = self.val.as_ref().map_or(0, |v| v.len());
-        let split = match (self.val.is_some(), config.val_split) {
-            (false, _) => "none (val_fraction 0)",
-            (true, ValSplit::Tail) if self.files.len() > 1 => "tail: the last part of each file",
-            (true, ValSplit::Tail) => "tail: the last part of the text",
-            (true, ValSplit::Rows) => {
-                "rows: the last batches of each row, spread through the text (the notebook's split_data)"
-            }
-        };
-        let text = match self.files.as_slice() {
-            [one] => one.display().to_string(),
-            many => {
-                let names: Vec<String> = many.iter().map(|f| f.display().to_string()).collect();
-                format!("{} files: {}", many.len(), names.join(", "))
-            }
-        };
-        let vocabulary = if self.new_chars.is_empty() {
-            format!("{} symbols", self.vocab.len())
-        } else {
-            let shown: String = self.new_chars.iter().take(20).collect();
-            let more = if self.new_chars.len() > 20 {
-                ", ..."
-            } else {
-                ""
-            };
-            format!(
-                "{} symbols ({} new to the checkpoint: {shown:?}{more})",
-                self.vocab.len(),
-                self.new_chars.len()
-            )
-        };
-        let (total, stop_at) = (self.total_iterations(config.epochs), self.stop_at(config));
-        let epochs = match config.epochs {
-            1 => "1 epoch".to_string(),
-            n => format!("{n} epochs"),
-        };
-        // max_iters ends a run early; the header says where this run stops.
-        let iterations = if stop_at < total {
-            format!("{stop_at} (max_iters; {epochs} would be {total})")
-        } else {
-            format!("{total} ({epochs})")
-        };
+        let memory = MemoryEstimate::of(&model, config.batch_size, config.num_steps);
         format!(
             "text:            {}\n\
              characters:      {}\n\
@@ -209,29 +161,91 @@ impl Corpus {
              parameters:      {} ({}), initialised as {}\n\
              memory:          {}\n\
              params/chars:    {:.2}: {}",
-            text,
+            self.text_line(),
             self.chars,
-            vocabulary,
+            self.vocabulary_line(),
             self.train_chars,
             self.val_chars,
             self.train.len(),
             val_batches,
             config.batch_size,
             config.num_steps,
-            split,
+            self.split_line(config.val_split),
             self.train.len(),
-            iterations,
+            self.iterations_line(config),
             params,
-            config.shape(),
+            config.shape,
             config.init.name(),
-            MemoryEstimate::of(
-                &config.model(self.vocab.len()),
-                config.batch_size,
-                config.num_steps
-            )
-            .describe(),
+            memory.describe(),
             ratio,
-            advice
+            fit_advice(ratio)
         )
+    }
+
+    /// The text's file, or its files.
+    fn text_line(&self) -> String {
+        match self.files.as_slice() {
+            [one] => one.display().to_string(),
+            many => {
+                let names: Vec<String> = many.iter().map(|f| f.display().to_string()).collect();
+                format!("{} files: {}", many.len(), names.join(", "))
+            }
+        }
+    }
+
+    /// The vocabulary's size, and the characters new to a fine-tuned checkpoint.
+    fn vocabulary_line(&self) -> String {
+        if self.new_chars.is_empty() {
+            return format!("{} symbols", self.vocab.len());
+        }
+        let shown: String = self.new_chars.iter().take(20).collect();
+        let more = if self.new_chars.len() > 20 {
+            ", ..."
+        } else {
+            ""
+        };
+        format!(
+            "{} symbols ({} new to the checkpoint: {shown:?}{more})",
+            self.vocab.len(),
+            self.new_chars.len()
+        )
+    }
+
+    /// Where the validation part comes from.
+    fn split_line(&self, val_split: ValSplit) -> &'static str {
+        match (self.val.is_some(), val_split) {
+            (false, _) => "none (val_fraction 0)",
+            (true, ValSplit::Tail) if self.files.len() > 1 => "tail: the last part of each file",
+            (true, ValSplit::Tail) => "tail: the last part of the text",
+            (true, ValSplit::Rows) => {
+                "rows: the last batches of each row, spread through the text (the notebook's split_data)"
+            }
+        }
+    }
+
+    /// The iterations the run does: the epochs', or where `max_iters` stops it sooner.
+    fn iterations_line(&self, config: &RunConfig) -> String {
+        let (total, stop_at) = (self.total_iterations(config.epochs), self.stop_at(config));
+        let epochs = match config.epochs {
+            1 => "1 epoch".to_string(),
+            n => format!("{n} epochs"),
+        };
+        if stop_at < total {
+            format!("{stop_at} (max_iters; {epochs} would be {total})")
+        } else {
+            format!("{total} ({epochs})")
+        }
+    }
+}
+
+/// Karpathy's char-rnn advice on the ratio of parameters to training characters: about the
+/// size of the data; far more parameters than characters overfits, far fewer underfits.
+fn fit_advice(ratio: f64) -> &'static str {
+    if ratio > 2.0 {
+        "more parameters than training characters: likely to overfit (watch the validation loss; lower keep_prob for more dropout, or shrink the model)"
+    } else if ratio < 0.1 {
+        "far fewer parameters than characters: likely to underfit (a bigger model would learn more)"
+    } else {
+        "parameters and characters in the same range: a good fit (watch the validation loss)"
     }
 }

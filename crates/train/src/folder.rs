@@ -1,12 +1,13 @@
-//! A run folder and its rules: one training run at a time (an OS file lock), never overwrite a
-//! run's checkpoints silently (`--resume` or `--fresh`), and the best-checkpoint pointer.
+//! A run folder as training holds it: one training run at a time (an OS file lock), and never
+//! overwrite a run's checkpoints silently (`--resume` or `--fresh`). Its checkpoints (names,
+//! listing, latest, best) are [`RunDir`]'s, which sampling and serving share.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use karnna_model::checkpoint::{best_pointer, run_checkpoints, BEST_POINTER};
+use karnna_model::checkpoint::RunDir;
 use karnna_model::Checkpoint;
 
 /// The lock file inside a run folder; it holds the training process's id.
@@ -19,7 +20,7 @@ pub const LOCK_FILE: &str = "train.lock";
 /// Readers (sampling) do not take the lock.
 #[derive(Debug)]
 pub struct RunFolder {
-    dir: PathBuf,
+    run: RunDir,
     _lock: File,
 }
 
@@ -62,14 +63,19 @@ impl RunFolder {
             .and_then(|_| file.write_all(id.as_bytes()))
             .with_context(|| format!("{}: cannot write", path.display()))?;
         Ok(Self {
-            dir: dir.to_owned(),
+            run: RunDir::new(dir),
             _lock: file,
         })
     }
 
     /// The folder.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.run.path()
+    }
+
+    /// Its checkpoints.
+    pub fn run(&self) -> &RunDir {
+        &self.run
     }
 
     /// Applies the run-folder rules and returns the checkpoint to resume from, if any:
@@ -79,8 +85,8 @@ impl RunFolder {
     /// Nothing is deleted here: a `fresh` run calls [`RunFolder::clear`] once every check
     /// that could still refuse the run has passed.
     pub fn prepare(&self, resume: bool, fresh: bool) -> anyhow::Result<Option<Checkpoint>> {
-        let dir = &self.dir;
-        let existing = run_checkpoints(dir)?;
+        let dir = self.dir();
+        let existing = self.run.checkpoints()?;
         if !existing.is_empty() && !resume && !fresh {
             bail!(
                 "{}: has {} checkpoint(s) already; pass --resume to continue the run or --fresh to start over",
@@ -97,19 +103,19 @@ impl RunFolder {
 
     /// Deletes the folder's checkpoints, `best.txt`, `metrics.csv` and `loss.svg` (`--fresh`).
     pub fn clear(&self) -> anyhow::Result<()> {
-        for (_, path) in run_checkpoints(&self.dir)? {
+        for (_, path) in self.run.checkpoints()? {
             std::fs::remove_file(&path)
                 .with_context(|| format!("{}: cannot delete", path.display()))?;
         }
-        for name in [BEST_POINTER, "metrics.csv", "loss.svg"] {
-            let _ = std::fs::remove_file(self.dir.join(name));
+        for name in [RunDir::BEST_POINTER, "metrics.csv", "loss.svg"] {
+            let _ = std::fs::remove_file(self.dir().join(name));
         }
         Ok(())
     }
 
     /// The best checkpoint recorded in the folder and its validation loss.
     pub fn best(&self) -> Option<(PathBuf, f64)> {
-        let path = best_pointer(&self.dir)?;
+        let path = self.run.best_pointer()?;
         let loss = Checkpoint::read(&path).ok()?.meta.val_loss?;
         Some((path, loss))
     }

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod corpus;
+mod dashboard;
 pub mod fetch;
 pub mod folder;
 pub mod learner;

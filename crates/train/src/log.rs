@@ -239,6 +239,38 @@ impl Plot {
     }
 }
 
+/// The train loss smoothed with a trailing mean over a window that keeps ~400 points:
+/// (iteration, mean) at each window's last row.
+fn smoothed_train(rows: &[Row]) -> Vec<(usize, f64)> {
+    let window = (rows.len() / 400).max(1);
+    rows.windows(window)
+        .filter(|ws| ws.iter().all(|r| r.train_loss.is_finite()))
+        .map(|ws| {
+            let mean = ws.iter().map(|r| r.train_loss).sum::<f64>() / ws.len() as f64;
+            (ws[ws.len() - 1].iteration, mean)
+        })
+        .collect()
+}
+
+/// The train and validation entries of the legend at (`lx`, `ly`), and the end of the SVG.
+fn legend(s: &mut String, lx: f64, ly: f64) {
+    let _ = write!(
+        s,
+        r##"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="#1f77b4" stroke-width="2"/><text x="{}" y="{}">train</text>
+<line x1="{lx}" x2="{}" y1="{}" y2="{}" stroke="#d62728" stroke-width="2.5"/><text x="{}" y="{}">validation</text>
+</svg>
+"##,
+        lx + 24.0,
+        lx + 30.0,
+        ly + 4.0,
+        lx + 24.0,
+        ly + 18.0,
+        ly + 18.0,
+        lx + 30.0,
+        ly + 22.0
+    );
+}
+
 /// An SVG plot of train loss (thin line, smoothed over a few iterations) and validation loss
 /// (thick line with dots) against iterations, with a reference validation curve (dashed, up to
 /// the run's last iteration) when one is given.
@@ -263,15 +295,9 @@ pub fn loss_svg(rows: &[Row], reference: Option<Reference>) -> String {
     let (x, y) = (|it: f64| plot.x(it), |v: f64| plot.y(v));
     let (w, right, top) = (Plot::W, Plot::RIGHT, Plot::TOP);
     let mut s = plot.frame("karnna: loss (nats per character)");
-    // Train loss, smoothed with a trailing mean over a window that keeps ~400 points.
-    let window = (rows.len() / 400).max(1);
-    let train: Vec<String> = rows
-        .windows(window)
-        .filter(|ws| ws.iter().all(|r| r.train_loss.is_finite()))
-        .map(|ws| {
-            let mean = ws.iter().map(|r| r.train_loss).sum::<f64>() / ws.len() as f64;
-            format!("{:.1},{:.1}", x(ws[ws.len() - 1].iteration as f64), y(mean))
-        })
+    let train: Vec<String> = smoothed_train(rows)
+        .into_iter()
+        .map(|(it, mean)| format!("{:.1},{:.1}", x(it as f64), y(mean)))
         .collect();
     let _ = writeln!(
         s,
@@ -311,21 +337,7 @@ pub fn loss_svg(rows: &[Row], reference: Option<Reference>) -> String {
             y3 = ly + 36.0,
         );
     }
-    let _ = write!(
-        s,
-        r##"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="#1f77b4" stroke-width="2"/><text x="{}" y="{}">train</text>
-<line x1="{lx}" x2="{}" y1="{}" y2="{}" stroke="#d62728" stroke-width="2.5"/><text x="{}" y="{}">validation</text>
-</svg>
-"##,
-        lx + 24.0,
-        lx + 30.0,
-        ly + 4.0,
-        lx + 24.0,
-        ly + 18.0,
-        ly + 18.0,
-        lx + 30.0,
-        ly + 22.0
-    );
+    legend(&mut s, lx, ly);
     s
 }
 

@@ -40,9 +40,9 @@ impl MemoryEstimate {
         let n = batch_size as u128 * num_steps as u128;
         let g = model.cell().gates() as u128;
         let (h, v, l) = (
-            model.lstm_size as u128,
+            model.shape.lstm_size as u128,
             model.vocab_size as u128,
-            model.num_layers as u128,
+            model.shape.num_layers as u128,
         );
         Self {
             weights: f32s(p),

@@ -1,6 +1,11 @@
 //! A training run on burn-train's learner, with karnna's strategy: the LSTM state carried from
 //! batch to batch, global-norm clipping, validation every `eval_every` iterations, checkpoints
 //! every `save_every_n`, exact resume, and `metrics.csv` / `loss.svg`.
+//!
+//! [`train`] reads top to bottom: lock the run folder, settle the config (resume, fine-tuning),
+//! read the text, build or restore the model ([`Start`]), then hand [`Carry`] to the learner.
+//! [`Carry::fit`] is the notebook's loop over epochs and batches ([`Loop`]): per batch a
+//! [`Loop::step`], then [`Loop::record`] (metrics, validation, the log line, checkpoints).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -17,23 +22,22 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::train::metric::{
     CpuMemory, CpuUse, IterationSpeedMetric, LearningRateMetric, LossMetric,
 };
-use burn::train::renderer::{
-    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
-    MetricsRendererTraining, ProgressType, TrainingProgress,
-};
 use burn::train::{
-    EventProcessorTraining, Learner, LearnerEvent, LearningComponentsMarker,
+    EventProcessorTraining, Interrupter, Learner, LearnerEvent, LearningComponentsMarker,
     SupervisedLearningStrategy, SupervisedTraining, SupervisedTrainingEventProcessor, TrainLoader,
     TrainingComponents, TrainingItem, TrainingStrategy, ValidLoader,
 };
-use karnna_model::checkpoint::{checkpoint_name, set_best_pointer};
+use karnna_data::Vocab;
+use karnna_model::checkpoint::RunDir;
 use karnna_model::{CellKernels, Checkpoint, CheckpointMeta, RnnState};
 
 use crate::config::{ReferenceCurve, RunConfig};
 use crate::corpus::{Corpus, VocabFrom};
+use crate::dashboard::{self, Quiet};
 use crate::folder::RunFolder;
 use crate::learner::{
-    clip_global_norm, BatchLoader, CharMetric, CharMetricKind, OptimHandle, RecordingOptim, Trainee,
+    clip_global_norm, BatchLoader, CharBatch, CharMetric, CharMetricKind, CharOutput, OptimHandle,
+    RecordingOptim, Trainee,
 };
 use crate::log::{MetricsLog, Row, NOTEBOOK_VAL_LOSS};
 use crate::memory::MemoryEstimate;
@@ -72,16 +76,17 @@ pub struct TrainReport {
     pub signal: Option<i32>,
 }
 
+type B<I> = Autodiff<I>;
 type Optim<I> = RecordingOptim<
-    burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, Trainee<Autodiff<I>>, Autodiff<I>>,
+    burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, Trainee<B<I>>, B<I>>,
     OptimRecord<I>,
 >;
 type OptimRecord<I> = <burn::optim::adaptor::OptimizerAdaptor<
     burn::optim::Adam,
-    Trainee<Autodiff<I>>,
-    Autodiff<I>,
-> as Optimizer<Trainee<Autodiff<I>>, Autodiff<I>>>::Record;
-type Components<I> = LearningComponentsMarker<Autodiff<I>, f64, Trainee<Autodiff<I>>, Optim<I>>;
+    Trainee<B<I>>,
+    B<I>,
+> as Optimizer<Trainee<B<I>>, B<I>>>::Record;
+type Components<I> = LearningComponentsMarker<B<I>, f64, Trainee<B<I>>, Optim<I>>;
 
 fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
     NamedMpkBytesRecorder::default()
@@ -91,195 +96,212 @@ fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
 /// burn-train's learner on `Autodiff<I>` (its dashboard when stdout is a terminal).
 pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::Result<TrainReport> {
     let folder = RunFolder::lock(&opts.run_dir)?;
-    let dir = folder.dir();
     let resume_from = folder.prepare(opts.resume, opts.fresh)?;
-
-    // A resumed run keeps its own shape and batches; only the length of the run can change.
-    let mut config = opts.config.clone();
-    if let Some(ckpt) = &resume_from {
-        let saved: RunConfig =
-            serde_json::from_value(ckpt.meta.run.clone()).with_context(|| {
-                format!(
-                    "{}: the run config inside is unreadable",
-                    ckpt.path.display()
-                )
-            })?;
-        if config.shape() != saved.shape() {
-            println!(
-                "note:            resuming keeps the run's own model ({}); the config's {} is not used",
-                saved.shape(),
-                config.shape()
-            );
-        }
-        config = RunConfig {
-            epochs: config.epochs,
-            max_iters: config.max_iters,
-            data: config.data.clone(),
-            device: config.device,
-            cpu_backend: config.cpu_backend,
-            ..saved
-        };
-    }
-    // Fine-tuning (a new run only; a resumed one has its own weights): the base checkpoint
-    // decides the model's shape, and its vocabulary is extended with the text's characters.
-    let base = match (&resume_from, &config.init_from) {
-        (None, Some(path)) => {
-            // A run folder means its best checkpoint.
-            let file = if path.is_dir() {
-                karnna_model::checkpoint::best_checkpoint(path)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "{}: init_from: no checkpoints in this run folder",
-                            path.display()
-                        )
-                    })?
-            } else {
-                path.clone()
-            };
-            Some(Checkpoint::read(&file).context("init_from")?)
-        }
-        _ => None,
-    };
-    if let Some(base) = &base {
-        let m = &base.meta.model;
-        let from_base = RunConfig {
-            cell: m.cell(),
-            num_layers: m.num_layers,
-            lstm_size: m.lstm_size,
-            ..config.clone()
-        };
-        if from_base.shape() != config.shape() {
-            println!(
-                "note:            the model's shape comes from {} ({}); the config's {} is not used",
-                base.path.display(),
-                from_base.shape(),
-                config.shape()
-            );
-        }
-        config = from_base;
-    }
-    if let [one] = config.data.as_slice() {
-        crate::fetch::ensure_text(one, &config.data_url, &config.data_sha256)?;
-    }
-    let vocab = match (&resume_from, &base) {
-        (Some(ckpt), _) => VocabFrom::Fixed(ckpt.meta.vocab.clone()),
-        (None, Some(base)) => VocabFrom::Extend(base.meta.vocab.clone()),
-        (None, None) => VocabFrom::Text,
-    };
-    let corpus = Corpus::load(&config.data, &config, vocab)?;
-    let model_config = config.model(corpus.vocab.len());
+    let (config, base) = settle_config(opts.config, resume_from.as_ref())?;
+    let corpus = read_text(&config, resume_from.as_ref(), base.as_ref())?;
     let plain = opts.plain || !std::io::stdout().is_terminal();
-
     println!("{}", corpus.describe(&config));
-    println!("run folder:      {}", dir.display());
-    let need = MemoryEstimate::of(&model_config, config.batch_size, config.num_steps);
-    if let Some(limit) = opts.memory_limit.filter(|&l| need.total() > l) {
-        bail!(
-            "{}: not enough memory for this model: training it needs {}, and {} is available; make lstm_size, num_layers, batch_size or num_steps smaller",
-            dir.display(),
-            need.describe(),
-            crate::memory::bytes(limit)
-        );
-    }
-
+    println!("run folder:      {}", folder.dir().display());
+    check_memory(&folder, &config, &corpus, opts.memory_limit)?;
     if opts.fresh {
         folder.clear()?;
     }
-
     // The resolved config and the vocabulary, before the first step.
+    let dir = folder.dir();
     std::fs::write(dir.join("config.toml"), toml::to_string_pretty(&config)?)?;
     std::fs::write(
         dir.join("vocab.json"),
         serde_json::to_string(&corpus.vocab)?,
     )?;
 
-    type B<I> = Autodiff<I>;
-    I::seed(&device, config.seed);
-    let mut model = model_config.init_seeded::<B<I>>(config.init, config.seed, &device);
-    if let Some(base) = &base {
-        // The untrained model gives the rows of the characters the base never saw.
-        model = base
-            .model::<B<I>>(&device)?
-            .with_vocab(&base.meta.vocab, &corpus.vocab, model);
-        println!(
-            "fine-tuning:     from {} (iteration {}), {} new characters, a fresh optimizer",
-            base.path.display(),
-            base.meta.iteration,
-            corpus.new_chars.len()
+    let mut start = Start::<I>::build(
+        &config,
+        &corpus,
+        base.as_ref(),
+        resume_from.as_ref(),
+        &device,
+    )?;
+    let stop_at = corpus.stop_at(&config);
+    if start.iteration >= stop_at {
+        bail!(
+            "{}: the run is complete ({} of {stop_at} iterations); raise --epochs or --max-iters to train further",
+            dir.display(),
+            start.iteration
         );
     }
-    let adam = AdamConfig::new()
-        .with_epsilon(1e-8)
-        .init::<B<I>, Trainee<B<I>>>();
-    let optim: Optim<I> = RecordingOptim::new(adam);
-    let handle = optim.handle();
-    let mut start_iteration = 0;
-    let mut start_state = None;
-    let mut optim_record = None;
-    if let Some(ckpt) = &resume_from {
-        model = ckpt.model::<B<I>>(&device)?;
-        start_iteration = ckpt.meta.iteration;
+    let carry = Carry::<I>::new(config, &folder, corpus.vocab, &mut start, stop_at, plain)?;
+    let (train, val) = (corpus.train, corpus.val);
+    let val = val.unwrap_or_else(|| train.clone());
+    let train_loader: TrainLoader<Components<I>> =
+        Arc::new(BatchLoader::<B<I>>::new(train, device.clone()));
+    let valid_loader: ValidLoader<Components<I>> = Arc::new(BatchLoader::<I>::new(val, device));
+    launch(Arc::new(carry), start, train_loader, valid_loader)
+}
+
+/// The run's config: `config` itself for a new run, the checkpoint's run for a resumed one
+/// ([`RunConfig::resume`]), the base's shape when fine-tuning ([`RunConfig::fine_tune`]); and
+/// the base checkpoint, when fine-tuning. Notes on what the config asked for and does not get
+/// are printed.
+fn settle_config(
+    config: RunConfig,
+    resume_from: Option<&Checkpoint>,
+) -> anyhow::Result<(RunConfig, Option<Checkpoint>)> {
+    let (config, note) = match resume_from {
+        Some(ckpt) => config.resume(ckpt)?,
+        None => (config, None),
+    };
+    note.into_iter().for_each(|n| println!("{n}"));
+    // Fine-tuning is for a new run only: a resumed one has its own weights.
+    let base = match (resume_from, &config.init_from) {
+        (None, Some(path)) => read_base(path)?,
+        _ => return Ok((config, None)),
+    };
+    let (config, note) = config.fine_tune(&base);
+    note.into_iter().for_each(|n| println!("{n}"));
+    Ok((config, Some(base)))
+}
+
+/// The checkpoint that `init_from` names: a file, or a run folder's best checkpoint.
+fn read_base(path: &std::path::Path) -> anyhow::Result<Checkpoint> {
+    let file = if path.is_dir() {
+        RunDir::new(path).best_or_err().map_err(|_| {
+            anyhow::anyhow!(
+                "{}: init_from: no checkpoints in this run folder",
+                path.display()
+            )
+        })?
+    } else {
+        path.to_path_buf()
+    };
+    Checkpoint::read(&file).context("init_from")
+}
+
+/// The text (downloaded first when the config says where from), in batches, with the
+/// vocabulary of the resumed checkpoint, or the base's extended with the text's characters, or
+/// the text's own.
+fn read_text(
+    config: &RunConfig,
+    resume_from: Option<&Checkpoint>,
+    base: Option<&Checkpoint>,
+) -> anyhow::Result<Corpus> {
+    if let [one] = config.data.as_slice() {
+        crate::fetch::ensure_text(one, &config.data_url, &config.data_sha256)?;
+    }
+    let vocab = match (resume_from, base) {
+        (Some(ckpt), _) => VocabFrom::Fixed(ckpt.meta.vocab.clone()),
+        (None, Some(base)) => VocabFrom::Extend(base.meta.vocab.clone()),
+        (None, None) => VocabFrom::Text,
+    };
+    Corpus::load(&config.data, config, vocab)
+}
+
+/// Refuses a run whose memory estimate exceeds `limit`, before anything is allocated.
+fn check_memory(
+    folder: &RunFolder,
+    config: &RunConfig,
+    corpus: &Corpus,
+    limit: Option<u64>,
+) -> anyhow::Result<()> {
+    let model = config.model(corpus.vocab.len());
+    let need = MemoryEstimate::of(&model, config.batch_size, config.num_steps);
+    if let Some(limit) = limit.filter(|&l| need.total() > l) {
+        bail!(
+            "{}: not enough memory for this model: training it needs {}, and {} is available; make lstm_size, num_layers, batch_size or num_steps smaller",
+            folder.dir().display(),
+            need.describe(),
+            crate::memory::bytes(limit)
+        );
+    }
+    Ok(())
+}
+
+/// Where the learner starts: the model (untrained, fine-tuned from a base, or resumed), the
+/// optimizer with its saved state, the iteration and the carried LSTM state.
+struct Start<I: CellKernels> {
+    model: karnna_model::CharRnn<B<I>>,
+    optim: Optim<I>,
+    optim_record: Option<OptimRecord<I>>,
+    iteration: usize,
+    state: Option<RnnState<B<I>>>,
+}
+
+impl<I: CellKernels> Start<I> {
+    fn build(
+        config: &RunConfig,
+        corpus: &Corpus,
+        base: Option<&Checkpoint>,
+        resume_from: Option<&Checkpoint>,
+        device: &I::Device,
+    ) -> anyhow::Result<Self> {
+        let model_config = config.model(corpus.vocab.len());
+        I::seed(device, config.seed);
+        let mut model = model_config.init_seeded::<B<I>>(config.init, config.seed, device);
+        if let Some(base) = base {
+            // The untrained model gives the rows of the characters the base never saw.
+            model = base
+                .model::<B<I>>(device)?
+                .with_vocab(&base.meta.vocab, &corpus.vocab, model);
+            println!(
+                "fine-tuning:     from {} (iteration {}), {} new characters, a fresh optimizer",
+                base.path.display(),
+                base.meta.iteration,
+                corpus.new_chars.len()
+            );
+        }
+        let adam = AdamConfig::new()
+            .with_epsilon(1e-8)
+            .init::<B<I>, Trainee<B<I>>>();
+        let mut start = Self {
+            model,
+            optim: RecordingOptim::new(adam),
+            optim_record: None,
+            iteration: 0,
+            state: None,
+        };
+        if let Some(ckpt) = resume_from {
+            start.resume(ckpt, config.batch_size, device)?;
+        }
+        Ok(start)
+    }
+
+    /// Takes the model, the optimizer's state, the iteration and the carried state from `ckpt`.
+    fn resume(
+        &mut self,
+        ckpt: &Checkpoint,
+        batch: usize,
+        device: &I::Device,
+    ) -> anyhow::Result<()> {
+        self.model = ckpt.model::<B<I>>(device)?;
+        self.iteration = ckpt.meta.iteration;
         let bad =
             |what: &str| anyhow::anyhow!("{}: {what} missing or unreadable", ckpt.path.display());
         let bytes = ckpt
             .section("optim")
             .ok_or_else(|| bad("optimizer state"))?;
-        let record: OptimRecord<I> = Recorder::<B<I>>::load(&recorder(), bytes.to_vec(), &device)
+        let record: OptimRecord<I> = Recorder::<B<I>>::load(&recorder(), bytes.to_vec(), device)
             .map_err(|_| bad("optimizer state"))?;
-        optim_record = Some(record);
+        self.optim_record = Some(record);
         let state = ckpt.section("state").ok_or_else(|| bad("LSTM state"))?;
-        start_state = decode_state::<B<I>>(state, &model_config, config.batch_size, &device);
+        self.state = decode_state::<B<I>>(state, &ckpt.meta.model, batch, device);
         println!(
-            "resuming:        {} (iteration {start_iteration})",
-            ckpt.path.display()
+            "resuming:        {} (iteration {})",
+            ckpt.path.display(),
+            self.iteration
         );
+        Ok(())
     }
-    let stop_at = corpus.stop_at(&config);
-    if start_iteration >= stop_at {
-        bail!(
-            "{}: the run is complete ({start_iteration} of {stop_at} iterations); raise --epochs or --max-iters to train further",
-            dir.display()
-        );
-    }
+}
 
-    let reference = match config.reference_curve {
-        ReferenceCurve::None => None,
-        ReferenceCurve::Notebook => Some(("notebook", &NOTEBOOK_VAL_LOSS[..])),
-    };
-    crate::provenance::record(dir, &config, start_iteration)?;
-    let log = MetricsLog::open(dir, start_iteration)?.with_reference(reference);
-    let elapsed0 = log.rows().last().map_or(0.0, |r| r.elapsed_s);
-    let best = folder.best();
-    let carry = Arc::new(Carry::<I> {
-        config: config.clone(),
-        dir: dir.to_path_buf(),
-        vocab: corpus.vocab.clone(),
-        start_iteration,
-        stop_at,
-        plain,
-        handle,
-        shared: Mutex::new(Shared {
-            start_state,
-            log,
-            elapsed0,
-            best,
-            last_checkpoint: None,
-            error: None,
-            interrupted: false,
-            iteration: start_iteration,
-        }),
-    });
-
-    let train_loader: TrainLoader<Components<I>> = Arc::new(BatchLoader::<B<I>>::new(
-        corpus.train.clone(),
-        device.clone(),
-    ));
-    let valid_batches = corpus.val.clone().unwrap_or_else(|| corpus.train.clone());
-    let valid_loader: ValidLoader<Components<I>> =
-        Arc::new(BatchLoader::<I>::new(valid_batches, device.clone()));
-    let mut training = SupervisedTraining::new(dir, train_loader, valid_loader)
+/// Runs burn-train's learner with `carry` as its strategy (the dashboard, or [`Quiet`] for a
+/// plain run) and reports how the run ended.
+fn launch<I: CellKernels>(
+    carry: Arc<Carry<I>>,
+    start: Start<I>,
+    train_loader: TrainLoader<Components<I>>,
+    valid_loader: ValidLoader<Components<I>>,
+) -> anyhow::Result<TrainReport> {
+    let (config, plain) = (&carry.config, carry.plain);
+    let mut training = SupervisedTraining::new(carry.run.path(), train_loader, valid_loader)
         .metrics((
             LossMetric::<Flex>::new(),
             CharMetric::new(CharMetricKind::BitsPerChar),
@@ -297,22 +319,18 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     }
     let signals =
         StopOnSignal::install(training.interrupter()).context("cannot listen for stop signals")?;
-
-    let mut learner = Learner::new(Trainee { model }, optim, config.learning_rate);
-    if let Some(record) = optim_record {
+    let mut learner = Learner::new(
+        Trainee { model: start.model },
+        start.optim,
+        config.learning_rate,
+    );
+    if let Some(record) = start.optim_record {
         learner.load_optim(record);
     }
     let result = training.launch(learner);
     let signal = signals.received();
     drop(signals);
-    if !plain && !std::io::stdout().is_terminal() {
-        // The terminal went away under the dashboard (SIGHUP). burn-train's dashboard thread
-        // then spins polling the hung-up terminal, and dropping the renderer joins that thread:
-        // the process would never exit. The checkpoint is saved; leave the renderer undropped.
-        std::mem::forget(result);
-    } else {
-        drop(result);
-    }
+    dashboard::end(result, plain);
 
     let shared = carry.shared.lock().unwrap();
     if let Some(e) = &shared.error {
@@ -343,7 +361,7 @@ fn decode_state<B: Backend>(
     batch: usize,
     device: &B::Device,
 ) -> Option<RnnState<B>> {
-    let shape = [model.num_layers, batch, model.lstm_size];
+    let shape = [model.shape.num_layers, batch, model.shape.lstm_size];
     let n = shape.iter().product::<usize>();
     if bytes.is_empty() {
         return None; // saved at the end of an epoch: the next one starts from zeros
@@ -373,15 +391,55 @@ struct Shared<B: Backend> {
 /// karnna's training strategy for burn-train: the notebook's loop with the LSTM state carried
 /// across the batches of an epoch, feeding the learner's event processor (dashboard, metrics).
 struct Carry<I: CellKernels> {
+    /// The run's settled config (what its checkpoints record).
     config: RunConfig,
-    dir: PathBuf,
-    vocab: karnna_data::Vocab,
+    run: RunDir,
+    vocab: Vocab,
     start_iteration: usize,
     /// The iteration the run ends at: the epochs' last, or `max_iters` when sooner.
     stop_at: usize,
     plain: bool,
     handle: OptimHandle<OptimRecord<I>>,
-    shared: Mutex<Shared<Autodiff<I>>>,
+    shared: Mutex<Shared<B<I>>>,
+}
+
+/// The shape of the loop: batches per epoch and where the run stops, for the progress bars.
+struct Plan {
+    per_epoch: usize,
+    stop_at: usize,
+    /// The epoch the run stops in (`max_iters` can end it before `epochs`).
+    last_epoch: usize,
+}
+
+impl Plan {
+    /// The items of `epoch` the progress bar counts to (fewer in the epoch the run stops in).
+    fn epoch_items(&self, epoch: usize) -> usize {
+        self.per_epoch
+            .min(self.stop_at - (epoch - 1) * self.per_epoch)
+    }
+}
+
+/// [`Carry::fit`]'s moving parts: the learner, the carried state, where the loop is.
+struct Loop<'a, I: CellKernels> {
+    carry: &'a Carry<I>,
+    shared: std::sync::MutexGuard<'a, Shared<B<I>>>,
+    learner: Learner<Components<I>>,
+    processor: SupervisedTrainingEventProcessor<Components<I>>,
+    interrupter: Interrupter,
+    valid_loader: ValidLoader<Components<I>>,
+    plan: Plan,
+    state: Option<RnnState<B<I>>>,
+    iteration: usize,
+    started: Instant,
+}
+
+/// A step done, for [`Loop::record`]: batch `k` of `epoch`, its output and timing.
+struct Done<I: CellKernels> {
+    epoch: usize,
+    k: usize,
+    loss: f64,
+    secs: f64,
+    out: CharOutput<B<I>>,
 }
 
 /// The seed of iteration `it`'s dropout masks (counted from 0), which the loop hands to
@@ -394,6 +452,46 @@ pub fn step_seed(seed: u64, it: usize) -> u64 {
 }
 
 impl<I: CellKernels> Carry<I> {
+    /// The strategy for a run starting at `start` (its carried state moves here); the folder's
+    /// best checkpoint so far and its metrics log are read here.
+    fn new(
+        config: RunConfig,
+        folder: &RunFolder,
+        vocab: Vocab,
+        start: &mut Start<I>,
+        stop_at: usize,
+        plain: bool,
+    ) -> anyhow::Result<Self> {
+        let dir = folder.dir();
+        let reference = match config.reference_curve {
+            ReferenceCurve::None => None,
+            ReferenceCurve::Notebook => Some(("notebook", &NOTEBOOK_VAL_LOSS[..])),
+        };
+        crate::provenance::record(dir, &config, start.iteration)?;
+        let log = MetricsLog::open(dir, start.iteration)?.with_reference(reference);
+        let elapsed0 = log.rows().last().map_or(0.0, |r| r.elapsed_s);
+        let shared = Shared {
+            start_state: start.state.take(),
+            log,
+            elapsed0,
+            best: folder.best(),
+            last_checkpoint: None,
+            error: None,
+            interrupted: false,
+            iteration: start.iteration,
+        };
+        Ok(Self {
+            config,
+            run: folder.run().clone(),
+            vocab,
+            start_iteration: start.iteration,
+            stop_at,
+            plain,
+            handle: start.optim.handle(),
+            shared: Mutex::new(shared),
+        })
+    }
+
     /// Validation loss over the whole validation split, the state carried across its batches.
     fn validate(
         &self,
@@ -418,22 +516,22 @@ impl<I: CellKernels> Carry<I> {
         total / n.max(1) as f64
     }
 
-    /// Writes a checkpoint (model, config, vocabulary, optimizer, carried state) and updates
-    /// the best-checkpoint pointer.
+    /// Writes a checkpoint (model, vocabulary, run config, optimizer, carried state) and
+    /// updates the best-checkpoint pointer.
     fn save(
         &self,
-        shared: &mut Shared<Autodiff<I>>,
-        model: &Trainee<Autodiff<I>>,
+        shared: &mut Shared<B<I>>,
+        model: &Trainee<B<I>>,
         iteration: usize,
         val_loss: Option<f64>,
         train_loss: f64,
-        state: Option<&RnnState<Autodiff<I>>>,
+        state: Option<&RnnState<B<I>>>,
     ) -> anyhow::Result<PathBuf> {
         let optim = self
             .handle
             .take()
             .context("optimizer state was not recorded")?;
-        let optim = Recorder::<Autodiff<I>>::record(&recorder(), optim, ())?;
+        let optim = Recorder::<B<I>>::record(&recorder(), optim, ())?;
         let state = state.map(encode_state).unwrap_or_default();
         let meta = CheckpointMeta {
             model: self.config.model(self.vocab.len()),
@@ -441,11 +539,11 @@ impl<I: CellKernels> Carry<I> {
             iteration,
             val_loss,
             train_loss: Some(train_loss),
-            run: serde_json::to_value(&self.config)?,
+            run: self.config.checkpoint_json(),
         };
         let path = self
-            .dir
-            .join(checkpoint_name(iteration, self.config.lstm_size, val_loss));
+            .run
+            .checkpoint_path(iteration, self.config.shape.lstm_size, val_loss);
         Checkpoint::save(
             &path,
             &meta,
@@ -454,7 +552,7 @@ impl<I: CellKernels> Carry<I> {
         )?;
         if let Some(v) = val_loss {
             if shared.best.as_ref().is_none_or(|(_, b)| v < *b) {
-                set_best_pointer(&self.dir, &path)?;
+                self.run.set_best(&path)?;
                 shared.best = Some((path.clone(), v));
             }
         }
@@ -467,144 +565,189 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
     fn fit(
         &self,
         components: TrainingComponents<Components<I>>,
-        mut learner: Learner<Components<I>>,
+        learner: Learner<Components<I>>,
         train_loader: TrainLoader<Components<I>>,
         valid_loader: ValidLoader<Components<I>>,
         _starting_epoch: usize,
     ) -> (
-        Trainee<Autodiff<I>>,
+        Trainee<B<I>>,
         SupervisedTrainingEventProcessor<Components<I>>,
     ) {
-        let mut processor = components.event_processor;
-        let interrupter = components.interrupter;
-        let cfg = &self.config;
-        let per_epoch = train_loader.num_items();
         let mut shared = self.shared.lock().unwrap();
         if !self.plain {
-            idle_priority_for("train-renderer");
-            quiet_dashboard_after_hangup();
+            dashboard::dashboard_started();
         }
-        let mut state = shared.start_state.take();
-        let mut iteration = self.start_iteration;
-        let stop_at = self.stop_at;
-        // The dashboard's bars and the plain lines end where the run stops: max_iters can end
-        // it inside an epoch, before `epochs`.
-        let last_epoch = stop_at.div_ceil(per_epoch);
-        let epoch_items = |epoch: usize| per_epoch.min(stop_at - (epoch - 1) * per_epoch);
-        let started = Instant::now();
-        let has_val = cfg.val_fraction > 0.0;
-
-        'epochs: for epoch in iteration / per_epoch + 1..=cfg.epochs {
-            let first = iteration % per_epoch;
-            if first == 0 {
-                state = None; // the notebook resets the state at each epoch
+        let per_epoch = train_loader.num_items();
+        let plan = Plan {
+            per_epoch,
+            stop_at: self.stop_at,
+            last_epoch: self.stop_at.div_ceil(per_epoch),
+        };
+        let mut run = Loop {
+            carry: self,
+            state: shared.start_state.take(),
+            shared,
+            learner,
+            processor: components.event_processor,
+            interrupter: components.interrupter,
+            valid_loader,
+            plan,
+            iteration: self.start_iteration,
+            started: Instant::now(),
+        };
+        for epoch in run.iteration / per_epoch + 1..=self.config.epochs {
+            if !run.epoch(epoch, &train_loader) {
+                break;
             }
-            let loader = train_loader.slice(first, per_epoch);
-            let batches = loader.iter();
-            let mut k = first;
-            for batch in batches {
-                if !self.plain {
-                    ctrl_c_as_signal();
-                }
-                let t0 = Instant::now();
-                karnna_model::seed_dropout(step_seed(cfg.seed, iteration));
-                learner.lr_step();
-                let model = learner.model();
-                let (out, mut grads, next_state) = model.train_batch(batch, state.take());
-                let loss = out.loss_value();
-                if !loss.is_finite() {
-                    let last = shared
-                        .last_checkpoint
-                        .as_ref()
-                        .map_or("none".into(), |p| p.display().to_string());
-                    shared.error = Some(format!(
-                        "the loss became {loss} at iteration {}: stopping (last good checkpoint: {last}); try a lower learning_rate or grad_clip",
-                        iteration + 1
-                    ));
-                    break 'epochs;
-                }
-                clip_global_norm(&model, &mut grads, cfg.grad_clip);
-                self.handle.request();
-                learner.optimizer_step(grads);
-                iteration += 1;
-                k += 1;
-                state = Some(next_state);
-                let secs = t0.elapsed().as_secs_f64();
-                let chars = out.chars;
-                let item = TrainingItem::new(
-                    out,
-                    Progress::new(k, epoch_items(epoch)),
-                    Progress::new(epoch, last_epoch),
-                    Some(iteration),
-                    Some(learner.lr_current()),
-                );
-                processor.process_train(LearnerEvent::ProcessedItem(item));
-
-                let end_of_epoch = k == per_epoch;
-                let stopping = interrupter.should_stop() || iteration >= stop_at;
-                // An epoch's end is saved only when epochs are at least `save_every_n` long: a
-                // short text (a few batches an epoch) would otherwise write a checkpoint every few
-                // iterations. Resuming mid-epoch is exact, so nothing depends on epoch-end saves.
-                let saving = iteration.is_multiple_of(cfg.save_every_n)
-                    || stopping
-                    || (end_of_epoch && per_epoch >= cfg.save_every_n);
-                let val_loss = (has_val
-                    && (iteration.is_multiple_of(cfg.eval_every) || saving || end_of_epoch))
-                    .then(|| {
-                        self.validate(
-                            &learner.model().valid(),
-                            &valid_loader,
-                            &mut processor,
-                            Progress::new(epoch, last_epoch),
-                            iteration,
-                        )
-                    });
-                let row = Row {
-                    iteration,
-                    epoch,
-                    train_loss: loss,
-                    val_loss,
-                    chars_per_s: chars as f64 / secs,
-                    elapsed_s: shared.elapsed0 + started.elapsed().as_secs_f64(),
-                };
-                if self.plain
-                    && (iteration.is_multiple_of(cfg.log_every)
-                        || val_loss.is_some()
-                        || iteration == self.start_iteration + 1)
-                {
-                    print_line(&row, stop_at, last_epoch, secs);
-                }
-                let mut result = shared.log.push(row).map_err(anyhow::Error::from);
-                if saving && result.is_ok() {
-                    let carried = (!end_of_epoch).then_some(state.as_ref()).flatten();
-                    result = self
-                        .save(
-                            &mut shared,
-                            &learner.model(),
-                            iteration,
-                            val_loss,
-                            loss,
-                            carried,
-                        )
-                        .map(|p| {
-                            if self.plain {
-                                println!("saved {}", p.display());
-                            }
-                        });
-                }
-                if let Err(e) = result {
-                    shared.error = Some(format!("{}: {e:#}", self.dir.display()));
-                    break 'epochs;
-                }
-                shared.iteration = iteration;
-                if stopping {
-                    shared.interrupted = interrupter.should_stop();
-                    break 'epochs;
-                }
-            }
-            processor.process_train(LearnerEvent::EndEpoch(epoch));
         }
-        (learner.model(), processor)
+        (run.learner.model(), run.processor)
+    }
+}
+
+impl<I: CellKernels> Loop<'_, I> {
+    /// The rest of `epoch`'s batches, then its end; `false` when the run stops in it.
+    fn epoch(&mut self, epoch: usize, train_loader: &TrainLoader<Components<I>>) -> bool {
+        let per_epoch = self.plan.per_epoch;
+        let first = self.iteration % per_epoch;
+        if first == 0 {
+            self.state = None; // the notebook resets the state at each epoch
+        }
+        for (k, batch) in (first + 1..).zip(train_loader.slice(first, per_epoch).iter()) {
+            if !self.batch(epoch, k, batch) {
+                return false;
+            }
+        }
+        self.processor.process_train(LearnerEvent::EndEpoch(epoch));
+        true
+    }
+
+    /// Batch `k` of `epoch`: a step and its record; `false` when the run stops here (the end,
+    /// a stop request, or an error kept for [`train`] to report).
+    fn batch(&mut self, epoch: usize, k: usize, batch: CharBatch<B<I>>) -> bool {
+        if !self.carry.plain {
+            dashboard::ctrl_c_as_signal();
+        }
+        let t0 = Instant::now();
+        let (out, loss) = match self.step(batch) {
+            Ok(step) => step,
+            Err(e) => {
+                self.shared.error = Some(e);
+                return false;
+            }
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        let done = Done {
+            epoch,
+            k,
+            loss,
+            secs,
+            out,
+        };
+        let stopping = self.interrupter.should_stop() || self.iteration >= self.plan.stop_at;
+        if let Err(e) = self.record(done, stopping) {
+            let dir = self.carry.run.path().display();
+            self.shared.error = Some(format!("{dir}: {e:#}"));
+            return false;
+        }
+        self.shared.iteration = self.iteration;
+        if stopping {
+            self.shared.interrupted = self.interrupter.should_stop();
+        }
+        !stopping
+    }
+
+    /// One optimizer step on `batch` from the carried state: dropout seeded for the
+    /// iteration, forward and backward, the clip, Adam; the iteration and the state advance.
+    /// The output and its loss; an error when the loss is not finite (nothing is stepped then).
+    fn step(&mut self, batch: CharBatch<B<I>>) -> Result<(CharOutput<B<I>>, f64), String> {
+        let config = &self.carry.config;
+        karnna_model::seed_dropout(step_seed(config.seed, self.iteration));
+        self.learner.lr_step();
+        let model = self.learner.model();
+        let (out, mut grads, next_state) = model.train_batch(batch, self.state.take());
+        let loss = out.loss_value();
+        if !loss.is_finite() {
+            let last = (self.shared.last_checkpoint.as_ref())
+                .map_or("none".into(), |p| p.display().to_string());
+            return Err(format!(
+                "the loss became {loss} at iteration {}: stopping (last good checkpoint: {last}); try a lower learning_rate or grad_clip",
+                self.iteration + 1
+            ));
+        }
+        clip_global_norm(&model, &mut grads, config.grad_clip);
+        self.carry.handle.request();
+        self.learner.optimizer_step(grads);
+        self.iteration += 1;
+        self.state = Some(next_state);
+        Ok((out, loss))
+    }
+
+    /// After a step: the metrics item, validation when due, the log row and plain line, and a
+    /// checkpoint when due (`stopping` forces one).
+    fn record(&mut self, done: Done<I>, stopping: bool) -> anyhow::Result<()> {
+        let (cfg, plan, iteration) = (&self.carry.config, &self.plan, self.iteration);
+        let epoch = Progress::new(done.epoch, plan.last_epoch);
+        let chars_per_s = done.out.chars as f64 / done.secs;
+        let item = TrainingItem::new(
+            done.out,
+            Progress::new(done.k, plan.epoch_items(done.epoch)),
+            epoch.clone(),
+            Some(iteration),
+            Some(self.learner.lr_current()),
+        );
+        self.processor
+            .process_train(LearnerEvent::ProcessedItem(item));
+        let end_of_epoch = done.k == plan.per_epoch;
+        // An epoch's end is saved only when epochs are at least `save_every_n` long: a short
+        // text (a few batches an epoch) would otherwise write a checkpoint every few
+        // iterations. Resuming mid-epoch is exact, so nothing depends on epoch-end saves.
+        let saving = iteration.is_multiple_of(cfg.save_every_n)
+            || stopping
+            || (end_of_epoch && plan.per_epoch >= cfg.save_every_n);
+        let validating = cfg.val_fraction > 0.0
+            && (iteration.is_multiple_of(cfg.eval_every) || saving || end_of_epoch);
+        let val_loss = validating.then(|| {
+            let model = self.learner.model().valid();
+            (self.carry).validate(
+                &model,
+                &self.valid_loader,
+                &mut self.processor,
+                epoch,
+                iteration,
+            )
+        });
+        let row = Row {
+            iteration,
+            epoch: done.epoch,
+            train_loss: done.loss,
+            val_loss,
+            chars_per_s,
+            elapsed_s: self.shared.elapsed0 + self.started.elapsed().as_secs_f64(),
+        };
+        if self.carry.plain
+            && (iteration.is_multiple_of(cfg.log_every)
+                || val_loss.is_some()
+                || iteration == self.carry.start_iteration + 1)
+        {
+            print_line(&row, plan.stop_at, plan.last_epoch, done.secs);
+        }
+        self.shared.log.push(row)?;
+        if saving {
+            let carried = self.state.as_ref().filter(|_| !end_of_epoch);
+            let model = self.learner.model();
+            let saved = (self.carry).save(
+                &mut self.shared,
+                &model,
+                iteration,
+                val_loss,
+                done.loss,
+                carried,
+            )?;
+            if self.carry.plain {
+                println!("saved {}", saved.display());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -618,99 +761,3 @@ fn print_line(row: &Row, total: usize, epochs: usize, secs: f64) {
         row.iteration, row.epoch, row.train_loss, row.chars_per_s, t / 60, t % 60
     );
 }
-
-/// The renderer when stdout is not a terminal: the strategy prints its own plain lines.
-struct Quiet;
-
-impl MetricsRendererTraining for Quiet {
-    fn update_train(&mut self, _: MetricState) {}
-    fn update_valid(&mut self, _: MetricState) {}
-    fn render_train(&mut self, _: TrainingProgress, _: Vec<ProgressType>) {}
-    fn render_valid(&mut self, _: TrainingProgress, _: Vec<ProgressType>) {}
-    fn on_train_end(
-        &mut self,
-        _: Option<burn::train::LearnerSummary>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        Ok(())
-    }
-}
-
-impl MetricsRendererEvaluation for Quiet {
-    fn update_test(&mut self, _: EvaluationName, _: MetricState) {}
-    fn render_test(&mut self, _: EvaluationProgress, _: Vec<ProgressType>) {}
-}
-
-impl MetricsRenderer for Quiet {
-    fn manual_close(&mut self) {}
-    fn register_metric(&mut self, _: burn::train::metric::MetricDefinition) {}
-}
-
-/// Makes Ctrl-C raise SIGINT again while the dashboard runs: the TUI puts the terminal in raw
-/// mode, which turns Ctrl-C into a key press it ignores. With the signal back, Ctrl-C reaches
-/// the handler that asks the loop to save a checkpoint and stop cleanly.
-#[cfg(unix)]
-fn ctrl_c_as_signal() {
-    // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed, then filled, termios struct.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(libc::STDIN_FILENO, &mut t) == 0 && t.c_lflag & libc::ISIG == 0 {
-            t.c_lflag |= libc::ISIG;
-            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t);
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn ctrl_c_as_signal() {}
-
-/// Silences the panic of burn-train's dashboard thread ("train-renderer") once the terminal is
-/// gone (SIGHUP): its renderer unwraps the terminal reset, which a hung-up terminal refuses, and
-/// the panic hooks burn-train installed would print a panic and a backtrace to stderr. The stop
-/// itself is clean (the checkpoint is saved; see `train`). Installed once, after burn-train's
-/// own hooks (its experiment logger's is in place when the strategy runs); every other panic
-/// goes on to them.
-fn quiet_dashboard_after_hangup() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let next = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let dashboard = std::thread::current().name() == Some("train-renderer");
-            let terminal_gone = !std::io::stdout().is_terminal();
-            if !(dashboard && terminal_gone) {
-                next(info);
-            }
-        }));
-    });
-}
-
-/// Moves this process's threads named `name` to the idle scheduling class.
-///
-/// burn-train's dashboard thread ("train-renderer") polls its event channel in a loop without
-/// sleeping between its 10 Hz redraws, so it keeps a core busy: on a 2-core machine that took a
-/// quarter of the training speed (300 iterations of `anna-cpu`: 30.2 s under the dashboard,
-/// 24.4 s without). In the idle class it runs on what the training leaves, which is plenty for
-/// its redraws and key presses.
-#[cfg(target_os = "linux")]
-fn idle_priority_for(name: &str) {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return;
-    };
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if comm.trim_end() == name {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: sets the policy of one of this process's threads; a failure changes nothing.
-            unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn idle_priority_for(_: &str) {}

@@ -8,7 +8,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use karnna_data::{Batches, Vocab};
-use karnna_model::{Cell, CharRnnConfig, Checkpoint, Init};
+use karnna_model::{Cell, CharRnnConfig, Checkpoint, Init, ModelShape};
 use karnna_train::learner::{char_loss, clip_global_norm, CharBatch, Trainee};
 use karnna_train::{train, RunConfig, TrainOptions};
 
@@ -133,8 +133,10 @@ fn config(data: &Path) -> RunConfig {
         data: vec![data.to_owned()],
         batch_size: 3,
         num_steps: 10,
-        lstm_size: 12,
-        num_layers: 2,
+        shape: ModelShape {
+            lstm_size: 12,
+            ..ModelShape::default()
+        },
         keep_prob: 0.8,
         learning_rate: 0.01,
         epochs: 2,
@@ -198,9 +200,10 @@ fn resume_continues_exactly(cell: Cell) {
     let dir = scratch(&format!("resume-{cell}"));
     let data = dir.join("text.txt");
     std::fs::write(&data, TEXT.repeat(3)).unwrap();
-    let config = |data: &Path| RunConfig {
-        cell,
-        ..config(data)
+    let config = |data: &Path| {
+        let mut c = config(data);
+        c.shape.cell = cell;
+        c
     };
 
     // Uninterrupted: 2 epochs. Stopped after 5 iterations (mid-epoch), then resumed.
@@ -272,8 +275,8 @@ fn fine_tuning_keeps_the_base_and_extends_its_vocabulary() {
     let other = dir.join("other.txt");
     std::fs::write(&other, "猫坐在垫子上。the mat. ".repeat(40)).unwrap();
     let mut c = config(&other);
-    c.lstm_size = 99; // ignored: the base decides
-    c.num_layers = 1;
+    c.shape.lstm_size = 99; // ignored: the base decides
+    c.shape.num_layers = 1;
     c.max_iters = 1;
     c.init_from = Some(base_path.clone());
     let tuned = run(&dir.join("tuned"), c, false);
@@ -289,8 +292,7 @@ fn fine_tuning_keeps_the_base_and_extends_its_vocabulary() {
         assert!(vocab.id(c).is_some(), "{c:?} not added");
     }
     assert_eq!(vocab.len(), base_vocab.len() + 7);
-    assert_eq!(tuned.meta.model.lstm_size, base_ckpt.meta.model.lstm_size);
-    assert_eq!(tuned.meta.model.num_layers, base_ckpt.meta.model.num_layers);
+    assert_eq!(tuned.meta.model.shape, base_ckpt.meta.model.shape);
     assert_eq!(tuned.meta.iteration, 1);
 
     // One step of Adam at 0.01 moves a weight by at most ~0.01: the second layer's recurrent

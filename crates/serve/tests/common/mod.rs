@@ -12,7 +12,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use karnna_data::Vocab;
-use karnna_model::checkpoint::{checkpoint_name, set_best_pointer};
+use karnna_model::checkpoint::{checkpoint_name, RunDir};
 use karnna_model::{CharRnnConfig, Checkpoint, CheckpointMeta, Init};
 use karnna_serve::{ServeOptions, Server, ServerHandle};
 
@@ -53,7 +53,7 @@ pub fn tiny_run(name: &str, size: usize, layers: usize) -> PathBuf {
         let path = dir.join(checkpoint_name(iteration, size, val_loss));
         Checkpoint::save(&path, &meta, &model, &[]).unwrap();
         if iteration == 100 {
-            set_best_pointer(&dir, &path).unwrap();
+            RunDir::new(&dir).set_best(&path).unwrap();
         }
     }
     std::fs::write(dir.join("metrics.csv"), metrics(150)).unwrap();

@@ -14,7 +14,7 @@
 //! - a fixed base for the program itself (its code, thread stacks, Burn's runtime).
 //!
 //! Measured against the peak resident memory `karnna bench` reports (the same step: forward,
-//! backward, global clip, Adam), the estimate is within the factor stated in README.
+//! backward, global clip, Adam), the estimate is within the factor stated in docs/GUIDE.md ("Training").
 
 use karnna_model::CharRnnConfig;
 

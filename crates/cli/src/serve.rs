@@ -1,6 +1,7 @@
 //! `karnna serve`: a run's page (live sampling, its loss curves) and HTTP API, on loopback
 //! unless told otherwise (see `karnna-serve`).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -66,14 +67,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let list = server.checkpoints();
         let best = list.first().map_or("-", |c| c.name.as_str());
         // The first line names the address, for people and for scripts (`--addr 127.0.0.1:0`).
-        println!("serving http://{}/", server.local_addr());
-        println!(
-            "  {} ({} checkpoint{}; the best: {best})",
+        // A reader that leaves after it (`| head -1`) must not stop the server: write errors
+        // are ignored, where `println!` would panic on the closed pipe.
+        let text = format!(
+            "serving http://{}/\n  {} ({} checkpoint{}; the best: {best})\n  stop with Ctrl-C\n",
+            server.local_addr(),
             dir.display(),
             list.len(),
             if list.len() == 1 { "" } else { "s" }
         );
-        println!("  stop with Ctrl-C");
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     };
     karnna_serve::serve_forever(args.addr, opts, ready)?;
     Ok(())

@@ -10,6 +10,7 @@
 //! burn-train: training loops, optimizers and metrics live in `karnna-train`, sampling in
 //! `karnna-infer`.
 
+mod cell;
 pub mod checkpoint;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
@@ -17,9 +18,10 @@ pub mod kernel;
 mod model;
 pub mod ops;
 
+pub use cell::Cell;
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta};
 pub use model::{
-    next_dropout_seed, seed_dropout, to_f32_vec, Cell, CharRnn, CharRnnConfig, Init, ModelShape,
+    next_dropout_seed, seed_dropout, to_f32_vec, CharRnn, CharRnnConfig, Init, ModelShape,
     Recurrence, RnnLayer, RnnState,
 };
 pub use ops::{CellBackend, CellKernels, HCell, MatmulPrecision};

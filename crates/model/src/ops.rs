@@ -67,6 +67,17 @@ pub enum HCell {
     Rnn,
 }
 
+impl Cell {
+    /// The fused op's name for a cell whose whole state is `h`; `None` for the LSTM.
+    pub fn hcell(self) -> Option<HCell> {
+        match self {
+            Cell::Lstm => None,
+            Cell::Gru => Some(HCell::Gru),
+            Cell::Rnn => Some(HCell::Rnn),
+        }
+    }
+}
+
 impl HCell {
     /// Gate blocks of the cell's weights.
     pub fn gates(self) -> usize {

@@ -91,9 +91,11 @@ impl BenchArgs {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one of an even count); `None` when `v` is empty.
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied()
 }
 
 /// Median seconds of a training step: forward, backward, global-norm clip, Adam; and, with a
@@ -154,7 +156,7 @@ fn train_step_secs<I: CellKernels>(
         state = Some(s);
     }
     let _ = model.valid();
-    (median(times), launches)
+    (median(&times).expect("--iters is at least 1"), launches)
 }
 
 /// [`train_step_secs`] on a GPU backend.
@@ -444,35 +446,30 @@ impl Timings {
     fn report(self, a: &BenchArgs) -> Figures {
         println!("--- medians over {} run(s)", a.repeats);
         let mut figures = Figures::default();
-        if !self.ours_t.is_empty() {
-            let t = median(self.ours_t);
+        if let Some(t) = median(&self.ours_t) {
             figures.train_s_per_batch = Some(t);
             println!("train_s_per_batch={t:.4}");
             println!("train_chars_per_s={:.0}", (a.batch * a.steps) as f64 / t);
-            if !self.peer_t.is_empty() {
-                let p = median(self.peer_t);
-                figures.peer_train_s_per_batch = Some(p);
+            figures.peer_train_s_per_batch = median(&self.peer_t).inspect(|p| {
                 println!("peer_train_s_per_batch={p:.4}");
                 println!("train_speedup_vs_peer={:.2}", p / t);
-            }
+            });
         }
-        if !self.ours_s.is_empty() {
-            let s = median(self.ours_s);
+        if let Some(s) = median(&self.ours_s) {
             figures.sample_chars_per_s = Some(s);
             println!("sample_chars_per_s={s:.1}");
-            if !self.f16_s.is_empty() {
-                println!("sample_chars_per_s_f16={:.1}", median(self.f16_s.clone()));
-                println!("sample_chars_per_s_burn_forward={:.1}", median(self.burn_s));
+            let f16 = median(&self.f16_s);
+            if let (Some(f), Some(b)) = (f16, median(&self.burn_s)) {
+                println!("sample_chars_per_s_f16={f:.1}");
+                println!("sample_chars_per_s_burn_forward={b:.1}");
             }
-            if !self.peer_s.is_empty() {
-                let p = median(self.peer_s);
-                figures.peer_sample_chars_per_s = Some(p);
+            figures.peer_sample_chars_per_s = median(&self.peer_s).inspect(|p| {
                 println!("peer_sample_chars_per_s={p:.1}");
                 println!("sample_speedup_vs_peer={:.2}", s / p);
-                if !self.f16_s.is_empty() {
-                    println!("sample_speedup_vs_peer_f16={:.2}", median(self.f16_s) / p);
+                if let Some(f) = f16 {
+                    println!("sample_speedup_vs_peer_f16={:.2}", f / p);
                 }
-            }
+            });
         }
         if let Some(n) = self.launches {
             // Counted through CubeCL's launch log (karnna_gpu::launches), one step after the timed ones.

@@ -142,42 +142,25 @@ fn an_lstm_checkpoint_from_before_cells_samples_the_same_text() {
         !String::from_utf8_lossy(&bytes).contains("\"cell\""),
         "an old checkpoint"
     );
-    for precision in ["f32", "f16"] {
-        let out = run_ok(
-            &dir,
-            &[
-                "sample",
-                "--checkpoint",
-                ckpt,
-                "--prime",
-                "Anna ",
-                "--len",
-                "200",
-                "--seed",
-                "7",
-                "--precision",
-                precision,
-            ],
-        );
-        let want = std::fs::read_to_string(fixture("lstm-v1-seed7.txt")).unwrap();
-        assert_eq!(out, want, "{precision}");
-    }
-    let out = run_ok(
-        &dir,
-        &[
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
             "sample",
             "--checkpoint",
             ckpt,
             "--prime",
             "Anna ",
-            "--len",
-            "100",
             "--seed",
             "7",
-            "--num-samples",
-            "2",
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        run_ok(&dir, &args)
+    };
+    for precision in ["f32", "f16"] {
+        let out = sample(&["--len", "200", "--precision", precision]);
+        let want = std::fs::read_to_string(fixture("lstm-v1-seed7.txt")).unwrap();
+        assert_eq!(out, want, "{precision}");
+    }
+    let out = sample(&["--len", "100", "--num-samples", "2"]);
     let want = std::fs::read_to_string(fixture("lstm-v1-seed7-two.txt")).unwrap();
     assert_eq!(out, want);
 }

@@ -1,11 +1,11 @@
 //! The `karnna` binary as a user meets it: train the tiny config on a short text, sample from
 //! it, and get one-line errors with exit code 2 for bad input.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{karnna, tiny_config, workdir, SHORT};
+use common::{karnna, tiny_config, train_short, workdir, SHORT};
 
 fn text(o: &Output) -> (String, String) {
     (
@@ -14,9 +14,25 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-/// `karnna ARGS` fails with exit code 2 and a single stderr line containing `needle`.
-fn assert_one_line_error(dir: &Path, args: &[&str], needle: &str) {
-    let o = karnna(dir, args);
+/// A fresh folder `name` holding `short.txt` (SHORT 30 times) and a tiny run of `iters`
+/// iterations on it.
+fn trained(name: &str, iters: usize) -> PathBuf {
+    let dir = workdir(name);
+    std::fs::write(dir.join("short.txt"), SHORT.repeat(30)).unwrap();
+    let o = train_short(&dir, &["--max-iters", &iters.to_string()]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    dir
+}
+
+/// `karnna LINE` fails with exit code 2 and a single stderr line containing `needle`. `LINE`'s
+/// words are split at spaces; the word `TINY` stands for the path of `configs/tiny.toml`.
+fn assert_one_line_error(dir: &Path, line: &str, needle: &str) {
+    let tiny = tiny_config();
+    let args: Vec<&str> = line
+        .split(' ')
+        .map(|w| if w == "TINY" { tiny.as_str() } else { w })
+        .collect();
+    let o = karnna(dir, &args);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
     assert!(err.contains(needle), "{args:?}: {err}");
@@ -27,21 +43,7 @@ fn assert_one_line_error(dir: &Path, args: &[&str], needle: &str) {
 fn train_then_sample_a_short_text() {
     let dir = workdir("flow");
     std::fs::write(dir.join("short.txt"), SHORT.repeat(30)).unwrap();
-    let cfg = tiny_config();
-    let o = karnna(
-        &dir,
-        &[
-            "train",
-            "--config",
-            &cfg,
-            "--data",
-            "short.txt",
-            "--epochs",
-            "4",
-            "--max-iters",
-            "60",
-        ],
-    );
+    let o = train_short(&dir, &["--epochs", "4", "--max-iters", "60"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("parameters:"), "{out}");
@@ -72,7 +74,7 @@ fn train_then_sample_a_short_text() {
     }
 
     // Training again into the same folder refuses without --resume or --fresh.
-    let o = karnna(&dir, &["train", "--config", &cfg, "--data", "short.txt"]);
+    let o = train_short(&dir, &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("--resume"));
 
@@ -89,30 +91,21 @@ fn train_then_sample_a_short_text() {
     let (out, _) = text(&all);
     assert!(out.matches("==> ").count() >= 2, "{out}");
 
-    for (args, needle) in [
+    for (line, needle) in [
+        ("sample --top-n 0", "--top-n must be between 1 and"),
+        ("sample --top-n 1000", "--top-n must be between 1 and"),
+        ("sample --temperature 0", "--temperature must be positive"),
+        ("sample --prime Zq字", "cannot read them"),
         (
-            vec!["sample", "--top-n", "0"],
-            "--top-n must be between 1 and",
-        ),
-        (
-            vec!["sample", "--top-n", "1000"],
-            "--top-n must be between 1 and",
-        ),
-        (
-            vec!["sample", "--temperature", "0"],
-            "--temperature must be positive",
-        ),
-        (vec!["sample", "--prime", "Zq字"], "cannot read them"),
-        (
-            vec!["sample", "--checkpoint", "nothing.ckpt"],
+            "sample --checkpoint nothing.ckpt",
             "nothing.ckpt: no such checkpoint",
         ),
         (
-            vec!["sample", "--checkpoint", "short.txt"],
+            "sample --checkpoint short.txt",
             "short.txt: not a karnna checkpoint",
         ),
     ] {
-        assert_one_line_error(&dir, &args, needle);
+        assert_one_line_error(&dir, line, needle);
     }
 }
 
@@ -121,31 +114,27 @@ fn bad_input_is_one_line_and_exit_2() {
     let dir = workdir("errors");
     std::fs::write(dir.join("bad.txt"), b"abc\xffdef").unwrap();
     std::fs::write(dir.join("bad.toml"), "num_layers = 0\n").unwrap();
-    let cfg = tiny_config();
-    for (args, needle) in [
+    for (line, needle) in [
         (
-            vec!["info", "--config", cfg.as_str(), "--data", "missing.txt"],
+            "info --config TINY --data missing.txt",
             "missing.txt: no such file",
         ),
         (
-            vec!["info", "--config", cfg.as_str(), "--data", "bad.txt"],
+            "info --config TINY --data bad.txt",
             "bad.txt: not valid UTF-8 at byte 3",
         ),
         (
-            vec!["info", "--config", "bad.toml"],
+            "info --config bad.toml",
             "bad.toml: num_layers must be at least 1",
         ),
+        ("train --config TINY --data bad.txt", "not valid UTF-8"),
         (
-            vec!["train", "--config", cfg.as_str(), "--data", "bad.txt"],
-            "not valid UTF-8",
-        ),
-        (
-            vec!["train", "--config", cfg.as_str(), "--keep-prob", "1.5"],
+            "train --config TINY --keep-prob 1.5",
             "keep_prob must be in (0, 1]",
         ),
-        (vec!["sample"], "no training run found"),
+        ("sample", "no training run found"),
     ] {
-        assert_one_line_error(&dir, &args, needle);
+        assert_one_line_error(&dir, line, needle);
     }
 }
 
@@ -195,22 +184,7 @@ fn number(out: &str, key: &str) -> f64 {
 
 #[test]
 fn eval_scores_a_text() {
-    let dir = workdir("eval");
-    std::fs::write(dir.join("short.txt"), SHORT.repeat(30)).unwrap();
-    let cfg = tiny_config();
-    let o = karnna(
-        &dir,
-        &[
-            "train",
-            "--config",
-            &cfg,
-            "--data",
-            "short.txt",
-            "--max-iters",
-            "30",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o).1);
+    let dir = trained("eval", 30);
 
     // The latest run's best checkpoint, on the text it learned.
     let o = karnna(&dir, &["eval", "--data", "short.txt"]);
@@ -275,52 +249,39 @@ fn eval_scores_a_text() {
 
     std::fs::write(dir.join("none.txt"), "«Z»").unwrap();
     std::fs::create_dir_all(dir.join("empty-run")).unwrap();
-    for (args, needle) in [
+    for (line, needle) in [
+        ("eval --data missing.txt", "missing.txt: no such file"),
         (
-            vec!["eval", "--data", "missing.txt"],
-            "missing.txt: no such file",
-        ),
-        (
-            vec!["eval", "--data", "none.txt"],
+            "eval --data none.txt",
             "none.txt: 0 character(s) the model knows",
         ),
         (
-            vec!["eval", "--data", "short.txt", "--batch-size", "0"],
+            "eval --data short.txt --batch-size 0",
             "--batch-size must be at least 1",
         ),
         (
-            vec!["eval", "--data", "short.txt", "--num-steps", "0"],
+            "eval --data short.txt --num-steps 0",
             "--num-steps must be at least 1",
         ),
         (
-            vec![
-                "eval",
-                "--checkpoint",
-                "nothing.ckpt",
-                "--data",
-                "short.txt",
-            ],
+            "eval --checkpoint nothing.ckpt --data short.txt",
             "nothing.ckpt: no such checkpoint",
         ),
         (
-            vec!["eval", "--checkpoint", "short.txt", "--data", "short.txt"],
+            "eval --checkpoint short.txt --data short.txt",
             "short.txt: not a karnna checkpoint",
         ),
         (
-            vec!["eval", "--run", "empty-run", "--data", "short.txt"],
+            "eval --run empty-run --data short.txt",
             "empty-run: no checkpoints in this run folder",
         ),
     ] {
-        assert_one_line_error(&dir, &args, needle);
+        assert_one_line_error(&dir, line, needle);
     }
     // No run at all.
     let empty = workdir("eval-empty");
     std::fs::write(empty.join("short.txt"), SHORT).unwrap();
-    assert_one_line_error(
-        &empty,
-        &["eval", "--data", "short.txt"],
-        "no training run found",
-    );
+    assert_one_line_error(&empty, "eval --data short.txt", "no training run found");
 }
 
 #[test]
@@ -384,50 +345,25 @@ fn a_folder_of_texts_and_fine_tuning_from_the_command_line() {
     std::fs::create_dir_all(dir.join("empty")).unwrap();
     assert_one_line_error(
         &dir,
-        &["info", "--config", &cfg, "--data", "empty"],
+        "info --config TINY --data empty",
         "empty: no .txt files in this folder",
     );
     std::fs::write(texts.join("4.txt"), b"fine \xfe then not").unwrap();
     assert_one_line_error(
         &dir,
-        &["info", "--config", &cfg, "--data", "texts"],
+        "info --config TINY --data texts",
         "4.txt: not valid UTF-8 at byte 5",
     );
     assert_one_line_error(
         &dir,
-        &[
-            "train",
-            "--config",
-            &cfg,
-            "--data",
-            "new.txt",
-            "--run-dir",
-            "x",
-            "--init-from",
-            "nope.ckpt",
-        ],
+        "train --config TINY --data new.txt --run-dir x --init-from nope.ckpt",
         "nope.ckpt",
     );
 }
 
 #[test]
 fn several_samples_in_one_batch_and_a_prime_from_a_file() {
-    let dir = workdir("many");
-    std::fs::write(dir.join("short.txt"), SHORT.repeat(30)).unwrap();
-    let cfg = tiny_config();
-    let o = karnna(
-        &dir,
-        &[
-            "train",
-            "--config",
-            &cfg,
-            "--data",
-            "short.txt",
-            "--max-iters",
-            "10",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o).1);
+    let dir = trained("many", 10);
     let sample = |extra: &[&str]| {
         let mut args = vec!["sample", "--seed", "5", "--len", "60", "--precision", "f32"];
         args.extend_from_slice(extra);
@@ -442,20 +378,23 @@ fn several_samples_in_one_batch_and_a_prime_from_a_file() {
     assert_eq!(sample(&["--num-samples", "1"]), single);
     let three = sample(&["--num-samples", "3"]);
     assert_eq!(three.matches("--- sample ").count(), 3, "{three}");
-    let mut parts = Vec::new();
-    let mut rest = three.as_str();
-    for k in 1..=3 {
-        let sep = format!("--- sample {k} of 3 ---\n");
-        rest = rest
-            .strip_prefix(&sep)
-            .unwrap_or_else(|| panic!("{sep:?}: {three}"));
-        // A newline ends each sample (the last one's is the one every sample run ends with).
-        let end = rest.find("\n--- sample ").unwrap_or(rest.len() - 1);
-        parts.push(&rest[..end]);
-        rest = &rest[end + 1..];
-    }
-    assert_eq!(rest, "", "{three}");
-    for p in &parts {
+    // A newline ends each sample (the last one's is the one every sample run ends with).
+    let parts: Vec<&str> = three
+        .split("--- sample ")
+        .enumerate()
+        .map(|(k, part)| match k {
+            0 => part,
+            k => part
+                .strip_prefix(&format!("{k} of 3 ---\n"))
+                .and_then(|p| p.strip_suffix('\n'))
+                .unwrap_or_else(|| panic!("sample {k}: {three}")),
+        })
+        .collect();
+    let [head, parts @ ..] = parts.as_slice() else {
+        unreachable!()
+    };
+    assert_eq!((*head, parts.len()), ("", 3), "{three}");
+    for p in parts {
         assert!(p.starts_with("Far"), "{p:?}");
         assert_eq!(p.chars().count(), 63, "{p:?}");
     }
@@ -475,29 +414,23 @@ fn several_samples_in_one_batch_and_a_prime_from_a_file() {
 
     std::fs::write(dir.join("empty.txt"), "").unwrap();
     std::fs::write(dir.join("bad.txt"), b"Fa\xffr").unwrap();
-    for (args, needle) in [
+    for (line, needle) in [
+        ("sample --num-samples 0", "--num-samples must be at least 1"),
         (
-            vec!["sample", "--num-samples", "0"],
-            "--num-samples must be at least 1",
-        ),
-        (
-            vec!["sample", "--prime-file", "missing.txt"],
+            "sample --prime-file missing.txt",
             "missing.txt: no such file",
         ),
         (
-            vec!["sample", "--prime-file", "bad.txt"],
+            "sample --prime-file bad.txt",
             "bad.txt: not valid UTF-8 at byte 2",
         ),
         (
-            vec!["sample", "--prime-file", "empty.txt"],
+            "sample --prime-file empty.txt",
             "empty.txt: the file is empty",
         ),
-        (
-            vec!["sample", "--num-samples", "2", "--device", "wgpu"],
-            "on the CPU only",
-        ),
+        ("sample --num-samples 2 --device wgpu", "on the CPU only"),
     ] {
-        assert_one_line_error(&dir, &args, needle);
+        assert_one_line_error(&dir, line, needle);
     }
     // Both primes at once: clap refuses, with its usage.
     let o = karnna(

@@ -18,7 +18,7 @@ fn run_checkpoints(dir: &Path) -> std::io::Result<Vec<(usize, PathBuf)>> {
 use karnna_model::Checkpoint;
 
 mod common;
-use common::{karnna, tiny_config};
+use common::{karnna, tiny_config, train_short as train};
 
 fn workdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("karnna-stops-{}-{name}", std::process::id()));
@@ -39,11 +39,6 @@ fn train_args(extra: &[&str]) -> Vec<String> {
     base.into_iter()
         .chain(extra.iter().map(|s| s.to_string()))
         .collect()
-}
-
-fn train(dir: &Path, extra: &[&str]) -> Output {
-    let args = train_args(extra);
-    karnna(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Resumes the run in `dir` and trains until iteration `until`.

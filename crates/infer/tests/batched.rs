@@ -108,33 +108,28 @@ fn opts(seed: u64, len: usize) -> SampleOptions {
     }
 }
 
-fn one(model: &mut CpuCharRnn, seed: u64, len: usize) -> String {
+/// What `write` prints for FARMS's vocabulary and [`opts`]`(seed, len)`.
+fn printed(
+    seed: u64,
+    len: usize,
+    write: impl FnOnce(&Vocab, &SampleOptions, &mut Vec<u8>, &AtomicBool) -> Result<(), SampleError>,
+) -> String {
     let mut out = Vec::new();
     let vocab = Vocab::from_text(FARMS);
-    generate(
-        model,
-        &vocab,
-        &opts(seed, len),
-        &mut out,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    write(&vocab, &opts(seed, len), &mut out, &AtomicBool::new(false)).unwrap();
     String::from_utf8(out).unwrap()
 }
 
+fn one(model: &mut CpuCharRnn, seed: u64, len: usize) -> String {
+    printed(seed, len, |v, o, out, stop| {
+        generate(model, v, o, out, stop)
+    })
+}
+
 fn many(model: &mut CpuCharRnn, seed: u64, len: usize, n: usize) -> String {
-    let mut out = Vec::new();
-    let vocab = Vocab::from_text(FARMS);
-    generate_many(
-        model,
-        &vocab,
-        &opts(seed, len),
-        n,
-        &mut out,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    String::from_utf8(out).unwrap()
+    printed(seed, len, |v, o, out, stop| {
+        generate_many(model, v, o, n, out, stop)
+    })
 }
 
 #[test]

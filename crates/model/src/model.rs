@@ -11,8 +11,8 @@ use karnna_data::Vocab;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::ops::CellBackend;
 use crate::ops::{hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_forward};
-use crate::ops::{CellBackend, HCell};
 use crate::Cell;
 
 /// How an untrained model's weights are drawn.

@@ -16,22 +16,14 @@ use karnna_model::Checkpoint;
 fn the_page_and_its_assets_are_served_from_the_binary() {
     let dir = tiny_run("page", 16, 1);
     let s = TestServer::start(options(&dir, 1, 4));
-    let page = s.block_on(get(&s.url("/")));
-    assert_eq!(page.status, 200);
-    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let page = s.get("/").ok("text/html; charset=utf-8");
     for needle in ["/app.js", "/style.css", "id=\"generate\"", "id=\"curve\""] {
         assert!(page.body.contains(needle), "{needle} missing from the page");
     }
     assert!(!page.body.contains("http://") && !page.body.contains("https://"));
-    let js = s.block_on(get(&s.url("/app.js")));
-    assert_eq!(js.status, 200);
-    assert!(js.headers["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/javascript"));
+    let js = s.get("/app.js").ok("text/javascript");
     assert!(js.body.contains("/api/sample"));
-    let css = s.block_on(get(&s.url("/style.css")));
-    assert_eq!(css.status, 200);
+    let css = s.get("/style.css").ok("text/css");
     assert!(css.body.contains("@media"), "a narrow-screen layout");
 }
 
@@ -39,9 +31,7 @@ fn the_page_and_its_assets_are_served_from_the_binary() {
 fn checkpoints_are_listed_best_first() {
     let dir = tiny_run("list", 16, 1);
     let s = TestServer::start(options(&dir, 1, 4));
-    let a = s.block_on(get(&s.url("/api/checkpoints")));
-    assert_eq!(a.status, 200);
-    assert_eq!(a.headers["content-type"], "application/json");
+    let a = s.get("/api/checkpoints").ok("application/json");
     let list = a.json();
     let names: Vec<&str> = list
         .as_array()
@@ -65,7 +55,7 @@ fn checkpoints_are_listed_best_first() {
     std::fs::copy(checkpoint_path(&dir, 50), dir.join("i200_l16_v-.ckpt")).unwrap();
     let t = Instant::now();
     let list = loop {
-        let list = s.block_on(get(&s.url("/api/checkpoints"))).json();
+        let list = s.get("/api/checkpoints").json();
         if list.as_array().unwrap().len() == 4 || t.elapsed() > Duration::from_secs(5) {
             break list;
         }
@@ -80,7 +70,7 @@ fn checkpoints_are_listed_best_first() {
 fn metrics_are_served_as_rows_and_follow_the_file() {
     let dir = tiny_run("metrics", 16, 1);
     let s = TestServer::start(options(&dir, 1, 4));
-    let a = s.block_on(get(&s.url("/api/metrics")));
+    let a = s.get("/api/metrics");
     assert_eq!(a.status, 200);
     let rows = a.json();
     let rows = rows.as_array().unwrap();
@@ -91,12 +81,7 @@ fn metrics_are_served_as_rows_and_follow_the_file() {
     assert_eq!(rows[149]["elapsed_s"], 15.0);
     // Unchanged: 304 for the same ETag.
     let tag = a.headers["etag"].to_str().unwrap().to_owned();
-    let same = s.block_on(request(
-        "GET",
-        &s.url("/api/metrics"),
-        &[("if-none-match", &tag)],
-        "",
-    ));
+    let same = s.get_with("/api/metrics", &[("if-none-match", &tag)]);
     assert_eq!(same.status, 304);
     // A run writing more rows: the next poll has them.
     let mut f = std::fs::OpenOptions::new()
@@ -105,17 +90,12 @@ fn metrics_are_served_as_rows_and_follow_the_file() {
         .unwrap();
     f.write_all(metrics_row(151).as_bytes()).unwrap();
     drop(f);
-    let more = s.block_on(request(
-        "GET",
-        &s.url("/api/metrics"),
-        &[("if-none-match", &tag)],
-        "",
-    ));
+    let more = s.get_with("/api/metrics", &[("if-none-match", &tag)]);
     assert_eq!(more.status, 200);
     assert_eq!(more.json().as_array().unwrap().len(), 151);
     // No metrics.csv yet: no rows.
     std::fs::remove_file(dir.join("metrics.csv")).unwrap();
-    let none = s.block_on(get(&s.url("/api/metrics")));
+    let none = s.get("/api/metrics");
     assert_eq!((none.status, none.body.as_str()), (200, "[]"));
 }
 
@@ -291,10 +271,10 @@ fn every_bad_input_gets_its_4xx_with_a_one_line_json_error() {
     let big = s.block_on(post_json(&url, &huge));
     assert_eq!(big.status, 413);
     assert!(big.error().contains("larger than 262144 bytes"));
-    let missing = s.block_on(get(&s.url("/api/nothing")));
+    let missing = s.get("/api/nothing");
     assert_eq!(missing.status, 404);
     assert_eq!(missing.error(), "no such route: GET /api/nothing");
-    let traversal = s.block_on(get(&s.url("/../../etc/passwd")));
+    let traversal = s.get("/../../etc/passwd");
     assert_eq!(traversal.status, 404);
     let method = s.block_on(get(&url));
     assert_eq!(method.status, 405);
@@ -405,7 +385,7 @@ fn a_full_pool_and_queue_answer_503_and_free_up_when_clients_leave() {
         assert!(t.elapsed() < Duration::from_secs(10), "never queued");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let third = s.block_on(post_json(&s.url("/api/sample"), r#"{"len": 10}"#));
+    let third = s.post("/api/sample", r#"{"len": 10}"#);
     assert_eq!(third.status, 503, "{}", third.body);
     assert_eq!(third.headers["retry-after"], "1");
     assert!(third.error().contains("busy"));
@@ -415,6 +395,6 @@ fn a_full_pool_and_queue_answer_503_and_free_up_when_clients_leave() {
     let mut answer = String::new();
     let _ = w.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let next = s.block_on(post_json(&s.url("/api/sample"), r#"{"len": 10}"#));
+    let next = s.post("/api/sample", r#"{"len": 10}"#);
     assert_eq!(next.status, 200);
 }

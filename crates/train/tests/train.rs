@@ -28,6 +28,13 @@ fn text_ids(vocab: &Vocab) -> Vec<u32> {
     vocab.encode(&TEXT.repeat(4)).unwrap()
 }
 
+/// TEXT's vocabulary and its batches of 3 rows x 20 steps, for the tests of one batch.
+fn small_batches() -> (Vocab, Batches) {
+    let vocab = Vocab::from_text(TEXT);
+    let batches = Batches::new(text_ids(&vocab), 3, 20).unwrap();
+    (vocab, batches)
+}
+
 #[test]
 fn carried_state_changes_the_next_batch() {
     let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
@@ -35,8 +42,7 @@ fn carried_state_changes_the_next_batch() {
     // A fixed initialization (drawn from its own seeded generator, so no other test's draws
     // change it): at random ones the untrained model's mean loss moves by less than the bound
     // below about one time in ten (9.3e-5 in one CI run); with this one it moves 2.2e-3.
-    let vocab = Vocab::from_text(TEXT);
-    let batches = Batches::new(text_ids(&vocab), 3, 20).unwrap();
+    let (vocab, batches) = small_batches();
     assert!(batches.len() >= 2);
     let model = CharRnnConfig::new(vocab.len())
         .with_lstm_size(16)
@@ -78,8 +84,7 @@ fn clipping_bounds_the_global_norm_and_keeps_the_direction() {
     // Its untrained model draws from the global generator: not while a run is drawing.
     let _one = ONE_RUN.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
-    let vocab = Vocab::from_text(TEXT);
-    let batches = Batches::new(text_ids(&vocab), 3, 20).unwrap();
+    let (vocab, batches) = small_batches();
     // No dropout, so two backward passes give the same gradients.
     let config = CharRnnConfig::new(vocab.len())
         .with_lstm_size(16)

@@ -12,6 +12,15 @@ pub fn karnna(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `karnna train` in `dir` with `configs/tiny.toml` on `dir/short.txt`, then `extra`.
+#[allow(dead_code)]
+pub fn train_short(dir: &Path, extra: &[&str]) -> Output {
+    let cfg = tiny_config();
+    let mut args = vec!["train", "--config", &cfg, "--data", "short.txt"];
+    args.extend_from_slice(extra);
+    karnna(dir, &args)
+}
+
 /// The path of `configs/tiny.toml`.
 pub fn tiny_config() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

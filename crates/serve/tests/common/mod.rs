@@ -131,6 +131,24 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
+    /// GETs `path` from the server and waits for the answer.
+    #[allow(dead_code)]
+    pub fn get(&self, path: &str) -> Answer {
+        self.block_on(get(&self.url(path)))
+    }
+
+    /// GETs `path` with extra request `headers`.
+    #[allow(dead_code)]
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        self.block_on(request("GET", &self.url(path), headers, ""))
+    }
+
+    /// POSTs `json` to `path` and waits for the answer.
+    #[allow(dead_code)]
+    pub fn post(&self, path: &str, json: &str) -> Answer {
+        self.block_on(post_json(&self.url(path), json))
+    }
+
     /// Runs `f` on the server's runtime (the tests' client calls).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.runtime.as_ref().unwrap().block_on(f)
@@ -173,6 +191,15 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Checks a 200 answer whose content type starts with `content_type`, and returns it.
+    #[allow(dead_code)]
+    pub fn ok(self, content_type: &str) -> Answer {
+        assert_eq!(self.status, 200, "{}", self.body);
+        let ct = self.headers["content-type"].to_str().unwrap();
+        assert!(ct.starts_with(content_type), "{ct}");
+        self
+    }
+
     /// The body's `error` field, checking that the body is one line of JSON with it.
     pub fn error(&self) -> String {
         assert_eq!(

@@ -19,7 +19,7 @@ use axum::Router;
 use karnna_infer::{default_prime, SampleOptions, Strategy};
 use serde::Deserialize;
 
-use crate::models::{metrics_json, Folder, ModelError};
+use crate::models::{metrics_json, Folder, Model, ModelError};
 use crate::pool::{Job, Pool};
 
 /// What every request shares.
@@ -216,84 +216,17 @@ fn fresh_seed() -> u64 {
     rand::random::<u64>() >> 11
 }
 
+/// `POST /api/sample`: checks the request, queues it on the pool, and streams the text as the
+/// pool draws it (headers `x-seed` and `x-checkpoint` say what was used).
 async fn sample(
     Shared(state): Shared<Arc<State>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than {MAX_BODY} bytes"),
-            )
-        } else {
-            ApiError(e.status(), format!("cannot read the request body: {e}"))
-        }
-    })?;
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !json {
-        return Err(ApiError(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "the body must be JSON, sent with content-type: application/json".into(),
-        ));
-    }
-    let req: SampleRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("bad JSON: {e}")))?;
-    check_bounds(&req)?;
-
-    // The model: loaded and listed a moment ago (no blocking), or else read on a blocking
-    // thread.
-    let model = match state.folder.model_now(req.checkpoint.as_deref()) {
-        Some(m) => m,
-        None => {
-            let folder = state.folder.clone();
-            let name = req.checkpoint.clone();
-            tokio::task::spawn_blocking(move || folder.model(name.as_deref()))
-                .await
-                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??
-        }
-    };
-    let vocab = &model.vocab;
-    let strategy = if req.argmax.unwrap_or(false) {
-        Strategy::Argmax
-    } else {
-        let n = req.top_n.unwrap_or(5);
-        if n > vocab.len() {
-            return Err(ApiError::bad(format!(
-                "top_n must be between 1 and {} (the vocabulary size), got {n}",
-                vocab.len()
-            )));
-        }
-        Strategy::TopN {
-            n,
-            temperature: req.temperature.unwrap_or(1.0),
-        }
-    };
-    let prime = req.prime.unwrap_or_else(|| default_prime(vocab));
-    if let Err(e) = vocab.encode(&prime) {
-        let chars: Vec<String> = e.0.iter().map(|c| format!("{c:?}")).collect();
-        return Err(ApiError::bad(format!(
-            "the prime has characters that {}'s vocabulary lacks: {}",
-            model.name,
-            chars.join(", ")
-        )));
-    }
-    let seed = req.seed.unwrap_or_else(fresh_seed);
-    let opts = SampleOptions {
-        prime,
-        len: req.len.unwrap_or(2000),
-        strategy,
-        seed,
-    };
-
+    let req = read_request(&headers, body)?;
+    let model = find_model(&state, req.checkpoint.clone()).await?;
+    let opts = req.options(&model)?;
+    let seed = opts.seed;
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
     let stop = Arc::new(AtomicBool::new(false));
     let checkpoint = model.name.clone();
@@ -327,6 +260,95 @@ async fn sample(
         h.insert("x-checkpoint", v);
     }
     Ok(response)
+}
+
+/// The request in a body of JSON within bounds: 413 for a body too large, 415 unless it is
+/// sent as JSON, 400 for bad JSON or values out of bounds.
+fn read_request(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<SampleRequest, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {MAX_BODY} bytes"),
+            )
+        } else {
+            ApiError(e.status(), format!("cannot read the request body: {e}"))
+        }
+    })?;
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return Err(ApiError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON, sent with content-type: application/json".into(),
+        ));
+    }
+    let req: SampleRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("bad JSON: {e}")))?;
+    check_bounds(&req)?;
+    Ok(req)
+}
+
+/// The model named `name` (the best one for `None`): loaded and listed a moment ago (no
+/// blocking), or else read on a blocking thread.
+async fn find_model(state: &State, name: Option<String>) -> Result<Arc<Model>, ApiError> {
+    if let Some(m) = state.folder.model_now(name.as_deref()) {
+        return Ok(m);
+    }
+    let folder = state.folder.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || folder.model(name.as_deref()))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??,
+    )
+}
+
+impl SampleRequest {
+    /// The sampler's options for `model`, with `karnna sample`'s defaults: top-5 at
+    /// temperature 1, 2000 characters, the default prime, a fresh seed. 400 when top-n exceeds
+    /// the vocabulary or the prime has characters it lacks.
+    fn options(self, model: &Model) -> Result<SampleOptions, ApiError> {
+        let vocab = &model.vocab;
+        let strategy = if self.argmax.unwrap_or(false) {
+            Strategy::Argmax
+        } else {
+            let n = self.top_n.unwrap_or(5);
+            if n > vocab.len() {
+                return Err(ApiError::bad(format!(
+                    "top_n must be between 1 and {} (the vocabulary size), got {n}",
+                    vocab.len()
+                )));
+            }
+            Strategy::TopN {
+                n,
+                temperature: self.temperature.unwrap_or(1.0),
+            }
+        };
+        let prime = self.prime.unwrap_or_else(|| default_prime(vocab));
+        if let Err(e) = vocab.encode(&prime) {
+            let chars: Vec<String> = e.0.iter().map(|c| format!("{c:?}")).collect();
+            return Err(ApiError::bad(format!(
+                "the prime has characters that {}'s vocabulary lacks: {}",
+                model.name,
+                chars.join(", ")
+            )));
+        }
+        Ok(SampleOptions {
+            prime,
+            len: self.len.unwrap_or(2000),
+            strategy,
+            seed: self.seed.unwrap_or_else(fresh_seed),
+        })
+    }
 }
 
 /// The text of a sample as it is drawn. Dropped (the response done, or the client gone), it

@@ -71,3 +71,6 @@ pub use gru::gru_cell;
 pub use lstm::lstm_cell;
 pub use rnn::rnn_cell;
 pub use sequence::{backward, forward, Backward, Dims, Forward};
+pub use vecmat::{
+    mat_rows_in_order, mat_rows_in_order_f16, vec_mat_in_order, vec_mat_in_order_f16,
+};

@@ -140,48 +140,49 @@ pub fn vec_mat_in_order_f16(x: &[f32], w: &[u16], out: &mut [f32]) {
     }
 }
 
-/// [`vec_mat_in_order_f16`] on AVX-512: 16 weights converted at a time, fused multiply-adds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn f16_rows_avx512(x: &[f32], w: &[u16], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = out.len();
-    let blocks = n / 16;
-    for (k, &xk) in x.iter().enumerate() {
-        let row = w.as_ptr().add(k * n);
-        let xv = _mm512_set1_ps(xk);
-        for b in 0..blocks {
-            let o = out.as_mut_ptr().add(16 * b);
-            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * b) as *const __m256i));
-            _mm512_storeu_ps(o, _mm512_fmadd_ps(xv, wv, _mm512_loadu_ps(o)));
+/// Defines `$name(x, w, out)`, [`vec_mat_in_order_f16`] compiled for `$features`: for each row of
+/// `w`, the expression `$add` adds `xk ·` its `$lanes` weights at `wk` (f16 bits) to the `$lanes`
+/// sums at `o`, block after block; the columns left over are added plainly.
+macro_rules! f16_rows {
+    ($name:ident, $features:literal, $lanes:literal, |$xk:ident, $wk:ident, $o:ident| $add:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(x: &[f32], w: &[u16], out: &mut [f32]) {
+            use std::arch::x86_64::*;
+            let n = out.len();
+            let blocks = n / $lanes;
+            for (k, &$xk) in x.iter().enumerate() {
+                let row = w.as_ptr().add(k * n);
+                for b in 0..blocks {
+                    let ($wk, $o) = (row.add($lanes * b), out.as_mut_ptr().add($lanes * b));
+                    $add;
+                }
+                for (j, o) in out.iter_mut().enumerate().skip($lanes * blocks) {
+                    *o += $xk * half::f16::from_bits(*row.add(j)).to_f32();
+                }
+            }
         }
-        for (j, o) in out.iter_mut().enumerate().skip(16 * blocks) {
-            *o += xk * half::f16::from_bits(*row.add(j)).to_f32();
-        }
-    }
+    };
 }
 
-/// [`vec_mat_in_order_f16`] with F16C: 8 weights converted at a time; the product and the sum
-/// are separate instructions, as in the plain loop, so the sums are the same.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,f16c")]
-unsafe fn f16_rows_f16c(x: &[f32], w: &[u16], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = out.len();
-    let blocks = n / 8;
-    for (k, &xk) in x.iter().enumerate() {
-        let row = w.as_ptr().add(k * n);
-        let xv = _mm256_set1_ps(xk);
-        for b in 0..blocks {
-            let o = out.as_mut_ptr().add(8 * b);
-            let wv = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * b) as *const __m128i));
-            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(xv, wv)));
-        }
-        for (j, o) in out.iter_mut().enumerate().skip(8 * blocks) {
-            *o += xk * half::f16::from_bits(*row.add(j)).to_f32();
-        }
-    }
-}
+// AVX-512: 16 weights converted at a time, each multiply-add fused.
+f16_rows!(f16_rows_avx512, "avx512f", 16, |xk, wk, o| {
+    let wv = _mm512_cvtph_ps(_mm256_loadu_si256(wk as *const __m256i));
+    _mm512_storeu_ps(
+        o,
+        _mm512_fmadd_ps(_mm512_set1_ps(xk), wv, _mm512_loadu_ps(o)),
+    )
+});
+
+// F16C: 8 weights converted at a time; the product and the sum are separate instructions, as in
+// the plain loop, so the sums are the same.
+f16_rows!(f16_rows_f16c, "avx,f16c", 8, |xk, wk, o| {
+    let wv = _mm256_cvtph_ps(_mm_loadu_si128(wk as *const __m128i));
+    _mm256_storeu_ps(
+        o,
+        _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(_mm256_set1_ps(xk), wv)),
+    )
+});
 
 /// `out[r] += x[r] · w` for each of the `rows` rows of `x` (`[rows, k]`) and `out` (`[rows, n]`),
 /// `w` `[k, n]` row-major: the sampler's product for several rows with f32 weights. Blocks of

@@ -261,7 +261,7 @@ mod tests {
                 let hw = ref_product(&h_prev, w);
                 let hp = |j: usize| hw[j] + bias[j] as f64;
                 let a = |j: usize| xp[row * g + j] as f64;
-                for j in 0..h {
+                for (j, &h_prev) in h_prev.iter().enumerate() {
                     let rg = sig64(a(j) + hp(j));
                     let zg = sig64(a(h + j) + hp(h + j));
                     let ng = (a(2 * h + j) + rg * hp(2 * h + j)).tanh();
@@ -269,7 +269,7 @@ mod tests {
                         out.gates[row * g + q * h + j] = v;
                     }
                     out.hn[row * h + j] = hp(2 * h + j);
-                    out.hs[row * h + j] = (1.0 - zg) * ng + zg * h_prev[j];
+                    out.hs[row * h + j] = (1.0 - zg) * ng + zg * h_prev;
                 }
             }
         }

@@ -10,17 +10,21 @@
 //!
 //! The model can also step several independent rows at once ([`CpuCharRnn::with_rows`],
 //! [`CpuCharRnn::step_rows`]: several samples drawn side by side). The products then take each
-//! block of four weight rows once for all the rows of the batch (`k` outermost, rows inside; f16
-//! rows converted to f32 once for all of them), so the weights still stream from memory once per
-//! step for up to 16 rows, and a step of eight rows costs far less than eight steps of one. Each
-//! part still runs on its own core. One row takes the batch-1 kernels, so batch-1 sampling is
-//! unchanged. The batched kernels add the products in the same order and unfused, as the batch-1
-//! ones do, so each row's logits are a batch-1 step's to the last bit: always with f32 weights,
-//! and with f16 weights except on AVX-512 CPUs, whose batch-1 f16 product fuses its
-//! multiply-adds (a difference in the last bits).
+//! block of four weight rows once for all the rows of the batch, so the weights still stream
+//! from memory once per step for up to 16 rows, and a step of eight rows costs far less than
+//! eight steps of one. Each part still runs on its own core.
+//!
+//! The products are the kernel's exact-order ones ([`vec_mat_in_order`], [`mat_rows_in_order`]
+//! and their f16 forms, with the kernel's choice of instruction set): they add the products row
+//! by row, in order and unfused, so each row's logits are a batch-1 step's to the last bit, on
+//! every CPU: always with f32 weights, and with f16 weights except on AVX-512 CPUs, whose
+//! batch-1 f16 product fuses its multiply-adds (a difference in the last bits).
 
 use burn::prelude::*;
-use karnna_model::kernel::{gru_cell, lstm_cell, rnn_cell};
+use karnna_model::kernel::{
+    gru_cell, lstm_cell, mat_rows_in_order, mat_rows_in_order_f16, rnn_cell, vec_mat_in_order,
+    vec_mat_in_order_f16,
+};
 use karnna_model::{to_f32_vec, Cell, CharRnn};
 
 use crate::stepper::CharStepper;
@@ -56,8 +60,8 @@ impl Mat {
     /// `out += x · self`.
     fn acc(&self, x: &[f32], out: &mut [f32]) {
         match self {
-            Mat::F32(w) => vec_mat_acc(x, w, out),
-            Mat::F16(w) => vec_mat_acc_f16(x, w, out),
+            Mat::F32(w) => vec_mat_in_order(x, w, out),
+            Mat::F16(w) => vec_mat_in_order_f16(x, w, out),
         }
     }
 
@@ -69,8 +73,8 @@ impl Mat {
             return self.acc(x, out);
         }
         match self {
-            Mat::F32(w) => mat_acc_rows(x, w, out, rows),
-            Mat::F16(w) => mat_acc_rows_f16(x, w, out, rows, buf),
+            Mat::F32(w) => mat_rows_in_order(x, w, out, rows),
+            Mat::F16(w) => mat_rows_in_order_f16(x, w, out, rows, buf),
         }
     }
 
@@ -86,72 +90,6 @@ impl Mat {
                 .iter_mut()
                 .zip(&w[row * n..(row + 1) * n])
                 .for_each(|(a, &b)| *a += half::f16::from_bits(b).to_f32()),
-        }
-    }
-}
-
-/// `out += x · w` with `w` in f16 bits: AVX-512 converts 16 weights at a time where the CPU has
-/// it, F16C 8 at a time (with the same unfused sums as the plain loop) where it has that; plain
-/// conversion otherwise.
-fn vec_mat_acc_f16(x: &[f32], w: &[u16], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, checked just above.
-        return unsafe { vec_mat_acc_f16_avx512(x, w, out) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU has F16C and AVX, checked just above.
-        return unsafe { vec_mat_acc_f16_f16c(x, w, out) };
-    }
-    let n = out.len();
-    for (xk, row) in x.iter().zip(w.chunks_exact(n)) {
-        for (o, &wv) in out.iter_mut().zip(row) {
-            *o += xk * half::f16::from_bits(wv).to_f32();
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn vec_mat_acc_f16_avx512(x: &[f32], w: &[u16], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = out.len();
-    let blocks = n / 16;
-    assert!(w.len() >= x.len() * n);
-    for (k, &xk) in x.iter().enumerate() {
-        let row = w.as_ptr().add(k * n);
-        let xv = _mm512_set1_ps(xk);
-        for b in 0..blocks {
-            let o = out.as_mut_ptr().add(16 * b);
-            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * b) as *const __m256i));
-            _mm512_storeu_ps(o, _mm512_fmadd_ps(xv, wv, _mm512_loadu_ps(o)));
-        }
-        for (j, o) in out.iter_mut().enumerate().skip(16 * blocks) {
-            *o += xk * half::f16::from_bits(*row.add(j)).to_f32();
-        }
-    }
-}
-
-/// `out += x · w` with `w` in f16 bits, 8 weights converted at a time by F16C; the product and
-/// the sum are separate instructions, as in the plain loop, so the sums are the same.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,f16c")]
-unsafe fn vec_mat_acc_f16_f16c(x: &[f32], w: &[u16], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = out.len();
-    let blocks = n / 8;
-    assert!(w.len() >= x.len() * n);
-    for (k, &xk) in x.iter().enumerate() {
-        let row = w.as_ptr().add(k * n);
-        let xv = _mm256_set1_ps(xk);
-        for b in 0..blocks {
-            let o = out.as_mut_ptr().add(8 * b);
-            let wv = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * b) as *const __m128i));
-            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(xv, wv)));
-        }
-        for (j, o) in out.iter_mut().enumerate().skip(8 * blocks) {
-            *o += xk * half::f16::from_bits(*row.add(j)).to_f32();
         }
     }
 }
@@ -245,127 +183,6 @@ fn gate_columns(w: &[f32], gates: usize, h: usize, first: usize, units: usize) -
         }
     }
     out
-}
-
-/// `out += x · w` for `x: [k]`, `w: [k, n]` (row-major), `out: [n]`: one contiguous row of `w`
-/// per element of `x`, which the compiler vectorises.
-fn vec_mat_acc(x: &[f32], w: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    for (xk, row) in x.iter().zip(w.chunks_exact(n)) {
-        for (o, &wv) in out.iter_mut().zip(row) {
-            *o += xk * wv;
-        }
-    }
-}
-
-/// Rows of the batch that one pass of the batched kernels covers: their slice of `out`
-/// (`[16, 4·256]` f32, 64 KiB, for half of a 512-unit layer) stays in the core's L2 cache while
-/// the weights stream past. More rows take further passes, each reading the weights again.
-const ROW_BLOCK: usize = 16;
-
-/// Weight rows taken together by the batched kernels: each pass over a row of `out` adds four
-/// products, which cuts the loads and stores of `out` fourfold.
-const K_BLOCK: usize = 4;
-
-/// `out[r] += x[r] · w` for `x: [rows, k]`, `w: [k, n]` (row-major), `out: [rows, n]`: blocks of
-/// [`K_BLOCK`] rows of `w` outermost, the rows of `x` inside, so each weight is read from memory
-/// once per [`ROW_BLOCK`] rows. Each sum runs over `k` in order, as in [`vec_mat_acc`].
-fn mat_acc_rows(x: &[f32], w: &[f32], out: &mut [f32], rows: usize) {
-    let (k, n) = (x.len() / rows, out.len() / rows);
-    assert_eq!(w.len(), k * n, "w must be [k, n]");
-    for (x, out) in x.chunks(ROW_BLOCK * k).zip(out.chunks_mut(ROW_BLOCK * n)) {
-        for (b, w) in w.chunks(K_BLOCK * n).enumerate() {
-            rows_block(x, k, b * K_BLOCK, w, out, n);
-        }
-    }
-}
-
-/// [`mat_acc_rows`] with `w` in f16 bits: each block of [`K_BLOCK`] weight rows is converted to
-/// f32 in `buf` once, then serves every row of `x`.
-fn mat_acc_rows_f16(x: &[f32], w: &[u16], out: &mut [f32], rows: usize, buf: &mut Vec<f32>) {
-    let (k, n) = (x.len() / rows, out.len() / rows);
-    assert_eq!(w.len(), k * n, "w must be [k, n]");
-    buf.resize(K_BLOCK * n, 0.0);
-    for (x, out) in x.chunks(ROW_BLOCK * k).zip(out.chunks_mut(ROW_BLOCK * n)) {
-        for (b, w) in w.chunks(K_BLOCK * n).enumerate() {
-            let buf = &mut buf[..w.len()];
-            f16_to_f32(w, buf);
-            rows_block(x, k, b * K_BLOCK, buf, out, n);
-        }
-    }
-}
-
-/// f16 bits to f32 (exact): 8 at a time with F16C where the CPU has it.
-fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU has F16C and AVX, checked just above.
-        return unsafe { f16_to_f32_f16c(src, dst) };
-    }
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = half::f16::from_bits(s).to_f32();
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,f16c")]
-unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    assert_eq!(src.len(), dst.len());
-    let blocks = src.len() / 8;
-    for b in 0..blocks {
-        let v = _mm_loadu_si128(src.as_ptr().add(8 * b) as *const __m128i);
-        _mm256_storeu_ps(dst.as_mut_ptr().add(8 * b), _mm256_cvtph_ps(v));
-    }
-    for (d, &s) in dst.iter_mut().zip(src).skip(8 * blocks) {
-        *d = half::f16::from_bits(s).to_f32();
-    }
-}
-
-/// `out[r] += Σ_i x[r·k + k0 + i] · w[i·n .. (i + 1)·n]` for every row `r` of `out` (`[rows, n]`),
-/// with `w` up to [`K_BLOCK`] weight rows: AVX2 where the CPU has it, the baseline otherwise.
-fn rows_block(x: &[f32], k: usize, k0: usize, w: &[f32], out: &mut [f32], n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { rows_block_avx2(x, k, k0, w, out, n) };
-    }
-    rows_block_impl(x, k, k0, w, out, n)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn rows_block_avx2(x: &[f32], k: usize, k0: usize, w: &[f32], out: &mut [f32], n: usize) {
-    rows_block_impl(x, k, k0, w, out, n)
-}
-
-/// The body of [`rows_block`], compiled for each instruction set. The multiply-adds are not
-/// fused, as in [`vec_mat_acc`], so both give the same sums.
-#[inline(always)]
-fn rows_block_impl(x: &[f32], k: usize, k0: usize, w: &[f32], out: &mut [f32], n: usize) {
-    for (x, out) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
-        let x = &x[k0..];
-        if w.len() == 4 * n {
-            let (w0, rest) = w.split_at(n);
-            let (w1, rest) = rest.split_at(n);
-            let (w2, w3) = rest.split_at(n);
-            let (a0, a1, a2, a3) = (x[0], x[1], x[2], x[3]);
-            for ((((o, &b0), &b1), &b2), &b3) in out.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
-                let mut s = *o;
-                s += a0 * b0;
-                s += a1 * b1;
-                s += a2 * b2;
-                s += a3 * b3;
-                *o = s;
-            }
-        } else {
-            for (&a, w) in x.iter().zip(w.chunks_exact(n)) {
-                for (o, &b) in out.iter_mut().zip(w) {
-                    *o += a * b;
-                }
-            }
-        }
-    }
 }
 
 impl Part {
@@ -627,9 +444,9 @@ impl CpuCharRnn {
             l.copy_from_slice(&weights.out_b);
         }
         if rows == 1 {
-            vec_mat_acc(top, &weights.out_w, &mut self.logits);
+            vec_mat_in_order(top, &weights.out_w, &mut self.logits);
         } else {
-            mat_acc_rows(top, &weights.out_w, &mut self.logits, rows);
+            mat_rows_in_order(top, &weights.out_w, &mut self.logits, rows);
         }
     }
 }

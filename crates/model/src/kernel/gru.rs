@@ -27,25 +27,99 @@
 
 use super::activation::{madd, sigmoid_fast, tanh_fast};
 use super::sequence::{BwdRows, CellMath, FwdRows};
-use super::simd::{dispatch, lanes, simd_level, Simd};
+use super::simd::{dispatch, lanes, simd_level};
+use crate::Cell;
 
 /// The GRU for the sequence driver: three gate blocks, `b_hh` inside the op, `hp_n` of every step
 /// as the second array.
 pub(super) struct Gru;
 
 impl CellMath for Gru {
-    const GATES: usize = 3;
-    const BIAS: bool = true;
-    const CARRY_C: bool = false;
-    const AUX: bool = true;
-    const HP_APART: bool = true;
+    const CELL: Cell = Cell::Gru;
 
-    fn forward_rows(simd: Simd, h: usize, r: FwdRows) {
-        gru_forward_rows(simd, h, r);
+    /// The GRU forward pointwise pass over a block of rows: `xz` `[rows, 3H]` holds the input
+    /// projections in and the gates out; `hh` `[rows, 3H]` is `h_{t-1} · w_hh`, to which it adds
+    /// `b_hh` `[3H]` (so the product need not start from the bias); writes `h_t` to `h_out` and
+    /// `hp_n = hh_n + b_hn` to `hn_out` (both `[rows, H]`).
+    #[inline(always)]
+    fn forward_rows<const FMA: bool>(h: usize, r: FwdRows) {
+        let FwdRows {
+            z: xz,
+            hh,
+            b_hh,
+            h_prev,
+            h_out,
+            aux_out: hn_out,
+            ..
+        } = r;
+        let (br, rest) = b_hh.split_at(h);
+        let (bz, bn) = rest.split_at(h);
+        for ((((a, hh), h_prev), h_out), hn_out) in xz
+            .chunks_exact_mut(3 * h)
+            .zip(hh.chunks_exact(3 * h))
+            .zip(h_prev.chunks_exact(h))
+            .zip(h_out.chunks_exact_mut(h))
+            .zip(hn_out.chunks_exact_mut(h))
+        {
+            let [ar, az, an] = split3(a, h);
+            let (hr, rest) = hh.split_at(h);
+            let (hz, hn) = rest.split_at(h);
+            lanes(
+                h,
+                [hr, hz, hn, br, bz, bn, h_prev],
+                [ar, az, an],
+                [h_out, hn_out],
+                |[hr, hz, hn, br, bz, bn, hprev], [ar, az, an]| {
+                    let hp_n = hn + bn;
+                    let (g, ht) = gru::<FMA>([ar, az, an], [hr + br, hz + bz, hp_n], hprev);
+                    (g, [ht, hp_n])
+                },
+            );
+        }
     }
 
-    fn backward_rows(simd: Simd, h: usize, r: BwdRows) {
-        gru_backward_rows(simd, h, r);
+    /// The GRU backward pointwise pass over a block of rows.
+    ///
+    /// `gz` `[rows, 3H]` holds the gates `(r, z, n)` in and `dhp_t = (dr, dz, dn ⊙ r)`, the gradient
+    /// of `h_{t-1} · w_hh + b_hh`, out; `dn` `[rows, H]` receives `dn` (the n block of `dL/dxp`);
+    /// `hn` is `hp_n`; `dh_next` holds the gradient reaching `h_t` from step `t+1` in and `dh ⊙ z`
+    /// out (the rest of the gradient reaching `h_{t-1}` is `dhp_t · w_hhᵀ`); `db` `[3H]` accumulates
+    /// `dhp_t` summed over the rows.
+    #[inline(always)]
+    fn backward_rows<const FMA: bool>(h: usize, r: BwdRows) {
+        let BwdRows {
+            gz,
+            dn,
+            aux_t: hn,
+            h_prev,
+            dh_loss,
+            dh: dh_next,
+            db,
+            ..
+        } = r;
+        let [dbr, dbz, dbn] = split3(db, h);
+        for (((((gz, dn), hn), h_prev), dh_loss), dh_next) in gz
+            .chunks_exact_mut(3 * h)
+            .zip(dn.chunks_exact_mut(h))
+            .zip(hn.chunks_exact(h))
+            .zip(h_prev.chunks_exact(h))
+            .zip(dh_loss.chunks_exact(h))
+            .zip(dh_next.chunks_exact_mut(h))
+        {
+            let [gr, gzz, gn] = split3(gz, h);
+            lanes(
+                h,
+                [hn, h_prev, dh_loss],
+                [gr, gzz, gn, dh_next, &mut *dbr, &mut *dbz, &mut *dbn],
+                [dn],
+                |[hp_n, h_prev, dh_loss], [r, z, n, dh_next, br, bz, bn]| {
+                    let ([dr, dz, dn], dh_prev) =
+                        gru_backward::<FMA>([r, z, n], hp_n, h_prev, dh_loss + dh_next);
+                    let dnr = dn * r;
+                    ([dr, dz, dnr, dh_prev, br + dr, bz + dz, bn + dnr], [dn])
+                },
+            );
+        }
     }
 }
 
@@ -119,53 +193,6 @@ fn gru_forward_row_impl<const FMA: bool>(h: usize, a: &mut [f32], hp: &[f32], h_
     );
 }
 
-dispatch! {
-    /// The GRU forward pointwise pass over `[rows, ·]` blocks of one step
-    /// ([`gru_forward_rows_impl`]).
-    pub(super) fn gru_forward_rows => gru_forward_rows_impl(h: usize, r: FwdRows)
-}
-
-/// The GRU forward pointwise pass over a block of rows: `xz` `[rows, 3H]` holds the input
-/// projections in and the gates out; `hh` `[rows, 3H]` is `h_{t-1} · w_hh`, to which it adds
-/// `b_hh` `[3H]` (so the product need not start from the bias); writes `h_t` to `h_out` and
-/// `hp_n = hh_n + b_hn` to `hn_out` (both `[rows, H]`).
-#[inline(always)]
-fn gru_forward_rows_impl<const FMA: bool>(h: usize, r: FwdRows) {
-    let FwdRows {
-        z: xz,
-        hh,
-        b_hh,
-        h_prev,
-        h_out,
-        aux_out: hn_out,
-        ..
-    } = r;
-    let (br, rest) = b_hh.split_at(h);
-    let (bz, bn) = rest.split_at(h);
-    for ((((a, hh), h_prev), h_out), hn_out) in xz
-        .chunks_exact_mut(3 * h)
-        .zip(hh.chunks_exact(3 * h))
-        .zip(h_prev.chunks_exact(h))
-        .zip(h_out.chunks_exact_mut(h))
-        .zip(hn_out.chunks_exact_mut(h))
-    {
-        let [ar, az, an] = split3(a, h);
-        let (hr, rest) = hh.split_at(h);
-        let (hz, hn) = rest.split_at(h);
-        lanes(
-            h,
-            [hr, hz, hn, br, bz, bn, h_prev],
-            [ar, az, an],
-            [h_out, hn_out],
-            |[hr, hz, hn, br, bz, bn, hprev], [ar, az, an]| {
-                let hp_n = hn + bn;
-                let (g, ht) = gru::<FMA>([ar, az, an], [hr + br, hz + bz, hp_n], hprev);
-                (g, [ht, hp_n])
-            },
-        );
-    }
-}
-
 /// One element of the GRU backward cell: from the gates `(r, z, n)`, `hp_n`, `h_{t-1}` and the
 /// total gradient `dh` reaching `h_t`, the gradients `(dr, dz, dn)` of the pre-activations and the
 /// part `dh ⊙ z` of the gradient reaching `h_{t-1}` directly.
@@ -178,116 +205,38 @@ fn gru_backward<const FMA: bool>(g: [f32; 3], hp_n: f32, h_prev: f32, dh: f32) -
     ([dr, dz, dn], dh * z)
 }
 
-dispatch! {
-    /// The GRU backward pointwise pass over `[rows, ·]` blocks of step `t`
-    /// ([`gru_backward_rows_impl`]).
-    pub(super) fn gru_backward_rows => gru_backward_rows_impl(h: usize, r: BwdRows)
-}
-
-/// The GRU backward pointwise pass over a block of rows.
-///
-/// `gz` `[rows, 3H]` holds the gates `(r, z, n)` in and `dhp_t = (dr, dz, dn ⊙ r)`, the gradient
-/// of `h_{t-1} · w_hh + b_hh`, out; `dn` `[rows, H]` receives `dn` (the n block of `dL/dxp`);
-/// `hn` is `hp_n`; `dh_next` holds the gradient reaching `h_t` from step `t+1` in and `dh ⊙ z`
-/// out (the rest of the gradient reaching `h_{t-1}` is `dhp_t · w_hhᵀ`); `db` `[3H]` accumulates
-/// `dhp_t` summed over the rows.
-#[inline(always)]
-fn gru_backward_rows_impl<const FMA: bool>(h: usize, r: BwdRows) {
-    let BwdRows {
-        gz,
-        dn,
-        aux_t: hn,
-        h_prev,
-        dh_loss,
-        dh: dh_next,
-        db,
-        ..
-    } = r;
-    let [dbr, dbz, dbn] = split3(db, h);
-    for (((((gz, dn), hn), h_prev), dh_loss), dh_next) in gz
-        .chunks_exact_mut(3 * h)
-        .zip(dn.chunks_exact_mut(h))
-        .zip(hn.chunks_exact(h))
-        .zip(h_prev.chunks_exact(h))
-        .zip(dh_loss.chunks_exact(h))
-        .zip(dh_next.chunks_exact_mut(h))
-    {
-        let [gr, gzz, gn] = split3(gz, h);
-        lanes(
-            h,
-            [hn, h_prev, dh_loss],
-            [gr, gzz, gn, dh_next, &mut *dbr, &mut *dbz, &mut *dbn],
-            [dn],
-            |[hp_n, h_prev, dh_loss], [r, z, n, dh_next, br, bz, bn]| {
-                let ([dr, dz, dn], dh_prev) =
-                    gru_backward::<FMA>([r, z, n], hp_n, h_prev, dh_loss + dh_next);
-                let dnr = dn * r;
-                ([dr, dz, dnr, dh_prev, br + dr, bz + dz, bn + dnr], [dn])
-            },
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::test_support::{
-        assert_close, batch_one_cases, check_finite_differences, check_grid, check_large, f64s,
-        row_product, sig64, Case, KernelCell, Outputs, Tol,
-    };
-    use crate::kernel::{backward, forward, Backward, Dims, Forward};
-    use crate::Cell;
+    use crate::kernel::test_support::*;
+    use crate::kernel::Dims;
 
-    /// The sequence forward of the GRU, `hn` its second array.
-    fn gru_forward(
-        d: Dims,
-        xz: &mut [f32],
-        w_hh: &[f32],
-        b_hh: &[f32],
-        h0: &[f32],
-        hs: &mut [f32],
-        hn: &mut [f32],
-    ) {
-        let io = Forward {
-            xz,
-            w_hh,
-            b_hh,
-            h0,
-            c0: &[],
-            hs,
-            aux: hn,
-        };
-        forward(Cell::Gru, d, io);
-    }
+    shared_cell_tests!(Gru);
 
-    /// The sequence backward of the GRU.
-    #[allow(clippy::too_many_arguments)]
-    fn gru_backward(
-        d: Dims,
-        w_hh: &[f32],
-        h0: &[f32],
-        hs: &[f32],
-        hn: &[f32],
-        gz: &mut [f32],
-        dhs: &[f32],
-        dw_hh: &mut [f32],
-        db_hh: &mut [f32],
-        dh0: &mut [f32],
-    ) {
-        let io = Backward {
-            w_hh,
-            h0,
-            c0: &[],
-            hs,
-            aux: hn,
-            gz,
-            dhs,
-            dw_hh,
-            db_hh,
-            dh0,
-            dc0: &mut [],
-        };
-        backward(Cell::Gru, d, io);
+    /// The GRU's kernels for the shared tests.
+    impl KernelCell for Gru {
+        fn reference(c: &Case) -> Outputs<f64> {
+            let (d, [xp, w, bias, h0]) = (c.d, &c.ins);
+            let f = ref_forward(d, xp, w, bias, h0);
+            Outputs {
+                grads: ref_backward(d, w, h0, &f, &c.dhs),
+                fwd: vec![("hs", f.hs), ("gates", f.gates), ("hn", f.hn)],
+            }
+        }
+
+        fn cell_step(c: &Case) -> Vec<(&'static str, Vec<f32>)> {
+            let (h, [xp, w, bias, h0]) = (c.d.h, &c.ins);
+            // hp = b_hh + h0 · w_hh, summed in f64.
+            let hp = row_product(h0, w, &[bias]);
+            let (mut a, mut h_state) = (xp.clone(), h0.clone());
+            gru_cell(h, &mut a, &hp, &mut h_state);
+            vec![("hs", h_state), ("gates", a)]
+        }
+
+        const OWN: [(Input, f32); 2] = [(Input::BHh, 1.0), (Input::H0, 0.9)];
+        const XP_SCALE: f32 = 2.0;
+        const AUX_NAME: Option<&'static str> = Some("hn");
+        const LARGE: Tol = Tol::new(1e-4, 1e-3, 1e-3);
     }
 
     /// The f64 forward of the reference: hs, gates, hp_n.
@@ -299,212 +248,60 @@ mod tests {
 
     /// Naive f64 forward.
     fn ref_forward(d: Dims, xp: &[f32], w: &[f32], bias: &[f32], h0: &[f32]) -> RefFwd {
-        let (tn, b, h) = (d.t, d.b, d.h);
-        let g = 3 * h;
+        let (tbh, h, g) = (d.t * d.b * d.h, d.h, 3 * d.h);
         let mut out = RefFwd {
-            hs: vec![0.0; tn * b * h],
-            gates: vec![0.0; tn * b * g],
-            hn: vec![0.0; tn * b * h],
+            hs: vec![0.0; tbh],
+            gates: vec![0.0; 3 * tbh],
+            hn: vec![0.0; tbh],
         };
-        let mut hp: Vec<f64> = h0.iter().map(|&v| v as f64).collect();
-        for t in 0..tn {
-            for r in 0..b {
-                let hpr: Vec<f64> = (0..g)
-                    .map(|n| {
-                        bias[n] as f64
-                            + (0..h)
-                                .map(|k| hp[r * h + k] * w[k * g + n] as f64)
-                                .sum::<f64>()
-                    })
-                    .collect();
-                let a = &xp[(t * b + r) * g..][..g];
-                for j in 0..h {
-                    let rg = sig64(a[j] as f64 + hpr[j]);
-                    let zg = sig64(a[h + j] as f64 + hpr[h + j]);
-                    let ng = (a[2 * h + j] as f64 + rg * hpr[2 * h + j]).tanh();
-                    let base = (t * b + r) * g;
-                    out.gates[base + j] = rg;
-                    out.gates[base + h + j] = zg;
-                    out.gates[base + 2 * h + j] = ng;
-                    out.hn[(t * b + r) * h + j] = hpr[2 * h + j];
-                    out.hs[(t * b + r) * h + j] = (1.0 - zg) * ng + zg * hp[r * h + j];
+        for t in 0..d.t {
+            for r in 0..d.b {
+                let row = t * d.b + r;
+                let h_prev = ref_prev(h0, &out.hs, d, t, r);
+                let hw = ref_product(&h_prev, w);
+                let hp = |j: usize| hw[j] + bias[j] as f64;
+                let a = |j: usize| xp[row * g + j] as f64;
+                for (j, &h_prev) in h_prev.iter().enumerate() {
+                    let rg = sig64(a(j) + hp(j));
+                    let zg = sig64(a(h + j) + hp(h + j));
+                    let ng = (a(2 * h + j) + rg * hp(2 * h + j)).tanh();
+                    for (q, v) in [rg, zg, ng].into_iter().enumerate() {
+                        out.gates[row * g + q * h + j] = v;
+                    }
+                    out.hn[row * h + j] = hp(2 * h + j);
+                    out.hs[row * h + j] = (1.0 - zg) * ng + zg * h_prev;
                 }
             }
-            hp.copy_from_slice(&out.hs[t * b * h..(t + 1) * b * h]);
         }
         out
     }
 
     /// Naive f64 backward from the f64 forward: (dxp, dw_hh, db_hh, dh0).
-    fn ref_backward(
-        d: Dims,
-        w: &[f32],
-        h0: &[f32],
-        f: &RefFwd,
-        dhs: &[f32],
-    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (tn, b, h) = (d.t, d.b, d.h);
-        let g = 3 * h;
-        let mut dxp = vec![0.0; tn * b * g];
-        let mut dw = vec![0.0; h * g];
-        let mut db = vec![0.0; g];
-        let mut dhn = vec![0.0f64; b * h];
-        for t in (0..tn).rev() {
-            let mut dh_prev = vec![0.0f64; b * h];
-            for r in 0..b {
-                let base = (t * b + r) * g;
-                let hprev = |k: usize| {
-                    if t == 0 {
-                        h0[r * h + k] as f64
-                    } else {
-                        f.hs[((t - 1) * b + r) * h + k]
-                    }
-                };
-                let mut dhp = vec![0.0f64; g];
-                for j in 0..h {
-                    let (rg, zg, ng) = (
-                        f.gates[base + j],
-                        f.gates[base + h + j],
-                        f.gates[base + 2 * h + j],
-                    );
-                    let dh = dhs[(t * b + r) * h + j] as f64 + dhn[r * h + j];
-                    let dn = dh * (1.0 - zg) * (1.0 - ng * ng);
-                    let dz = dh * (hprev(j) - ng) * zg * (1.0 - zg);
-                    let dr = dn * f.hn[(t * b + r) * h + j] * rg * (1.0 - rg);
-                    dxp[base + j] = dr;
-                    dxp[base + h + j] = dz;
-                    dxp[base + 2 * h + j] = dn;
-                    dhp[j] = dr;
-                    dhp[h + j] = dz;
-                    dhp[2 * h + j] = dn * rg;
-                    dh_prev[r * h + j] += dh * zg;
+    fn ref_backward(d: Dims, w: &[f32], h0: &[f32], f: &RefFwd, dhs: &[f32]) -> [Vec<f64>; 4] {
+        let (h, g) = (d.h, 3 * d.h);
+        let mut dxp = vec![0.0; d.t * d.b * g];
+        let (mut dw, mut db) = (vec![0.0; h * g], vec![0.0; g]);
+        let dh0 = ref_bptt(d, (h0, &f.hs), (w, &mut dw), dhs, |t, r, dh, dh_prev| {
+            let row = t * d.b + r;
+            let h_prev = ref_prev(h0, &f.hs, d, t, r);
+            let mut dhp = vec![0.0f64; g];
+            for j in 0..h {
+                let gate = |q: usize| f.gates[row * g + q * h + j];
+                let (rg, zg, ng) = (gate(0), gate(1), gate(2));
+                let dn = dh[j] * (1.0 - zg) * (1.0 - ng * ng);
+                let dz = dh[j] * (h_prev[j] - ng) * zg * (1.0 - zg);
+                let dr = dn * f.hn[row * h + j] * rg * (1.0 - rg);
+                for (q, v) in [dr, dz, dn].into_iter().enumerate() {
+                    dxp[row * g + q * h + j] = v;
                 }
-                for k in 0..h {
-                    for n in 0..g {
-                        dh_prev[r * h + k] += dhp[n] * w[k * g + n] as f64;
-                        dw[k * g + n] += hprev(k) * dhp[n];
-                    }
-                }
-                for n in 0..g {
-                    db[n] += dhp[n];
-                }
+                (dhp[j], dhp[h + j], dhp[2 * h + j]) = (dr, dz, dn * rg);
+                dh_prev[j] += dh[j] * zg;
             }
-            dhn = dh_prev;
-        }
-        (dxp, dw, db, dhn)
-    }
-
-    /// The GRU for the shared tests; its own inputs are `b_hh` and `h0`.
-    struct Gru;
-
-    impl KernelCell for Gru {
-        const GATES: usize = 3;
-        const XP_SCALE: f32 = 2.0;
-
-        fn other_inputs(d: Dims) -> [(&'static str, usize, f32); 2] {
-            [("b_hh", 3 * d.h, 1.0), ("h0", d.b * d.h, 0.9)]
-        }
-
-        fn reference(c: &Case) -> Outputs<f64> {
-            let (d, [xp, w, bias, h0]) = (c.d, &c.ins);
-            let f = ref_forward(d, xp, w, bias, h0);
-            let (dxp, dw, db, dh0) = ref_backward(d, w, h0, &f, &c.dhs);
-            Outputs {
-                fwd: vec![("hs", f.hs), ("gates", f.gates), ("hn", f.hn)],
-                grads: [dxp, dw, db, dh0],
+            for (db, d) in db.iter_mut().zip(&dhp) {
+                *db += d;
             }
-        }
-
-        fn kernel(c: &Case) -> Outputs<f32> {
-            let (d, [xp, w, bias, h0]) = (c.d, &c.ins);
-            let bh = d.t * d.b * d.h;
-            let (mut hs, mut hn, mut gates) = (vec![0.0; bh], vec![0.0; bh], xp.clone());
-            gru_forward(d, &mut gates, w, bias, h0, &mut hs, &mut hn);
-            let mut dxp = gates.clone();
-            let mut dw = vec![f32::NAN; 3 * d.h * d.h];
-            let mut db = vec![f32::NAN; 3 * d.h];
-            let mut dh0 = vec![f32::NAN; d.b * d.h];
-            gru_backward(
-                d, w, h0, &hs, &hn, &mut dxp, &c.dhs, &mut dw, &mut db, &mut dh0,
-            );
-            Outputs {
-                fwd: vec![("hs", hs), ("gates", gates), ("hn", hn)],
-                grads: [dxp, dw, db, dh0],
-            }
-        }
-    }
-
-    #[test]
-    fn gru_forward_and_backward_match_reference() {
-        check_grid::<Gru>();
-    }
-
-    #[test]
-    fn gru_large_parallel_shape_matches_reference() {
-        check_large::<Gru>(Tol {
-            fwd: 1e-4,
-            bwd: 1e-3,
-            dw_hh: 1e-3,
+            dhp
         });
-    }
-
-    #[test]
-    fn gru_backward_matches_finite_differences() {
-        check_finite_differences::<Gru>();
-    }
-
-    #[test]
-    fn gru_cell_equals_forward_at_batch_one() {
-        for c in batch_one_cases::<Gru>() {
-            let (h, [xp, w, bias, h0]) = (c.d.h, &c.ins);
-            let (mut hs, mut hn) = (vec![0.0; h], vec![0.0; h]);
-            let mut gates = xp.clone();
-            gru_forward(c.d, &mut gates, w, bias, h0, &mut hs, &mut hn);
-            // hp = b_hh + h0 · w_hh, summed in f64.
-            let hp = row_product(h0, w, &[bias]);
-            let (mut a, mut h_state) = (xp.clone(), h0.clone());
-            gru_cell(h, &mut a, &hp, &mut h_state);
-            assert_close(&format!("h, h={h}"), &h_state, &f64s(&hs), 1e-5);
-            let f = ref_forward(c.d, xp, w, bias, h0);
-            assert_close("h vs reference", &h_state, &f.hs, 1e-5);
-            assert_close("gates vs reference", &a, &f.gates, 1e-5);
-        }
-    }
-
-    #[test]
-    fn gru_empty_shapes_are_fine() {
-        let d = Dims { t: 0, b: 2, h: 3 };
-        let (w, bias, h0) = (vec![0.5; 27], vec![0.5; 9], vec![1.0; 6]);
-        gru_forward(d, &mut [], &w, &bias, &h0, &mut [], &mut []);
-        let (mut dw, mut db, mut dh0) = (vec![1.0; 27], vec![1.0; 9], vec![1.0; 6]);
-        gru_backward(
-            d,
-            &w,
-            &h0,
-            &[],
-            &[],
-            &mut [],
-            &[],
-            &mut dw,
-            &mut db,
-            &mut dh0,
-        );
-        assert!(dw.iter().chain(&db).chain(&dh0).all(|&v| v == 0.0));
-        let d = Dims { t: 2, b: 0, h: 3 };
-        gru_forward(d, &mut [], &w, &bias, &[], &mut [], &mut []);
-        let (mut dw, mut db) = (vec![1.0; 27], vec![1.0; 9]);
-        gru_backward(
-            d,
-            &w,
-            &[],
-            &[],
-            &[],
-            &mut [],
-            &[],
-            &mut dw,
-            &mut db,
-            &mut [],
-        );
-        assert!(dw.iter().chain(&db).all(|&v| v == 0.0));
+        [dxp, dw, db, dh0]
     }
 }

@@ -228,37 +228,22 @@ pub(super) fn transpose(rows: usize, cols: usize, a: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "x86_64")]
-    use crate::kernel::simd::simd_level;
-    use crate::kernel::test_support::{assert_close, Lcg};
+    use crate::kernel::test_support::{assert_close, instruction_sets, product_f64, Lcg};
 
     #[test]
     fn packed_products_match_a_plain_product() {
-        let mut sets = vec![];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                sets.extend(MicroKernels::new(Simd::Avx2));
-            }
-            if simd_level() == Simd::Avx512 {
-                sets.extend(MicroKernels::new(Simd::Avx512));
-            }
-        }
+        let sets: Vec<_> = instruction_sets()
+            .into_iter()
+            .filter_map(MicroKernels::new)
+            .collect();
         let mut rng = Lcg(11);
         // Full and partial panels and column blocks, for both instruction sets' panel heights.
         for (rows, k, n) in [(7, 13, 37), (12, 5, 64), (2, 40, 130), (13, 64, 16)] {
             let (a, w) = (rng.vec(rows * k, 1.0), rng.vec(k * n, 1.0));
             let dst0 = rng.vec(rows * n, 1.0);
-            let want = |acc: bool| -> Vec<f64> {
-                (0..rows * n)
-                    .map(|ij| {
-                        let (i, j) = (ij / n, ij % n);
-                        let dot: f64 = (0..k)
-                            .map(|l| a[i * k + l] as f64 * w[l * n + j] as f64)
-                            .sum();
-                        dot + if acc { dst0[ij] as f64 } else { 0.0 }
-                    })
-                    .collect()
+            let want = |acc: bool| {
+                let add = if acc { &dst0[..] } else { &[] };
+                product_f64(&a, &w, (k, n), (n, 1), add)
             };
             for &kernels in &sets {
                 let packed = Packed::new(kernels, k, n, &w);

@@ -38,18 +38,21 @@
 //! the others:
 //!
 //! - `sequence`: the driver, [`forward`] and [`backward`], their arrays ([`Forward`],
-//!   [`Backward`]), [`Dims`], and the `CellMath` trait a cell implements for it;
+//!   [`Backward`]), [`Dims`], the `CellMath` trait a cell implements for it and the one
+//!   dispatch of a cell's pointwise passes per instruction set;
 //! - `lstm`, `gru`, `rnn`: one cell's maths each, its pointwise passes forward and backward side
-//!   by side, its cell alone for the sampler ([`lstm_cell`], [`gru_cell`], [`rnn_cell`]) and its
-//!   tests;
+//!   by side, its cell alone for the sampler ([`lstm_cell`], [`gru_cell`], [`rnn_cell`]) and the
+//!   `f64` reference its tests compare with (`test_support` holds the tests every cell shares);
 //! - `schedule`: the row blocks, one per thread, and running them on the pool;
 //! - `step`: the per-step product with the recurrent weights (packed, batch-1, or `gemm`,
 //!   whichever fits) and the weight gradient over all steps;
 //! - `matmul`: the `gemm` calls, the weights packed for `gemm`'s microkernels, the transpose;
-//! - `simd`: the instruction set chosen at run time, the `dispatch!` macro, the lane count and the
-//!   16-lane loop of the pointwise passes;
+//! - `simd`: the instruction set chosen at run time (the kernel's one choice, the sampler's
+//!   products included), the `dispatch!` macro, the lane count and the 16-lane loop of the
+//!   pointwise passes;
 //! - `activation`: the fast `tanh` and `σ`;
-//! - `vecmat`: the batch-1 product;
+//! - `vecmat`: the batch-1 product, and the sampler's exact-order products
+//!   ([`vec_mat_in_order`], [`mat_rows_in_order`] and their f16 forms);
 //! - `dropout`: [`dropout_mask`].
 
 mod activation;
@@ -71,3 +74,6 @@ pub use gru::gru_cell;
 pub use lstm::lstm_cell;
 pub use rnn::rnn_cell;
 pub use sequence::{backward, forward, Backward, Dims, Forward};
+pub use vecmat::{
+    mat_rows_in_order, mat_rows_in_order_f16, vec_mat_in_order, vec_mat_in_order_f16,
+};

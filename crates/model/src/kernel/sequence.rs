@@ -9,7 +9,7 @@ use super::gru::Gru;
 use super::lstm::Lstm;
 use super::rnn::Rnn;
 use super::schedule::{blocks, blocks_mut, on_worker, row_bounds, run_blocks};
-use super::simd::{simd_level, Simd};
+use super::simd::{dispatch, simd_level, Simd};
 use super::step::{sum_parts, weight_grad, StepWeights};
 use crate::Cell;
 
@@ -31,12 +31,10 @@ pub struct Dims {
     pub h: usize,
 }
 
-/// One step of a block of `rows` rows as a cell's forward pointwise pass sees it.
+/// One step of a block of `rows` rows as a cell's forward pointwise pass sees it: the arrays it
+/// reads, then those it writes.
 #[derive(Default)]
 pub(super) struct FwdRows<'a> {
-    /// `[rows, G·H]`: the input projection (plus `h_{t-1} · w_hh` unless [`CellMath::HP_APART`])
-    /// in, the activated gates out (scratch for the RNN).
-    pub(super) z: &'a mut [f32],
     /// `[rows, G·H]`: `h_{t-1} · w_hh` when [`CellMath::HP_APART`], else empty.
     pub(super) hh: &'a [f32],
     /// `[G·H]`: `b_hh` when [`CellMath::BIAS`], else empty.
@@ -45,6 +43,9 @@ pub(super) struct FwdRows<'a> {
     pub(super) h_prev: &'a [f32],
     /// `[rows, H]`: `c_{t-1}` when [`CellMath::CARRY_C`], else empty.
     pub(super) aux_prev: &'a [f32],
+    /// `[rows, G·H]`: the input projection (plus `h_{t-1} · w_hh` unless [`CellMath::HP_APART`])
+    /// in, the activated gates out (scratch for the RNN).
+    pub(super) z: &'a mut [f32],
     /// `[rows, H]` (written): `h_t`.
     pub(super) h_out: &'a mut [f32],
     /// `[rows, H]` (written): the cell's second array when [`CellMath::AUX`] (the LSTM's `c_t`,
@@ -52,7 +53,8 @@ pub(super) struct FwdRows<'a> {
     pub(super) aux_out: &'a mut [f32],
 }
 
-/// One step `t` of a block of `rows` rows as a cell's backward pointwise pass sees it.
+/// One step `t` of a block of `rows` rows as a cell's backward pointwise pass sees it: the arrays
+/// it writes (or updates), then those it only reads.
 #[derive(Default)]
 pub(super) struct BwdRows<'a> {
     /// `[rows, G·H]`: the activated gates in, `dhp_t`, the gradient of `h_{t-1} · w_hh (+ b_hh)`,
@@ -61,6 +63,14 @@ pub(super) struct BwdRows<'a> {
     /// `[rows, H]` (written): when [`CellMath::HP_APART`], the last gate block of `dL/dxp`, which
     /// differs from `dhp`'s; else empty.
     pub(super) dn: &'a mut [f32],
+    /// `[rows, H]`: the gradient reaching `h_t` from step `t+1` in; when [`CellMath::HP_APART`]
+    /// the part of the gradient reaching `h_{t-1}` that bypasses `w_hh` out, else unchanged.
+    pub(super) dh: &'a mut [f32],
+    /// `[rows, H]`: when [`CellMath::CARRY_C`], the gradient reaching `c_t` from step `t+1` in
+    /// and the one reaching `c_{t-1}` out; else empty.
+    pub(super) dc: &'a mut [f32],
+    /// `[G·H]`: when [`CellMath::BIAS`], accumulates `dhp_t` summed over the rows; else empty.
+    pub(super) db: &'a mut [f32],
     /// `[rows, H]`: `h_{t-1}` and `h_t`.
     pub(super) h_prev: &'a [f32],
     pub(super) h_t: &'a [f32],
@@ -70,37 +80,50 @@ pub(super) struct BwdRows<'a> {
     pub(super) aux_t: &'a [f32],
     /// `[rows, H]`: `dL/dh_t` from the loss.
     pub(super) dh_loss: &'a [f32],
-    /// `[rows, H]`: the gradient reaching `h_t` from step `t+1` in; when [`CellMath::HP_APART`]
-    /// the part of the gradient reaching `h_{t-1}` that bypasses `w_hh` out, else unchanged.
-    pub(super) dh: &'a mut [f32],
-    /// `[rows, H]`: when [`CellMath::CARRY_C`], the gradient reaching `c_t` from step `t+1` in
-    /// and the one reaching `c_{t-1}` out; else empty.
-    pub(super) dc: &'a mut [f32],
-    /// `[G·H]`: when [`CellMath::BIAS`], accumulates `dhp_t` summed over the rows; else empty.
-    pub(super) db: &'a mut [f32],
 }
 
 /// A recurrent cell's maths as the sequence driver runs it: its shape and its pointwise passes
 /// over a block of rows, compiled per instruction set.
 pub(super) trait CellMath {
-    /// Gate blocks of the cell's weights (`G`).
-    const GATES: usize;
-    /// Whether the cell's recurrent product carries a bias `b_hh` (the GRU and the RNN).
-    const BIAS: bool;
+    /// The cell; the driver's facts about it below follow from it.
+    const CELL: Cell;
+    /// Gate blocks of the cell's weights (`G`): LSTM 4, GRU 3, RNN 1.
+    const GATES: usize = match Self::CELL {
+        Cell::Lstm => 4,
+        Cell::Gru => 3,
+        Cell::Rnn => 1,
+    };
+    /// Whether the cell's recurrent product carries a bias `b_hh` (the GRU and the RNN; the LSTM's
+    /// caller folds it into the input projection).
+    const BIAS: bool = !matches!(Self::CELL, Cell::Lstm);
     /// Whether the cell carries `c` besides `h` (the LSTM): `c0` in, `dc0` out.
-    const CARRY_C: bool;
-    /// Whether the forward writes a second per-step array that the backward reads.
-    const AUX: bool;
+    const CARRY_C: bool = matches!(Self::CELL, Cell::Lstm);
+    /// Whether the forward writes a second per-step array that the backward reads (the LSTM's
+    /// `c_t`, the GRU's `hp_n`).
+    const AUX: bool = !matches!(Self::CELL, Cell::Rnn);
     /// Whether the cell needs `hp = h_{t-1} · w_hh + b_hh` apart from the input projection (the
     /// GRU, whose reset gate multiplies part of it): the forward product goes to a scratch, and
     /// the backward's product adds to the part of `dh_{t-1}` that bypasses `w_hh`.
-    const HP_APART: bool;
+    const HP_APART: bool = matches!(Self::CELL, Cell::Gru);
 
-    /// The forward pointwise pass of one step over a block of rows.
-    fn forward_rows(simd: Simd, h: usize, r: FwdRows);
+    /// The forward pointwise pass of one step over a block of rows, `#[inline(always)]` so that
+    /// [`forward_rows`] compiles it for each instruction set (`FMA`: whether it has fused
+    /// multiply-adds).
+    fn forward_rows<const FMA: bool>(h: usize, r: FwdRows);
 
-    /// The backward pointwise pass of one step over a block of rows.
-    fn backward_rows(simd: Simd, h: usize, r: BwdRows);
+    /// The backward pointwise pass of one step over a block of rows, compiled as
+    /// [`CellMath::forward_rows`] is.
+    fn backward_rows<const FMA: bool>(h: usize, r: BwdRows);
+}
+
+dispatch! {
+    /// Cell `C`'s [`CellMath::forward_rows`] compiled for `simd`.
+    pub(super) fn forward_rows<C: CellMath> => C::forward_rows(h: usize, r: FwdRows)
+}
+
+dispatch! {
+    /// Cell `C`'s [`CellMath::backward_rows`] compiled for `simd`.
+    pub(super) fn backward_rows<C: CellMath> => C::backward_rows(h: usize, r: BwdRows)
 }
 
 /// The arrays of a sequence's forward pass (`G` = [`Cell::gates`]).
@@ -178,9 +201,11 @@ pub fn backward(cell: Cell, d: Dims, io: Backward) {
 
 /// The expected lengths of a cell's arrays for `d`, by name.
 struct Lens {
+    h: usize,
     bh: usize,
     tbh: usize,
     g: usize,
+    tbg: usize,
     bias: usize,
     c: usize,
     aux: usize,
@@ -191,51 +216,73 @@ impl Lens {
         let (bh, g) = (d.b * d.h, C::GATES * d.h);
         let tbh = d.t * bh;
         Lens {
+            h: d.h,
             bh,
             tbh,
             g,
+            tbg: d.t * d.b * g,
             bias: if C::BIAS { g } else { 0 },
             c: if C::CARRY_C { bh } else { 0 },
             aux: if C::AUX { tbh } else { 0 },
         }
     }
+
+    /// Panics unless the arrays that [`forward`] and [`backward`] both take have these lengths.
+    fn check_common(&self, w_hh: &[f32], h0: &[f32], c0: &[f32], hs: &[f32], aux: &[f32]) {
+        assert_eq!(w_hh.len(), self.h * self.g, "w_hh must be [h, G·h]");
+        assert_eq!(h0.len(), self.bh, "h0 must be [b, h]");
+        assert_eq!(c0.len(), self.c, "c0 must be [b, h] (LSTM) or empty");
+        assert_eq!(hs.len(), self.tbh, "hs must be [t, b, h]");
+        assert_eq!(
+            aux.len(),
+            self.aux,
+            "aux must be [t, b, h] (LSTM, GRU) or empty"
+        );
+    }
+
+    /// Panics unless the arrays of [`forward`] have these lengths.
+    fn check_forward(&self, io: &Forward) {
+        self.check_common(io.w_hh, io.h0, io.c0, io.hs, io.aux);
+        assert_eq!(io.xz.len(), self.tbg, "xz must be [t, b, G·h]");
+        assert_eq!(
+            io.b_hh.len(),
+            self.bias,
+            "b_hh must be [G·h] (GRU, RNN) or empty"
+        );
+    }
+
+    /// Panics unless the arrays of [`backward`] have these lengths.
+    fn check_backward(&self, io: &Backward) {
+        self.check_common(io.w_hh, io.h0, io.c0, io.hs, io.aux);
+        assert_eq!(io.gz.len(), self.tbg, "gz must be [t, b, G·h]");
+        assert_eq!(io.dhs.len(), self.tbh, "dhs must be [t, b, h]");
+        assert_eq!(io.dw_hh.len(), self.h * self.g, "dw_hh must be [h, G·h]");
+        assert_eq!(
+            io.db_hh.len(),
+            self.bias,
+            "db_hh must be [G·h] (GRU, RNN) or empty"
+        );
+        assert_eq!(io.dh0.len(), self.bh, "dh0 must be [b, h]");
+        assert_eq!(io.dc0.len(), self.c, "dc0 must be [b, h] (LSTM) or empty");
+    }
 }
 
 fn run_forward<C: CellMath>(d: Dims, io: Forward) {
-    let Forward {
-        xz,
-        w_hh,
-        b_hh,
-        h0,
-        c0,
-        hs,
-        aux,
-    } = io;
-    let (b, h, n) = (d.b, d.h, Lens::of::<C>(d));
-    let g = n.g;
-    assert_eq!(xz.len(), d.t * b * g, "xz must be [t, b, G·h]");
-    assert_eq!(w_hh.len(), h * g, "w_hh must be [h, G·h]");
-    assert_eq!(b_hh.len(), n.bias, "b_hh must be [G·h] (GRU, RNN) or empty");
-    assert_eq!(h0.len(), n.bh, "h0 must be [b, h]");
-    assert_eq!(c0.len(), n.c, "c0 must be [b, h] (LSTM) or empty");
-    assert_eq!(hs.len(), n.tbh, "hs must be [t, b, h]");
-    assert_eq!(
-        aux.len(),
-        n.aux,
-        "aux must be [t, b, h] (LSTM, GRU) or empty"
-    );
+    let n = Lens::of::<C>(d);
+    n.check_forward(&io);
+    let (b, h, g) = (d.b, d.h, n.g);
     if n.tbh == 0 {
         return;
     }
     on_worker(|| {
         let bounds = row_bounds(b);
         let simd = simd_level();
-        let w = StepWeights::forward(simd, b, h, g, w_hh);
-        let mut xz = blocks_mut(xz, b, g, &bounds).into_iter();
-        let mut h0 = blocks(h0, b, h, &bounds).into_iter();
-        let mut c0 = blocks(c0, b, h, &bounds).into_iter();
-        let mut hs = blocks_mut(hs, b, h, &bounds).into_iter();
-        let mut aux = blocks_mut(aux, b, h, &bounds).into_iter();
+        let w = StepWeights::forward(simd, b, h, g, io.w_hh);
+        let mut xz = blocks_mut(io.xz, b, g, &bounds).into_iter();
+        let mut h0 = blocks(io.h0, b, h, &bounds).into_iter();
+        let mut c0 = blocks(io.c0, b, h, &bounds).into_iter();
+        let mut hs = blocks_mut(io.hs, b, h, &bounds).into_iter();
+        let mut aux = blocks_mut(io.aux, b, h, &bounds).into_iter();
         let parts: Vec<_> = (1..bounds.len())
             .map(|_| FwdPart {
                 xz: xz.next().expect("a block"),
@@ -246,7 +293,7 @@ fn run_forward<C: CellMath>(d: Dims, io: Forward) {
             })
             .collect();
         run_blocks(parts, |p, threaded| {
-            forward_part::<C>(simd, h, &w, b_hh, p, threaded)
+            forward_part::<C>(simd, h, &w, io.b_hh, p, threaded)
         });
     })
 }
@@ -308,7 +355,7 @@ fn forward_part<C: CellMath>(
             // xz[t] [rows, G·H] += h_prev [rows, H] · w_hh [H, G·H]
             w.product(xz[t], true, h_prev, threaded);
         }
-        C::forward_rows(
+        forward_rows::<C>(
             simd,
             h,
             FwdRows {
@@ -325,6 +372,8 @@ fn forward_part<C: CellMath>(
 }
 
 fn run_backward<C: CellMath>(d: Dims, io: Backward) {
+    let n = Lens::of::<C>(d);
+    n.check_backward(&io);
     let Backward {
         w_hh,
         h0,
@@ -338,27 +387,7 @@ fn run_backward<C: CellMath>(d: Dims, io: Backward) {
         dh0,
         dc0,
     } = io;
-    let (t_len, b, h, n) = (d.t, d.b, d.h, Lens::of::<C>(d));
-    let g = n.g;
-    assert_eq!(w_hh.len(), h * g, "w_hh must be [h, G·h]");
-    assert_eq!(h0.len(), n.bh, "h0 must be [b, h]");
-    assert_eq!(c0.len(), n.c, "c0 must be [b, h] (LSTM) or empty");
-    assert_eq!(hs.len(), n.tbh, "hs must be [t, b, h]");
-    assert_eq!(
-        aux.len(),
-        n.aux,
-        "aux must be [t, b, h] (LSTM, GRU) or empty"
-    );
-    assert_eq!(gz.len(), t_len * b * g, "gz must be [t, b, G·h]");
-    assert_eq!(dhs.len(), n.tbh, "dhs must be [t, b, h]");
-    assert_eq!(dw_hh.len(), h * g, "dw_hh must be [h, G·h]");
-    assert_eq!(
-        db_hh.len(),
-        n.bias,
-        "db_hh must be [G·h] (GRU, RNN) or empty"
-    );
-    assert_eq!(dh0.len(), n.bh, "dh0 must be [b, h]");
-    assert_eq!(dc0.len(), n.c, "dc0 must be [b, h] (LSTM) or empty");
+    let (t_len, b, h, g) = (d.t, d.b, d.h, n.g);
 
     // dh0 and dc0 carry dL/dh_{t-1} and dL/dc_{t-1} from step to step; after step 0 they are the
     // answer.
@@ -453,7 +482,7 @@ fn backward_part<C: CellMath>(simd: Simd, h: usize, w: &StepWeights, p: BwdPart,
             (true, _) => (hs[t - 1], aux[t - 1]),
             (false, _) => (hs[t - 1], &[]),
         };
-        C::backward_rows(
+        backward_rows::<C>(
             simd,
             h,
             BwdRows {

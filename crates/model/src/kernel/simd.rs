@@ -1,6 +1,6 @@
-//! The instruction set of the elementwise loops, chosen at run time: [`simd_level`] finds the
-//! widest this CPU has (AVX-512, AVX2 with FMA, or the baseline), and `dispatch!` defines a
-//! function that runs a loop compiled for the one it is given.
+//! The instruction set of the kernel's loops, chosen at run time, the kernel's one choice of it:
+//! [`simd_level`] finds the widest this CPU has (AVX-512, AVX2 with FMA, or the baseline), and
+//! `dispatch!` defines a function that runs a loop compiled for the one it is given.
 
 /// Lanes per block of the elementwise passes: one AVX-512 register of `f32`.
 pub(super) const LANES: usize = 16;
@@ -18,17 +18,18 @@ pub(super) enum Simd {
     Avx512,
 }
 
+/// The widest instruction set this CPU has. The AVX2 and AVX-512 levels also require F16C, which
+/// every CPU with AVX2 and FMA has, for the sampler's f16 products.
 pub(super) fn simd_level() -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx2")
+        let avx2 = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
-        {
+            && is_x86_feature_detected!("f16c");
+        if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
             return Simd::Avx512;
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if avx2 {
             return Simd::Avx2;
         }
     }
@@ -36,32 +37,36 @@ pub(super) fn simd_level() -> Simd {
 }
 
 /// Defines `$name(simd, args..)`, which runs the `#[inline(always)]` generic `$body::<FMA>(args..)`
-/// compiled for the instruction set `simd` names.
+/// compiled for the instruction set `simd` names. With a type parameter (`fn name<C: Bound> =>
+/// C::body(..)`) it runs that type's associated function, for the sequence driver's cells.
 macro_rules! dispatch {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident => $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
+    (
+        $(#[$doc:meta])* $vis:vis fn $name:ident $(<$C:ident: $B:path>)?
+            => $body:ident $(:: $assoc:ident)? ( $($arg:ident : $ty:ty),* $(,)? )
+    ) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
-        $vis fn $name(simd: $crate::kernel::simd::Simd, $($arg: $ty),*) {
+        $vis fn $name $(<$C: $B>)? (simd: $crate::kernel::simd::Simd, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn avx512($($arg: $ty),*) {
-                $body::<true>($($arg),*)
+            unsafe fn avx512 $(<$C: $B>)? ($($arg: $ty),*) {
+                $body $(::$assoc)? ::<true>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn avx2($($arg: $ty),*) {
-                $body::<true>($($arg),*)
+            unsafe fn avx2 $(<$C: $B>)? ($($arg: $ty),*) {
+                $body $(::$assoc)? ::<true>($($arg),*)
             }
             match simd {
                 // SAFETY: simd_level only reports instruction sets this CPU has.
                 #[cfg(target_arch = "x86_64")]
-                $crate::kernel::simd::Simd::Avx512 => unsafe { avx512($($arg),*) },
+                $crate::kernel::simd::Simd::Avx512 => unsafe { avx512 $(::<$C>)? ($($arg),*) },
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
-                $crate::kernel::simd::Simd::Avx2 => unsafe { avx2($($arg),*) },
-                $crate::kernel::simd::Simd::Base => $body::<false>($($arg),*),
+                $crate::kernel::simd::Simd::Avx2 => unsafe { avx2 $(::<$C>)? ($($arg),*) },
+                $crate::kernel::simd::Simd::Base => $body $(::$assoc)? ::<false>($($arg),*),
             }
         }
     };
@@ -73,8 +78,9 @@ pub(super) use dispatch;
 /// `rw[·][j]` and `out[·][j]`.
 ///
 /// Works on blocks of [`LANES`] copied to local arrays: with this many separate slices LLVM would
-/// need more run-time overlap checks than it is willing to emit and fall back to scalar code; the
-/// remainder runs element by element.
+/// need more run-time overlap checks than it is willing to emit and fall back to scalar code. The
+/// remainder takes one more block, padded with zeros (`f` works on each element alone, so the
+/// padding changes nothing that is kept).
 ///
 /// # Panics
 ///
@@ -92,158 +98,176 @@ pub(super) fn lanes<const R: usize, const W: usize, const O: usize>(
     let mut out = out.map(|s| &mut s[..n]);
     let blocks = n / LANES * LANES;
     for j0 in (0..blocks).step_by(LANES) {
-        let r = j0..j0 + LANES;
-        let mut x = [[0.0f32; LANES]; R];
-        for (x, s) in x.iter_mut().zip(&read) {
-            x.copy_from_slice(&s[r.clone()]);
+        lanes_block(j0..j0 + LANES, &read, &mut rw, &mut out, &f);
+    }
+    if blocks < n {
+        lanes_block(blocks..n, &read, &mut rw, &mut out, &f);
+    }
+}
+
+/// [`lanes`] on the elements `r` (at most [`LANES`]) of the slices.
+#[inline(always)]
+fn lanes_block<const R: usize, const W: usize, const O: usize>(
+    r: std::ops::Range<usize>,
+    read: &[&[f32]; R],
+    rw: &mut [&mut [f32]; W],
+    out: &mut [&mut [f32]; O],
+    f: &impl Fn([f32; R], [f32; W]) -> ([f32; W], [f32; O]),
+) {
+    let len = r.len();
+    let mut x = [[0.0f32; LANES]; R];
+    for (x, s) in x.iter_mut().zip(read) {
+        x[..len].copy_from_slice(&s[r.clone()]);
+    }
+    let mut y = [[0.0f32; LANES]; W];
+    for (y, s) in y.iter_mut().zip(rw.iter()) {
+        y[..len].copy_from_slice(&s[r.clone()]);
+    }
+    let mut o = [[0.0f32; LANES]; O];
+    for k in 0..LANES {
+        let (yk, ok) = f(
+            std::array::from_fn(|i| x[i][k]),
+            std::array::from_fn(|i| y[i][k]),
+        );
+        for (y, v) in y.iter_mut().zip(yk) {
+            y[k] = v;
         }
-        let mut y = [[0.0f32; LANES]; W];
-        for (y, s) in y.iter_mut().zip(&rw) {
-            y.copy_from_slice(&s[r.clone()]);
-        }
-        let mut o = [[0.0f32; LANES]; O];
-        for k in 0..LANES {
-            let (yk, ok) = f(
-                std::array::from_fn(|i| x[i][k]),
-                std::array::from_fn(|i| y[i][k]),
-            );
-            for (y, v) in y.iter_mut().zip(yk) {
-                y[k] = v;
-            }
-            for (o, v) in o.iter_mut().zip(ok) {
-                o[k] = v;
-            }
-        }
-        for (s, y) in rw.iter_mut().zip(&y) {
-            s[r.clone()].copy_from_slice(y);
-        }
-        for (s, o) in out.iter_mut().zip(&o) {
-            s[r.clone()].copy_from_slice(o);
+        for (o, v) in o.iter_mut().zip(ok) {
+            o[k] = v;
         }
     }
-    for j in blocks..n {
-        let (yj, oj) = f(
-            std::array::from_fn(|i| read[i][j]),
-            std::array::from_fn(|i| rw[i][j]),
-        );
-        for (s, v) in rw.iter_mut().zip(yj) {
-            s[j] = v;
-        }
-        for (s, v) in out.iter_mut().zip(oj) {
-            s[j] = v;
-        }
+    for (s, y) in rw.iter_mut().zip(&y) {
+        s[r.clone()].copy_from_slice(&y[..len]);
+    }
+    for (s, o) in out.iter_mut().zip(&o) {
+        s[r.clone()].copy_from_slice(&o[..len]);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::gru::{gru_backward_rows, gru_forward_rows};
-    use crate::kernel::lstm::{lstm_backward_rows, lstm_forward_rows};
-    use crate::kernel::rnn::{rnn_backward_rows, rnn_forward_rows};
-    use crate::kernel::sequence::{BwdRows, FwdRows};
-    use crate::kernel::test_support::Lcg;
+    use crate::kernel::gru::Gru;
+    use crate::kernel::lstm::Lstm;
+    use crate::kernel::rnn::Rnn;
+    use crate::kernel::sequence::{backward_rows, forward_rows, BwdRows, FwdRows};
+    use crate::kernel::test_support::{instruction_sets, Lcg};
     use crate::kernel::vecmat::axpy_block;
+
+    /// Hidden units of the rows the passes run on (two blocks of lanes and a remainder).
+    const H: usize = 37;
+
+    /// Random inputs of three rows, at the scales the passes see.
+    struct Inputs {
+        /// Pre-activations, `[3, 4H]`.
+        z: Vec<f32>,
+        /// A state and a gradient, `[3, H]` each.
+        state: Vec<f32>,
+        grad: Vec<f32>,
+        /// Weights, `[H, 4H]`.
+        w: Vec<f32>,
+    }
+
+    impl Inputs {
+        fn new() -> Self {
+            let mut rng = Lcg(5);
+            Inputs {
+                z: rng.vec(3 * 4 * H, 4.0),
+                state: rng.vec(3 * H, 2.0),
+                grad: rng.vec(3 * H, 1.0),
+                w: rng.vec(H * 4 * H, 0.3),
+            }
+        }
+    }
+
+    /// The LSTM's passes and the batch-1 product on `simd`, their outputs end to end.
+    fn lstm_outputs(simd: Simd, x: &Inputs) -> Vec<f32> {
+        let mut z = x.z.clone();
+        let (mut h, mut c) = (vec![0.0; 3 * H], vec![0.0; 3 * H]);
+        let fwd = FwdRows {
+            z: &mut z,
+            aux_prev: &x.state,
+            h_out: &mut h,
+            aux_out: &mut c,
+            ..Default::default()
+        };
+        forward_rows::<Lstm>(simd, H, fwd);
+        let (mut dc, mut gz, mut dh) = (x.state.clone(), z.clone(), x.grad.clone());
+        let bwd = BwdRows {
+            gz: &mut gz,
+            aux_prev: &x.state,
+            aux_t: &c,
+            dh_loss: &h,
+            dh: &mut dh,
+            dc: &mut dc,
+            ..Default::default()
+        };
+        backward_rows::<Lstm>(simd, H, bwd);
+        let mut acc = x.z[..4 * H].to_vec();
+        axpy_block(simd, &x.state[..H], &x.w, 4 * H, &mut acc);
+        [z, h, c, dc, gz, acc].concat()
+    }
+
+    /// The GRU's passes on `simd`, their outputs end to end.
+    fn gru_outputs(simd: Simd, x: &Inputs) -> Vec<f32> {
+        let (mut a, hp) = (x.z[..9 * H].to_vec(), &x.z[3 * H..]);
+        let (mut h, mut hn) = (vec![0.0; 3 * H], vec![0.0; 3 * H]);
+        let fwd = FwdRows {
+            z: &mut a,
+            hh: &hp[..9 * H],
+            b_hh: &x.w[..3 * H],
+            h_prev: &x.state,
+            h_out: &mut h,
+            aux_out: &mut hn,
+            ..Default::default()
+        };
+        forward_rows::<Gru>(simd, H, fwd);
+        let (mut dn, mut dh, mut db) = (vec![0.0; 3 * H], x.grad.clone(), vec![0.5; 3 * H]);
+        let mut dhp = a.clone();
+        let bwd = BwdRows {
+            gz: &mut dhp,
+            dn: &mut dn,
+            aux_t: &hn,
+            h_prev: &x.state,
+            dh_loss: &x.grad,
+            dh: &mut dh,
+            db: &mut db,
+            ..Default::default()
+        };
+        backward_rows::<Gru>(simd, H, bwd);
+        [a, h, hn, dhp, dn, dh, db].concat()
+    }
+
+    /// The plain RNN's passes on `simd`, their outputs end to end.
+    fn rnn_outputs(simd: Simd, x: &Inputs) -> Vec<f32> {
+        let (mut z, mut h) = (x.z[..3 * H].to_vec(), vec![0.0; 3 * H]);
+        let fwd = FwdRows {
+            z: &mut z,
+            b_hh: &x.state[..H],
+            h_out: &mut h,
+            ..Default::default()
+        };
+        forward_rows::<Rnn>(simd, H, fwd);
+        let (mut dz, mut db, mut dh) = (vec![0.0; 3 * H], vec![0.5; H], x.grad.clone());
+        let bwd = BwdRows {
+            gz: &mut dz,
+            h_t: &h,
+            dh_loss: &x.state,
+            dh: &mut dh,
+            db: &mut db,
+            ..Default::default()
+        };
+        backward_rows::<Rnn>(simd, H, bwd);
+        [h, dz, db].concat()
+    }
 
     #[test]
     fn every_instruction_set_agrees() {
-        let h = 37;
-        let mut rng = Lcg(5);
-        let z0 = rng.vec(3 * 4 * h, 4.0);
-        let c_prev = rng.vec(3 * h, 2.0);
-        let w = rng.vec(h * 4 * h, 0.3);
-        // The GRU's input projections and recurrent products, three rows each.
-        let g0 = rng.vec(2 * 3 * 3 * h, 4.0);
-        let levels: Vec<Simd> = {
-            let mut v = vec![Simd::Base];
-            #[cfg(target_arch = "x86_64")]
-            {
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    v.push(Simd::Avx2);
-                }
-                if simd_level() == Simd::Avx512 {
-                    v.push(Simd::Avx512);
-                }
-            }
-            v
-        };
-        let mut outs = Vec::new();
-        for &s in &levels {
-            let mut z = z0.clone();
-            let (mut ho, mut co) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
-            let fwd = FwdRows {
-                z: &mut z,
-                aux_prev: &c_prev,
-                h_out: &mut ho,
-                aux_out: &mut co,
-                ..Default::default()
-            };
-            lstm_forward_rows(s, h, fwd);
-            let (mut dcn, mut dz, mut dh) = (c_prev.clone(), z.clone(), c_prev.clone());
-            let bwd = BwdRows {
-                gz: &mut dz,
-                aux_prev: &c_prev,
-                aux_t: &co,
-                dh_loss: &ho,
-                dh: &mut dh,
-                dc: &mut dcn,
-                ..Default::default()
-            };
-            lstm_backward_rows(s, h, bwd);
-            let mut acc = z0[..4 * h].to_vec();
-            axpy_block(s, &c_prev[..h], &w, 4 * h, &mut acc);
-            outs.push([z, ho.clone(), co, dcn, dz, acc].concat());
-            // The GRU's and the RNN's passes over three rows.
-            let (gz, hp) = g0.split_at(3 * 3 * h);
-            let mut gz = gz.to_vec();
-            let (mut hg, mut hn) = (vec![0.0; 3 * h], vec![0.0; 3 * h]);
-            let fwd = FwdRows {
-                z: &mut gz,
-                hh: hp,
-                b_hh: &w[..3 * h],
-                h_prev: &c_prev,
-                h_out: &mut hg,
-                aux_out: &mut hn,
-                ..Default::default()
-            };
-            gru_forward_rows(s, h, fwd);
-            let (mut dn, mut dh, mut db) = (vec![0.0; 3 * h], c_prev.clone(), vec![0.5; 3 * h]);
-            let mut dhp = gz.clone();
-            let bwd = BwdRows {
-                gz: &mut dhp,
-                dn: &mut dn,
-                aux_t: &hn,
-                h_prev: &c_prev,
-                dh_loss: &ho,
-                dh: &mut dh,
-                db: &mut db,
-                ..Default::default()
-            };
-            gru_backward_rows(s, h, bwd);
-            let (mut zr, mut hr) = (z0[..3 * h].to_vec(), vec![0.0; 3 * h]);
-            let fwd = FwdRows {
-                z: &mut zr,
-                b_hh: &c_prev[..h],
-                h_out: &mut hr,
-                ..Default::default()
-            };
-            rnn_forward_rows(s, h, fwd);
-            let (mut dz, mut dbr, mut dhr) = (vec![0.0; 3 * h], vec![0.5; h], c_prev.clone());
-            let bwd = BwdRows {
-                gz: &mut dz,
-                h_t: &hr,
-                dh_loss: &ho,
-                dh: &mut dhr,
-                db: &mut dbr,
-                ..Default::default()
-            };
-            rnn_backward_rows(s, h, bwd);
-            outs.push([gz, hg, hn, dhp, dn, dh, db, hr, dz, dbr].concat());
-        }
-        let per_level = outs.len() / levels.len();
-        for (i, o) in outs.iter().enumerate() {
-            let (s, base) = (levels[i / per_level], &outs[i % per_level]);
-            for (k, (&a, &b)) in o.iter().zip(base).enumerate() {
+        let x = Inputs::new();
+        let outputs = |s| [lstm_outputs(s, &x), gru_outputs(s, &x), rnn_outputs(s, &x)].concat();
+        let base = outputs(Simd::Base);
+        for s in instruction_sets() {
+            for (k, (&a, &b)) in outputs(s).iter().zip(&base).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
                     "{s:?}[{k}]: {a} vs {b}"

@@ -192,7 +192,7 @@ pub(super) fn sum_parts(parts: &[f32], out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::kernel::simd::simd_level;
-    use crate::kernel::test_support::{assert_close, Lcg};
+    use crate::kernel::test_support::{assert_close, product_f64, Lcg};
 
     /// Every way of taking the per-step products (the batch-1 product, packed weights, `gemm` on
     /// `w_hh`, on its transposed copy and through transposed strides), on this CPU's instruction
@@ -210,15 +210,8 @@ mod tests {
                     let (a, dst0) = (rng.vec(rows * h, 1.0), rng.vec(rows * g, 1.0));
                     let mut dst = dst0.clone();
                     w.product(&mut dst, acc, &a, true);
-                    let want: Vec<f64> = (0..rows * g)
-                        .map(|ij| {
-                            let (i, j) = (ij / g, ij % g);
-                            let dot: f64 = (0..h)
-                                .map(|l| a[i * h + l] as f64 * w_hh[l * g + j] as f64)
-                                .sum();
-                            dot + if acc { dst0[ij] as f64 } else { 0.0 }
-                        })
-                        .collect();
+                    let add = if acc { &dst0[..] } else { &[] };
+                    let want = product_f64(&a, &w_hh, (h, g), (g, 1), add);
                     let name = format!("{simd:?} b={b} rows={rows} acc={acc}");
                     assert_close(&format!("forward {name}"), &dst, &want, 1e-5);
 
@@ -227,15 +220,8 @@ mod tests {
                     let (a, dst0) = (rng.vec(rows * g, 1.0), rng.vec(rows * h, 1.0));
                     let mut dst = dst0.clone();
                     w.product(&mut dst, acc, &a, true);
-                    let want: Vec<f64> = (0..rows * h)
-                        .map(|ik| {
-                            let (i, k) = (ik / h, ik % h);
-                            let dot: f64 = (0..g)
-                                .map(|j| a[i * g + j] as f64 * w_hh[k * g + j] as f64)
-                                .sum();
-                            dot + if acc { dst0[ik] as f64 } else { 0.0 }
-                        })
-                        .collect();
+                    let add = if acc { &dst0[..] } else { &[] };
+                    let want = product_f64(&a, &w_hh, (g, h), (1, g), add);
                     assert_close(&format!("backward {name}"), &dst, &want, 1e-5);
                 }
             }

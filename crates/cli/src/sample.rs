@@ -18,15 +18,6 @@ use karnna_train::Device;
 
 use crate::args::CheckpointArgs;
 
-/// Weight precision of the CPU sampler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum PrecisionArg {
-    /// Half precision weights, f32 arithmetic.
-    F16,
-    /// The trained f32 weights.
-    F32,
-}
-
 #[derive(clap::Args, Debug)]
 pub struct SampleArgs {
     #[command(flatten)]
@@ -60,7 +51,7 @@ pub struct SampleArgs {
     /// Weight precision of the CPU sampler: f16 streams half the bytes (about 1.8x faster here;
     /// logits within ~1e-3 of f32), f32 is exactly the trained weights.
     #[arg(long, value_enum, default_value = "f16")]
-    precision: PrecisionArg,
+    precision: Precision,
     /// Sample from every checkpoint of the run, in iteration order.
     #[arg(long, conflicts_with = "checkpoint")]
     all_checkpoints: bool,
@@ -206,7 +197,7 @@ fn draw(
 fn stepper(
     ckpt: &Checkpoint,
     device: Device,
-    precision: PrecisionArg,
+    precision: Precision,
 ) -> anyhow::Result<Box<dyn CharStepper>> {
     match Gpu::of(device) {
         None => Ok(Box::new(cpu_model(ckpt, precision, 1)?)),
@@ -215,16 +206,8 @@ fn stepper(
 }
 
 /// The model of `ckpt` on the dedicated CPU path, stepping `rows` rows at once.
-fn cpu_model(
-    ckpt: &Checkpoint,
-    precision: PrecisionArg,
-    rows: usize,
-) -> anyhow::Result<CpuCharRnn> {
+fn cpu_model(ckpt: &Checkpoint, precision: Precision, rows: usize) -> anyhow::Result<CpuCharRnn> {
     let model = ckpt.model::<burn::backend::Flex>(&Default::default())?;
-    let precision = match precision {
-        PrecisionArg::F16 => Precision::F16,
-        PrecisionArg::F32 => Precision::F32,
-    };
     Ok(CpuCharRnn::with_rows(
         &model,
         precision,

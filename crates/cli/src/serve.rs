@@ -9,7 +9,6 @@ use anyhow::bail;
 use karnna_serve::{ServeOptions, Server};
 
 use crate::args::CheckpointArgs;
-use crate::sample::PrecisionArg;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -22,7 +21,7 @@ pub struct ServeArgs {
     /// Weight precision of the sampler (as `sample --precision`: the same text for the same
     /// seed needs the same precision).
     #[arg(long, value_enum, default_value = "f16")]
-    precision: PrecisionArg,
+    precision: karnna_serve::Precision,
     /// Samples drawn at once [default: the cores / 2, at least 1]
     #[arg(long)]
     workers: Option<usize>,
@@ -45,10 +44,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut opts = ServeOptions::new(dir.clone());
     opts.checkpoint = args.from.checkpoint.clone();
-    opts.precision = match args.precision {
-        PrecisionArg::F16 => karnna_serve::Precision::F16,
-        PrecisionArg::F32 => karnna_serve::Precision::F32,
-    };
+    opts.precision = args.precision;
     if let Some(w) = args.workers {
         if w == 0 {
             bail!("--workers must be at least 1");

@@ -29,14 +29,16 @@ use karnna_model::{to_f32_vec, Cell, CharRnn};
 
 use crate::stepper::CharStepper;
 
-/// How the sampler stores the weight matrices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the sampler stores the weight matrices (a clap `ValueEnum`: `--precision f16|f32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
-    /// f32, exactly the trained weights.
-    F32,
     /// f16 (computed in f32): half the bytes to stream per character, so the notebook's model
     /// fits in the cores' L2 caches; logits differ from f32 by ~1e-3.
+    #[value(help = "Half precision weights, f32 arithmetic")]
     F16,
+    /// f32, exactly the trained weights.
+    #[value(help = "The trained f32 weights")]
+    F32,
 }
 
 /// A weight matrix `[k, n]`, row-major.

@@ -506,7 +506,6 @@ pub struct TensorCache<B: Backend> {
 ///
 /// # Panics
 /// Panics if `b_hh` and `c0` are not those of `cell`.
-#[allow(clippy::type_complexity)]
 pub fn tensor_forward<B: Backend>(
     cell: Cell,
     inputs: SequenceInputs<B>,

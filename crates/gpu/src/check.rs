@@ -20,7 +20,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use karnna_infer::{generate, BurnStepper, CharStepper, CpuCharRnn, SampleOptions, Strategy};
-use karnna_model::ops::{hcell_sequence, lstm_sequence};
+use karnna_model::ops::{sequence, SequenceInputs};
 use karnna_model::{
     to_f32_vec, Cell, CellKernels, CharRnn, CharRnnConfig, Checkpoint, Init, MatmulPrecision,
 };
@@ -209,34 +209,30 @@ fn op_results<X: CellKernels>(inp: &OpInputs, device: &X::Device) -> Vec<(&'stat
     let r = tensor::<A<X>, 3>(&inp.r, [t, b, h], device);
     let grad = |g: Option<Tensor<X, 3>>| to_f32_vec(g.expect("a gradient"));
     let grad2 = |g: Option<Tensor<X, 2>>| to_f32_vec(g.expect("a gradient"));
-    match inp.cell.hcell() {
-        None => {
-            let c0 = tensor::<A<X>, 2>(&inp.c0, [b, h], device).require_grad();
-            let (hs, c) = lstm_sequence(xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
-            let grads = (hs.clone() * r).sum().backward();
-            vec![
-                ("hs", to_f32_vec(hs)),
-                ("c_T", to_f32_vec(c)),
-                ("dxp", grad(xp.grad(&grads))),
-                ("dW_hh", grad2(w_hh.grad(&grads))),
-                ("dh0", grad2(h0.grad(&grads))),
-                ("dc0", grad2(c0.grad(&grads))),
-            ]
-        }
-        Some(hcell) => {
-            let b_hh = tensor::<A<X>, 1>(&inp.b_hh, [gh], device).require_grad();
-            let hs = hcell_sequence(hcell, xp.clone(), w_hh.clone(), b_hh.clone(), h0.clone());
-            let grads = (hs.clone() * r).sum().backward();
-            let db = b_hh.grad(&grads).expect("a gradient");
-            vec![
-                ("hs", to_f32_vec(hs)),
-                ("dxp", grad(xp.grad(&grads))),
-                ("dW_hh", grad2(w_hh.grad(&grads))),
-                ("db_hh", to_f32_vec(db)),
-                ("dh0", grad2(h0.grad(&grads))),
-            ]
-        }
+    let lstm = inp.cell == Cell::Lstm;
+    let b_hh = (!lstm).then(|| tensor::<A<X>, 1>(&inp.b_hh, [gh], device).require_grad());
+    let c0 = lstm.then(|| tensor::<A<X>, 2>(&inp.c0, [b, h], device).require_grad());
+    let inputs = SequenceInputs {
+        xp: xp.clone(),
+        w_hh: w_hh.clone(),
+        b_hh: b_hh.clone(),
+        h0: h0.clone(),
+        c0: c0.clone(),
+    };
+    let (hs, c) = sequence(inp.cell, inputs);
+    let grads = (hs.clone() * r).sum().backward();
+    let mut out = vec![("hs", to_f32_vec(hs))];
+    out.extend(c.map(|c| ("c_T", to_f32_vec(c))));
+    out.push(("dxp", grad(xp.grad(&grads))));
+    out.push(("dW_hh", grad2(w_hh.grad(&grads))));
+    if let Some(b_hh) = b_hh {
+        out.push(("db_hh", to_f32_vec(b_hh.grad(&grads).expect("a gradient"))));
     }
+    out.push(("dh0", grad2(h0.grad(&grads))));
+    if let Some(c0) = c0 {
+        out.push(("dc0", grad2(c0.grad(&grads))));
+    }
+    out
 }
 
 /// The fused op of `cell` on `G` against the CPU kernel, same inputs (6 steps, 3 rows, 16

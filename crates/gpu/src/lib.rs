@@ -140,6 +140,17 @@ pub fn probe<B: burn::tensor::backend::Backend>(device: &B::Device) -> Result<()
     })
 }
 
+/// `B`'s default device once [`probe`] has found it working, or the error `why` makes of the
+/// probe's message.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn probed<B: burn::tensor::backend::Backend>(
+    why: impl FnOnce(String) -> anyhow::Error,
+) -> anyhow::Result<B::Device> {
+    let device = B::Device::default();
+    probe::<B>(&device).map_err(why)?;
+    Ok(device)
+}
+
 /// Why a build without the backend cannot run on it.
 fn not_built(gpu: Gpu) -> anyhow::Error {
     anyhow::anyhow!(
@@ -151,18 +162,16 @@ fn not_built(gpu: Gpu) -> anyhow::Error {
 #[cfg(feature = "cuda")]
 pub mod cuda {
     //! burn-cuda: NVIDIA GPUs.
-    use super::{probe, OnBackend};
+    use super::{probed, OnBackend};
 
     /// The CUDA backend.
     pub type Backend = burn::backend::Cuda;
 
     /// The first CUDA device, or a clear error when there is none.
     pub fn device() -> anyhow::Result<burn::backend::cuda::CudaDevice> {
-        let device = burn::backend::cuda::CudaDevice::default();
-        probe::<Backend>(&device).map_err(|_| {
+        probed::<Backend>(|_| {
             anyhow::anyhow!("no usable CUDA device: the CUDA driver could not be initialised (use --device cpu, or --device wgpu for other GPUs)")
-        })?;
-        Ok(device)
+        })
     }
 
     pub(crate) fn run<J: OnBackend>(job: J) -> anyhow::Result<J::Output> {
@@ -197,23 +206,21 @@ mod cuda {
 pub mod wgpu {
     //! burn-wgpu: the first adapter wgpu offers (a discrete GPU before an integrated one, and
     //! a software one, such as llvmpipe, when there is nothing else).
-    use super::{probe, OnBackend};
+    use super::{probed, OnBackend};
 
     /// The wgpu backend.
     pub type Backend = burn::backend::Wgpu;
 
     /// The default wgpu device, or a clear error when wgpu finds no adapter.
     pub fn device() -> anyhow::Result<burn::backend::wgpu::WgpuDevice> {
-        let device = burn::backend::wgpu::WgpuDevice::default();
-        probe::<Backend>(&device).map_err(|why| {
+        probed::<Backend>(|why| {
             let why = if why.is_empty() || why.contains("No possible adapter") {
                 "wgpu found no adapter (no Vulkan, Metal or DX12 driver)".to_string()
             } else {
                 why
             };
             anyhow::anyhow!("no usable wgpu device: {why}; install a Vulkan driver (Debian: mesa-vulkan-drivers) or use --device cpu")
-        })?;
-        Ok(device)
+        })
     }
 
     pub(crate) fn run<J: OnBackend>(job: J) -> anyhow::Result<J::Output> {

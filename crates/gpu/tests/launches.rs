@@ -9,7 +9,7 @@
 use burn::tensor::{Tensor, TensorData};
 use karnna_gpu::launches::LaunchCounter;
 use karnna_gpu::wgpu;
-use karnna_model::ops::{hcell_sequence, lstm_sequence};
+use karnna_model::ops::{sequence, SequenceInputs};
 use karnna_model::Cell;
 
 type A = burn::backend::Autodiff<wgpu::Backend>;
@@ -38,16 +38,15 @@ fn forward_backward(cell: Cell, device: &burn::backend::wgpu::WgpuDevice) {
     let xp = leaf(vec![STEPS, b, gh]);
     let w_hh = leaf(vec![1, h, gh]).reshape([h, gh]);
     let h0 = leaf(vec![1, b, h]).reshape([b, h]);
-    let hs = match cell.hcell() {
-        None => {
-            let c0 = leaf(vec![1, b, h]).reshape([b, h]);
-            lstm_sequence(xp.clone(), w_hh, h0, c0).0
-        }
-        Some(hc) => {
-            let b_hh = leaf(vec![1, 1, gh]).reshape([gh]);
-            hcell_sequence(hc, xp.clone(), w_hh, b_hh, h0)
-        }
+    let lstm = cell == Cell::Lstm;
+    let inputs = SequenceInputs {
+        xp: xp.clone(),
+        w_hh,
+        b_hh: (!lstm).then(|| leaf(vec![1, 1, gh]).reshape([gh])),
+        h0,
+        c0: lstm.then(|| leaf(vec![1, b, h]).reshape([b, h])),
     };
+    let (hs, _) = sequence(cell, inputs);
     let grads = hs.sum().backward();
     let _ = xp.grad(&grads).expect("dxp").into_data();
 }

@@ -92,7 +92,7 @@ fn sequence_results(
     device: &burn::backend::wgpu::WgpuDevice,
 ) -> Vec<Vec<f32>> {
     use burn::tensor::{Tensor, TensorData};
-    use karnna_model::ops::{hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_forward};
+    use karnna_model::ops::{sequence, tensor_forward, SequenceInputs};
     use karnna_model::to_f32_vec;
     use rand::{Rng, SeedableRng};
     type A = burn::backend::Autodiff<wgpu::Backend>;
@@ -109,26 +109,19 @@ fn sequence_results(
     let h0 = Tensor::<A, 2>::from_data(leaf(vec![b, h], 0.5), device).require_grad();
     let c0 = Tensor::<A, 2>::from_data(leaf(vec![b, h], 0.5), device).require_grad();
     let r = Tensor::<A, 3>::from_data(leaf(vec![t, b, h], 1.0), device);
-    let (hs, c) = match (cell.hcell(), fused) {
-        (None, true) => {
-            let (hs, c) = lstm_sequence(xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
-            (hs, Some(c))
-        }
-        (None, false) => {
-            let (hs, c, _) = tensor_forward(xp.clone(), w_hh.clone(), h0.clone(), c0.clone());
-            (hs, Some(c))
-        }
-        (Some(hc), true) => {
-            let hs = hcell_sequence(hc, xp.clone(), w_hh.clone(), b_hh.clone(), h0.clone());
-            (hs, None)
-        }
-        (Some(hc), false) => {
-            let args = (xp.clone(), w_hh.clone(), b_hh.clone(), h0.clone());
-            (
-                tensor_hcell_forward(hc, args.0, args.1, args.2, args.3).0,
-                None,
-            )
-        }
+    let lstm = cell == Cell::Lstm;
+    let inputs = SequenceInputs {
+        xp: xp.clone(),
+        w_hh: w_hh.clone(),
+        b_hh: (!lstm).then(|| b_hh.clone()),
+        h0: h0.clone(),
+        c0: lstm.then(|| c0.clone()),
+    };
+    let (hs, c) = if fused {
+        sequence(cell, inputs)
+    } else {
+        let (hs, c, _) = tensor_forward(cell, inputs);
+        (hs, c)
     };
     // The fused op passes no gradient back from c_T (truncated BPTT carries it detached).
     let grads = (hs.clone() * r).sum().backward();
@@ -139,9 +132,9 @@ fn sequence_results(
     out.push(to_f32_vec(xp.grad(&grads).expect("dxp")));
     out.push(to_f32_vec(w_hh.grad(&grads).expect("dW_hh")));
     out.push(to_f32_vec(h0.grad(&grads).expect("dh0")));
-    out.push(match cell.hcell() {
-        None => to_f32_vec(c0.grad(&grads).expect("dc0")),
-        Some(_) => to_f32_vec(b_hh.grad(&grads).expect("db_hh")),
+    out.push(match cell {
+        Cell::Lstm => to_f32_vec(c0.grad(&grads).expect("dc0")),
+        Cell::Gru | Cell::Rnn => to_f32_vec(b_hh.grad(&grads).expect("db_hh")),
     });
     out
 }

@@ -1,30 +1,32 @@
-//! The fused recurrences on the GPU: kernels written once in CubeCL (`#[cube]`), which
+//! The fused recurrence on the GPU: kernels written once in CubeCL (`#[cube]`), which
 //! burn-wgpu and burn-cuda both compile from this one source, behind [`CellBackend`] and
 //! [`CellKernels`] for every `CubeBackend<R, f32, ..>` (`Wgpu` and `Cuda` without Burn's
-//! `fusion`, as this workspace builds them).
+//! `fusion`, as this workspace builds them). One forward and one backward kernel serve every
+//! cell: the [`Cell`] is a comptime argument, so each cell's variant is compiled with only its
+//! own maths and accumulators.
 //!
 //! # Launches
 //! The input projection stays outside (one large matmul, or the one-hot row lookup). Per layer
 //! and time step there is **one** launch:
-//! - forward ([`lstm_forward_step`], [`gru_forward_step`], [`rnn_forward_step`]): one thread per
-//!   (batch row, unit `j`) computes `h_{t-1}·W_hh` for its unit in every gate block (reading
-//!   `W_hh [H, G·H]` along `j`, so neighbouring threads read neighbouring words) and the whole
-//!   gate and cell update, and writes the step's `h` (and `c`, and the activations the backward
-//!   needs);
-//! - backward ([`lstm_backward_step`], [`gru_backward_step`], [`rnn_backward_step`]): one
-//!   thread per (row, `j`) forms `dh = dhs[t] + dz_{t+1}·W_hhᵀ` (from a transposed copy of
-//!   `W_hh`, again read along `j`) and the pointwise backward, giving `dz_t` (and the carried
-//!   `dc`).
+//! - forward ([`forward_step`]): one thread per (batch row, unit `j`) computes `h_{t-1}·W_hh`
+//!   for its unit in every gate block (reading `W_hh [H, G·H]` along `j`, so neighbouring
+//!   threads read neighbouring words) and the whole gate and cell update, and writes the step's
+//!   `h` (and the LSTM's `c`, and the activations the backward needs);
+//! - backward ([`backward_step`]): one thread per (row, `j`) forms
+//!   `dh = dhs[t] + dhp_{t+1}·W_hhᵀ` (from a transposed copy of `W_hh`, again read along `j`)
+//!   and the pointwise backward, giving `dhp_t` (and what the cell carries back besides `W_hh`:
+//!   the LSTM's `dc`, the GRU's `dh ⊙ z`).
 //!
 //! After the backward loop, `dh0` is one more launch ([`through_weights`]), and `dW_hh =
-//! H_prevᵀ·dZ` and `db_hh = Σ dZ` are one Burn matmul and one Burn sum over all steps. A layer
+//! H_prevᵀ·dHP` and `db_hh = Σ dHP` are one Burn matmul and one Burn sum over all steps. A layer
 //! of `T` steps thus takes about `T + 3` launches forward and `T + 5` backward, against about
 //! 60 per step in Burn tensor ops ([`crate::ops::tensor_forward`], which stays the tests'
 //! reference).
 //!
 //! The states are kept with room for `h0` (and `c0`) in front, `[T + 1, B, H]`, which the step
-//! at `t = 0` copies in: step `t` reads slot `t` and writes slot `t + 1`, and the backward's
-//! `H_prev` is slots `0..T` with no copy.
+//! at `t = 0` (the kernel's `first` variant, which reads `h0` instead of slot 0) copies in:
+//! step `t` reads slot `t` and writes slot `t + 1`, and the backward's `H_prev` is slots
+//! `0..T` with no copy.
 //!
 //! # Bounds
 //! The kernels are launched without CubeCL's bounds checks (`launch_unchecked`), which would
@@ -32,7 +34,8 @@
 //! construction: the host allocates each tensor contiguous with the shape the kernel's
 //! doc comment gives (inputs go through `into_contiguous`), a thread returns at once unless its
 //! position is below `B·H` (or the mask's length), and every index is then a row, a unit and
-//! a step each below the shape's bound.
+//! a step each below the shape's bound. A tensor that a cell's variant does not use (the
+//! LSTM's `b_hh`, the RNN's gates) is a placeholder which that variant never indexes.
 //!
 //! # Precision
 //! The kernels compute in full f32 (IEEE single, unit roundoff 2⁻²⁴ ≈ 6e-8): their products are
@@ -56,7 +59,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement};
 use cubecl::prelude::*;
 
-use crate::ops::{CellBackend, CellKernels, HCell, MatmulPrecision};
+use crate::ops::{CellBackend, CellInputs, CellKernels, MatmulPrecision};
+use crate::Cell;
 
 /// Threads per cube (thread block) of every launch here.
 const CUBE_DIM: u32 = 128;
@@ -66,122 +70,187 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// One LSTM step `t`: `hs`, `cs` are `[T + 1, B, H]` (slot `t` is `h_{t-1}`, `c_{t-1}`; at
-/// `t = 0` it is taken from `h0`, `c0` and copied in), `xp` and `gates` `[T, B, 4H]`, `w`
-/// `[H, 4H]`. Writes slot `t + 1` of `hs` and `cs`, and `i, f, g, o` into `gates[t]` when
-/// `keep`.
+/// This thread's batch row and unit `j` in a launch over `[rows, h]` (its position is
+/// `row·h + j`); a thread past the end stops here.
+#[cube]
+fn row_and_unit(rows: usize, h: usize) -> (usize, usize) {
+    if ABSOLUTE_POS >= rows * h {
+        terminate!();
+    }
+    (ABSOLUTE_POS / h, ABSOLUTE_POS % h)
+}
+
+/// One step `t` of `cell`'s recurrence, one thread per (batch row, unit `j`).
+///
+/// `xp` is `[T, B, G·H]`, `w` = `W_hh` `[H, G·H]`, `b` = `b_hh` `[G·H]` (GRU, RNN), `h0` and
+/// `c0` `[B, H]` (`c0` the LSTM's); a tensor the cell does not use may be any tensor. `hs` is
+/// `[T + 1, B, H]`: slot `t` is `h_{t-1}` (read from `h0` when `first`, which also copies
+/// `h0` into slot 0), and the step writes slot `t + 1`. `aux` is `[T + 1, B, H]` for the LSTM
+/// (its `c`, slot 0 copied from `c0` when `first`) and for the GRU when `keep` (its
+/// `hp_n = (h_{t-1}·W_hh + b_hh)_n` in slot `t + 1`). When `keep`, `gates[t]` `[T, B, G·H]`
+/// gets the activated gates (LSTM: `i, f, g, o`; GRU: `r, z, n`).
 #[cube(launch_unchecked)]
-pub fn lstm_forward_step(
+pub fn forward_step(
     xp: &Tensor<f32>,
     w: &Tensor<f32>,
+    b: &Tensor<f32>,
     h0: &Tensor<f32>,
     c0: &Tensor<f32>,
     hs: &mut Tensor<f32>,
-    cs: &mut Tensor<f32>,
+    aux: &mut Tensor<f32>,
     gates: &mut Tensor<f32>,
     t: usize,
+    #[comptime] cell: Cell,
+    #[comptime] first: bool,
     #[comptime] keep: bool,
 ) {
-    let h = hs.shape(2);
-    let bh = hs.shape(1) * h;
-    let pos = ABSOLUTE_POS;
-    if pos >= bh {
-        terminate!();
-    }
-    let row = pos / h;
-    let j = pos % h;
-    let g4 = 4 * h;
-    let x = t * hs.shape(1) * g4 + row * g4 + j;
-    let mut zi = xp[x];
-    let mut zf = xp[x + h];
-    let mut zg = xp[x + 2 * h];
-    let mut zo = xp[x + 3 * h];
-    let mut c_prev = c0[pos];
-    if t == 0 {
-        for k in 0..h {
-            let hk = h0[row * h + k];
-            let wk = k * g4 + j;
-            zi += hk * w[wk];
-            zf += hk * w[wk + h];
-            zg += hk * w[wk + 2 * h];
-            zo += hk * w[wk + 3 * h];
-        }
-        hs[pos] = h0[pos];
-        cs[pos] = c_prev;
+    let (rows, h, gh) = (hs.shape(1), hs.shape(2), w.shape(1));
+    let (row, j) = row_and_unit(rows, h);
+    let (pos, bh) = (ABSOLUTE_POS, rows * h);
+    let x = t * rows * gh + row * gh + j;
+    // Gate block k's running sum, started from xp (the LSTM, whose xp holds both biases; the
+    // RNN, plus b_hh) or from b_hh alone (the GRU, which needs h_{t-1}·W_hh + b_hh apart).
+    let mut a0 = xp[x];
+    let mut a1 = 0.0;
+    let mut a2 = 0.0;
+    let mut a3 = 0.0;
+    if comptime!(cell == Cell::Lstm) {
+        a1 = xp[x + h];
+        a2 = xp[x + 2 * h];
+        a3 = xp[x + 3 * h];
+    } else if comptime!(cell == Cell::Gru) {
+        a0 = b[j];
+        a1 = b[j + h];
+        a2 = b[j + 2 * h];
     } else {
-        let base = t * bh + row * h;
-        for k in 0..h {
-            let hk = hs[base + k];
-            let wk = k * g4 + j;
-            zi += hk * w[wk];
-            zf += hk * w[wk + h];
-            zg += hk * w[wk + 2 * h];
-            zo += hk * w[wk + 3 * h];
-        }
-        c_prev = cs[t * bh + pos];
+        a0 += b[j];
     }
-    let i = sigmoid(zi);
-    let f = sigmoid(zf);
-    let g = zg.tanh();
-    let o = sigmoid(zo);
-    let c = f * c_prev + i * g;
+    // h_{t-1}·W_hh for unit j of every gate block, reading W_hh along j.
+    let prev = t * bh + row * h;
+    for k in 0..h {
+        let hk = if first { h0[row * h + k] } else { hs[prev + k] };
+        let wk = k * gh + j;
+        a0 += hk * w[wk];
+        if comptime!(cell != Cell::Rnn) {
+            a1 += hk * w[wk + h];
+            a2 += hk * w[wk + 2 * h];
+        }
+        if comptime!(cell == Cell::Lstm) {
+            a3 += hk * w[wk + 3 * h];
+        }
+    }
+    if first {
+        hs[pos] = h0[pos];
+    }
     let out = (t + 1) * bh + pos;
-    cs[out] = c;
-    hs[out] = o * c.tanh();
-    if keep {
-        gates[x] = i;
-        gates[x + h] = f;
-        gates[x + 2 * h] = g;
-        gates[x + 3 * h] = o;
+    if comptime!(cell == Cell::Lstm) {
+        let c_prev = if first { c0[pos] } else { aux[t * bh + pos] };
+        let i = sigmoid(a0);
+        let f = sigmoid(a1);
+        let g = a2.tanh();
+        let o = sigmoid(a3);
+        let c = f * c_prev + i * g;
+        if first {
+            aux[pos] = c_prev;
+        }
+        aux[out] = c;
+        hs[out] = o * c.tanh();
+        if keep {
+            gates[x] = i;
+            gates[x + h] = f;
+            gates[x + 2 * h] = g;
+            gates[x + 3 * h] = o;
+        }
+    } else if comptime!(cell == Cell::Gru) {
+        let h_prev = if first { h0[pos] } else { hs[t * bh + pos] };
+        let r = sigmoid(xp[x] + a0);
+        let z = sigmoid(xp[x + h] + a1);
+        let n = (xp[x + 2 * h] + r * a2).tanh();
+        hs[out] = (1.0 - z) * n + z * h_prev;
+        if keep {
+            gates[x] = r;
+            gates[x + h] = z;
+            gates[x + 2 * h] = n;
+            aux[out] = a2;
+        }
+    } else {
+        hs[out] = a0.tanh();
     }
 }
 
-/// One LSTM backward step `s` of `steps`: `dz` `[T, B, 4H]` (reads `dz[s + 1]`, writes
-/// `dz[s]`), `wt` = `W_hhᵀ` `[4H, H]`, `dc` `[B, H]` the carried `dL/dc_s ⊙ f_s` (read when
-/// `s + 1 < steps`, then overwritten), `gates` and `cs` as the forward left them.
+/// One backward step `s` of `steps` of `cell`'s recurrence, one thread per (row, unit `j`).
+///
+/// Forms `dh = dhs[s] + dhp[s + 1]·W_hhᵀ` (the product when `s + 1 < steps`; `wt` = `W_hhᵀ`
+/// `[G·H, H]`, read along `j`) and the pointwise backward, writing `dhp[s]` `[T, B, G·H]`, the
+/// gradient of the step's hidden projection (for the LSTM and the RNN also `dL/dxp[s]`; the
+/// GRU's differs in its n block and goes to `dxp`). `carry` `[B, H]` is what passes back a
+/// step besides `W_hh` (read when `s + 1 < steps`, then overwritten): the LSTM's
+/// `dL/dc_s ⊙ f_s`, the GRU's `dh ⊙ z`. `hs`, `aux` and `gates` are as [`forward_step`] left
+/// them; tensors the cell does not use may be any tensor.
 #[cube(launch_unchecked)]
-pub fn lstm_backward_step(
+pub fn backward_step(
     gates: &Tensor<f32>,
-    cs: &Tensor<f32>,
+    aux: &Tensor<f32>,
+    hs: &Tensor<f32>,
     dhs: &Tensor<f32>,
     wt: &Tensor<f32>,
-    dz: &mut Tensor<f32>,
-    dc: &mut Tensor<f32>,
+    dxp: &mut Tensor<f32>,
+    dhp: &mut Tensor<f32>,
+    carry: &mut Tensor<f32>,
     s: usize,
     steps: usize,
+    #[comptime] cell: Cell,
 ) {
-    let h = dc.shape(1);
-    let rows = dc.shape(0);
-    let bh = rows * h;
-    let pos = ABSOLUTE_POS;
-    if pos >= bh {
-        terminate!();
-    }
-    let row = pos / h;
-    let j = pos % h;
-    let g4 = 4 * h;
+    let (rows, h, gh) = (dhs.shape(1), wt.shape(1), wt.shape(0));
+    let (row, j) = row_and_unit(rows, h);
+    let (pos, bh) = (ABSOLUTE_POS, rows * h);
     let mut dh = dhs[s * bh + pos];
-    let mut dc_next = 0.0;
+    let mut carried = 0.0;
     if s + 1 < steps {
-        let next = (s + 1) * rows * g4 + row * g4;
-        for m in 0..g4 {
-            dh += dz[next + m] * wt[m * h + j];
+        if comptime!(cell != Cell::Rnn) {
+            carried = carry[pos];
         }
-        dc_next = dc[pos];
+        if comptime!(cell == Cell::Gru) {
+            dh += carried;
+        }
+        let next = (s + 1) * rows * gh + row * gh;
+        for m in 0..gh {
+            dh += dhp[next + m] * wt[m * h + j];
+        }
     }
-    let x = s * rows * g4 + row * g4 + j;
-    let i = gates[x];
-    let f = gates[x + h];
-    let g = gates[x + 2 * h];
-    let o = gates[x + 3 * h];
-    let c_prev = cs[s * bh + pos];
-    let tc = cs[(s + 1) * bh + pos].tanh();
-    let dcs = dh * o * (1.0 - tc * tc) + dc_next;
-    dz[x] = dcs * g * i * (1.0 - i);
-    dz[x + h] = dcs * c_prev * f * (1.0 - f);
-    dz[x + 2 * h] = dcs * i * (1.0 - g * g);
-    dz[x + 3 * h] = dh * tc * o * (1.0 - o);
-    dc[pos] = dcs * f;
+    let x = s * rows * gh + row * gh + j;
+    if comptime!(cell == Cell::Lstm) {
+        let i = gates[x];
+        let f = gates[x + h];
+        let g = gates[x + 2 * h];
+        let o = gates[x + 3 * h];
+        let c_prev = aux[s * bh + pos];
+        let tc = aux[(s + 1) * bh + pos].tanh();
+        let dc = dh * o * (1.0 - tc * tc) + carried;
+        dhp[x] = dc * g * i * (1.0 - i);
+        dhp[x + h] = dc * c_prev * f * (1.0 - f);
+        dhp[x + 2 * h] = dc * i * (1.0 - g * g);
+        dhp[x + 3 * h] = dh * tc * o * (1.0 - o);
+        carry[pos] = dc * f;
+    } else if comptime!(cell == Cell::Gru) {
+        let r = gates[x];
+        let z = gates[x + h];
+        let n = gates[x + 2 * h];
+        let h_prev = hs[s * bh + pos];
+        let dn = dh * (1.0 - z) * (1.0 - n * n);
+        let dz = dh * (h_prev - n) * z * (1.0 - z);
+        let dr = dn * aux[(s + 1) * bh + pos] * r * (1.0 - r);
+        dxp[x] = dr;
+        dxp[x + h] = dz;
+        dxp[x + 2 * h] = dn;
+        dhp[x] = dr;
+        dhp[x + h] = dz;
+        dhp[x + 2 * h] = dn * r;
+        carry[pos] = dh * z;
+    } else {
+        let y = hs[(s + 1) * bh + pos];
+        dhp[x] = dh * (1.0 - y * y);
+    }
 }
 
 /// `out = dz[0]·W_hhᵀ` (`wt` = `W_hhᵀ` `[G·H, H]`, `dz [T, B, G·H]`, `out [B, H]`), plus
@@ -194,14 +263,9 @@ pub fn through_weights(
     out: &mut Tensor<f32>,
     #[comptime] with_direct: bool,
 ) {
-    let h = out.shape(1);
+    let (h, gh) = (out.shape(1), wt.shape(0));
+    let (row, j) = row_and_unit(out.shape(0), h);
     let pos = ABSOLUTE_POS;
-    if pos >= out.shape(0) * h {
-        terminate!();
-    }
-    let row = pos / h;
-    let j = pos % h;
-    let gh = wt.shape(0);
     let mut acc = 0.0;
     if with_direct {
         acc = direct[pos];
@@ -210,183 +274,6 @@ pub fn through_weights(
         acc += dz[row * gh + m] * wt[m * h + j];
     }
     out[pos] = acc;
-}
-
-/// One GRU step `t` (gate blocks r, z, n; `b` = `b_hh [3H]` inside the reset product):
-/// `hs [T + 1, B, H]` as in [`lstm_forward_step`], `gates [T, B, 3H]` gets `r, z, n` and
-/// `hn [T, B, H]` gets `hp_n = (h_{t-1}·W_hh + b_hh)_n` when `keep`.
-#[cube(launch_unchecked)]
-pub fn gru_forward_step(
-    xp: &Tensor<f32>,
-    w: &Tensor<f32>,
-    b: &Tensor<f32>,
-    h0: &Tensor<f32>,
-    hs: &mut Tensor<f32>,
-    gates: &mut Tensor<f32>,
-    hn: &mut Tensor<f32>,
-    t: usize,
-    #[comptime] keep: bool,
-) {
-    let h = hs.shape(2);
-    let bh = hs.shape(1) * h;
-    let pos = ABSOLUTE_POS;
-    if pos >= bh {
-        terminate!();
-    }
-    let row = pos / h;
-    let j = pos % h;
-    let g3 = 3 * h;
-    let mut pr = b[j];
-    let mut pz = b[j + h];
-    let mut pn = b[j + 2 * h];
-    let mut h_prev = h0[pos];
-    if t == 0 {
-        for k in 0..h {
-            let hk = h0[row * h + k];
-            let wk = k * g3 + j;
-            pr += hk * w[wk];
-            pz += hk * w[wk + h];
-            pn += hk * w[wk + 2 * h];
-        }
-        hs[pos] = h_prev;
-    } else {
-        let base = t * bh + row * h;
-        for k in 0..h {
-            let hk = hs[base + k];
-            let wk = k * g3 + j;
-            pr += hk * w[wk];
-            pz += hk * w[wk + h];
-            pn += hk * w[wk + 2 * h];
-        }
-        h_prev = hs[t * bh + pos];
-    }
-    let x = t * hs.shape(1) * g3 + row * g3 + j;
-    let r = sigmoid(xp[x] + pr);
-    let z = sigmoid(xp[x + h] + pz);
-    let n = (xp[x + 2 * h] + r * pn).tanh();
-    hs[(t + 1) * bh + pos] = (1.0 - z) * n + z * h_prev;
-    if keep {
-        gates[x] = r;
-        gates[x + h] = z;
-        gates[x + 2 * h] = n;
-        hn[t * bh + pos] = pn;
-    }
-}
-
-/// One GRU backward step `s` of `steps`: `dh = dhs[s] + direct + dhp[s + 1]·W_hhᵀ` (the last
-/// two when `s + 1 < steps`), then `dxp[s] = [dr, dz, dn]`, `dhp[s] = [dr, dz, dn ⊙ r]` and
-/// `direct = dh ⊙ z` (the part of `dL/dh_{s-1}` that skips `W_hh`).
-#[cube(launch_unchecked)]
-pub fn gru_backward_step(
-    gates: &Tensor<f32>,
-    hn: &Tensor<f32>,
-    hs: &Tensor<f32>,
-    dhs: &Tensor<f32>,
-    wt: &Tensor<f32>,
-    dxp: &mut Tensor<f32>,
-    dhp: &mut Tensor<f32>,
-    direct: &mut Tensor<f32>,
-    s: usize,
-    steps: usize,
-) {
-    let h = direct.shape(1);
-    let rows = direct.shape(0);
-    let bh = rows * h;
-    let pos = ABSOLUTE_POS;
-    if pos >= bh {
-        terminate!();
-    }
-    let row = pos / h;
-    let j = pos % h;
-    let g3 = 3 * h;
-    let mut dh = dhs[s * bh + pos];
-    if s + 1 < steps {
-        dh += direct[pos];
-        let next = (s + 1) * rows * g3 + row * g3;
-        for m in 0..g3 {
-            dh += dhp[next + m] * wt[m * h + j];
-        }
-    }
-    let x = s * rows * g3 + row * g3 + j;
-    let r = gates[x];
-    let z = gates[x + h];
-    let n = gates[x + 2 * h];
-    let h_prev = hs[s * bh + pos];
-    let dn = dh * (1.0 - z) * (1.0 - n * n);
-    let dzz = dh * (h_prev - n) * z * (1.0 - z);
-    let dr = dn * hn[s * bh + pos] * r * (1.0 - r);
-    dxp[x] = dr;
-    dxp[x + h] = dzz;
-    dxp[x + 2 * h] = dn;
-    dhp[x] = dr;
-    dhp[x + h] = dzz;
-    dhp[x + 2 * h] = dn * r;
-    direct[pos] = dh * z;
-}
-
-/// One tanh-RNN step `t`: `hs [T + 1, B, H]` as in [`lstm_forward_step`],
-/// `h_t = tanh(xp[t] + h_{t-1}·W_hh + b_hh)`.
-#[cube(launch_unchecked)]
-pub fn rnn_forward_step(
-    xp: &Tensor<f32>,
-    w: &Tensor<f32>,
-    b: &Tensor<f32>,
-    h0: &Tensor<f32>,
-    hs: &mut Tensor<f32>,
-    t: usize,
-) {
-    let h = hs.shape(2);
-    let bh = hs.shape(1) * h;
-    let pos = ABSOLUTE_POS;
-    if pos >= bh {
-        terminate!();
-    }
-    let row = pos / h;
-    let j = pos % h;
-    let mut a = xp[t * bh + pos] + b[j];
-    if t == 0 {
-        for k in 0..h {
-            a += h0[row * h + k] * w[k * h + j];
-        }
-        hs[pos] = h0[pos];
-    } else {
-        let base = t * bh + row * h;
-        for k in 0..h {
-            a += hs[base + k] * w[k * h + j];
-        }
-    }
-    hs[(t + 1) * bh + pos] = a.tanh();
-}
-
-/// One tanh-RNN backward step `s` of `steps`: `dh = dhs[s] + dhp[s + 1]·W_hhᵀ` (the product
-/// when `s + 1 < steps`), `dhp[s] = dh ⊙ (1 − h_s²)` (also `dL/dxp[s]`).
-#[cube(launch_unchecked)]
-pub fn rnn_backward_step(
-    hs: &Tensor<f32>,
-    dhs: &Tensor<f32>,
-    wt: &Tensor<f32>,
-    dhp: &mut Tensor<f32>,
-    s: usize,
-    steps: usize,
-) {
-    let h = wt.shape(1);
-    let rows = dhs.shape(1);
-    let bh = rows * h;
-    let pos = ABSOLUTE_POS;
-    if pos >= bh {
-        terminate!();
-    }
-    let row = pos / h;
-    let j = pos % h;
-    let mut dh = dhs[s * bh + pos];
-    if s + 1 < steps {
-        let next = (s + 1) * bh + row * h;
-        for m in 0..h {
-            dh += dhp[next + m] * wt[m * h + j];
-        }
-    }
-    let y = hs[(s + 1) * bh + pos];
-    dhp[s * bh + pos] = dh * (1.0 - y * y);
 }
 
 /// `i·0x9E3779B9`, wrapping.
@@ -540,268 +427,152 @@ fn dh0<R: CubeRuntime>(
     out
 }
 
-/// What the LSTM kernels' forward keeps for the backward.
+/// What the kernels' forward keeps for the backward.
 #[derive(Clone, Debug)]
-pub struct CubeLstmCache<R: CubeRuntime> {
+pub struct CubeCache<R: CubeRuntime> {
+    cell: Cell,
     w_hh: CubeTensor<R>,
     /// `[T + 1, B, H]`, `h0` first.
     hs: CubeTensor<R>,
-    /// `[T + 1, B, H]`, `c0` first.
-    cs: CubeTensor<R>,
-    /// `i, f, g, o` of every step, `[T, B, 4H]`.
+    /// `[T + 1, B, H]`: the LSTM's `c` (`c0` first), the GRU's `hp_n` (slot 0 unused); a
+    /// placeholder for the RNN.
+    aux: CubeTensor<R>,
+    /// The activated gates of every step `[T, B, G·H]`; a placeholder for the RNN.
     gates: CubeTensor<R>,
 }
 
-fn lstm_forward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
-    xp: CubeTensor<R>,
-    w_hh: CubeTensor<R>,
-    h0: CubeTensor<R>,
-    c0: CubeTensor<R>,
+/// Runs `cell`'s recurrence, one [`forward_step`] launch per step: `hs [T, B, H]`, the LSTM's
+/// `c_T [B, H]`, and what the backward needs (complete only when `keep`).
+fn forward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
+    cell: Cell,
+    inputs: CellInputs<CubeTensor<R>>,
     keep: bool,
-) -> (CubeTensor<R>, CubeTensor<R>, CubeLstmCache<R>) {
-    let (xp, w_hh) = (into_contiguous(xp), into_contiguous(w_hh));
-    let (h0, c0) = (into_contiguous(h0), into_contiguous(c0));
-    let [t, b, g4] = dims3(&xp);
-    let h = g4 / 4;
+) -> (CubeTensor<R>, Option<CubeTensor<R>>, CubeCache<R>) {
+    let CellInputs {
+        xp,
+        w_hh,
+        b_hh,
+        h0,
+        c0,
+    } = inputs.map(into_contiguous);
+    let [t, b, gh] = dims3(&xp);
+    let h = gh / cell.gates();
     let hs = empty(&xp, &[t + 1, b, h]);
-    let cs = empty(&xp, &[t + 1, b, h]);
-    let gates = empty(&xp, &[if keep { t } else { 1 }, b, g4]);
+    // What the cell does not write is a placeholder of one step.
+    let aux_slots = match cell {
+        Cell::Lstm => t + 1,
+        Cell::Gru if keep => t + 1,
+        _ => 1,
+    };
+    let aux = empty(&xp, &[aux_slots, b, h]);
+    let gates = empty(&xp, &[if keep && cell != Cell::Rnn { t } else { 1 }, b, gh]);
+    let b_hh = b_hh.unwrap_or_else(|| w_hh.clone());
+    let c0 = c0.unwrap_or_else(|| h0.clone());
     let (count, dim) = grid(b * h);
     for step in 0..t {
         // SAFETY: every index is in bounds (module docs, "Bounds").
         unsafe {
-            lstm_forward_step::launch_unchecked::<R>(
+            forward_step::launch_unchecked::<R>(
                 &xp.client,
                 count.clone(),
                 dim,
                 arg(&xp),
                 arg(&w_hh),
+                arg(&b_hh),
                 arg(&h0),
                 arg(&c0),
                 arg(&hs),
-                arg(&cs),
+                arg(&aux),
                 arg(&gates),
                 step,
+                cell,
+                step == 0,
                 keep,
             );
         }
     }
     let out = after_first::<R, I, BT>(&hs);
-    let c_t = prim(
-        tensor::<R, I, BT, 3>(cs.clone())
-            .narrow(0, t, 1)
-            .reshape([b, h]),
-    );
-    let cache = CubeLstmCache {
+    let c_t = (cell == Cell::Lstm).then(|| {
+        prim(
+            tensor::<R, I, BT, 3>(aux.clone())
+                .narrow(0, t, 1)
+                .reshape([b, h]),
+        )
+    });
+    let cache = CubeCache {
+        cell,
         w_hh,
         hs,
-        cs,
+        aux,
         gates,
     };
     (out, c_t, cache)
 }
 
-fn lstm_backward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
-    cache: CubeLstmCache<R>,
+/// The backward of [`forward`] from `dL/dhs`, one [`backward_step`] launch per step, then
+/// `dh0`, `dW_hh` and `db_hh` over all steps: the gradient of every input.
+fn backward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
+    cache: CubeCache<R>,
     dhs: CubeTensor<R>,
-) -> [CubeTensor<R>; 4] {
+) -> CellInputs<CubeTensor<R>> {
+    let cell = cache.cell;
     let dhs = into_contiguous(dhs);
     let [t, b, h] = dims3(&dhs);
+    let gh = cell.gates() * h;
     let wt = transposed::<R, I, BT>(&cache.w_hh);
-    let dz = empty(&dhs, &[t, b, 4 * h]);
-    let dc = empty(&dhs, &[b, h]);
+    let dhp = empty(&dhs, &[t, b, gh]);
+    // The GRU's dL/dxp differs from dhp; the other cells' is dhp itself.
+    let gru = cell == Cell::Gru;
+    let dxp = empty(&dhs, &[if gru { t } else { 1 }, b, gh]);
+    let carry = empty(&dhs, &[b, h]);
     let (count, dim) = grid(b * h);
     for s in (0..t).rev() {
         // SAFETY: every index is in bounds (module docs, "Bounds").
         unsafe {
-            lstm_backward_step::launch_unchecked::<R>(
+            backward_step::launch_unchecked::<R>(
                 &dhs.client,
                 count.clone(),
                 dim,
                 arg(&cache.gates),
-                arg(&cache.cs),
+                arg(&cache.aux),
+                arg(&cache.hs),
                 arg(&dhs),
                 arg(&wt),
-                arg(&dz),
-                arg(&dc),
+                arg(&dxp),
+                arg(&dhp),
+                arg(&carry),
                 s,
                 t,
+                cell,
             );
         }
     }
-    let dh0 = dh0(&dz, &wt, None, &dhs);
-    let dw = weight_grad::<R, I, BT>(&cache.hs, &dz);
-    [dz, dw, dh0, dc]
-}
-
-/// What the h-cell kernels' forward keeps for the backward.
-#[derive(Clone, Debug)]
-pub struct CubeHCellCache<R: CubeRuntime> {
-    cell: HCell,
-    w_hh: CubeTensor<R>,
-    /// `[T + 1, B, H]`, `h0` first.
-    hs: CubeTensor<R>,
-    /// The GRU's `r, z, n` `[T, B, 3H]` and `hp_n` `[T, B, H]`.
-    gru: Option<(CubeTensor<R>, CubeTensor<R>)>,
-}
-
-fn hcell_forward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
-    cell: HCell,
-    xp: CubeTensor<R>,
-    w_hh: CubeTensor<R>,
-    b_hh: CubeTensor<R>,
-    h0: CubeTensor<R>,
-    keep: bool,
-) -> (CubeTensor<R>, CubeHCellCache<R>) {
-    let (xp, w_hh) = (into_contiguous(xp), into_contiguous(w_hh));
-    let (b_hh, h0) = (into_contiguous(b_hh), into_contiguous(h0));
-    let [t, b, gh] = dims3(&xp);
-    let h = gh / cell.gates();
-    let hs = empty(&xp, &[t + 1, b, h]);
-    let (count, dim) = grid(b * h);
-    let gru = match cell {
-        HCell::Gru => {
-            let kept = if keep { t } else { 1 };
-            let gates = empty(&xp, &[kept, b, gh]);
-            let hn = empty(&xp, &[kept, b, h]);
-            for step in 0..t {
-                // SAFETY: every index is in bounds (module docs, "Bounds").
-                unsafe {
-                    gru_forward_step::launch_unchecked::<R>(
-                        &xp.client,
-                        count.clone(),
-                        dim,
-                        arg(&xp),
-                        arg(&w_hh),
-                        arg(&b_hh),
-                        arg(&h0),
-                        arg(&hs),
-                        arg(&gates),
-                        arg(&hn),
-                        step,
-                        keep,
-                    );
-                }
-            }
-            Some((gates, hn))
-        }
-        HCell::Rnn => {
-            for step in 0..t {
-                // SAFETY: every index is in bounds (module docs, "Bounds").
-                unsafe {
-                    rnn_forward_step::launch_unchecked::<R>(
-                        &xp.client,
-                        count.clone(),
-                        dim,
-                        arg(&xp),
-                        arg(&w_hh),
-                        arg(&b_hh),
-                        arg(&h0),
-                        arg(&hs),
-                        step,
-                    );
-                }
-            }
-            None
-        }
-    };
-    let out = after_first::<R, I, BT>(&hs);
-    let cache = CubeHCellCache {
-        cell,
-        w_hh,
-        hs,
-        gru,
-    };
-    (out, cache)
-}
-
-fn hcell_backward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
-    cache: CubeHCellCache<R>,
-    dhs: CubeTensor<R>,
-) -> [CubeTensor<R>; 4] {
-    let dhs = into_contiguous(dhs);
-    let [t, b, h] = dims3(&dhs);
-    let gh = cache.cell.gates() * h;
-    let wt = transposed::<R, I, BT>(&cache.w_hh);
-    let dhp = empty(&dhs, &[t, b, gh]);
-    let (count, dim) = grid(b * h);
-    let (dxp, dh0) = match &cache.gru {
-        Some((gates, hn)) => {
-            let dxp = empty(&dhs, &[t, b, gh]);
-            let direct = empty(&dhs, &[b, h]);
-            for s in (0..t).rev() {
-                // SAFETY: every index is in bounds (module docs, "Bounds").
-                unsafe {
-                    gru_backward_step::launch_unchecked::<R>(
-                        &dhs.client,
-                        count.clone(),
-                        dim,
-                        arg(gates),
-                        arg(hn),
-                        arg(&cache.hs),
-                        arg(&dhs),
-                        arg(&wt),
-                        arg(&dxp),
-                        arg(&dhp),
-                        arg(&direct),
-                        s,
-                        t,
-                    );
-                }
-            }
-            let dh0 = dh0(&dhp, &wt, Some(&direct), &dhs);
-            (dxp, dh0)
-        }
-        None => {
-            for s in (0..t).rev() {
-                // SAFETY: every index is in bounds (module docs, "Bounds").
-                unsafe {
-                    rnn_backward_step::launch_unchecked::<R>(
-                        &dhs.client,
-                        count.clone(),
-                        dim,
-                        arg(&cache.hs),
-                        arg(&dhs),
-                        arg(&wt),
-                        arg(&dhp),
-                        s,
-                        t,
-                    );
-                }
-            }
-            let dh0 = dh0(&dhp, &wt, None, &dhs);
-            (dhp.clone(), dh0)
-        }
-    };
-    let db = prim(
-        tensor::<R, I, BT, 3>(dhp.clone())
-            .reshape([t * b, gh])
-            .sum_dim(0)
-            .reshape([gh]),
-    );
+    let dh0 = dh0(&dhp, &wt, gru.then_some(&carry), &dhs);
     let dw = weight_grad::<R, I, BT>(&cache.hs, &dhp);
-    [dxp, dw, db, dh0]
+    let db = (cell != Cell::Lstm).then(|| {
+        prim(
+            tensor::<R, I, BT, 3>(dhp.clone())
+                .reshape([t * b, gh])
+                .sum_dim(0)
+                .reshape([gh]),
+        )
+    });
+    CellInputs {
+        xp: if gru { dxp } else { dhp },
+        w_hh: dw,
+        b_hh: db,
+        h0: dh0,
+        c0: (cell == Cell::Lstm).then_some(carry),
+    }
 }
 
 impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, BT> {
-    fn lstm_sequence(
-        xp: CubeTensor<R>,
-        w_hh: CubeTensor<R>,
-        h0: CubeTensor<R>,
-        c0: CubeTensor<R>,
-    ) -> (CubeTensor<R>, CubeTensor<R>) {
-        let (hs, c, _) = lstm_forward::<R, I, BT>(xp, w_hh, h0, c0, false);
+    fn sequence(
+        cell: Cell,
+        inputs: CellInputs<CubeTensor<R>>,
+    ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
+        let (hs, c, _) = forward::<R, I, BT>(cell, inputs, false);
         (hs, c)
-    }
-
-    fn hcell_sequence(
-        cell: HCell,
-        xp: CubeTensor<R>,
-        w_hh: CubeTensor<R>,
-        b_hh: CubeTensor<R>,
-        h0: CubeTensor<R>,
-    ) -> CubeTensor<R> {
-        hcell_forward::<R, I, BT>(cell, xp, w_hh, b_hh, h0, false).0
     }
 
     fn matmul_precision(device: &R::Device) -> MatmulPrecision {
@@ -839,34 +610,16 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
 }
 
 impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellKernels for Cube<R, I, BT> {
-    type LstmCache = CubeLstmCache<R>;
+    type Cache = CubeCache<R>;
 
-    fn lstm_forward_train(
-        xp: CubeTensor<R>,
-        w_hh: CubeTensor<R>,
-        h0: CubeTensor<R>,
-        c0: CubeTensor<R>,
-    ) -> (CubeTensor<R>, CubeTensor<R>, Self::LstmCache) {
-        lstm_forward::<R, I, BT>(xp, w_hh, h0, c0, true)
+    fn forward_train(
+        cell: Cell,
+        inputs: CellInputs<CubeTensor<R>>,
+    ) -> (CubeTensor<R>, Option<CubeTensor<R>>, Self::Cache) {
+        forward::<R, I, BT>(cell, inputs, true)
     }
 
-    fn lstm_backward(cache: Self::LstmCache, dhs: CubeTensor<R>) -> [CubeTensor<R>; 4] {
-        lstm_backward::<R, I, BT>(cache, dhs)
-    }
-
-    type HCellCache = CubeHCellCache<R>;
-
-    fn hcell_forward_train(
-        cell: HCell,
-        xp: CubeTensor<R>,
-        w_hh: CubeTensor<R>,
-        b_hh: CubeTensor<R>,
-        h0: CubeTensor<R>,
-    ) -> (CubeTensor<R>, Self::HCellCache) {
-        hcell_forward::<R, I, BT>(cell, xp, w_hh, b_hh, h0, true)
-    }
-
-    fn hcell_backward(cache: Self::HCellCache, dhs: CubeTensor<R>) -> [CubeTensor<R>; 4] {
-        hcell_backward::<R, I, BT>(cache, dhs)
+    fn backward(cache: Self::Cache, dhs: CubeTensor<R>) -> CellInputs<CubeTensor<R>> {
+        backward::<R, I, BT>(cache, dhs)
     }
 }

@@ -1,8 +1,8 @@
 //! The character model of karnna, generic over the Burn backend.
 //!
 //! It owns [`CharRnn`] (one-hot input → stacked recurrent layers, LSTM, GRU or plain RNN
-//! ([`Cell`]), with dropout → linear to the vocabulary), the fused sequence operations with their
-//! hand-written backward ([`ops`]), the plain-Rust CPU kernels behind them ([`kernel`]), and the
+//! ([`Cell`]), with dropout → linear to the vocabulary), the fused sequence operation with its
+//! hand-written backward ([`ops`]), the plain-Rust CPU kernels behind it ([`kernel`]), and the
 //! checkpoint file format
 //! ([`checkpoint`]), which carries the vocabulary so a checkpoint is all that sampling needs.
 //!
@@ -24,4 +24,4 @@ pub use model::{
     next_dropout_seed, seed_dropout, to_f32_vec, CharRnn, CharRnnConfig, Init, ModelShape,
     Recurrence, RnnLayer, RnnState,
 };
-pub use ops::{CellBackend, CellKernels, HCell, MatmulPrecision};
+pub use ops::{CellBackend, CellInputs, CellKernels, MatmulPrecision};

@@ -11,8 +11,7 @@ use karnna_data::Vocab;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::ops::CellBackend;
-use crate::ops::{hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_forward};
+use crate::ops::{sequence, tensor_forward, CellBackend, SequenceInputs};
 use crate::Cell;
 
 /// How an untrained model's weights are drawn.
@@ -63,9 +62,8 @@ impl Init {
 pub enum Recurrence {
     /// The fused sequence op with its hand-written backward (what training and sampling use).
     Fused,
-    /// The recurrence step by step in Burn tensor ops ([`crate::ops::tensor_forward`],
-    /// [`crate::ops::tensor_hcell_forward`]): under autodiff, the reference the fused op is
-    /// tested against.
+    /// The recurrence step by step in Burn tensor ops ([`crate::ops::tensor_forward`]): under
+    /// autodiff, the reference the fused op is tested against.
     Tensor,
 }
 
@@ -452,21 +450,22 @@ impl<B: CellBackend> CharRnn<B> {
             } + bias.reshape([1, 1, gh]);
             let h0 = state.h.clone().narrow(0, l, 1).reshape([batch, h]);
             let c0 = state.c.clone().narrow(0, l, 1).reshape([batch, h]);
-            let w_hh = layer.w_hh.val();
-            let (hs, c_last) = match (cell.hcell(), recurrence) {
-                (None, Recurrence::Fused) => lstm_sequence(xp, w_hh, h0, c0),
-                (None, Recurrence::Tensor) => {
-                    let (hs, c, _) = tensor_forward(xp, w_hh, h0, c0);
+            // The LSTM's op takes c0; the others' take b_hh and leave c as it was.
+            let inputs = SequenceInputs {
+                xp,
+                w_hh: layer.w_hh.val(),
+                b_hh: (cell != Cell::Lstm).then(|| layer.b_hh.val()),
+                h0,
+                c0: (cell == Cell::Lstm).then(|| c0.clone()),
+            };
+            let (hs, c_last) = match recurrence {
+                Recurrence::Fused => sequence(cell, inputs),
+                Recurrence::Tensor => {
+                    let (hs, c, _) = tensor_forward(cell, inputs);
                     (hs, c)
                 }
-                (Some(hcell), Recurrence::Fused) => {
-                    (hcell_sequence(hcell, xp, w_hh, layer.b_hh.val(), h0), c0)
-                }
-                (Some(hcell), Recurrence::Tensor) => {
-                    let b_hh = layer.b_hh.val();
-                    (tensor_hcell_forward(hcell, xp, w_hh, b_hh, h0).0, c0)
-                }
             };
+            let c_last = c_last.unwrap_or(c0);
             hs_out.push(hs.clone().narrow(0, steps - 1, 1).reshape([batch, h]));
             cs_out.push(c_last);
             x = Some(dropout(hs, self.keep_prob));

@@ -5,12 +5,8 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::{Distribution, Tolerance};
-use karnna_model::ops::{
-    hcell_sequence, lstm_sequence, tensor_forward, tensor_hcell_backward, tensor_hcell_forward,
-};
-use karnna_model::{
-    Cell, CellBackend, CellKernels, CharRnn, CharRnnConfig, HCell, Recurrence, RnnState,
-};
+use karnna_model::ops::{sequence, tensor_backward, tensor_forward, SequenceInputs};
+use karnna_model::{Cell, CellBackend, CellKernels, CharRnn, CharRnnConfig, Recurrence, RnnState};
 
 type B = Flex;
 type AD = Autodiff<Flex>;
@@ -185,12 +181,20 @@ fn fused_matches_reference(t: usize, b: usize, h: usize, with_state: bool) {
         let leaf = |x: &Tensor<B, 3>| Tensor::<AD, 3>::from_inner(x.clone()).require_grad();
         let leaf2 = |x: &Tensor<B, 2>| Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
         let (xp, w, h0, c0) = (leaf(&xp), leaf2(&w), leaf2(&h0), leaf2(&c0));
+        let inputs = SequenceInputs {
+            xp: xp.clone(),
+            w_hh: w.clone(),
+            b_hh: None,
+            h0: h0.clone(),
+            c0: Some(c0.clone()),
+        };
         let (hs, c_last) = if fused {
-            lstm_sequence(xp.clone(), w.clone(), h0.clone(), c0.clone())
+            sequence(Cell::Lstm, inputs)
         } else {
-            let (hs, c, _) = tensor_forward(xp.clone(), w.clone(), h0.clone(), c0.clone());
+            let (hs, c, _) = tensor_forward(Cell::Lstm, inputs);
             (hs, c)
         };
+        let c_last = c_last.expect("the LSTM's c_T");
         let loss = (hs.clone() * Tensor::from_inner(weights.clone())).sum();
         let grads = loss.backward();
         (
@@ -230,38 +234,6 @@ fn fused_op_gradients_match_step_by_step_autodiff() {
     ] {
         fused_matches_reference(t, b, h, s);
     }
-}
-
-#[test]
-fn tensor_backward_matches_step_by_step_autodiff() {
-    // The tensor-op backward (used on CUDA) against autodiff, on the CPU.
-    use karnna_model::ops::tensor_backward;
-    let device = Default::default();
-    let (t, b, h) = (4, 3, 5);
-    let r = |n: [usize; 3]| Tensor::<B, 3>::random(n, Distribution::Uniform(-1.0, 1.0), &device);
-    let xp = r([t, b, 4 * h]);
-    let w = r([1, h, 4 * h]).reshape([h, 4 * h]);
-    let h0 = r([1, b, h]).reshape([b, h]);
-    let c0 = r([1, b, h]).reshape([b, h]);
-    let dhs = r([t, b, h]);
-    let (_, _, cache) = tensor_forward(xp.clone(), w.clone(), h0.clone(), c0.clone());
-    let (dxp, dw, dh0, dc0) = tensor_backward(cache, dhs.clone());
-
-    let xp_a = Tensor::<AD, 3>::from_inner(xp).require_grad();
-    let w_a = Tensor::<AD, 2>::from_inner(w).require_grad();
-    let h0_a = Tensor::<AD, 2>::from_inner(h0).require_grad();
-    let c0_a = Tensor::<AD, 2>::from_inner(c0).require_grad();
-    let (hs, _, _) = tensor_forward(xp_a.clone(), w_a.clone(), h0_a.clone(), c0_a.clone());
-    let grads = (hs * Tensor::from_inner(dhs)).sum().backward();
-    let tol = Tolerance::absolute(1e-4);
-    dxp.into_data()
-        .assert_approx_eq::<f32>(&xp_a.grad(&grads).unwrap().into_data(), tol);
-    dw.into_data()
-        .assert_approx_eq::<f32>(&w_a.grad(&grads).unwrap().into_data(), tol);
-    dh0.into_data()
-        .assert_approx_eq::<f32>(&h0_a.grad(&grads).unwrap().into_data(), tol);
-    dc0.into_data()
-        .assert_approx_eq::<f32>(&c0_a.grad(&grads).unwrap().into_data(), tol);
 }
 
 #[test]
@@ -530,7 +502,7 @@ fn a_new_vocabulary_keeps_trained_rows_and_takes_fresh_ones_for_new_characters()
 /// `[hs, dxp, dW_hh, db_hh, dh0]` of an h-cell's sequence under autodiff on `Bk`, through the
 /// fused op or through Burn differentiating the step-by-step tensor ops, for `L = Σ hs ⊙ r`.
 fn hcell_results<Bk: CellKernels>(
-    cell: HCell,
+    cell: Cell,
     inputs: &[Vec<f32>; 5],
     [t, b, h]: [usize; 3],
     fused: bool,
@@ -551,10 +523,17 @@ fn hcell_results<Bk: CellKernels>(
     let h0 = leaf::<A<Bk>, 2>(&inputs[3], [b, h]);
     let r = Tensor::<A<Bk>, 1>::from_floats(inputs[4].as_slice(), &device).reshape([t, b, h]);
     let (x, wc, bc, hc) = (xp.clone(), w.clone(), bias.clone(), h0.clone());
+    let inputs = SequenceInputs {
+        xp: x,
+        w_hh: wc,
+        b_hh: Some(bc),
+        h0: hc,
+        c0: None,
+    };
     let hs = if fused {
-        hcell_sequence(cell, x, wc, bc, hc)
+        sequence(cell, inputs).0
     } else {
-        tensor_hcell_forward(cell, x, wc, bc, hc).0
+        tensor_forward(cell, inputs).0
     };
     let grads = (hs.clone() * r).sum().backward();
     vec![
@@ -580,7 +559,7 @@ fn hcell_fused_matches_reference<Bk: CellKernels>() {
             })
             .collect()
     };
-    for cell in [HCell::Gru, HCell::Rnn] {
+    for cell in [Cell::Gru, Cell::Rnn] {
         for (t, b, h) in [(1, 1, 1), (3, 2, 4), (7, 5, 9), (2, 4, 17), (5, 3, 6)] {
             let gh = cell.gates() * h;
             let inputs = [
@@ -619,39 +598,57 @@ fn gru_and_rnn_ops_match_step_by_step_autodiff_ndarray() {
 }
 
 #[test]
-fn hcell_tensor_backward_matches_step_by_step_autodiff() {
-    // The tensor-op backward (used on the GPUs) against autodiff, on the CPU.
+fn tensor_backward_matches_step_by_step_autodiff() {
+    // The tensor-op backward of every cell against autodiff, on the CPU.
     let device = Default::default();
     let (t, b, h) = (4, 3, 5);
-    for cell in [HCell::Gru, HCell::Rnn] {
+    for cell in Cell::ALL {
         let gh = cell.gates() * h;
+        let lstm = cell == Cell::Lstm;
         let r =
             |n: [usize; 3]| Tensor::<B, 3>::random(n, Distribution::Uniform(-1.0, 1.0), &device);
         let xp = r([t, b, gh]);
         let w = r([1, h, gh]).reshape([h, gh]);
-        let bias = r([1, 1, gh]).reshape([gh]);
+        let bias = (!lstm).then(|| r([1, 1, gh]).reshape([gh]));
         let h0 = r([1, b, h]).reshape([b, h]);
+        let c0 = lstm.then(|| r([1, b, h]).reshape([b, h]));
         let dhs = r([t, b, h]);
-        let (_, cache) =
-            tensor_hcell_forward(cell, xp.clone(), w.clone(), bias.clone(), h0.clone());
-        let (dxp, dw, db, dh0) = tensor_hcell_backward(cache, dhs.clone());
+        let inputs = SequenceInputs {
+            xp: xp.clone(),
+            w_hh: w.clone(),
+            b_hh: bias.clone(),
+            h0: h0.clone(),
+            c0: c0.clone(),
+        };
+        let (_, _, cache) = tensor_forward(cell, inputs);
+        let grads = tensor_backward(cache, dhs.clone());
 
-        let xp_a = Tensor::<AD, 3>::from_inner(xp).require_grad();
-        let w_a = Tensor::<AD, 2>::from_inner(w).require_grad();
-        let b_a = Tensor::<AD, 1>::from_inner(bias).require_grad();
-        let h0_a = Tensor::<AD, 2>::from_inner(h0).require_grad();
-        let (hs, _) =
-            tensor_hcell_forward(cell, xp_a.clone(), w_a.clone(), b_a.clone(), h0_a.clone());
-        let grads = (hs * Tensor::from_inner(dhs)).sum().backward();
-        let tol = Tolerance::absolute(1e-4);
-        dxp.into_data()
-            .assert_approx_eq::<f32>(&xp_a.grad(&grads).unwrap().into_data(), tol);
-        dw.into_data()
-            .assert_approx_eq::<f32>(&w_a.grad(&grads).unwrap().into_data(), tol);
-        db.into_data()
-            .assert_approx_eq::<f32>(&b_a.grad(&grads).unwrap().into_data(), tol);
-        dh0.into_data()
-            .assert_approx_eq::<f32>(&h0_a.grad(&grads).unwrap().into_data(), tol);
+        let tracked = SequenceInputs::<AD> {
+            xp: Tensor::from_inner(xp).require_grad(),
+            w_hh: Tensor::from_inner(w).require_grad(),
+            b_hh: bias.map(|x| Tensor::from_inner(x).require_grad()),
+            h0: Tensor::from_inner(h0).require_grad(),
+            c0: c0.map(|x| Tensor::from_inner(x).require_grad()),
+        };
+        let (hs, _, _) = tensor_forward(cell, tracked.clone());
+        let auto = (hs * Tensor::from_inner(dhs)).sum().backward();
+        type Grads = <AD as burn::tensor::backend::AutodiffBackend>::Gradients;
+        fn check<const D: usize>(grad: Tensor<B, D>, leaf: &Tensor<AD, D>, auto: &Grads) {
+            let auto = leaf.grad(auto).expect("a gradient");
+            grad.into_data()
+                .assert_approx_eq::<f32>(&auto.into_data(), Tolerance::absolute(1e-4));
+        }
+        check(grads.xp, &tracked.xp, &auto);
+        check(grads.w_hh, &tracked.w_hh, &auto);
+        check(grads.h0, &tracked.h0, &auto);
+        assert_eq!(grads.b_hh.is_some(), !lstm, "{cell}: db_hh");
+        if let (Some(db), Some(b_hh)) = (grads.b_hh, &tracked.b_hh) {
+            check(db, b_hh, &auto);
+        }
+        assert_eq!(grads.c0.is_some(), lstm, "{cell}: dc0");
+        if let (Some(dc0), Some(c0)) = (grads.c0, &tracked.c0) {
+            check(dc0, c0, &auto);
+        }
     }
 }
 

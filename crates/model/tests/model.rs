@@ -122,14 +122,26 @@ fn whole_equals_halves_of<Bk: CellBackend>(cell: Cell) {
         .assert_approx_eq::<f32>(&s_halves.c.into_data(), Tolerance::default());
 }
 
-#[test]
-fn carried_state_equals_one_pass_flex() {
-    whole_equals_halves::<Flex>();
+/// One test of each named function on each CPU backend, as `name::flex` and `name::ndarray`.
+macro_rules! on_cpu_backends {
+    ($($name:ident => $f:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn flex() {
+                $f::<Flex>();
+            }
+            #[test]
+            fn ndarray() {
+                $f::<NdArray>();
+            }
+        }
+    )*};
 }
 
-#[test]
-fn carried_state_equals_one_pass_ndarray() {
-    whole_equals_halves::<NdArray>();
+on_cpu_backends! {
+    carried_state_equals_one_pass => whole_equals_halves,
+    gru_and_rnn_ops_match_step_by_step_autodiff => hcell_fused_matches_reference,
 }
 
 #[test]
@@ -443,6 +455,16 @@ fn a_new_vocabulary_keeps_trained_rows_and_takes_fresh_ones_for_new_characters()
         let v = t.into_data().to_vec::<f32>().unwrap();
         (0..r).map(|i| v[i * c..(i + 1) * c].to_vec()).collect()
     };
+    let bias = |m: &CharRnn<B>| {
+        m.output
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .to_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
     let (t_in, f_in) = (
         rows(trained.layers[0].w_ih.val()),
         rows(fresh.layers[0].w_ih.val()),
@@ -451,37 +473,13 @@ fn a_new_vocabulary_keeps_trained_rows_and_takes_fresh_ones_for_new_characters()
         rows(trained.output.weight.val().transpose()),
         rows(fresh.output.weight.val().transpose()),
     );
-    let t_bias = trained
-        .output
-        .bias
-        .as_ref()
-        .unwrap()
-        .val()
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap();
-    let f_bias = fresh
-        .output
-        .bias
-        .as_ref()
-        .unwrap()
-        .val()
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap();
+    let t_bias = bias(&trained);
+    let f_bias = bias(&fresh);
     let t_hh = trained.layers[1].w_hh.val().into_data();
     let moved = trained.with_vocab(&old, &new, fresh);
     let m_in = rows(moved.layers[0].w_ih.val());
     let m_out = rows(moved.output.weight.val().transpose());
-    let m_bias = moved
-        .output
-        .bias
-        .as_ref()
-        .unwrap()
-        .val()
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap();
+    let m_bias = bias(&moved);
     // a b c d e: a, c, d were trained (ids 0, 1, 2 in "acd"); b and e are new (ids 1, 4).
     let source = [(0, true), (1, false), (1, true), (2, true), (4, false)];
     for (j, (i, kept)) in source.into_iter().enumerate() {
@@ -585,16 +583,6 @@ fn hcell_fused_matches_reference<Bk: CellKernels>() {
             }
         }
     }
-}
-
-#[test]
-fn gru_and_rnn_ops_match_step_by_step_autodiff_flex() {
-    hcell_fused_matches_reference::<Flex>();
-}
-
-#[test]
-fn gru_and_rnn_ops_match_step_by_step_autodiff_ndarray() {
-    hcell_fused_matches_reference::<NdArray>();
 }
 
 #[test]

@@ -141,7 +141,7 @@ macro_rules! on_cpu_backends {
 
 on_cpu_backends! {
     carried_state_equals_one_pass => whole_equals_halves,
-    gru_and_rnn_ops_match_step_by_step_autodiff => hcell_fused_matches_reference,
+    gru_and_rnn_ops_match_step_by_step_autodiff => gru_and_rnn_fused_match_reference,
 }
 
 #[test]
@@ -499,7 +499,7 @@ fn a_new_vocabulary_keeps_trained_rows_and_takes_fresh_ones_for_new_characters()
 
 /// `[hs, dxp, dW_hh, db_hh, dh0]` of an h-cell's sequence under autodiff on `Bk`, through the
 /// fused op or through Burn differentiating the step-by-step tensor ops, for `L = Σ hs ⊙ r`.
-fn hcell_results<Bk: CellKernels>(
+fn gru_or_rnn_results<Bk: CellKernels>(
     cell: Cell,
     inputs: &[Vec<f32>; 5],
     [t, b, h]: [usize; 3],
@@ -545,7 +545,7 @@ fn hcell_results<Bk: CellKernels>(
 
 /// The fused GRU and RNN ops on `Bk` (forward and the gradients of xp, W_hh, b_hh and h0)
 /// against Burn differentiating the step-by-step recurrence op by op, over several shapes.
-fn hcell_fused_matches_reference<Bk: CellKernels>() {
+fn gru_and_rnn_fused_match_reference<Bk: CellKernels>() {
     let mut seed = 1u64;
     let mut rand = |n: usize, scale: f32| -> Vec<f32> {
         (0..n)
@@ -567,8 +567,8 @@ fn hcell_fused_matches_reference<Bk: CellKernels>() {
                 rand(b * h, 0.8),
                 rand(t * b * h, 1.0),
             ];
-            let f = hcell_results::<Bk>(cell, &inputs, [t, b, h], true);
-            let r = hcell_results::<Bk>(cell, &inputs, [t, b, h], false);
+            let f = gru_or_rnn_results::<Bk>(cell, &inputs, [t, b, h], true);
+            let r = gru_or_rnn_results::<Bk>(cell, &inputs, [t, b, h], false);
             for (name, (f, r)) in ["hs", "dxp", "dW_hh", "db_hh", "dh0"]
                 .iter()
                 .zip(f.iter().zip(&r))

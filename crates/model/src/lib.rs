@@ -21,7 +21,7 @@ pub mod ops;
 pub use cell::Cell;
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta};
 pub use model::{
-    next_dropout_seed, seed_dropout, to_f32_vec, CharRnn, CharRnnConfig, Init, ModelShape,
-    Recurrence, RnnLayer, RnnState,
+    next_dropout_seed, seed_dropout, CharRnn, CharRnnConfig, Init, ModelShape, Recurrence,
+    RnnLayer, RnnState,
 };
-pub use ops::{CellBackend, CellInputs, CellKernels, MatmulPrecision};
+pub use ops::{to_f32_vec, CellBackend, CellInputs, CellKernels, MatmulPrecision};

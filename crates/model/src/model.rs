@@ -11,7 +11,7 @@ use karnna_data::Vocab;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::ops::{sequence, tensor_forward, CellBackend, SequenceInputs};
+use crate::ops::{sequence, tensor_forward, to_f32_vec, CellBackend, SequenceInputs};
 use crate::Cell;
 
 /// How an untrained model's weights are drawn.
@@ -556,14 +556,6 @@ fn truncated_normal<B: Backend, const D: usize>(
         }
         x = x.mask_where(outside, normal());
     }
-}
-
-/// The values of a float tensor as a row-major `Vec<f32>` (read back to the host).
-pub fn to_f32_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32 tensor data")
 }
 
 std::thread_local! {

@@ -330,9 +330,17 @@ pub struct NativeCache<B: Backend> {
     device: B::Device,
 }
 
+/// The values of a float tensor as a row-major `Vec<f32>` (read back to the host).
+pub fn to_f32_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 tensor data")
+}
+
 fn read<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
     let n = burn::tensor::TensorMetadata::shape(&t).num_elements();
-    crate::to_f32_vec(from_float::<B, 1>(B::float_reshape(t, [n].into())))
+    to_f32_vec(from_float::<B, 1>(B::float_reshape(t, [n].into())))
 }
 
 fn write<B: Backend>(v: Vec<f32>, shape: &[usize], device: &B::Device) -> FloatTensor<B> {

@@ -459,8 +459,10 @@ impl Timings {
             figures.sample_chars_per_s = Some(s);
             println!("sample_chars_per_s={s:.1}");
             let f16 = median(&self.f16_s);
-            if let (Some(f), Some(b)) = (f16, median(&self.burn_s)) {
+            if let Some(f) = f16 {
                 println!("sample_chars_per_s_f16={f:.1}");
+            }
+            if let Some(b) = median(&self.burn_s) {
                 println!("sample_chars_per_s_burn_forward={b:.1}");
             }
             figures.peer_sample_chars_per_s = median(&self.peer_s).inspect(|p| {

@@ -58,7 +58,7 @@ pub struct BenchArgs {
     /// CPU backend for the training step.
     #[arg(long, value_enum, default_value = "flex")]
     backend: CpuBackend,
-    /// cpu, cuda or wgpu. On a GPU, sampling is Burn's forward one character at a time, and
+    /// cpu, cuda or wgpu. On a GPU, sampling is one fused kernel per layer and character, and
     /// the peer runs on CUDA when the device is cuda (on the CPU otherwise).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
@@ -74,7 +74,8 @@ pub struct BenchArgs {
     /// Skip sampling.
     #[arg(long)]
     no_sample: bool,
-    /// On a GPU, do not count the kernels of a training step (`gpu_launches_per_step`).
+    /// On a GPU, do not count the kernels of a training step and of a sampled character
+    /// (`gpu_launches_per_step`, `gpu_launches_per_char`).
     /// Counting turns on CubeCL's launch log for the whole run, which costs a little host time
     /// per launch.
     #[arg(long)]
@@ -170,20 +171,39 @@ impl karnna_gpu::OnBackend for GpuTrainStep<'_> {
     }
 }
 
-/// [`sample_rate`] of Burn's forward on a GPU backend (an untrained model: the speed does not
-/// depend on the weights).
-struct GpuSample<'a>(&'a BenchArgs);
+/// Sampling on a GPU backend (an untrained model: the speed does not depend on the weights):
+/// [`sample_rate`] at batch 1, [`sample_rate_rows`] of eight rows, and, with a launch counter,
+/// the kernels one character launches.
+struct GpuSample<'a>(&'a BenchArgs, Option<&'a LaunchCounter>);
+
+/// What [`GpuSample`] measures.
+struct GpuSampling {
+    rate: f64,
+    batched: f64,
+    launches: Option<u64>,
+}
 
 impl karnna_gpu::OnBackend for GpuSample<'_> {
-    type Output = f64;
+    type Output = GpuSampling;
 
-    fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<f64> {
+    fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<GpuSampling> {
         let a = self.0;
         let model = a.model().init::<B>(&device);
-        let mut stepper = BurnStepper::new(model, device);
+        let mut stepper = BurnStepper::new(model);
         // Compile the step's kernels before timing.
         sample_rate(&mut stepper, 5, a.vocab);
-        Ok(sample_rate(&mut stepper, a.sample_len, a.vocab))
+        let launches = self.1.and_then(|counter| {
+            let count = || stepper.step(0).len();
+            counter.count::<B, _, _>(&device, count).1
+        });
+        let rate = sample_rate(&mut stepper, a.sample_len, a.vocab);
+        stepper.set_rows(8);
+        let batched = sample_rate_rows(&mut stepper, a.sample_len, a.vocab);
+        Ok(GpuSampling {
+            rate,
+            batched,
+            launches,
+        })
     }
 }
 
@@ -205,7 +225,7 @@ fn sample_rate(stepper: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
 
 /// Characters per second drawing `model.rows()` samples of `len` characters side by side
 /// (every row's characters counted), top-5.
-fn sample_rate_rows(model: &mut CpuCharRnn, len: usize, vocab: usize) -> f64 {
+fn sample_rate_rows(model: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
     let rows = model.rows();
     let mut rngs: Vec<StdRng> = (0..rows).map(|r| StdRng::seed_from_u64(r as u64)).collect();
     let strategy = Strategy::TopN {
@@ -348,7 +368,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
     );
     // Installed before any GPU work, which reads CubeCL's configuration once per process.
     let counter = match Gpu::of(a.device) {
-        Some(_) if !a.no_train && !a.no_launch_count => LaunchCounter::install(),
+        Some(_) if !a.no_launch_count => LaunchCounter::install(),
         _ => None,
     };
     let mut t = Timings::default();
@@ -357,7 +377,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
             t.training(&a, r, counter.as_ref())?;
         }
         if !a.no_sample {
-            t.sampling(&a, r)?;
+            t.sampling(&a, r, counter.as_ref())?;
         }
     }
     Ok(t.report(&a))
@@ -373,6 +393,7 @@ struct Timings {
     burn_s: Vec<f64>,
     f16_s: Vec<f64>,
     launches: Option<u64>,
+    char_launches: Option<u64>,
 }
 
 impl Timings {
@@ -400,12 +421,20 @@ impl Timings {
     }
 
     /// Run `r`'s sampling rates, ours and the peer's.
-    fn sampling(&mut self, a: &BenchArgs, r: usize) -> anyhow::Result<()> {
+    fn sampling(
+        &mut self,
+        a: &BenchArgs,
+        r: usize,
+        counter: Option<&LaunchCounter>,
+    ) -> anyhow::Result<()> {
         match Gpu::of(a.device) {
             Some(gpu) => {
-                let rate = karnna_gpu::run_on(gpu, GpuSample(a))?;
-                println!("run {r}: karnna sample_chars_per_s={rate:.1}");
-                self.ours_s.push(rate);
+                let s = karnna_gpu::run_on(gpu, GpuSample(a, counter))?;
+                println!("run {r}: karnna sample_chars_per_s={:.1}", s.rate);
+                let label = "karnna (8 samples batched)";
+                println!("run {r}: {label} sample_chars_per_s={:.1}", s.batched);
+                self.ours_s.push(s.rate);
+                self.char_launches = self.char_launches.or(s.launches);
             }
             None => self.cpu_sampling(a, r),
         }
@@ -437,7 +466,7 @@ impl Timings {
         let label = "karnna (8 samples batched, f16 weights)";
         println!("run {r}: {label} sample_chars_per_s={rate:.1}");
         let burn_len = (a.sample_len / 10).max(20);
-        let rate = sample_rate(&mut BurnStepper::new(model, device), burn_len, a.vocab);
+        let rate = sample_rate(&mut BurnStepper::new(model), burn_len, a.vocab);
         println!("run {r}: karnna (burn-flex forward) sample_chars_per_s={rate:.1}");
         self.burn_s.push(rate);
     }
@@ -476,6 +505,10 @@ impl Timings {
         if let Some(n) = self.launches {
             // Counted through CubeCL's launch log (karnna_gpu::launches), one step after the timed ones.
             println!("gpu_launches_per_step={n}");
+        }
+        if let Some(n) = self.char_launches {
+            // Counted the same way: one character at batch 1, its logits read back.
+            println!("gpu_launches_per_char={n}");
         }
         if let Some(m) = peak_rss_mib() {
             println!("peak_rss_mib={m:.0}");

@@ -28,7 +28,7 @@ pub struct GpuCheckArgs {
     check_iters: usize,
 }
 
-/// The three checks on one GPU backend; each result is a line to print, or the failure.
+/// The checks on one GPU backend; each result is a line to print, or the failure.
 struct Checks {
     name: &'static str,
     iters: usize,
@@ -59,6 +59,17 @@ impl OnBackend for Checks {
                 )
             });
             results.push((format!("training_{cell}"), training));
+        }
+        for cell in Cell::ALL {
+            let step = check::stepping::<B>(&device, cell).map(|d| {
+                let worst = d.iter().map(|d| d.max_abs).fold(0.0, f32::max);
+                format!(
+                    "{} characters, max |gpu-cpu| of the logits {worst:.2e} (tolerance {:.0e})",
+                    check::STEP_CHARS,
+                    check::STEP_TOLERANCE
+                )
+            });
+            results.push((format!("sampling_step_{cell}"), step));
         }
         let sampling = check::sampling::<B>(&device, self.name, &dir, self.iters).map(|s| {
             let shown: Vec<String> = s

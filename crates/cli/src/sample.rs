@@ -45,7 +45,7 @@ pub struct SampleArgs {
     /// Seed of the draws (default: a new one each time).
     #[arg(long)]
     seed: Option<u64>,
-    /// cpu, cuda or wgpu (on a GPU, Burn's forward one character at a time).
+    /// cpu, cuda or wgpu (on a GPU, one fused kernel per layer and character).
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
     /// Weight precision of the CPU sampler: f16 streams half the bytes (about 1.8x faster here;
@@ -55,7 +55,7 @@ pub struct SampleArgs {
     /// Sample from every checkpoint of the run, in iteration order.
     #[arg(long, conflicts_with = "checkpoint")]
     all_checkpoints: bool,
-    /// Draw N independent samples in one batch on the CPU (much faster than N runs), printed
+    /// Draw N independent samples in one batch (much faster than N runs), printed
     /// one after another, each after a line `--- sample K of N ---`. With the same --seed,
     /// sample 1 is normally the text of a single sample (exactly so with f32 weights).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -124,12 +124,6 @@ fn check(args: &SampleArgs) -> anyhow::Result<()> {
     if args.num_samples == 0 {
         bail!("--num-samples must be at least 1");
     }
-    if args.num_samples > 1 && Gpu::of(args.device).is_some() {
-        bail!(
-            "--num-samples above 1 draws its samples in one batch on the CPU only: drop --device \
-             (or sample one at a time with --num-samples 1)"
-        );
-    }
     Ok(())
 }
 
@@ -173,8 +167,8 @@ fn strategy(args: &SampleArgs, vocab_len: usize) -> anyhow::Result<Strategy> {
     })
 }
 
-/// Writes `ckpt`'s text to `out`: `--num-samples` rows at once on the CPU, or one on the
-/// chosen device.
+/// Writes `ckpt`'s text to `out`: one sample, or `--num-samples` rows at once, on the chosen
+/// device.
 fn draw(
     args: &SampleArgs,
     ckpt: &Checkpoint,
@@ -183,37 +177,34 @@ fn draw(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let vocab = &ckpt.meta.vocab;
+    let mut model = stepper(ckpt, args.device, args.precision, args.num_samples)?;
     let drawn = if args.num_samples > 1 {
-        let mut model = cpu_model(ckpt, args.precision, args.num_samples)?;
-        generate_many(&mut model, vocab, opts, args.num_samples, out, stop)
+        generate_many(model.as_mut(), vocab, opts, args.num_samples, out, stop)
     } else {
-        let mut model = stepper(ckpt, args.device, args.precision)?;
         generate(model.as_mut(), vocab, opts, out, stop)
     };
     drawn.with_context(|| format!("sampling from {}", ckpt.path.display()))
 }
 
-/// The model of `ckpt` ready to step: the dedicated CPU path, or Burn on a GPU.
+/// The model of `ckpt` ready to step `rows` rows: the dedicated CPU path, or Burn on a GPU.
 fn stepper(
     ckpt: &Checkpoint,
     device: Device,
     precision: Precision,
+    rows: usize,
 ) -> anyhow::Result<Box<dyn CharStepper>> {
-    match Gpu::of(device) {
-        None => Ok(Box::new(cpu_model(ckpt, precision, 1)?)),
-        Some(gpu) => karnna_gpu::run_on(gpu, GpuStepper(ckpt)),
-    }
+    let mut model = match Gpu::of(device) {
+        None => Box::new(cpu_model(ckpt, precision)?) as Box<dyn CharStepper>,
+        Some(gpu) => karnna_gpu::run_on(gpu, GpuStepper(ckpt))?,
+    };
+    model.set_rows(rows);
+    Ok(model)
 }
 
-/// The model of `ckpt` on the dedicated CPU path, stepping `rows` rows at once.
-fn cpu_model(ckpt: &Checkpoint, precision: Precision, rows: usize) -> anyhow::Result<CpuCharRnn> {
+/// The model of `ckpt` on the dedicated CPU path.
+fn cpu_model(ckpt: &Checkpoint, precision: Precision) -> anyhow::Result<CpuCharRnn> {
     let model = ckpt.model::<burn::backend::Flex>(&Default::default())?;
-    Ok(CpuCharRnn::with_rows(
-        &model,
-        precision,
-        default_parts(),
-        rows,
-    ))
+    Ok(CpuCharRnn::with(&model, precision, default_parts()))
 }
 
 /// A checkpoint's model stepped by Burn on a GPU backend.
@@ -227,6 +218,6 @@ impl karnna_gpu::OnBackend for GpuStepper<'_> {
         device: B::Device,
     ) -> anyhow::Result<Box<dyn CharStepper>> {
         let model = self.0.model::<B>(&device)?;
-        Ok(Box::new(karnna_infer::BurnStepper::new(model, device)))
+        Ok(Box::new(karnna_infer::BurnStepper::new(model)))
     }
 }

@@ -1,6 +1,6 @@
 //! A GPU backend against the CPU, same inputs: each cell's fused op (output and every
-//! gradient), a few training steps of a small model of each cell, and text sampled from
-//! checkpoints trained on either side. The tests run these on wgpu (llvmpipe in CI) and `karnna gpu-check` runs them on the
+//! gradient), a few training steps of a small model of each cell, sampling's one-character
+//! step of each cell, and text sampled from checkpoints trained on either side. The tests run these on wgpu (llvmpipe in CI) and `karnna gpu-check` runs them on the
 //! device it is given, so both hold a GPU to the same tolerances.
 //!
 //! The CPU side is burn-flex with karnna's own kernels (`karnna_model::kernel`); the GPU side
@@ -386,6 +386,81 @@ pub fn training<G: CellKernels>(
 }
 
 // ---------------------------------------------------------------------------------------------
+// One character at a time.
+
+/// Largest difference allowed between the GPU's and the CPU's logits in [`stepping`]. Both
+/// sides compute in f32; they differ in the order of their sums (the GPU's step splits each dot
+/// product into slices) and in the CPU kernels' `tanh` and `σ` ([`ACTIVATION_ERROR`] each),
+/// which the weights carry from layer to layer and step to step. On llvmpipe the logits agree
+/// to about 1e-6; a fault (a gate block misplaced, a bias or a row of `W_ih` missed) moves
+/// them by 0.01 or more.
+pub const STEP_TOLERANCE: f32 = 1e-4;
+
+/// Characters stepped by [`stepping`].
+pub const STEP_CHARS: usize = 8;
+
+/// The logits of [`STEP_CHARS`] characters stepped on backend `X` ([`CharRnn::step`], three
+/// rows) from the weights in `bytes`, one `Vec` per character.
+fn step_logits<X: CellKernels>(
+    config: &CharRnnConfig,
+    bytes: &[u8],
+    ids: &[Vec<u32>],
+    device: &X::Device,
+) -> Vec<Vec<f32>> {
+    let model = load::<X>(config, bytes, device);
+    let mut state = karnna_model::StepState::zeros(&model, ids[0].len());
+    ids.iter()
+        .map(|ids| to_f32_vec(model.step(ids, &mut state)))
+        .collect()
+}
+
+/// Sampling's step ([`CharRnn::step`]: on a GPU one launch per layer and one for the logits)
+/// on `G` against the CPU: a 2x40 model of `cell` (vocabulary 70: neither a multiple of the
+/// kernels' 32 units a cube) steps [`STEP_CHARS`] characters for three rows from the same
+/// weights; every character's logits within [`STEP_TOLERANCE`].
+pub fn stepping<G: CellKernels>(device: &G::Device, cell: Cell) -> anyhow::Result<Vec<Diff>> {
+    stepping_with::<G>(device, cell, |_| {})
+}
+
+/// [`stepping`], with `corrupt` applied to the GPU's logits (one `Vec` per character) before
+/// they are compared: a planted fault, which the check must report.
+pub fn stepping_with<G: CellKernels>(
+    device: &G::Device,
+    cell: Cell,
+    corrupt: impl FnOnce(&mut [Vec<f32>]),
+) -> anyhow::Result<Vec<Diff>> {
+    let config = CharRnnConfig::new(70)
+        .with_cell(cell)
+        .with_lstm_size(40)
+        .with_num_layers(2);
+    let start = config.init_seeded::<Flex>(Init::TensorFlow, 5, &Default::default());
+    let bytes = Recorder::<Flex>::record(&recorder(), start.into_record(), ())
+        .context("recording the weights")?;
+    let mut rng = StdRng::seed_from_u64(9);
+    let ids: Vec<Vec<u32>> = (0..STEP_CHARS)
+        .map(|_| (0..3).map(|_| rng.random_range(0..70)).collect())
+        .collect();
+    let cpu = step_logits::<Flex>(&config, &bytes, &ids, &Default::default());
+    let mut gpu = step_logits::<G>(&config, &bytes, &ids, device);
+    corrupt(&mut gpu);
+    let diffs: Vec<Diff> = cpu
+        .iter()
+        .zip(&gpu)
+        .enumerate()
+        .map(|(i, (c, g))| Diff {
+            name: format!("logits at character {i}"),
+            max_abs: max_abs_diff(c, g),
+            tolerance: STEP_TOLERANCE,
+        })
+        .collect();
+    within(
+        &diffs,
+        &format!("{} sampling step", cell.name().to_uppercase()),
+    )?;
+    Ok(diffs)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Sampling across devices.
 
 /// A short text that a tiny model learns in a few dozen iterations, so that its most likely
@@ -495,7 +570,7 @@ pub fn sampling<G: CellKernels>(
         let cpu_model = ckpt.model::<Flex>(&Default::default())?;
         let cpu = sample_text(&mut CpuCharRnn::new(&cpu_model), &ckpt, 200)?;
         let gpu_model = ckpt.model::<G>(device)?;
-        let gpu = sample_text(&mut BurnStepper::new(gpu_model, device.clone()), &ckpt, 200)?;
+        let gpu = sample_text(&mut BurnStepper::new(gpu_model), &ckpt, 200)?;
         if cpu != gpu {
             let at = cpu
                 .chars()

@@ -1,16 +1,20 @@
-//! The GPU kernels launched by the fused ops, counted through CubeCL's launch log
-//! ([`karnna_gpu::launches`]) on burn-wgpu (llvmpipe in CI): one launch per time step forward
-//! and one backward, plus a few per sequence, for every cell.
+//! The GPU kernels launched by the fused ops and by sampling's step, counted through CubeCL's
+//! launch log ([`karnna_gpu::launches`]) on burn-wgpu (llvmpipe in CI): one launch per time step
+//! forward and one backward, plus a few per sequence, for every cell; one per layer and one for
+//! the logits per sampled character.
 //!
 //! Its own test binary: the counter must be installed before any GPU work in the process, and
-//! counts every launch meanwhile, so no other test may run beside it.
+//! counts every launch meanwhile, so the tests take turns (a lock) and no other test binary's
+//! tests run beside them.
 #![cfg(feature = "wgpu")]
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use burn::tensor::{Tensor, TensorData};
 use karnna_gpu::launches::LaunchCounter;
 use karnna_gpu::wgpu;
 use karnna_model::ops::{sequence, SequenceInputs};
-use karnna_model::Cell;
+use karnna_model::{to_f32_vec, Cell, CharRnn, CharRnnConfig, StepState};
 
 type A = burn::backend::Autodiff<wgpu::Backend>;
 
@@ -51,14 +55,22 @@ fn forward_backward(cell: Cell, device: &burn::backend::wgpu::WgpuDevice) {
     let _ = xp.grad(&grads).expect("dxp").into_data();
 }
 
-#[test]
-fn the_fused_ops_launch_one_kernel_per_step_each_way() {
-    // Before any GPU work: CubeCL reads its configuration once per process.
-    let Some(counter) = LaunchCounter::install() else {
-        panic!("the launch counter could not be installed")
-    };
-    let device = match wgpu::device() {
-        Ok(d) => d,
+/// The counter, installed before any GPU work in this process (CubeCL reads its configuration
+/// once), and a lock that keeps the tests from counting each other's launches; or `None` (test
+/// skipped) outside CI when there is no device.
+fn counted() -> Option<(
+    &'static LaunchCounter,
+    MutexGuard<'static, ()>,
+    burn::backend::wgpu::WgpuDevice,
+)> {
+    static COUNTER: OnceLock<LaunchCounter> = OnceLock::new();
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let counter = COUNTER.get_or_init(|| {
+        LaunchCounter::install().expect("the launch counter could not be installed")
+    });
+    match wgpu::device() {
+        Ok(d) => Some((counter, guard, d)),
         Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true and {e}"),
         Err(e) => {
             use std::io::Write;
@@ -66,8 +78,15 @@ fn the_fused_ops_launch_one_kernel_per_step_each_way() {
                 std::io::stderr(),
                 "skipped (set CI=true to fail instead): {e}"
             );
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn the_fused_ops_launch_one_kernel_per_step_each_way() {
+    let Some((counter, _one_at_a_time, device)) = counted() else {
+        return;
     };
     for cell in Cell::ALL {
         // Once to compile the kernels, then counted.
@@ -82,4 +101,84 @@ fn the_fused_ops_launch_one_kernel_per_step_each_way() {
             "{cell}: {launches} launches for {STEPS} steps"
         );
     }
+}
+
+/// A sampled character is one launch per layer and one for the logits, for every cell, one
+/// row or several; Burn's ops around the fused op (the default `layer_step` and
+/// `linear_step`, which the CPU backends run) take several times as many.
+#[test]
+fn a_sampled_character_is_one_launch_per_layer_and_one_for_the_logits() {
+    let Some((counter, _one_at_a_time, device)) = counted() else {
+        return;
+    };
+    type W = wgpu::Backend;
+    let layers = 3;
+    for cell in Cell::ALL {
+        let model = CharRnnConfig::new(20)
+            .with_lstm_size(16)
+            .with_num_layers(layers)
+            .with_cell(cell)
+            .init::<W>(&device);
+        for rows in [1, 4] {
+            let mut state = StepState::zeros(&model, rows);
+            let ids = vec![3; rows];
+            // Once to compile the kernels, then counted.
+            let _ = to_f32_vec(model.step(&ids, &mut state));
+            let (_, launches) =
+                counter.count::<W, _, _>(&device, || to_f32_vec(model.step(&ids, &mut state)));
+            let launches = launches.expect("CubeCL's launch log reported the markers");
+            eprintln!("{cell}, {rows} row(s): {launches} launches a character");
+            assert_eq!(launches, layers as u64 + 1, "{cell}, {rows} row(s)");
+        }
+        let tensor_ops = tensor_step_launches(counter, &model, &device);
+        eprintln!("{cell}: Burn's ops take {tensor_ops} launches a character");
+        assert!(tensor_ops > 2 * (layers as u64 + 1), "{cell}: {tensor_ops}");
+    }
+}
+
+/// The launches of one character through Burn's ops (the default `layer_step` and
+/// `linear_step`), one row.
+fn tensor_step_launches(
+    counter: &LaunchCounter,
+    model: &CharRnn<wgpu::Backend>,
+    device: &burn::backend::wgpu::WgpuDevice,
+) -> u64 {
+    use burn::tensor::TensorPrimitive;
+    use karnna_model::step::{tensor_layer_step, tensor_linear_step, LayerStep, StepInput};
+    let float = |t: Tensor<wgpu::Backend, 2>| t.into_primitive().tensor();
+    let float1 = |t: Tensor<wgpu::Backend, 1>| t.into_primitive().tensor();
+    let cell = model.cell();
+    let h = model.lstm_size();
+    let step = || {
+        let mut x = None;
+        for layer in &model.layers {
+            let zero = Tensor::<wgpu::Backend, 2>::zeros([1, h], device);
+            let input = match x.take() {
+                None => StepInput::Ids(&[3]),
+                Some(x) => StepInput::Hidden(x),
+            };
+            let (h, _) = tensor_layer_step::<wgpu::Backend>(
+                cell,
+                LayerStep {
+                    input,
+                    w_ih: float(layer.w_ih.val()),
+                    w_hh: float(layer.w_hh.val()),
+                    b_ih: float1(layer.b_ih.val()),
+                    b_hh: float1(layer.b_hh.val()),
+                    h: float(zero.clone()),
+                    c: (cell == Cell::Lstm).then(|| float(zero)),
+                },
+            );
+            x = Some(h);
+        }
+        let w = float(model.output.weight.val());
+        let b = model.output.bias.as_ref().map(|b| float1(b.val()));
+        let logits = tensor_linear_step::<wgpu::Backend>(x.unwrap(), w, b);
+        to_f32_vec(Tensor::<wgpu::Backend, 2>::from_primitive(
+            TensorPrimitive::Float(logits),
+        ))
+    };
+    let _ = step();
+    let (_, n) = counter.count::<wgpu::Backend, _, _>(device, step);
+    n.expect("CubeCL's launch log reported the markers")
 }

@@ -52,6 +52,69 @@ fn training_steps_match_the_cpu_on_wgpu() {
 }
 
 #[test]
+fn sampling_steps_match_the_cpu_on_wgpu_and_a_fault_fails() {
+    let Some(device) = device() else { return };
+    for cell in Cell::ALL {
+        let diffs = check::stepping::<wgpu::Backend>(&device, cell).unwrap();
+        assert_eq!(diffs.len(), check::STEP_CHARS, "{cell}");
+        eprintln!("{cell}: wgpu step against cpu: {diffs:?}");
+        // One logit off by 0.01 at the last character: the check must say so.
+        let err = check::stepping_with::<wgpu::Backend>(&device, cell, |gpu| {
+            gpu[check::STEP_CHARS - 1][5] += 0.01;
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("logits at character 7"), "{cell}: {err}");
+    }
+}
+
+/// `--num-samples`' batch on the GPU: row 0 of three is the single sample of the same seed,
+/// to the last character (the step computes each row alone, in the same order), and the rows
+/// differ from one another.
+#[test]
+fn batched_samples_on_wgpu_start_with_the_single_sample() {
+    use std::sync::atomic::AtomicBool;
+
+    use karnna_infer::{generate, generate_many, BurnStepper, SampleOptions, Strategy};
+    use karnna_model::CharRnnConfig;
+
+    let Some(device) = device() else { return };
+    let vocab = karnna_data::Vocab::from_text("abcdefghij klmnop\n");
+    let model = CharRnnConfig::new(vocab.len())
+        .with_lstm_size(40)
+        .with_num_layers(2)
+        .init_seeded::<wgpu::Backend>(karnna_model::Init::PyTorch, 3, &device);
+    let opts = SampleOptions {
+        prime: "a".into(),
+        len: 60,
+        strategy: Strategy::TopN {
+            n: 5,
+            temperature: 1.0,
+        },
+        seed: 42,
+    };
+    let stop = AtomicBool::new(false);
+    let mut stepper = BurnStepper::new(model);
+    let mut one = Vec::new();
+    generate(&mut stepper, &vocab, &opts, &mut one, &stop).unwrap();
+    let mut three = Vec::new();
+    generate_many(&mut stepper, &vocab, &opts, 3, &mut three, &stop).unwrap();
+    let (one, three) = (
+        String::from_utf8(one).unwrap(),
+        String::from_utf8(three).unwrap(),
+    );
+    let samples: Vec<&str> = three.split("--- sample ").skip(1).collect();
+    assert_eq!(samples.len(), 3, "{three}");
+    let first = samples[0]
+        .split_once('\n')
+        .unwrap()
+        .1
+        .trim_end_matches('\n');
+    assert_eq!(first, one, "sample 1 of 3 is the single sample");
+    assert_ne!(samples[1], samples[2]);
+}
+
+#[test]
 fn checkpoints_sample_the_same_text_on_wgpu_and_the_cpu() {
     let Some(device) = device() else { return };
     let dir = std::env::temp_dir().join(format!("karnna-wgpu-{}", std::process::id()));

@@ -9,7 +9,7 @@
 //! sleeping thread (as `rayon::join` does) costs a good part of that.
 //!
 //! The model can also step several independent rows at once ([`CpuCharRnn::with_rows`],
-//! [`CpuCharRnn::step_rows`]: several samples drawn side by side). The products then take each
+//! [`CharStepper::step_rows`]: several samples drawn side by side). The products then take each
 //! block of four weight rows once for all the rows of the batch, so the weights still stream
 //! from memory once per step for up to 16 rows, and a step of eight rows costs far less than
 //! eight steps of one. Each part still runs on its own core.
@@ -163,7 +163,7 @@ struct Weights {
 }
 
 /// A [`CharRnn`] for sampling on the CPU: one row (the [`CharStepper`] a single sample needs),
-/// or several independent rows stepped together ([`CpuCharRnn::step_rows`]).
+/// or several independent rows stepped together ([`CharStepper::step_rows`]).
 pub struct CpuCharRnn {
     weights: CpuWeights,
     rows: usize,
@@ -328,7 +328,7 @@ impl CpuCharRnn {
     }
 
     /// As [`CpuCharRnn::with`], stepping `rows` independent rows at once (see
-    /// [`CpuCharRnn::step_rows`]).
+    /// [`CharStepper::step_rows`]).
     ///
     /// # Panics
     /// If `rows` is 0.
@@ -366,50 +366,7 @@ impl CpuCharRnn {
         &self.weights
     }
 
-    /// How many rows each step feeds.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Makes the model step `rows` rows from now on, all starting from the zero state (the
-    /// weights are kept).
-    ///
-    /// # Panics
-    /// If `rows` is 0.
-    pub fn set_rows(&mut self, rows: usize) {
-        assert!(rows >= 1, "at least one row");
-        let w = &self.weights.0;
-        self.layers = w
-            .layers
-            .iter()
-            .map(|parts| Layer {
-                h: vec![0.0; rows * w.h],
-                states: parts
-                    .iter()
-                    .map(|p| PartState::new(w.cell, rows, p.units))
-                    .collect(),
-            })
-            .collect();
-        self.logits = vec![0.0; rows * w.out_b.len()];
-        self.ids = vec![0; rows];
-        self.rows = rows;
-    }
-
-    /// Feeds character `ids[r]` to row `r` of every row at once (each row carries its own LSTM
-    /// state, untouched by the others) and returns the logits of each row's next character,
-    /// `[rows, vocab]` row-major. Each row's logits are a batch-1 [`CharStepper::step`]'s on the
-    /// same characters (within rounding: see the module documentation); each weight is read
-    /// once per step for up to 16 rows, which is what makes rows cheaper than separate steps.
-    /// [`CharStepper::reset`] sets every row back to the zero state.
-    ///
-    /// # Panics
-    /// If `ids` does not hold one id per row, or an id is outside the vocabulary.
-    pub fn step_rows(&mut self, ids: &[u32]) -> &[f32] {
-        self.forward(ids);
-        &self.logits
-    }
-
-    /// The step behind [`CpuCharRnn::step_rows`], leaving the logits in `self.logits`.
+    /// The step behind [`CharStepper::step_rows`], leaving the logits in `self.logits`.
     fn forward(&mut self, ids: &[u32]) {
         assert_eq!(ids.len(), self.rows, "one id per row");
         let weights = &self.weights.0;
@@ -475,6 +432,37 @@ impl CharStepper for CpuCharRnn {
 
     fn vocab_size(&self) -> usize {
         self.weights.vocab_size()
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn set_rows(&mut self, rows: usize) {
+        assert!(rows >= 1, "at least one row");
+        let w = &self.weights.0;
+        self.layers = w
+            .layers
+            .iter()
+            .map(|parts| Layer {
+                h: vec![0.0; rows * w.h],
+                states: parts
+                    .iter()
+                    .map(|p| PartState::new(w.cell, rows, p.units))
+                    .collect(),
+            })
+            .collect();
+        self.logits = vec![0.0; rows * w.out_b.len()];
+        self.ids = vec![0; rows];
+        self.rows = rows;
+    }
+
+    /// Each weight is read once per step for up to 16 rows, which is what makes rows cheaper
+    /// than separate steps; a row's logits are a batch-1 step's within rounding (see the module
+    /// documentation).
+    fn step_rows(&mut self, ids: &[u32]) -> &[f32] {
+        self.forward(ids);
+        &self.logits
     }
 }
 

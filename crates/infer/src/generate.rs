@@ -4,31 +4,32 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::prelude::*;
 use karnna_data::Vocab;
-use karnna_model::{to_f32_vec, CellBackend, CharRnn, RnnState};
+use karnna_model::{to_f32_vec, CellBackend, CharRnn, StepState};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::cpu::CpuCharRnn;
 use crate::sampler::{pick, Strategy};
 use crate::stepper::CharStepper;
 
-/// The Burn model stepped one character at a time on any backend (batch 1, no autodiff).
+/// The Burn model stepped one character at a time on any backend, for one row or several side
+/// by side ([`CharRnn::step`]: no autodiff, no time axis; one kernel launch per layer and one
+/// for the logits on a GPU), the logits read back to the host each step.
 pub struct BurnStepper<B: CellBackend> {
     model: CharRnn<B>,
-    state: Option<RnnState<B>>,
-    device: B::Device,
+    state: StepState<B>,
+    ids: Vec<u32>,
     logits: Vec<f32>,
 }
 
 impl<B: CellBackend> BurnStepper<B> {
-    /// Wraps `model` (built on `device`).
-    pub fn new(model: CharRnn<B>, device: B::Device) -> Self {
+    /// Wraps `model`, stepping one row.
+    pub fn new(model: CharRnn<B>) -> Self {
+        let state = StepState::zeros(&model, 1);
         Self {
             model,
-            state: None,
-            device,
+            state,
+            ids: vec![0],
             logits: Vec::new(),
         }
     }
@@ -36,19 +37,34 @@ impl<B: CellBackend> BurnStepper<B> {
 
 impl<B: CellBackend> CharStepper for BurnStepper<B> {
     fn reset(&mut self) {
-        self.state = None;
+        self.state = StepState::zeros(&self.model, self.state.rows());
     }
 
     fn step(&mut self, id: u32) -> &[f32] {
-        let x = Tensor::<B, 2, Int>::from_ints([[id as i64]], &self.device);
-        let (logits, state) = self.model.forward(x, self.state.take());
-        self.state = Some(state);
-        self.logits = to_f32_vec(logits);
-        &self.logits
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.fill(id);
+        self.step_rows(&ids);
+        self.ids = ids;
+        &self.logits[..self.vocab_size()]
     }
 
     fn vocab_size(&self) -> usize {
         self.model.output.weight.dims()[1]
+    }
+
+    fn rows(&self) -> usize {
+        self.state.rows()
+    }
+
+    fn set_rows(&mut self, rows: usize) {
+        assert!(rows >= 1, "at least one row");
+        self.state = StepState::zeros(&self.model, rows);
+        self.ids = vec![0; rows];
+    }
+
+    fn step_rows(&mut self, ids: &[u32]) -> &[f32] {
+        self.logits = to_f32_vec(self.model.step(ids, &mut self.state));
+        &self.logits
     }
 }
 
@@ -150,8 +166,8 @@ fn row_rng(seed: u64, row: usize) -> StdRng {
 /// every row is primed with `opts.prime`, then draws `opts.len` characters with its own draws
 /// (row 0 with the same seed as [`generate`], so `n = 1` writes exactly what [`generate`] writes;
 /// row `r` as [`generate`] would with the seed `opts.seed + r · 0x9E37_79B9_7F4A_7C15`). One step
-/// feeds all the rows at once ([`CpuCharRnn::step_rows`]), which is much faster than `n` separate
-/// samples.
+/// feeds all the rows at once ([`CharStepper::step_rows`]), which is much faster than `n`
+/// separate samples, on the CPU and on a GPU alike.
 ///
 /// The samples are written when all are drawn, one after another, each as the prime followed by
 /// its text. When `n > 1` each is preceded by the separator line `--- sample K of N ---` (`K`
@@ -159,7 +175,7 @@ fn row_rng(seed: u64, row: usize) -> StdRng {
 /// ends without one. When `stop` becomes true the drawing stops and what each row has drawn so
 /// far is written. `n = 0` writes nothing.
 pub fn generate_many(
-    model: &mut CpuCharRnn,
+    model: &mut dyn CharStepper,
     vocab: &Vocab,
     opts: &SampleOptions,
     n: usize,

@@ -28,7 +28,7 @@ fn cpu_path_equals_burn_forward() {
             (2, Precision::F16, 1e-2),
         ] {
             let mut fast = CpuCharRnn::with(&model, precision, parts);
-            let mut burn = BurnStepper::new(model.clone(), device);
+            let mut burn = BurnStepper::new(model.clone());
             for &id in &[3u32, 0, 10, 5, 5, 7, 1, 2, 9, 4] {
                 let a = fast.step(id).to_vec();
                 let b = burn.step(id).to_vec();

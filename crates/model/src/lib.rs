@@ -2,7 +2,8 @@
 //!
 //! It owns [`CharRnn`] (one-hot input → stacked recurrent layers, LSTM, GRU or plain RNN
 //! ([`Cell`]), with dropout → linear to the vocabulary), the fused sequence operation with its
-//! hand-written backward ([`ops`]), the plain-Rust CPU kernels behind it ([`kernel`]), and the
+//! hand-written backward ([`ops`]), one character at a time for sampling
+//! ([`step`]), the plain-Rust CPU kernels behind it ([`kernel`]), and the
 //! checkpoint file format
 //! ([`checkpoint`]), which carries the vocabulary so a checkpoint is all that sampling needs.
 //!
@@ -17,6 +18,7 @@ pub mod cube;
 pub mod kernel;
 mod model;
 pub mod ops;
+pub mod step;
 
 pub use cell::Cell;
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta};
@@ -25,3 +27,4 @@ pub use model::{
     RnnLayer, RnnState,
 };
 pub use ops::{to_f32_vec, CellBackend, CellInputs, CellKernels, MatmulPrecision};
+pub use step::StepState;

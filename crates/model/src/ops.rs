@@ -49,6 +49,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
 
 use crate::kernel::{self, Dims};
+use crate::step::{self, LayerStep};
 use crate::Cell;
 
 /// The arithmetic of a backend's matrix products.
@@ -159,6 +160,27 @@ pub trait CellBackend: Backend {
     fn matmul_precision(device: &burn::tensor::Device<Self>) -> MatmulPrecision {
         let _ = device;
         MatmulPrecision::F32
+    }
+
+    /// One step of one layer of `cell` for sampling (no autodiff): the new `h [B, H]` and the
+    /// LSTM's new `c` (`None` for the other cells). By default Burn tensor ops around
+    /// [`CellBackend::sequence`] over one step ([`step::tensor_layer_step`]); the GPU backends
+    /// run it as one kernel launch.
+    fn layer_step(
+        cell: Cell,
+        step: LayerStep<'_, FloatTensor<Self>>,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        step::tensor_layer_step::<Self>(cell, step)
+    }
+
+    /// `x·w + b` for one step's logits (`x [B, I]`, `w [I, O]`, `b [O]`). By default Burn's
+    /// `linear` ([`step::tensor_linear_step`]); the GPU backends run it as one kernel launch.
+    fn linear_step(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        step::tensor_linear_step::<Self>(x, w, b)
     }
 }
 

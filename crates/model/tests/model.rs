@@ -6,7 +6,9 @@ use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::{Distribution, Tolerance};
 use karnna_model::ops::{sequence, tensor_backward, tensor_forward, SequenceInputs};
-use karnna_model::{Cell, CellBackend, CellKernels, CharRnn, CharRnnConfig, Recurrence, RnnState};
+use karnna_model::{
+    Cell, CellBackend, CellKernels, CharRnn, CharRnnConfig, Recurrence, RnnState, StepState,
+};
 
 type B = Flex;
 type AD = Autodiff<Flex>;
@@ -122,6 +124,46 @@ fn whole_equals_halves_of<Bk: CellBackend>(cell: Cell) {
         .assert_approx_eq::<f32>(&s_halves.c.into_data(), Tolerance::default());
 }
 
+/// [`CharRnn::step`], one character at a time for three rows, against [`CharRnn::forward`] over
+/// the same characters one at a time from the same state: bit for bit, for every cell (three
+/// layers, so that a layer reads the one below).
+fn a_step_is_forward_over_one_character<Bk: CellBackend>() {
+    let device = Default::default();
+    for cell in Cell::ALL {
+        let model = CharRnnConfig::new(10)
+            .with_lstm_size(7)
+            .with_num_layers(3)
+            .with_cell(cell)
+            .init::<Bk>(&device);
+        let x = tokens::<Bk>(3, 6, 10, &device);
+        let ids: Vec<Vec<u32>> = (0..6)
+            .map(|t| {
+                let column = x.clone().narrow(1, t, 1).into_data();
+                column.iter::<i64>().map(|id| id as u32).collect()
+            })
+            .collect();
+        let mut stepped = StepState::zeros(&model, 3);
+        let mut state = None;
+        let mut last = None;
+        for (t, ids) in ids.iter().enumerate() {
+            let logits = model.step(ids, &mut stepped).into_data();
+            let (expected, next) = model.forward(x.clone().narrow(1, t, 1), state.take());
+            assert_eq!(
+                logits.to_vec::<f32>().unwrap(),
+                expected.into_data().to_vec::<f32>().unwrap(),
+                "{cell}, step {t}"
+            );
+            state = Some(next);
+            last = Some(logits);
+        }
+        // The state carried: the last step's logits are those of all six characters at once
+        // (to rounding: the sequence runs its products over several steps at a time).
+        let (whole, _) = model.forward(x, None);
+        let whole = whole.narrow(0, 5, 1).reshape([3, 10]).into_data();
+        whole.assert_approx_eq::<f32>(&last.unwrap(), Tolerance::default());
+    }
+}
+
 /// One test of each named function on each CPU backend, as `name::flex` and `name::ndarray`.
 macro_rules! on_cpu_backends {
     ($($name:ident => $f:ident),* $(,)?) => {$(
@@ -141,6 +183,7 @@ macro_rules! on_cpu_backends {
 
 on_cpu_backends! {
     carried_state_equals_one_pass => whole_equals_halves,
+    a_step_equals_forward => a_step_is_forward_over_one_character,
     gru_and_rnn_ops_match_step_by_step_autodiff => gru_and_rnn_fused_match_reference,
 }
 

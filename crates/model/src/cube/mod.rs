@@ -48,9 +48,15 @@
 //! [`crate::kernel::dropout_mask`], bit for bit: a seed gives the same mask on the CPU and on
 //! any GPU, and no mask crosses from the host.
 //!
+//! Sampling's one-character step has kernels of its own (`step.rs`: one launch per layer and
+//! one for the logits, shaped for a few rows), behind [`CellBackend::layer_step`] and
+//! [`CellBackend::linear_step`].
+//!
 //! No kernel synchronizes across thread blocks: a persistent kernel that walks all steps would
 //! need a grid-wide barrier, which CubeCL lacks and which would hang on a runtime that runs the
 //! blocks one after another (llvmpipe).
+
+mod step;
 
 use burn::tensor::{DType, Shape, Tensor as BurnTensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
@@ -60,6 +66,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement};
 use cubecl::prelude::*;
 
 use crate::ops::{CellBackend, CellInputs, CellKernels, MatmulPrecision};
+use crate::step::LayerStep;
 use crate::Cell;
 
 /// Threads per cube (thread block) of every launch here.
@@ -577,6 +584,17 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
 
     fn matmul_precision(device: &R::Device) -> MatmulPrecision {
         matmul_precision::<R>(device)
+    }
+
+    fn layer_step(
+        cell: Cell,
+        step: LayerStep<'_, CubeTensor<R>>,
+    ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
+        step::layer(cell, step)
+    }
+
+    fn linear_step(x: CubeTensor<R>, w: CubeTensor<R>, b: Option<CubeTensor<R>>) -> CubeTensor<R> {
+        step::linear(x, w, b)
     }
 
     fn dropout_mask(seed: u64, keep_prob: f64, shape: Shape, device: &R::Device) -> CubeTensor<R> {

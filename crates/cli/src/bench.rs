@@ -340,6 +340,9 @@ pub struct Figures {
     pub sample_chars_per_s: Option<f64>,
     /// The peer's characters per second sampling.
     pub peer_sample_chars_per_s: Option<f64>,
+    /// karnna's characters per second drawing eight samples side by side on a GPU, all rows
+    /// counted.
+    pub sample_batched_chars_per_s: Option<f64>,
 }
 
 /// Runs the benchmark and prints its figures; returns the medians.
@@ -394,6 +397,7 @@ struct Timings {
     f16_s: Vec<f64>,
     launches: Option<u64>,
     char_launches: Option<u64>,
+    batched_s: Vec<f64>,
 }
 
 impl Timings {
@@ -434,6 +438,7 @@ impl Timings {
                 let label = "karnna (8 samples batched)";
                 println!("run {r}: {label} sample_chars_per_s={:.1}", s.batched);
                 self.ours_s.push(s.rate);
+                self.batched_s.push(s.batched);
                 self.char_launches = self.char_launches.or(s.launches);
             }
             None => self.cpu_sampling(a, r),
@@ -502,6 +507,9 @@ impl Timings {
                 }
             });
         }
+        figures.sample_batched_chars_per_s = median(&self.batched_s).inspect(|b| {
+            println!("sample_chars_per_s_batched_8={b:.1}");
+        });
         if let Some(n) = self.launches {
             // Counted through CubeCL's launch log (karnna_gpu::launches), one step after the timed ones.
             println!("gpu_launches_per_step={n}");

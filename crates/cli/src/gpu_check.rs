@@ -132,6 +132,11 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
         };
         line("gpu_train_s_per_batch", figures.train_s_per_batch);
         line("gpu_sample_chars_per_s", figures.sample_chars_per_s);
+        line(
+            "gpu_sample_batched_8_chars_per_s",
+            figures.sample_batched_chars_per_s,
+        );
+
         let peer_on = if gpu == Gpu::Cuda { "gpu" } else { "cpu" };
         line(
             &format!("peer_{peer_on}_train_s_per_batch"),

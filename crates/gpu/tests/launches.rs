@@ -144,7 +144,7 @@ fn tensor_step_launches(
     device: &burn::backend::wgpu::WgpuDevice,
 ) -> u64 {
     use burn::tensor::TensorPrimitive;
-    use karnna_model::step::{tensor_layer_step, tensor_linear_step, LayerStep, StepInput};
+    use karnna_model::ops::{tensor_layer_step, tensor_linear_step, LayerStep, StepInput};
     let float = |t: Tensor<wgpu::Backend, 2>| t.into_primitive().tensor();
     let float1 = |t: Tensor<wgpu::Backend, 1>| t.into_primitive().tensor();
     let cell = model.cell();

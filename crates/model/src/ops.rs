@@ -45,11 +45,11 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::module::{embedding, linear};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Int, Shape, Tensor, TensorData, TensorPrimitive};
 
 use crate::kernel::{self, Dims};
-use crate::step::{self, LayerStep};
 use crate::Cell;
 
 /// The arithmetic of a backend's matrix products.
@@ -164,23 +164,23 @@ pub trait CellBackend: Backend {
 
     /// One step of one layer of `cell` for sampling (no autodiff): the new `h [B, H]` and the
     /// LSTM's new `c` (`None` for the other cells). By default Burn tensor ops around
-    /// [`CellBackend::sequence`] over one step ([`step::tensor_layer_step`]); the GPU backends
+    /// [`CellBackend::sequence`] over one step ([`tensor_layer_step`]); the GPU backends
     /// run it as one kernel launch.
     fn layer_step(
         cell: Cell,
         step: LayerStep<'_, FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        step::tensor_layer_step::<Self>(cell, step)
+        tensor_layer_step::<Self>(cell, step)
     }
 
     /// `x·w + b` for one step's logits (`x [B, I]`, `w [I, O]`, `b [O]`). By default Burn's
-    /// `linear` ([`step::tensor_linear_step`]); the GPU backends run it as one kernel launch.
+    /// `linear` ([`tensor_linear_step`]); the GPU backends run it as one kernel launch.
     fn linear_step(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        step::tensor_linear_step::<Self>(x, w, b)
+        tensor_linear_step::<Self>(x, w, b)
     }
 }
 
@@ -264,6 +264,84 @@ fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
 
 fn from_float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+// ---------------------------------------------------------------------------------------------
+// One character for sampling ([`crate::CharRnn::step`]).
+
+/// A layer's input for one step.
+#[derive(Clone, Debug)]
+pub enum StepInput<'a, T> {
+    /// Each row's character (the first layer, whose one-hot input times `W_ih` is a row of
+    /// `W_ih`).
+    Ids(&'a [u32]),
+    /// The layer below's new `h` `[B, I]`.
+    Hidden(T),
+}
+
+/// One step of one layer: its input, its weights, and its state before the step.
+#[derive(Clone, Debug)]
+pub struct LayerStep<'a, T> {
+    /// What the layer reads.
+    pub input: StepInput<'a, T>,
+    /// `[I, G·H]`.
+    pub w_ih: T,
+    /// `[H, G·H]`.
+    pub w_hh: T,
+    /// `[G·H]`.
+    pub b_ih: T,
+    /// `[G·H]`.
+    pub b_hh: T,
+    /// `[B, H]`.
+    pub h: T,
+    /// `[B, H]`: the LSTM's cell state; `None` for the other cells.
+    pub c: Option<T>,
+}
+
+/// [`CellBackend::layer_step`] in Burn tensor ops: the input projection and biases as
+/// [`CharRnn::forward`] computes them, then [`sequence`] over one step.
+pub fn tensor_layer_step<B: CellBackend>(
+    cell: Cell,
+    step: LayerStep<'_, FloatTensor<B>>,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+    let w_ih: Tensor<B, 2> = from_float(step.w_ih);
+    let h0: Tensor<B, 2> = from_float(step.h);
+    let [rows, width] = h0.dims();
+    let gh = w_ih.dims()[1];
+    let xp: Tensor<B, 3> = match step.input {
+        StepInput::Ids(ids) => {
+            let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, rows]), &h0.device());
+            embedding(w_ih, ids)
+        }
+        StepInput::Hidden(x) => from_float::<B, 2>(x).matmul(w_ih).reshape([1, rows, gh]),
+    };
+    let (b_ih, b_hh) = (from_float::<B, 1>(step.b_ih), from_float::<B, 1>(step.b_hh));
+    let lstm = cell == Cell::Lstm;
+    let bias = if lstm { b_ih + b_hh.clone() } else { b_ih };
+    let inputs = SequenceInputs {
+        xp: xp + bias.reshape([1, 1, gh]),
+        w_hh: from_float(step.w_hh),
+        b_hh: (!lstm).then_some(b_hh),
+        h0,
+        c0: step.c.map(from_float),
+    };
+    let (hs, c) = sequence(cell, inputs);
+    (float(hs.reshape([rows, width])), c.map(float))
+}
+
+/// [`CellBackend::linear_step`] in Burn tensor ops: Burn's `linear`, which the model's output
+/// layer runs.
+pub fn tensor_linear_step<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    b: Option<FloatTensor<B>>,
+) -> FloatTensor<B> {
+    float(linear::<B, 2>(
+        from_float(x),
+        from_float(w),
+        b.map(from_float),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,41 +9,11 @@
 //! into one kernel launch (`crate::cube::step`).
 
 use burn::prelude::*;
-use burn::tensor::module::{embedding, linear};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{TensorData, TensorPrimitive};
+use burn::tensor::TensorPrimitive;
 
-use crate::ops::{sequence, CellBackend, SequenceInputs};
+use crate::ops::{CellBackend, LayerStep, StepInput};
 use crate::{Cell, CharRnn};
-
-/// A layer's input for one step.
-#[derive(Clone, Debug)]
-pub enum StepInput<'a, T> {
-    /// Each row's character (the first layer, whose one-hot input times `W_ih` is a row of
-    /// `W_ih`).
-    Ids(&'a [u32]),
-    /// The layer below's new `h` `[B, I]`.
-    Hidden(T),
-}
-
-/// One step of one layer: its input, its weights, and its state before the step.
-#[derive(Clone, Debug)]
-pub struct LayerStep<'a, T> {
-    /// What the layer reads.
-    pub input: StepInput<'a, T>,
-    /// `[I, G·H]`.
-    pub w_ih: T,
-    /// `[H, G·H]`.
-    pub w_hh: T,
-    /// `[G·H]`.
-    pub b_ih: T,
-    /// `[G·H]`.
-    pub b_hh: T,
-    /// `[B, H]`.
-    pub h: T,
-    /// `[B, H]`: the LSTM's cell state; `None` for the other cells.
-    pub c: Option<T>,
-}
 
 /// The recurrent state carried between [`CharRnn::step`]s: each layer's `h` and (the LSTM's)
 /// `c`, `[rows, H]` each, on the model's device.
@@ -117,52 +87,6 @@ impl<B: CellBackend> CharRnn<B> {
         let bias = self.output.bias.as_ref().map(|b| float(b.val()));
         from_float(B::linear_step(x, float(self.output.weight.val()), bias))
     }
-}
-
-/// [`CellBackend::layer_step`] in Burn tensor ops: the input projection and biases as
-/// [`CharRnn::forward`] computes them, then [`sequence`] over one step.
-pub fn tensor_layer_step<B: CellBackend>(
-    cell: Cell,
-    step: LayerStep<'_, FloatTensor<B>>,
-) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
-    let w_ih: Tensor<B, 2> = from_float(step.w_ih);
-    let h0: Tensor<B, 2> = from_float(step.h);
-    let [rows, width] = h0.dims();
-    let gh = w_ih.dims()[1];
-    let xp: Tensor<B, 3> = match step.input {
-        StepInput::Ids(ids) => {
-            let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, rows]), &h0.device());
-            embedding(w_ih, ids)
-        }
-        StepInput::Hidden(x) => from_float::<B, 2>(x).matmul(w_ih).reshape([1, rows, gh]),
-    };
-    let (b_ih, b_hh) = (from_float::<B, 1>(step.b_ih), from_float::<B, 1>(step.b_hh));
-    let lstm = cell == Cell::Lstm;
-    let bias = if lstm { b_ih + b_hh.clone() } else { b_ih };
-    let inputs = SequenceInputs {
-        xp: xp + bias.reshape([1, 1, gh]),
-        w_hh: from_float(step.w_hh),
-        b_hh: (!lstm).then_some(b_hh),
-        h0,
-        c0: step.c.map(from_float),
-    };
-    let (hs, c) = sequence(cell, inputs);
-    (float(hs.reshape([rows, width])), c.map(float))
-}
-
-/// [`CellBackend::linear_step`] in Burn tensor ops: Burn's `linear`, which the model's output
-/// layer runs.
-pub fn tensor_linear_step<B: Backend>(
-    x: FloatTensor<B>,
-    w: FloatTensor<B>,
-    b: Option<FloatTensor<B>>,
-) -> FloatTensor<B> {
-    float(linear::<B, 2>(
-        from_float(x),
-        from_float(w),
-        b.map(from_float),
-    ))
 }
 
 fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {

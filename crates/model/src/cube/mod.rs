@@ -65,8 +65,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement};
 use cubecl::prelude::*;
 
+use crate::ops::LayerStep;
 use crate::ops::{CellBackend, CellInputs, CellKernels, MatmulPrecision};
-use crate::step::LayerStep;
 use crate::Cell;
 
 /// Threads per cube (thread block) of every launch here.

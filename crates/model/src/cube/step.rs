@@ -29,7 +29,7 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use super::{arg, empty, sigmoid};
-use crate::step::{LayerStep, StepInput};
+use crate::ops::{LayerStep, StepInput};
 use crate::Cell;
 
 /// Neighbouring units per cube (x).
@@ -80,6 +80,56 @@ fn put(partials: &mut SharedMemory<f32>, q: usize, v: f32) {
     partials[(q * SLICES + UNIT_POS_Y as usize) * UNITS + UNIT_POS_X as usize] = v;
 }
 
+/// This thread's slice of unit `j`'s sums for `row` in [`layer_step`] (zeros past the layer's
+/// width): gate block `k`'s
+/// `h0·W_hh` (and, unless `lookup`, `x·W_ih`) in the `k`-th value. The LSTM and the RNN take the
+/// input and recurrent products together; the GRU keeps its n block's apart (`r` multiplies
+/// the recurrent one): recurrent n third, input n fourth.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn partial_sums(
+    x: &Tensor<f32>,
+    w_ih: &Tensor<f32>,
+    w_hh: &Tensor<f32>,
+    h0: &Tensor<f32>,
+    row: usize,
+    j: usize,
+    #[comptime] cell: Cell,
+    #[comptime] lookup: bool,
+) -> (f32, f32, f32, f32) {
+    let width = h0.shape(1);
+    let mut a0 = 0.0;
+    let mut a1 = 0.0;
+    let mut a2 = 0.0;
+    let mut a3 = 0.0;
+    if j < width {
+        let hb = row * width;
+        a0 = partial_dot(h0, hb, w_hh, j, width);
+        if comptime!(cell != Cell::Rnn) {
+            a1 = partial_dot(h0, hb, w_hh, j + width, width);
+            a2 = partial_dot(h0, hb, w_hh, j + 2 * width, width);
+        }
+        if comptime!(cell == Cell::Lstm) {
+            a3 = partial_dot(h0, hb, w_hh, j + 3 * width, width);
+        }
+        if !lookup {
+            let inputs = w_ih.shape(0);
+            let xb = row * inputs;
+            a0 += partial_dot(x, xb, w_ih, j, inputs);
+            if comptime!(cell != Cell::Rnn) {
+                a1 += partial_dot(x, xb, w_ih, j + width, inputs);
+            }
+            if comptime!(cell == Cell::Lstm) {
+                a2 += partial_dot(x, xb, w_ih, j + 2 * width, inputs);
+                a3 += partial_dot(x, xb, w_ih, j + 3 * width, inputs);
+            } else if comptime!(cell == Cell::Gru) {
+                a3 = partial_dot(x, xb, w_ih, j + 2 * width, inputs);
+            }
+        }
+    }
+    (a0, a1, a2, a3)
+}
+
 /// One step of one layer of `cell` for `B` rows: cube `(x, row)` covers units
 /// `x·UNITS ..` of `row`.
 ///
@@ -109,38 +159,7 @@ pub fn layer_step(
     let j = CUBE_POS_X as usize * UNITS + UNIT_POS_X as usize;
     let live = j < width;
     let mut partials = SharedMemory::<f32>::new(SUMS * SLICES * UNITS);
-    // Gate block k's sum for unit j: the LSTM's and the RNN's take input and recurrent
-    // products together; the GRU keeps its n block's recurrent product apart (r multiplies it).
-    let mut a0 = 0.0;
-    let mut a1 = 0.0;
-    let mut a2 = 0.0;
-    let mut a3 = 0.0;
-    if live {
-        let hb = row * width;
-        a0 = partial_dot(h0, hb, w_hh, j, width);
-        if comptime!(cell != Cell::Rnn) {
-            a1 = partial_dot(h0, hb, w_hh, j + width, width);
-            a2 = partial_dot(h0, hb, w_hh, j + 2 * width, width);
-        }
-        if comptime!(cell == Cell::Lstm) {
-            a3 = partial_dot(h0, hb, w_hh, j + 3 * width, width);
-        }
-        if !lookup {
-            let inputs = w_ih.shape(0);
-            let xb = row * inputs;
-            a0 += partial_dot(x, xb, w_ih, j, inputs);
-            if comptime!(cell != Cell::Rnn) {
-                a1 += partial_dot(x, xb, w_ih, j + width, inputs);
-            }
-            if comptime!(cell == Cell::Lstm) {
-                a2 += partial_dot(x, xb, w_ih, j + 2 * width, inputs);
-                a3 += partial_dot(x, xb, w_ih, j + 3 * width, inputs);
-            } else if comptime!(cell == Cell::Gru) {
-                // The GRU's input n apart from its recurrent n (kept in a2).
-                a3 = partial_dot(x, xb, w_ih, j + 2 * width, inputs);
-            }
-        }
-    }
+    let (a0, a1, a2, a3) = partial_sums(x, w_ih, w_hh, h0, row, j, cell, lookup);
     put(&mut partials, 0, a0);
     put(&mut partials, 1, a1);
     put(&mut partials, 2, a2);

@@ -205,8 +205,9 @@ fn sequence_results(
 #[test]
 fn cubecl_kernels_match_burns_step_by_step_autodiff_on_wgpu() {
     let Some(device) = device() else { return };
-    // 3 rows of 50 units span two cubes of 128 threads; one step has no step after it.
-    for dims in [[4, 3, 50], [1, 2, 7]] {
+    // 3 rows of 50 units span two cubes of 128 threads; 19 rows are tiles of 8, 8 and 3 rows
+    // (the last one partial); one step has no step after it.
+    for dims in [[4, 3, 50], [3, 19, 50], [1, 2, 7]] {
         for cell in Cell::ALL {
             let fused = sequence_results(cell, dims, true, &device);
             let reference = sequence_results(cell, dims, false, &device);

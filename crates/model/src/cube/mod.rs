@@ -8,11 +8,12 @@
 //! # Launches
 //! The input projection stays outside (one large matmul, or the one-hot row lookup). Per layer
 //! and time step there is **one** launch:
-//! - forward ([`forward_step`]): one thread per (batch row, unit `j`) computes `h_{t-1}·W_hh`
-//!   for its unit in every gate block (reading `W_hh [H, G·H]` along `j`, so neighbouring
-//!   threads read neighbouring words) and the whole gate and cell update, and writes the step's
-//!   `h` (and the LSTM's `c`, and the activations the backward needs);
-//! - backward ([`backward_step`]): one thread per (row, `j`) forms
+//! - forward ([`forward_step`]): one thread per (tile of up to [`ROW_TILE`] batch rows, unit
+//!   `j`) computes `h_{t-1}·W_hh` for its unit in every gate block and each of its rows
+//!   (reading `W_hh [H, G·H]` along `j`, so neighbouring threads read neighbouring words, and
+//!   each word once for the tile's rows) and the whole gate and cell update, and writes the
+//!   step's `h` (and the LSTM's `c`, and the activations the backward needs);
+//! - backward ([`backward_step`]): one thread per (tile of rows, `j`) forms
 //!   `dh = dhs[t] + dhp_{t+1}·W_hhᵀ` (from a transposed copy of `W_hh`, again read along `j`)
 //!   and the pointwise backward, giving `dhp_t` (and what the cell carries back besides `W_hh`:
 //!   the LSTM's `dc`, the GRU's `dh ⊙ z`).
@@ -33,8 +34,9 @@
 //! add a compare and branch to every load of the inner loops. Every index is in bounds by
 //! construction: the host allocates each tensor contiguous with the shape the kernel's
 //! doc comment gives (inputs go through `into_contiguous`), a thread returns at once unless its
-//! position is below `B·H` (or the mask's length), and every index is then a row, a unit and
-//! a step each below the shape's bound. A tensor that a cell's variant does not use (the
+//! position is below its launch's count (`⌈B / tile⌉·H`, `B·H`, or the mask's length), and
+//! every index is then a row, a unit and a step each below the shape's bound: a tile's rows
+//! past the batch are read as the last row ([`tile_row`]) and never written. A tensor that a cell's variant does not use (the
 //! LSTM's `b_hh`, the RNN's gates) is a placeholder which that variant never indexes.
 //!
 //! # Precision
@@ -87,7 +89,17 @@ fn row_and_unit(rows: usize, h: usize) -> (usize, usize) {
     (ABSOLUTE_POS / h, ABSOLUTE_POS % h)
 }
 
-/// One step `t` of `cell`'s recurrence, one thread per (batch row, unit `j`).
+/// Row `first + r` of a tile, or the last row when that is past the end: a thread of the last
+/// tile reads the last row's values in place of missing rows and discards what it computes for
+/// them, so the inner loops run without a branch.
+#[cube]
+fn tile_row(first: usize, r: usize, rows: usize) -> usize {
+    let row = first + r;
+    select(row < rows, row, rows - 1)
+}
+
+/// One step `t` of `cell`'s recurrence, one thread per (tile of `tile` batch rows, unit `j`):
+/// each weight read serves the tile's rows.
 ///
 /// `xp` is `[T, B, G·H]`, `w` = `W_hh` `[H, G·H]`, `b` = `b_hh` `[G·H]` (GRU, RNN), `h0` and
 /// `c0` `[B, H]` (`c0` the LSTM's); a tensor the cell does not use may be any tensor. `hs` is
@@ -97,6 +109,7 @@ fn row_and_unit(rows: usize, h: usize) -> (usize, usize) {
 /// `hp_n = (h_{t-1}·W_hh + b_hh)_n` in slot `t + 1`). When `keep`, `gates[t]` `[T, B, G·H]`
 /// gets the activated gates (LSTM: `i, f, g, o`; GRU: `r, z, n`).
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn forward_step(
     xp: &Tensor<f32>,
     w: &Tensor<f32>,
@@ -110,42 +123,100 @@ pub fn forward_step(
     #[comptime] cell: Cell,
     #[comptime] first: bool,
     #[comptime] keep: bool,
+    #[comptime] tile: usize,
 ) {
     let (rows, h, gh) = (hs.shape(1), hs.shape(2), w.shape(1));
-    let (row, j) = row_and_unit(rows, h);
-    let (pos, bh) = (ABSOLUTE_POS, rows * h);
-    let x = t * rows * gh + row * gh + j;
-    // Gate block k's running sum, started from xp (the LSTM, whose xp holds both biases; the
-    // RNN, plus b_hh) or from b_hh alone (the GRU, which needs h_{t-1}·W_hh + b_hh apart).
-    let mut a0 = xp[x];
-    let mut a1 = 0.0;
-    let mut a2 = 0.0;
-    let mut a3 = 0.0;
-    if comptime!(cell == Cell::Lstm) {
-        a1 = xp[x + h];
-        a2 = xp[x + 2 * h];
-        a3 = xp[x + 3 * h];
-    } else if comptime!(cell == Cell::Gru) {
-        a0 = b[j];
-        a1 = b[j + h];
-        a2 = b[j + 2 * h];
-    } else {
-        a0 += b[j];
+    let (group, j) = row_and_unit(rows.div_ceil(tile), h);
+    let first_row = group * tile;
+    // Gate block k's running sum for row r of the tile in acc[4r + k], started from xp (the
+    // LSTM, whose xp holds both biases; the RNN, plus b_hh) or from b_hh alone (the GRU, which
+    // needs h_{t-1}·W_hh + b_hh apart).
+    let mut acc = Array::<f32>::new(comptime!(4 * tile));
+    #[unroll]
+    for r in 0..tile {
+        let x = t * rows * gh + tile_row(first_row, r, rows) * gh + j;
+        acc[4 * r] = xp[x];
+        acc[4 * r + 1] = 0.0;
+        acc[4 * r + 2] = 0.0;
+        acc[4 * r + 3] = 0.0;
+        if comptime!(cell == Cell::Lstm) {
+            acc[4 * r + 1] = xp[x + h];
+            acc[4 * r + 2] = xp[x + 2 * h];
+            acc[4 * r + 3] = xp[x + 3 * h];
+        } else if comptime!(cell == Cell::Gru) {
+            acc[4 * r] = b[j];
+            acc[4 * r + 1] = b[j + h];
+            acc[4 * r + 2] = b[j + 2 * h];
+        } else {
+            acc[4 * r] += b[j];
+        }
     }
-    // h_{t-1}·W_hh for unit j of every gate block, reading W_hh along j.
-    let prev = t * bh + row * h;
+    // h_{t-1}·W_hh for unit j of every gate block, reading W_hh along j, once for the tile.
     for k in 0..h {
-        let hk = if first { h0[row * h + k] } else { hs[prev + k] };
         let wk = k * gh + j;
-        a0 += hk * w[wk];
+        let w0 = w[wk];
+        let mut w1 = 0.0;
+        let mut w2 = 0.0;
+        let mut w3 = 0.0;
         if comptime!(cell != Cell::Rnn) {
-            a1 += hk * w[wk + h];
-            a2 += hk * w[wk + 2 * h];
+            w1 = w[wk + h];
+            w2 = w[wk + 2 * h];
         }
         if comptime!(cell == Cell::Lstm) {
-            a3 += hk * w[wk + 3 * h];
+            w3 = w[wk + 3 * h];
+        }
+        #[unroll]
+        for r in 0..tile {
+            let at = tile_row(first_row, r, rows) * h + k;
+            let hk = if first { h0[at] } else { hs[t * rows * h + at] };
+            acc[4 * r] += hk * w0;
+            if comptime!(cell != Cell::Rnn) {
+                acc[4 * r + 1] += hk * w1;
+                acc[4 * r + 2] += hk * w2;
+            }
+            if comptime!(cell == Cell::Lstm) {
+                acc[4 * r + 3] += hk * w3;
+            }
         }
     }
+    #[unroll]
+    for r in 0..tile {
+        let row = first_row + r;
+        if row < rows {
+            let (a0, a1, a2, a3) = (acc[4 * r], acc[4 * r + 1], acc[4 * r + 2], acc[4 * r + 3]);
+            forward_cell(
+                xp, h0, c0, hs, aux, gates, t, row, j, a0, a1, a2, a3, cell, first, keep,
+            );
+        }
+    }
+}
+
+/// The gate and cell update of [`forward_step`] for one row and unit, from its gate blocks'
+/// sums.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn forward_cell(
+    xp: &Tensor<f32>,
+    h0: &Tensor<f32>,
+    c0: &Tensor<f32>,
+    hs: &mut Tensor<f32>,
+    aux: &mut Tensor<f32>,
+    gates: &mut Tensor<f32>,
+    t: usize,
+    row: usize,
+    j: usize,
+    a0: f32,
+    a1: f32,
+    a2: f32,
+    a3: f32,
+    #[comptime] cell: Cell,
+    #[comptime] first: bool,
+    #[comptime] keep: bool,
+) {
+    let (rows, h) = (hs.shape(1), hs.shape(2));
+    let gh = xp.shape(2);
+    let (bh, pos) = (rows * h, row * h + j);
+    let x = t * rows * gh + row * gh + j;
     if first {
         hs[pos] = h0[pos];
     }
@@ -185,7 +256,8 @@ pub fn forward_step(
     }
 }
 
-/// One backward step `s` of `steps` of `cell`'s recurrence, one thread per (row, unit `j`).
+/// One backward step `s` of `steps` of `cell`'s recurrence, one thread per (tile of `tile`
+/// rows, unit `j`): each weight read serves the tile's rows.
 ///
 /// Forms `dh = dhs[s] + dhp[s + 1]·W_hhᵀ` (the product when `s + 1 < steps`; `wt` = `W_hhᵀ`
 /// `[G·H, H]`, read along `j`) and the pointwise backward, writing `dhp[s]` `[T, B, G·H]`, the
@@ -195,6 +267,8 @@ pub fn forward_step(
 /// `dL/dc_s ⊙ f_s`, the GRU's `dh ⊙ z`. `hs`, `aux` and `gates` are as [`forward_step`] left
 /// them; tensors the cell does not use may be any tensor.
 #[cube(launch_unchecked)]
+// A comptime test and a runtime one stay two `if`s: CubeCL cannot join them with `&&`.
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
 pub fn backward_step(
     gates: &Tensor<f32>,
     aux: &Tensor<f32>,
@@ -207,26 +281,71 @@ pub fn backward_step(
     s: usize,
     steps: usize,
     #[comptime] cell: Cell,
+    #[comptime] tile: usize,
 ) {
     let (rows, h, gh) = (dhs.shape(1), wt.shape(1), wt.shape(0));
-    let (row, j) = row_and_unit(rows, h);
-    let (pos, bh) = (ABSOLUTE_POS, rows * h);
-    let mut dh = dhs[s * bh + pos];
-    let mut carried = 0.0;
-    if s + 1 < steps {
-        if comptime!(cell != Cell::Rnn) {
-            carried = carry[pos];
-        }
+    let (group, j) = row_and_unit(rows.div_ceil(tile), h);
+    let first_row = group * tile;
+    let later = s + 1 < steps;
+    // dh for row r of the tile: dhs (and the GRU's carried dh ⊙ z), then the products.
+    let mut acc = Array::<f32>::new(tile);
+    #[unroll]
+    for r in 0..tile {
+        let pos = tile_row(first_row, r, rows) * h + j;
+        let mut dh = dhs[s * rows * h + pos];
         if comptime!(cell == Cell::Gru) {
-            dh += carried;
+            if later {
+                dh += carry[pos];
+            }
         }
-        let next = (s + 1) * rows * gh + row * gh;
+        acc[r] = dh;
+    }
+    if later {
+        let next = (s + 1) * rows * gh;
         for m in 0..gh {
-            dh += dhp[next + m] * wt[m * h + j];
+            let wm = wt[m * h + j];
+            #[unroll]
+            for r in 0..tile {
+                acc[r] += dhp[next + tile_row(first_row, r, rows) * gh + m] * wm;
+            }
         }
     }
+    #[unroll]
+    for r in 0..tile {
+        let row = first_row + r;
+        if row < rows {
+            backward_cell(
+                gates, aux, hs, dxp, dhp, carry, s, later, row, j, acc[r], cell,
+            );
+        }
+    }
+}
+
+/// The pointwise backward of [`backward_step`] for one row and unit, from its `dh`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn backward_cell(
+    gates: &Tensor<f32>,
+    aux: &Tensor<f32>,
+    hs: &Tensor<f32>,
+    dxp: &mut Tensor<f32>,
+    dhp: &mut Tensor<f32>,
+    carry: &mut Tensor<f32>,
+    s: usize,
+    later: bool,
+    row: usize,
+    j: usize,
+    dh: f32,
+    #[comptime] cell: Cell,
+) {
+    let (rows, h, gh) = (hs.shape(1), hs.shape(2), dhp.shape(2));
+    let (bh, pos) = (rows * h, row * h + j);
     let x = s * rows * gh + row * gh + j;
     if comptime!(cell == Cell::Lstm) {
+        let mut carried = 0.0;
+        if later {
+            carried = carry[pos];
+        }
         let i = gates[x];
         let f = gates[x + h];
         let g = gates[x + 2 * h];
@@ -340,6 +459,16 @@ pub fn matmul_precision<R: CubeRuntime>(device: &R::Device) -> MatmulPrecision {
     } else {
         MatmulPrecision::F32
     }
+}
+
+/// Batch rows per thread in [`forward_step`] and [`backward_step`]: each weight a thread reads
+/// serves this many rows (fewer when the batch is smaller), which divides what the step reads
+/// from memory by as much.
+const ROW_TILE: usize = 8;
+
+/// The row tile for a batch of `b` rows (each value is a kernel variant of its own).
+fn row_tile(b: usize) -> usize {
+    ROW_TILE.min(b).max(1)
 }
 
 fn grid(n: usize) -> (CubeCount, CubeDim) {
@@ -475,7 +604,8 @@ fn forward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     let gates = empty(&xp, &[if keep && cell != Cell::Rnn { t } else { 1 }, b, gh]);
     let b_hh = b_hh.unwrap_or_else(|| w_hh.clone());
     let c0 = c0.unwrap_or_else(|| h0.clone());
-    let (count, dim) = grid(b * h);
+    let tile = row_tile(b);
+    let (count, dim) = grid(b.div_ceil(tile) * h);
     for step in 0..t {
         // SAFETY: every index is in bounds (module docs, "Bounds").
         unsafe {
@@ -495,6 +625,7 @@ fn forward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
                 cell,
                 step == 0,
                 keep,
+                tile,
             );
         }
     }
@@ -532,7 +663,8 @@ fn backward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     let gru = cell == Cell::Gru;
     let dxp = empty(&dhs, &[if gru { t } else { 1 }, b, gh]);
     let carry = empty(&dhs, &[b, h]);
-    let (count, dim) = grid(b * h);
+    let tile = row_tile(b);
+    let (count, dim) = grid(b.div_ceil(tile) * h);
     for s in (0..t).rev() {
         // SAFETY: every index is in bounds (module docs, "Bounds").
         unsafe {
@@ -551,6 +683,7 @@ fn backward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
                 s,
                 t,
                 cell,
+                tile,
             );
         }
     }

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use karnna_gpu::Gpu;
 use karnna_model::Cell;
-use karnna_train::{CpuBackend, Device};
+use karnna_train::{CpuBackend, Device, GpuMatmul};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// CPU backend for the training step.
     #[arg(long, value_enum, default_value = "flex")]
     backend: CpuBackend,
+    /// The model's matrix products on a GPU.
+    #[arg(long, value_enum, default_value = "tf32")]
+    pub gpu_matmul: GpuMatmul,
     /// cpu, cuda or wgpu. On a GPU, sampling is one fused kernel per layer and character, and
     /// the peer runs on CUDA when the device is cuda (on the CPU otherwise).
     #[arg(long, value_enum, default_value = "cpu")]
@@ -358,7 +361,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
         bail!("bench sizes, --iters and --repeats must be at least 1");
     }
     println!(
-        "bench: {}x{} {}, batch {}x{}, vocab {}, device {:?}, cpu backend {:?}, {} threads available",
+        "bench: {}x{} {}, batch {}x{}, vocab {}, device {:?}, cpu backend {:?}, gpu matmuls {:?}, {} threads available",
         a.layers,
         a.hidden,
         a.cell.name().to_uppercase(),
@@ -367,8 +370,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
         a.vocab,
         a.device,
         a.backend,
+        a.gpu_matmul,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    karnna_model::ops::force_f32_matmuls(a.gpu_matmul == GpuMatmul::F32);
     // Installed before any GPU work, which reads CubeCL's configuration once per process.
     let counter = match Gpu::of(a.device) {
         Some(_) if !a.no_launch_count => LaunchCounter::install(),

@@ -98,6 +98,8 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
     let Some(gpu) = karnna_gpu::Gpu::of(args.bench.device) else {
         bail!("gpu-check needs a GPU: --device cuda or --device wgpu");
     };
+    // The checks run with the products the benchmark times.
+    karnna_model::ops::force_f32_matmuls(args.bench.gpu_matmul == karnna_train::GpuMatmul::F32);
     let (precision, checks) = karnna_gpu::run_on(
         gpu,
         Checks {

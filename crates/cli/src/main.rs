@@ -26,7 +26,9 @@ use clap::{Parser, Subcommand};
 use karnna_data::ValSplit;
 use karnna_gpu::{Gpu, OnBackend};
 use karnna_model::{Cell, CellKernels, Init};
-use karnna_train::{Corpus, CpuBackend, Device, RunConfig, TrainOptions, TrainReport, VocabFrom};
+use karnna_train::{
+    Corpus, CpuBackend, Device, GpuMatmul, RunConfig, TrainOptions, TrainReport, VocabFrom,
+};
 
 /// karnna: a character-level LSTM that learns a text and writes more of it.
 #[derive(Parser, Debug)]
@@ -85,6 +87,9 @@ struct TrainArgs {
     /// CPU backend (default: the config's `cpu_backend`).
     #[arg(long, value_enum)]
     backend: Option<CpuBackend>,
+    /// The model's matrix products on a GPU (default: the config's `gpu_matmul`).
+    #[arg(long, value_enum)]
+    gpu_matmul: Option<GpuMatmul>,
     /// Run folder (default: artifacts/<name>).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -206,6 +211,7 @@ fn train_config(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     set(&mut c.val_split, &args.val_split);
     set(&mut c.init, &args.init);
     set(&mut c.cpu_backend, &args.backend);
+    set(&mut c.gpu_matmul, &args.gpu_matmul);
     if args.init_from.is_some() {
         c.init_from = args.init_from.clone();
     }

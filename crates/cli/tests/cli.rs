@@ -428,7 +428,6 @@ fn several_samples_in_one_batch_and_a_prime_from_a_file() {
             "sample --prime-file empty.txt",
             "empty.txt: the file is empty",
         ),
-        ("sample --num-samples 2 --device wgpu", "on the CPU only"),
     ] {
         assert_one_line_error(&dir, line, needle);
     }

@@ -525,6 +525,12 @@ fn train_tiny<X: CellKernels>(
         keep_prob: 1.0,
         learning_rate: 0.02,
         epochs: 1000,
+        // The products the rest of the check runs with (a run sets them from its config).
+        gpu_matmul: if karnna_model::ops::f32_matmuls_forced() {
+            karnna_train::GpuMatmul::F32
+        } else {
+            karnna_train::GpuMatmul::Tf32
+        },
         max_iters: iters,
         save_every_n: iters,
         eval_every: iters,

@@ -11,7 +11,7 @@ use karnna_data::Vocab;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::ops::{sequence, tensor_forward, to_f32_vec, CellBackend, SequenceInputs};
+use crate::ops::{dense, sequence, tensor_forward, to_f32_vec, CellBackend, SequenceInputs};
 use crate::Cell;
 
 /// How an untrained model's weights are drawn.
@@ -443,9 +443,7 @@ impl<B: CellBackend> CharRnn<B> {
             let xp = match x {
                 // One-hot input times W_ih is a row lookup. [steps, batch, G·H]
                 None => embedding(layer.w_ih.val(), tokens.clone().transpose()),
-                Some(x) => x
-                    .reshape([steps * batch, h])
-                    .matmul(layer.w_ih.val())
+                Some(x) => dense(x.reshape([steps * batch, h]), layer.w_ih.val(), None)
                     .reshape([steps, batch, gh]),
             } + bias.reshape([1, 1, gh]);
             let h0 = state.h.clone().narrow(0, l, 1).reshape([batch, h]);
@@ -472,7 +470,8 @@ impl<B: CellBackend> CharRnn<B> {
         }
         let x = x.expect("at least one layer").reshape([steps * batch, h]);
         let vocab = self.output.weight.dims()[1];
-        let logits = self.output.forward(x).reshape([steps, batch, vocab]);
+        let bias = self.output.bias.as_ref().map(|b| b.val());
+        let logits = dense(x, self.output.weight.val(), bias).reshape([steps, batch, vocab]);
         let state = RnnState {
             h: Tensor::stack(hs_out, 0),
             c: Tensor::stack(cs_out, 0),

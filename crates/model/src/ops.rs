@@ -36,6 +36,7 @@
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -78,6 +79,23 @@ impl MatmulPrecision {
             MatmulPrecision::Tf32 => 2f32.powi(-11),
         }
     }
+}
+
+/// Whether the GPU backends run the model's matrix products in f32 ([`force_f32_matmuls`]).
+static F32_MATMULS: AtomicBool = AtomicBool::new(false);
+
+/// Makes the GPU backends run every matrix product of the model in f32 (`true`), or lets Burn's
+/// matmul use TF32 tensor cores where the card has them (`false`, the default): the input
+/// projection of the layers above the first, the output layer, their gradients and `dW_hh`.
+/// The recurrence kernels and sampling compute in f32 either way; the CPU backends always do.
+/// Process-wide: a training run sets it from its config before it starts.
+pub fn force_f32_matmuls(on: bool) {
+    F32_MATMULS.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`force_f32_matmuls`] is on.
+pub fn f32_matmuls_forced() -> bool {
+    F32_MATMULS.load(Ordering::Relaxed)
 }
 
 /// The tensors of a sequence op, one per input: the inputs themselves, or, from
@@ -182,6 +200,40 @@ pub trait CellBackend: Backend {
     ) -> FloatTensor<Self> {
         tensor_linear_step::<Self>(x, w, b)
     }
+
+    /// `x·w (+ b)` for the model's dense products (`x [N, K]`, `w [K, M]`, `b [M]`): the input
+    /// projection of the layers above the first (no bias) and the output layer. By default
+    /// Burn's `matmul` (no bias) or `linear`; the GPU backends run their own f32 product when
+    /// [`force_f32_matmuls`] is on, and so does autodiff for the gradients.
+    fn dense(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        burn_dense::<Self>(x, w, b)
+    }
+}
+
+/// [`CellBackend::dense`] in Burn's own ops: `matmul` without a bias, `linear` with one (what
+/// the model ran before the hook, so the CPU backends' bits stay the same).
+pub fn burn_dense<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    b: Option<FloatTensor<B>>,
+) -> FloatTensor<B> {
+    match b {
+        None => B::float_matmul(x, w),
+        Some(b) => B::linear(x, w, Some(b)),
+    }
+}
+
+/// [`CellBackend::dense`] on tensors.
+pub fn dense<B: CellBackend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    from_float(B::dense(float(x), float(w), b.map(float)))
 }
 
 /// What a backend needs besides [`CellBackend`] for `Autodiff<Self>` to train through the op: a
@@ -406,6 +458,60 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
 
     fn matmul_precision(device: &burn::tensor::Device<Self>) -> MatmulPrecision {
         B::matmul_precision(device)
+    }
+
+    /// Burn's own ops and their autodiff, unless [`force_f32_matmuls`] is on: then the product
+    /// is one graph node ([`DenseBackward`]) whose forward and gradients are the inner
+    /// backend's [`CellBackend::dense`], and the bias is added by Burn.
+    fn dense(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        if !f32_matmuls_forced() {
+            return burn_dense::<Self>(x, w, b);
+        }
+        let nodes = [x.node.clone(), w.node.clone()];
+        let (x_inner, w_inner) = (x.primitive, w.primitive);
+        let product = match DenseBackward::<B>(PhantomData)
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::dense(x_inner.clone(), w_inner.clone(), None);
+                prep.finish((x_inner, w_inner), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::dense(x_inner, w_inner, None)),
+        };
+        match b {
+            None => product,
+            Some(b) => {
+                float(from_float::<Self, 2>(product) + from_float::<Self, 1>(b).unsqueeze_dim(0))
+            }
+        }
+    }
+}
+
+/// The backward of [`CellBackend::dense`]'s product under autodiff when
+/// [`force_f32_matmuls`] is on: `dx = dy·wᵀ` and `dw = xᵀ·dy`, each the inner backend's
+/// [`CellBackend::dense`].
+#[derive(Debug)]
+struct DenseBackward<B>(PhantomData<B>);
+
+impl<B: CellBackend> Backward<B, 2> for DenseBackward<B> {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, w) = ops.state;
+        let [node_x, node_w] = ops.parents;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::dense(dy.clone(), B::float_transpose(w), None));
+        }
+        if let Some(node) = node_w {
+            grads.register::<B>(node.id, B::dense(B::float_transpose(x), dy, None));
+        }
     }
 }
 

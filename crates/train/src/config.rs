@@ -36,6 +36,21 @@ pub enum CpuBackend {
     Ndarray,
 }
 
+/// The arithmetic of the model's matrix products on a GPU (the recurrence kernels and
+/// sampling compute in f32 whatever this says; the CPU always does).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuMatmul {
+    /// Burn's matmul: TF32 tensor cores where the card has them (inputs rounded to a 10-bit
+    /// mantissa, sums in f32), which is much faster; f32 on cards without them.
+    #[default]
+    #[value(help = "TF32 tensor cores where the card has them, f32 elsewhere (default, fast)")]
+    Tf32,
+    /// karnna's own f32 product for every matmul of the model: IEEE f32 throughout, slower.
+    #[value(help = "f32 throughout (karnna's own product; slower)")]
+    F32,
+}
+
 /// A published curve drawn beside the run's own in `loss.svg`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,6 +118,9 @@ pub struct RunConfig {
     pub device: Device,
     /// The CPU backend: `flex` (default, faster) or `ndarray`.
     pub cpu_backend: CpuBackend,
+    /// The model's matrix products on a GPU: `tf32` (default: TF32 tensor cores where the card
+    /// has them) or `f32`.
+    pub gpu_matmul: GpuMatmul,
     /// A published curve to draw beside this run's in `loss.svg`: `none` or `notebook`.
     pub reference_curve: ReferenceCurve,
     /// Fine-tuning: start from this checkpoint's weights (its shape, its vocabulary extended
@@ -114,7 +132,14 @@ pub struct RunConfig {
 
 /// The keys a resumed run takes from its config and command line ([`RunConfig::resume`]);
 /// every other key is the checkpoint's.
-pub const RESUME_KEEPS: [&str; 5] = ["epochs", "max_iters", "data", "device", "cpu_backend"];
+pub const RESUME_KEEPS: [&str; 6] = [
+    "epochs",
+    "max_iters",
+    "data",
+    "device",
+    "cpu_backend",
+    "gpu_matmul",
+];
 
 /// The one rule for a shape that a checkpoint decides (resume, fine-tuning): shapes compare
 /// as values, and a config that asked for another gets a note naming both.
@@ -223,6 +248,7 @@ impl Default for RunConfig {
             seed: 42,
             device: Device::Cpu,
             cpu_backend: CpuBackend::Flex,
+            gpu_matmul: GpuMatmul::Tf32,
             reference_curve: ReferenceCurve::None,
             init_from: None,
         }
@@ -357,6 +383,7 @@ impl RunConfig {
             data: self.data,
             device: self.device,
             cpu_backend: self.cpu_backend,
+            gpu_matmul: self.gpu_matmul,
             ..saved
         };
         Ok((resumed, note))
@@ -406,6 +433,14 @@ mod tests {
     fn assert_refused(name: &str, text: &str, needle: &str) {
         let e = load_error(name, text);
         assert!(e.contains(needle), "{e}");
+    }
+
+    #[test]
+    fn gpu_matmul_is_tf32_unless_the_config_says_f32() {
+        assert_eq!(RunConfig::default().gpu_matmul, GpuMatmul::Tf32);
+        let f32 = RunConfig::load(&write("f32.toml", "gpu_matmul = \"f32\"\n")).unwrap();
+        assert_eq!(f32.gpu_matmul, GpuMatmul::F32);
+        assert_refused("fp16.toml", "gpu_matmul = \"fp16\"\n", "fp16.toml");
     }
 
     #[test]
@@ -561,6 +596,7 @@ mod tests {
             seed: 7,
             device: Device::Wgpu,
             cpu_backend: CpuBackend::Ndarray,
+            gpu_matmul: GpuMatmul::F32,
             reference_curve: ReferenceCurve::Notebook,
             init_from: Some("c".into()),
         };

@@ -24,6 +24,6 @@ pub mod report;
 pub mod run;
 pub mod signals;
 
-pub use config::{CpuBackend, Device, ReferenceCurve, RunConfig};
+pub use config::{CpuBackend, Device, GpuMatmul, ReferenceCurve, RunConfig};
 pub use corpus::{Corpus, VocabFrom};
 pub use run::{train, TrainOptions, TrainReport};

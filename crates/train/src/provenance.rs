@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{CpuBackend, Device, RunConfig};
+use crate::config::{CpuBackend, Device, GpuMatmul, RunConfig};
 
 /// The file's name in a run folder.
 pub const FILE: &str = "provenance.txt";
@@ -32,8 +32,8 @@ pub fn record(dir: &Path, config: &RunConfig, start_iteration: usize) -> std::io
             CpuBackend::Flex => "cpu (flex)".to_string(),
             CpuBackend::Ndarray => "cpu (ndarray)".to_string(),
         },
-        Device::Cuda => "cuda".into(),
-        Device::Wgpu => "wgpu".into(),
+        Device::Cuda => gpu("cuda", config.gpu_matmul),
+        Device::Wgpu => gpu("wgpu", config.gpu_matmul),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::fs::write(
@@ -89,6 +89,14 @@ fn utc(secs: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC")
+}
+
+/// A GPU device's name in `provenance.txt`, saying when its matrix products were forced to f32.
+fn gpu(name: &str, matmul: GpuMatmul) -> String {
+    match matmul {
+        GpuMatmul::Tf32 => name.into(),
+        GpuMatmul::F32 => format!("{name} (f32 matmuls)"),
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@
 //! need a grid-wide barrier, which CubeCL lacks and which would hang on a runtime that runs the
 //! blocks one after another (llvmpipe).
 
+mod matmul;
 mod step;
 
 use burn::tensor::{DType, Shape, Tensor as BurnTensor, TensorPrimitive};
@@ -68,7 +69,9 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement};
 use cubecl::prelude::*;
 
 use crate::ops::LayerStep;
-use crate::ops::{CellBackend, CellInputs, CellKernels, MatmulPrecision};
+use crate::ops::{
+    burn_dense, f32_matmuls_forced, CellBackend, CellInputs, CellKernels, MatmulPrecision,
+};
 use crate::Cell;
 
 /// Threads per cube (thread block) of every launch here.
@@ -450,8 +453,12 @@ type Cube<R, I, BT> = CubeBackend<R, f32, I, BT>;
 /// The precision of the matmuls that Burn runs for the model on this device (the recurrence
 /// kernels here are always f32): TF32 when the device offers TF32 tensor-core tiles, which
 /// Burn's matmul (cubek's CMMA routine, tried first) then uses for f32 inputs, else f32 (its
-/// plain routine; llvmpipe).
+/// plain routine; llvmpipe). F32 whenever [`crate::ops::force_f32_matmuls`] is on: the model's
+/// products then run in `matmul.rs`'s f32 kernel instead.
 pub fn matmul_precision<R: CubeRuntime>(device: &R::Device) -> MatmulPrecision {
+    if f32_matmuls_forced() {
+        return MatmulPrecision::F32;
+    }
     let client = R::client(device);
     let tf32 = cubecl::tf32::as_type_native_unchecked().storage_type();
     if client.properties().supports_type(tf32) {
@@ -533,6 +540,9 @@ fn weight_grad<R: CubeRuntime, I: IntElement, BT: BoolElement>(
         .narrow(0, 0, t1 - 1)
         .reshape([(t1 - 1) * b, h]);
     let dhp = tensor::<R, I, BT, 3>(dhp.clone()).reshape([(t1 - 1) * b, gh]);
+    if f32_matmuls_forced() {
+        return matmul::matmul(prim(h_prev.transpose()), prim(dhp), None);
+    }
     prim(h_prev.transpose().matmul(dhp))
 }
 
@@ -717,6 +727,14 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
 
     fn matmul_precision(device: &R::Device) -> MatmulPrecision {
         matmul_precision::<R>(device)
+    }
+
+    fn dense(x: CubeTensor<R>, w: CubeTensor<R>, b: Option<CubeTensor<R>>) -> CubeTensor<R> {
+        if f32_matmuls_forced() {
+            matmul::matmul(x, w, b)
+        } else {
+            burn_dense::<Self>(x, w, b)
+        }
     }
 
     fn layer_step(

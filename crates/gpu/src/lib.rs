@@ -226,6 +226,25 @@ pub mod wgpu {
     pub(crate) fn run<J: OnBackend>(job: J) -> anyhow::Result<J::Output> {
         job.run::<Backend>(device()?)
     }
+
+    /// The device for a test: [`device`], or `None` when there is none, said on stderr (the
+    /// test then skips); under `CI=true` a missing device panics instead, so CI cannot pass
+    /// without running the GPU tests.
+    pub fn test_device() -> Option<burn::backend::wgpu::WgpuDevice> {
+        match device() {
+            Ok(d) => Some(d),
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true and {e}"),
+            Err(e) => {
+                // Straight to stderr: the test harness hides what `eprintln!` prints.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped (set CI=true to fail instead): {e}"
+                );
+                None
+            }
+        }
+    }
 }
 
 #[cfg(not(feature = "wgpu"))]

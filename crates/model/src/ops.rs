@@ -351,7 +351,7 @@ pub struct LayerStep<'a, T> {
 }
 
 /// [`CellBackend::layer_step`] in Burn tensor ops: the input projection and biases as
-/// [`CharRnn::forward`] computes them, then [`sequence`] over one step.
+/// [`crate::CharRnn::forward`] computes them, then [`sequence`] over one step.
 pub fn tensor_layer_step<B: CellBackend>(
     cell: Cell,
     step: LayerStep<'_, FloatTensor<B>>,

@@ -4,9 +4,9 @@
 //!
 //! Each layer is one [`CellBackend::layer_step`] and the logits one
 //! [`CellBackend::linear_step`]. By default these are Burn tensor ops around the fused sequence
-//! op over one step ([`tensor_layer_step`], the same ops in the same order as
-//! [`CharRnn::forward`], so the logits are `forward`'s bit for bit); the GPU backends fuse each
-//! into one kernel launch (`crate::cube::step`).
+//! op over one step ([`crate::ops::tensor_layer_step`]: the ops of [`CharRnn::forward`], in
+//! the same order, so the logits are `forward`'s over one character bit for bit); the GPU
+//! backends fuse each into one kernel launch (`crate::cube::step`).
 
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;

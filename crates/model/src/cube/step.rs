@@ -1,8 +1,8 @@
 //! One character step of the model on the GPU, for sampling: each layer is **one** launch
 //! ([`layer_step`]: its input projection, `h·W_hh`, both biases and the whole cell update), and
-//! the logits one more ([`linear_step`]). Burn's ops take about twenty launches for the same
-//! character (a lookup or matmul, bias adds, the fused op, the output matmul and its bias, the
-//! state's slices and stacks).
+//! the logits one more ([`linear_step`]). Burn's ops took 14 launches for a character of a
+//! two-layer LSTM (a lookup or matmul, bias adds, the fused op, the output matmul and its bias,
+//! the state's slices and stacks), 12 for the GRU and the RNN.
 //!
 //! # Shape of a launch
 //! Sampling runs few rows (one, or `--num-samples`), so one thread per (row, unit), as the

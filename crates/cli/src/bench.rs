@@ -175,7 +175,7 @@ impl karnna_gpu::OnBackend for GpuTrainStep<'_> {
 }
 
 /// Sampling on a GPU backend (an untrained model: the speed does not depend on the weights):
-/// [`sample_rate`] at batch 1, [`sample_rate_rows`] of eight rows, and, with a launch counter,
+/// [`sample_rate`] at batch 1 and of eight rows, and, with a launch counter,
 /// the kernels one character launches.
 struct GpuSample<'a>(&'a BenchArgs, Option<&'a LaunchCounter>);
 
@@ -201,7 +201,7 @@ impl karnna_gpu::OnBackend for GpuSample<'_> {
         });
         let rate = sample_rate(&mut stepper, a.sample_len, a.vocab);
         stepper.set_rows(8);
-        let batched = sample_rate_rows(&mut stepper, a.sample_len, a.vocab);
+        let batched = sample_rate(&mut stepper, a.sample_len, a.vocab);
         Ok(GpuSampling {
             rate,
             batched,
@@ -210,25 +210,9 @@ impl karnna_gpu::OnBackend for GpuSample<'_> {
     }
 }
 
-/// Characters per second sampling `len` characters, top-5, batch 1.
-fn sample_rate(stepper: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
-    let mut rng = StdRng::seed_from_u64(0);
-    let strategy = Strategy::TopN {
-        n: 5.min(vocab),
-        temperature: 1.0,
-    };
-    stepper.reset();
-    let mut next = 0;
-    let t = Instant::now();
-    for _ in 0..len {
-        next = pick(stepper.step(next), strategy, &mut rng);
-    }
-    len as f64 / t.elapsed().as_secs_f64()
-}
-
 /// Characters per second drawing `model.rows()` samples of `len` characters side by side
-/// (every row's characters counted), top-5.
-fn sample_rate_rows(model: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
+/// (every row's characters counted; one row is batch-1 sampling), top-5.
+fn sample_rate(model: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
     let rows = model.rows();
     let mut rngs: Vec<StdRng> = (0..rows).map(|r| StdRng::seed_from_u64(r as u64)).collect();
     let strategy = Strategy::TopN {
@@ -373,7 +357,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
         a.gpu_matmul,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    karnna_model::ops::force_f32_matmuls(a.gpu_matmul == GpuMatmul::F32);
+    a.gpu_matmul.apply();
     // Installed before any GPU work, which reads CubeCL's configuration once per process.
     let counter = match Gpu::of(a.device) {
         Some(_) if !a.no_launch_count => LaunchCounter::install(),
@@ -469,10 +453,10 @@ impl Timings {
         self.f16_s.push(rate);
         // Eight samples side by side (`karnna sample --num-samples 8`), all rows counted.
         let mut batched = CpuCharRnn::with_rows(&model, Precision::F32, default_parts(), 8);
-        let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
+        let rate = sample_rate(&mut batched, a.sample_len, a.vocab);
         println!("run {r}: karnna (8 samples batched) sample_chars_per_s={rate:.1}");
         let mut batched = CpuCharRnn::with_rows(&model, Precision::F16, default_parts(), 8);
-        let rate = sample_rate_rows(&mut batched, a.sample_len, a.vocab);
+        let rate = sample_rate(&mut batched, a.sample_len, a.vocab);
         let label = "karnna (8 samples batched, f16 weights)";
         println!("run {r}: {label} sample_chars_per_s={rate:.1}");
         let burn_len = (a.sample_len / 10).max(20);

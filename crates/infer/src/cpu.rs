@@ -170,7 +170,6 @@ pub struct CpuCharRnn {
     layers: Vec<Layer>,
     worker: Option<Worker>,
     logits: Vec<f32>, // [rows, V]
-    ids: Vec<u32>,    // [rows], scratch of `CharStepper::step`
 }
 
 /// The columns of `w` (`[rows, G·H]`) for units `first..first + units` of each of the `gates`
@@ -355,7 +354,6 @@ impl CpuCharRnn {
             layers: Vec::new(),
             worker: (parts == 2).then(Worker::new),
             logits: Vec::new(),
-            ids: Vec::new(),
         };
         model.set_rows(rows);
         model
@@ -421,15 +419,6 @@ impl CharStepper for CpuCharRnn {
         }
     }
 
-    /// Feeds `id` to every row; returns the first row's logits.
-    fn step(&mut self, id: u32) -> &[f32] {
-        let mut ids = std::mem::take(&mut self.ids);
-        ids.fill(id);
-        self.forward(&ids);
-        self.ids = ids;
-        &self.logits[..self.weights.vocab_size()]
-    }
-
     fn vocab_size(&self) -> usize {
         self.weights.vocab_size()
     }
@@ -453,7 +442,6 @@ impl CharStepper for CpuCharRnn {
             })
             .collect();
         self.logits = vec![0.0; rows * w.out_b.len()];
-        self.ids = vec![0; rows];
         self.rows = rows;
     }
 

@@ -18,7 +18,6 @@ use crate::stepper::CharStepper;
 pub struct BurnStepper<B: CellBackend> {
     model: CharRnn<B>,
     state: StepState<B>,
-    ids: Vec<u32>,
     logits: Vec<f32>,
 }
 
@@ -29,7 +28,6 @@ impl<B: CellBackend> BurnStepper<B> {
         Self {
             model,
             state,
-            ids: vec![0],
             logits: Vec::new(),
         }
     }
@@ -38,14 +36,6 @@ impl<B: CellBackend> BurnStepper<B> {
 impl<B: CellBackend> CharStepper for BurnStepper<B> {
     fn reset(&mut self) {
         self.state = StepState::zeros(&self.model, self.state.rows());
-    }
-
-    fn step(&mut self, id: u32) -> &[f32] {
-        let mut ids = std::mem::take(&mut self.ids);
-        ids.fill(id);
-        self.step_rows(&ids);
-        self.ids = ids;
-        &self.logits[..self.vocab_size()]
     }
 
     fn vocab_size(&self) -> usize {
@@ -59,7 +49,6 @@ impl<B: CellBackend> CharStepper for BurnStepper<B> {
     fn set_rows(&mut self, rows: usize) {
         assert!(rows >= 1, "at least one row");
         self.state = StepState::zeros(&self.model, rows);
-        self.ids = vec![0; rows];
     }
 
     fn step_rows(&mut self, ids: &[u32]) -> &[f32] {

@@ -9,7 +9,15 @@ pub trait CharStepper {
     /// Sets every row back to the zero state.
     fn reset(&mut self);
     /// Feeds character `id` to every row; returns the first row's logits (`[vocab]`).
-    fn step(&mut self, id: u32) -> &[f32];
+    fn step(&mut self, id: u32) -> &[f32] {
+        let vocab = self.vocab_size();
+        // One row, the usual case, needs no buffer for its ids.
+        let logits = match self.rows() {
+            1 => self.step_rows(&[id]),
+            rows => self.step_rows(&vec![id; rows]),
+        };
+        &logits[..vocab]
+    }
     /// Vocabulary size.
     fn vocab_size(&self) -> usize;
     /// How many rows each step feeds.

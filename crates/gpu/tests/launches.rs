@@ -133,7 +133,7 @@ fn tensor_step_launches(
     device: &burn::backend::wgpu::WgpuDevice,
 ) -> u64 {
     use burn::tensor::TensorPrimitive;
-    use karnna_model::ops::{tensor_layer_step, tensor_linear_step, LayerStep, StepInput};
+    use karnna_model::ops::{burn_dense, tensor_layer_step, LayerStep, StepInput};
     let float = |t: Tensor<wgpu::Backend, 2>| t.into_primitive().tensor();
     let float1 = |t: Tensor<wgpu::Backend, 1>| t.into_primitive().tensor();
     let cell = model.cell();
@@ -162,7 +162,7 @@ fn tensor_step_launches(
         }
         let w = float(model.output.weight.val());
         let b = model.output.bias.as_ref().map(|b| float1(b.val()));
-        let logits = tensor_linear_step::<wgpu::Backend>(x.unwrap(), w, b);
+        let logits = burn_dense::<wgpu::Backend>(x.unwrap(), w, b);
         to_f32_vec(Tensor::<wgpu::Backend, 2>::from_primitive(
             TensorPrimitive::Float(logits),
         ))

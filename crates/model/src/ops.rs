@@ -46,7 +46,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::module::{embedding, linear};
+use burn::tensor::module::embedding;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Int, Shape, Tensor, TensorData, TensorPrimitive};
 
@@ -191,14 +191,15 @@ pub trait CellBackend: Backend {
         tensor_layer_step::<Self>(cell, step)
     }
 
-    /// `x·w + b` for one step's logits (`x [B, I]`, `w [I, O]`, `b [O]`). By default Burn's
-    /// `linear` ([`tensor_linear_step`]); the GPU backends run it as one kernel launch.
+    /// `x·w + b` for one step's logits (`x [B, I]`, `w [I, O]`, `b [O]`). By default
+    /// [`CellBackend::dense`], as the model's output layer computes them; the GPU backends run
+    /// it as one kernel launch.
     fn linear_step(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        tensor_linear_step::<Self>(x, w, b)
+        Self::dense(x, w, b)
     }
 
     /// `x·w (+ b)` for the model's dense products (`x [N, K]`, `w [K, M]`, `b [M]`): the input
@@ -366,7 +367,7 @@ pub fn tensor_layer_step<B: CellBackend>(
             let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, rows]), &h0.device());
             embedding(w_ih, ids)
         }
-        StepInput::Hidden(x) => from_float::<B, 2>(x).matmul(w_ih).reshape([1, rows, gh]),
+        StepInput::Hidden(x) => dense(from_float(x), w_ih, None).reshape([1, rows, gh]),
     };
     let (b_ih, b_hh) = (from_float::<B, 1>(step.b_ih), from_float::<B, 1>(step.b_hh));
     let lstm = cell == Cell::Lstm;
@@ -380,20 +381,6 @@ pub fn tensor_layer_step<B: CellBackend>(
     };
     let (hs, c) = sequence(cell, inputs);
     (float(hs.reshape([rows, width])), c.map(float))
-}
-
-/// [`CellBackend::linear_step`] in Burn tensor ops: Burn's `linear`, which the model's output
-/// layer runs.
-pub fn tensor_linear_step<B: Backend>(
-    x: FloatTensor<B>,
-    w: FloatTensor<B>,
-    b: Option<FloatTensor<B>>,
-) -> FloatTensor<B> {
-    float(linear::<B, 2>(
-        from_float(x),
-        from_float(w),
-        b.map(from_float),
-    ))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -247,17 +247,21 @@ pub(super) fn layer<R: CubeRuntime>(
     cell: Cell,
     step: LayerStep<'_, CubeTensor<R>>,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-    let contiguous = |t: CubeTensor<R>| into_contiguous(t);
-    let (w_ih, w_hh) = (contiguous(step.w_ih), contiguous(step.w_hh));
-    let (b_ih, b_hh) = (contiguous(step.b_ih), contiguous(step.b_hh));
-    let h0 = contiguous(step.h);
+    let (w_ih, w_hh) = (into_contiguous(step.w_ih), into_contiguous(step.w_hh));
+    let (b_ih, b_hh) = (into_contiguous(step.b_ih), into_contiguous(step.b_hh));
+    let h0 = into_contiguous(step.h);
     let [rows, width] = [h0.meta.shape()[0], h0.meta.shape()[1]];
+    // The first layer's ids cross to the device; above it the ids are a placeholder (the
+    // layer's input, never read as ids), so nothing crosses.
     let (ids, x, lookup) = match step.input {
         StepInput::Ids(ids) => (upload_ids(&h0, ids), h0.clone(), true),
-        StepInput::Hidden(x) => (upload_ids(&h0, &[0]), contiguous(x), false),
+        StepInput::Hidden(x) => {
+            let x = into_contiguous(x);
+            (x.clone(), x, false)
+        }
     };
     let lstm = cell == Cell::Lstm;
-    let c0 = step.c.map(contiguous);
+    let c0 = step.c.map(into_contiguous);
     let h = empty(&h0, &[rows, width]);
     let c = lstm.then(|| empty(&h0, &[rows, width]));
     let (count, dim) = grid(rows, width);

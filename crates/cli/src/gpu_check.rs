@@ -99,7 +99,7 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
         bail!("gpu-check needs a GPU: --device cuda or --device wgpu");
     };
     // The checks run with the products the benchmark times.
-    karnna_model::ops::force_f32_matmuls(args.bench.gpu_matmul == karnna_train::GpuMatmul::F32);
+    args.bench.gpu_matmul.apply();
     let (precision, checks) = karnna_gpu::run_on(
         gpu,
         Checks {

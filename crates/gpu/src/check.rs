@@ -292,6 +292,13 @@ fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
     NamedMpkBytesRecorder::default()
 }
 
+/// The weights of a model of `config` drawn with `init` from `seed` on the CPU, recorded, for
+/// [`load`] to put on either side: every run compares the same model.
+fn seeded(config: &CharRnnConfig, init: Init, seed: u64) -> anyhow::Result<Vec<u8>> {
+    let model = config.init_seeded::<Flex>(init, seed, &Default::default());
+    Recorder::<Flex>::record(&recorder(), model.into_record(), ()).context("recording the weights")
+}
+
 /// The model of `bytes` (recorded on any backend) on backend `B`.
 fn load<B: Backend>(config: &CharRnnConfig, bytes: &[u8], device: &B::Device) -> CharRnn<B> {
     let record = Recorder::<B>::load(&recorder(), bytes.to_vec(), device).expect("a record");
@@ -346,10 +353,7 @@ pub fn training<G: CellKernels>(
         .with_num_layers(2)
         .with_keep_prob(0.75);
     let cpu_device = Default::default();
-    // Seeded, so that every run compares the same steps.
-    let start = config.init_seeded::<Flex>(Init::PyTorch, 11, &cpu_device);
-    let bytes = Recorder::<Flex>::record(&recorder(), start.into_record(), ())
-        .context("recording the start weights")?;
+    let bytes = seeded(&config, Init::PyTorch, 11)?;
     // Random inputs whose targets follow from them (y = 3x + 1 mod 16): something to learn.
     let mut rng = StdRng::seed_from_u64(3);
     let batches: Vec<_> = (0..TRAINING_STEPS)
@@ -433,9 +437,7 @@ pub fn stepping_with<G: CellKernels>(
         .with_cell(cell)
         .with_lstm_size(40)
         .with_num_layers(2);
-    let start = config.init_seeded::<Flex>(Init::TensorFlow, 5, &Default::default());
-    let bytes = Recorder::<Flex>::record(&recorder(), start.into_record(), ())
-        .context("recording the weights")?;
+    let bytes = seeded(&config, Init::TensorFlow, 5)?;
     let mut rng = StdRng::seed_from_u64(9);
     let ids: Vec<Vec<u32>> = (0..STEP_CHARS)
         .map(|_| (0..3).map(|_| rng.random_range(0..70)).collect())
@@ -526,11 +528,7 @@ fn train_tiny<X: CellKernels>(
         learning_rate: 0.02,
         epochs: 1000,
         // The products the rest of the check runs with (a run sets them from its config).
-        gpu_matmul: if karnna_model::ops::f32_matmuls_forced() {
-            karnna_train::GpuMatmul::F32
-        } else {
-            karnna_train::GpuMatmul::Tf32
-        },
+        gpu_matmul: karnna_train::GpuMatmul::in_force(),
         max_iters: iters,
         save_every_n: iters,
         eval_every: iters,

@@ -51,6 +51,23 @@ pub enum GpuMatmul {
     F32,
 }
 
+impl GpuMatmul {
+    /// Makes this the products of every GPU model in the process
+    /// ([`karnna_model::ops::force_f32_matmuls`]).
+    pub fn apply(self) {
+        karnna_model::ops::force_f32_matmuls(self == GpuMatmul::F32);
+    }
+
+    /// The products in force in the process.
+    pub fn in_force() -> Self {
+        if karnna_model::ops::f32_matmuls_forced() {
+            GpuMatmul::F32
+        } else {
+            GpuMatmul::Tf32
+        }
+    }
+}
+
 /// A published curve drawn beside the run's own in `loss.svg`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -31,7 +31,7 @@ use karnna_data::Vocab;
 use karnna_model::checkpoint::RunDir;
 use karnna_model::{CellKernels, Checkpoint, CheckpointMeta, RnnState};
 
-use crate::config::{GpuMatmul, ReferenceCurve, RunConfig};
+use crate::config::{ReferenceCurve, RunConfig};
 use crate::corpus::{Corpus, VocabFrom};
 use crate::dashboard::{self, Quiet};
 use crate::folder::RunFolder;
@@ -98,7 +98,7 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     let folder = RunFolder::lock(&opts.run_dir)?;
     let resume_from = folder.prepare(opts.resume, opts.fresh)?;
     let (config, base) = settle_config(opts.config, resume_from.as_ref())?;
-    karnna_model::ops::force_f32_matmuls(config.gpu_matmul == GpuMatmul::F32);
+    config.gpu_matmul.apply();
     let corpus = read_text(&config, resume_from.as_ref(), base.as_ref())?;
     let plain = opts.plain || !std::io::stdout().is_terminal();
     println!("{}", corpus.describe(&config));

@@ -138,6 +138,9 @@ pub fn forward_step(
     #[unroll]
     for r in 0..tile {
         let x = t * rows * gh + tile_row(first_row, r, rows) * gh + j;
+        acc[4 * r + 1] = 0.0;
+        acc[4 * r + 2] = 0.0;
+        acc[4 * r + 3] = 0.0;
         if comptime!(cell == Cell::Lstm) {
             acc[4 * r] = xp[x];
             acc[4 * r + 1] = xp[x + h];
@@ -147,12 +150,8 @@ pub fn forward_step(
             acc[4 * r] = b[j];
             acc[4 * r + 1] = b[j + h];
             acc[4 * r + 2] = b[j + 2 * h];
-            acc[4 * r + 3] = 0.0;
         } else {
             acc[4 * r] = xp[x] + b[j];
-            acc[4 * r + 1] = 0.0;
-            acc[4 * r + 2] = 0.0;
-            acc[4 * r + 3] = 0.0;
         }
     }
     // h_{t-1}·W_hh for unit j of every gate block, reading W_hh along j, once for the tile.

@@ -16,6 +16,7 @@ tasks:
   sample   write text from the latest run       (cargo xtask sample [--prime Far --len 2000])
   eval     loss and bits per char on a text     (cargo xtask eval --data data/anna.txt [--run DIR])
   bench    time a training step and sampling    (cargo xtask bench [--peer PYTHON])
+  bench-data  a text's size against preparation speed and memory (cargo xtask bench-data --mb 100 --mb 2000)
   gpu-check  check a GPU against the CPU, time it (cargo xtask gpu-check [--device cuda|wgpu] [--peer PYTHON])
   report   runs beside the notebook's curve     (cargo xtask report artifacts/anna [--into README.md --svg docs/x.svg])
   serve    a page that samples live, the run's curves, an HTTP API (cargo xtask serve [--run DIR] [--addr 127.0.0.1:8080])
@@ -31,7 +32,15 @@ fn main() -> ExitCode {
     };
     if !matches!(
         task.as_str(),
-        "info" | "train" | "sample" | "eval" | "bench" | "gpu-check" | "report" | "serve"
+        "info"
+            | "train"
+            | "sample"
+            | "eval"
+            | "bench"
+            | "bench-data"
+            | "gpu-check"
+            | "report"
+            | "serve"
     ) {
         eprintln!("error: unknown task `{task}`\n\n{TASKS}");
         return ExitCode::from(2);

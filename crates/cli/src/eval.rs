@@ -1,8 +1,9 @@
 //! `karnna eval`: a checkpoint's loss, bits per character and perplexity on a text.
 //!
-//! The text is encoded with the checkpoint's vocabulary (characters it lacks are left out and
-//! counted, see [`karnna_infer::eval`]) and read by [`karnna_infer::evaluate`] in the training
-//! layout, with the LSTM state carried. On the CPU this is burn-flex with the fused LSTM kernel
+//! The text is prepared with the checkpoint's vocabulary (characters it lacks are left out and
+//! counted, see [`karnna_infer::eval`]) into the cache of prepared texts, memory-mapped, and
+//! read by [`karnna_infer::evaluate`] in the training layout, with the LSTM state carried: the
+//! program holds a window per row, never the text. On the CPU this is burn-flex with the fused LSTM kernel
 //! and no autodiff; on a GPU, Burn's forward on that backend. The figures are printed on stdout
 //! as `key=value` lines; a progress line goes to stderr on long texts when it is a terminal.
 
@@ -11,8 +12,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use karnna_data::{Ids, Want};
 use karnna_gpu::OnBackend;
-use karnna_infer::{encode_known, evaluate, EvalReport};
+use karnna_infer::{evaluate, EvalReport};
 use karnna_model::{CellKernels, Checkpoint};
 
 use karnna_gpu::Gpu;
@@ -25,7 +27,7 @@ use crate::args::CheckpointArgs;
 const MIN_ROW_LEN: usize = 1000;
 
 /// Texts longer than this (in characters) show a progress line on a terminal.
-const PROGRESS_OVER: usize = 200_000;
+const PROGRESS_OVER: u64 = 200_000;
 
 /// Distinct unknown characters listed in `unknown_chars=`.
 const LIST_UNKNOWN: usize = 10;
@@ -58,10 +60,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let path = args.from.checkpoint()?;
     let ckpt = Checkpoint::read(&path)?;
-    let text = karnna_data::load_text(&args.data)?;
-    let chars = text.chars().count();
-    let encoded = encode_known(&ckpt.meta.vocab, &text);
-    drop(text);
+    let files = karnna_data::text_files(std::slice::from_ref(&args.data))?;
+    let prep = karnna_train::Preparation {
+        cache_dir: karnna_train::default_cache_dir(),
+        chunk: karnna_data::prepare::DEFAULT_CHUNK,
+        stop: &|| false,
+    };
+    let encoded = prep.prepare(&files, Want::Known(ckpt.meta.vocab.clone()))?;
+    let chars = encoded.chars;
     if encoded.ids.len() < 2 {
         bail!(
             "{}: {} character(s) the model knows; at least 2 are needed to score one",
@@ -69,12 +75,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             encoded.ids.len()
         );
     }
-    let rows = ((encoded.ids.len() - 1) / MIN_ROW_LEN).clamp(1, args.batch_size);
+    let rows = ((encoded.ids.len() - 1) / MIN_ROW_LEN as u64).clamp(1, args.batch_size as u64);
     let mut bar = Progress::new(std::io::stderr().is_terminal() && chars > PROGRESS_OVER);
     let job = Score {
         ckpt: &ckpt,
         ids: &encoded.ids,
-        rows,
+        rows: rows as usize,
         steps: args.num_steps,
         progress: &mut |done, total| bar.show(done, total),
     };
@@ -129,10 +135,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 /// report and the seconds `evaluate` took (the model already on the device).
 struct Score<'a> {
     ckpt: &'a Checkpoint,
-    ids: &'a [u32],
+    ids: &'a Ids,
     rows: usize,
     steps: usize,
-    progress: &'a mut dyn FnMut(usize, usize),
+    progress: &'a mut dyn FnMut(u64, u64),
 }
 
 impl karnna_gpu::OnBackend for Score<'_> {
@@ -170,8 +176,8 @@ impl Progress {
     }
 
     /// Redraws the line when the whole percentage changed.
-    fn show(&mut self, done: usize, total: usize) {
-        let percent = done * 100 / total.max(1);
+    fn show(&mut self, done: u64, total: u64) {
+        let percent = (done * 100 / total.max(1)) as usize;
         if !self.on || self.percent == Some(percent) {
             return;
         }

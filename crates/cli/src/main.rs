@@ -8,6 +8,7 @@
 
 mod args;
 mod bench;
+mod bench_data;
 mod eval;
 mod gpu_check;
 mod report;
@@ -23,12 +24,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use karnna_data::ValSplit;
+use karnna_data::{ValSplit, Want};
 use karnna_gpu::{Gpu, OnBackend};
 use karnna_model::{Cell, CellKernels, Init};
-use karnna_train::{
-    Corpus, CpuBackend, Device, GpuMatmul, RunConfig, TrainOptions, TrainReport, VocabFrom,
-};
+use karnna_train::{Corpus, CpuBackend, Device, GpuMatmul, RunConfig, TrainOptions, TrainReport};
 
 /// karnna: a character-level LSTM that learns a text and writes more of it.
 #[derive(Parser, Debug)]
@@ -61,6 +60,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Time a training step and sampling (optionally beside the PyTorch peer).
     Bench(bench::BenchArgs),
+    /// What a text's size costs: preparation speed, and peak memory of info, train and eval.
+    BenchData(bench_data::BenchDataArgs),
     /// Check a GPU against the CPU (fused op, training steps, sampling) and time it.
     GpuCheck(gpu_check::GpuCheckArgs),
     /// Runs side by side with the notebook's validation curve: a Markdown table and an SVG.
@@ -135,6 +136,10 @@ struct TrainArgs {
     /// Where the validation part comes from (default: the config's `val_split`).
     #[arg(long, value_enum)]
     val_split: Option<ValSplit>,
+    /// Most batches one validation reads, spread through the split (0: all; default: the
+    /// config's `val_batches`).
+    #[arg(long)]
+    val_batches: Option<usize>,
     /// How the untrained weights are drawn (default: the config's `init`).
     #[arg(long, value_enum)]
     init: Option<Init>,
@@ -209,6 +214,7 @@ fn train_config(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     set(&mut c.seed, &args.seed);
     set(&mut c.device, &args.device);
     set(&mut c.val_split, &args.val_split);
+    set(&mut c.val_batches, &args.val_batches);
     set(&mut c.init, &args.init);
     set(&mut c.cpu_backend, &args.backend);
     set(&mut c.gpu_matmul, &args.gpu_matmul);
@@ -259,7 +265,7 @@ fn info(config: PathBuf, data: Vec<PathBuf>, cell: Option<Cell>) -> anyhow::Resu
     if let Some(cell) = cell {
         c.shape.cell = cell;
     }
-    let corpus = Corpus::load(&c.data, &c, VocabFrom::Text).map_err(|e| {
+    let corpus = Corpus::load(&c.data, &c, Want::Text).map_err(|e| {
         if c.data.iter().any(|d| !d.exists()) && !c.data_url.is_empty() {
             anyhow::anyhow!("{e} (`cargo xtask train` downloads it from {})", c.data_url)
         } else {
@@ -295,6 +301,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|_| ExitCode::SUCCESS),
+        Command::BenchData(args) => bench_data::run(args).map(|()| ExitCode::SUCCESS),
         Command::GpuCheck(args) => gpu_check::run(args),
         Command::Report(args) => report::run(args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),

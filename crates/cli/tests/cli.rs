@@ -152,21 +152,31 @@ fn info_on_anna_when_present() {
         .join("../../configs/anna.toml")
         .display()
         .to_string();
-    let o = karnna(
-        &workdir("anna"),
-        &[
-            "info",
-            "--config",
-            &cfg,
-            "--data",
-            &anna.display().to_string(),
-        ],
-    );
+    let dir = workdir("anna");
+    let anna = anna.display().to_string();
+    let o = karnna(&dir, &["info", "--config", &cfg, "--data", &anna]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("characters:      1985223"), "{out}");
     assert!(out.contains("vocabulary:      83 symbols"), "{out}");
     assert!(out.contains("parameters:      3366483"), "{out}");
+    // Every validation batch of the notebook's run counts.
+    assert!(
+        out.contains("validation:      all 20 batches, each time"),
+        "{out}"
+    );
+    // Prepared once, 1 byte a character, in the cache; the second time found ready.
+    assert!(
+        out.contains("1.9 MiB, 1 byte a character; prepared in"),
+        "{out}"
+    );
+    let o = karnna(&dir, &["info", "--config", &cfg, "--data", &anna]);
+    let (again, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        again.contains("1 byte a character; ready, checked in"),
+        "{again}"
+    );
 }
 
 /// The value of `key=` in `karnna eval`'s output (up to the next space).

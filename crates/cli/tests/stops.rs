@@ -18,7 +18,7 @@ fn run_checkpoints(dir: &Path) -> std::io::Result<Vec<(usize, PathBuf)>> {
 use karnna_model::Checkpoint;
 
 mod common;
-use common::{karnna, tiny_config, train_short as train};
+use common::{command, karnna, tiny_config, train_short as train};
 
 fn workdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("karnna-stops-{}-{name}", std::process::id()));
@@ -69,10 +69,8 @@ fn default_stop_signals() {
 /// default actions.
 fn long_run(dir: &Path) -> Command {
     use std::os::unix::process::CommandExt;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_karnna"));
-    command
-        .current_dir(dir)
-        .args(train_args(&["--epochs", "100000", "--max-iters", "0"]));
+    let mut command = command(dir);
+    command.args(train_args(&["--epochs", "100000", "--max-iters", "0"]));
     // SAFETY: `signal` only, which is async-signal-safe, between fork and exec.
     unsafe {
         command.pre_exec(|| {
@@ -205,6 +203,40 @@ fn each_stop_signal_saves_a_checkpoint_of_the_current_iteration() {
             String::from_utf8_lossy(&again.stderr)
         );
     }
+}
+
+/// A stop during a validation that would take far longer (every one of 12,000 batches read)
+/// ends the run at once: the validation is cut short and not recorded, and the checkpoint of the
+/// last finished iteration is saved.
+#[test]
+fn a_stop_during_a_slow_validation_ends_the_run_at_once() {
+    let dir = workdir("slow-validation");
+    let line = "It was the best of times, it was the worst of times, it was the age of wisdom.\n";
+    std::fs::write(dir.join("short.txt"), line.repeat(32_000_000 / line.len())).unwrap();
+    let mut run = Running::start(&dir, &["--val-batches", "0"]);
+    // The validation of iteration 50 begins a few iterations after this line.
+    run.wait_for("iter     40/");
+    std::thread::sleep(Duration::from_millis(1500));
+    let signalled = std::time::Instant::now();
+    run.signal(libc::SIGTERM);
+    let (status, out, err) = run.finish();
+    let took = signalled.elapsed();
+    eprintln!("stopped {:.2} s after SIGTERM", took.as_secs_f64());
+    assert_eq!(status, Some(143), "{out}\n{err}");
+    assert!(took < Duration::from_secs(10), "{took:?}: {out}");
+    assert!(out.contains("validation stopped"), "{out}");
+    let run_dir = dir.join("artifacts/tiny");
+    let rows = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
+    let last = rows.lines().last().unwrap();
+    assert!(last.starts_with("50,"), "{rows}");
+    assert_eq!(
+        last.split(',').nth(3),
+        Some(""),
+        "no validation loss recorded: {last}"
+    );
+    let (at, path) = run_checkpoints(&run_dir).unwrap().pop().unwrap();
+    assert_eq!(at, 50, "{out}");
+    assert_eq!(Checkpoint::read(&path).unwrap().meta.val_loss, None);
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The notebook's batch layout (`get_batches`) and the train/validation split.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
+
+use crate::Ids;
 
 /// One batch: `n_seqs` rows of `n_steps` ids, row-major (`[n_seqs, n_steps]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,32 +27,33 @@ pub struct Batch {
 /// extra id past the last window is needed. With N = M = 100, `anna.txt` gives 198 batches.
 #[derive(Clone, Debug)]
 pub struct Batches {
-    ids: Arc<[u32]>,
+    ids: Ids,
     n_seqs: usize,
     n_steps: usize,
     len: usize,
     /// Where row 0's first window starts in `ids`.
-    offset: usize,
+    offset: u64,
     /// Distance in `ids` from the start of one row to the start of the next.
-    stride: usize,
+    stride: u64,
 }
 
 impl Batches {
     /// Cuts `ids` into batches of `n_seqs` x `n_steps`. `None` when not even one batch fits
     /// (fewer than `n_seqs * n_steps + 1` ids) or a size is zero.
-    pub fn new(ids: impl Into<Arc<[u32]>>, n_seqs: usize, n_steps: usize) -> Option<Self> {
+    pub fn new(ids: impl Into<Ids>, n_seqs: usize, n_steps: usize) -> Option<Self> {
         let ids = ids.into();
         if n_seqs == 0 || n_steps == 0 {
             return None;
         }
-        let len = ids.len().saturating_sub(1) / (n_seqs * n_steps);
+        let len = ids.len().saturating_sub(1) / (n_seqs as u64 * n_steps as u64);
+        let len = usize::try_from(len).ok()?;
         (len > 0).then_some(Self {
             ids,
             n_seqs,
             n_steps,
             len,
             offset: 0,
-            stride: len * n_steps,
+            stride: len as u64 * n_steps as u64,
         })
     }
 
@@ -77,20 +78,23 @@ impl Batches {
     }
 
     /// Characters covered by one epoch (the rest of the text is dropped, as in the notebook).
-    pub fn chars_per_epoch(&self) -> usize {
-        self.len * self.n_seqs * self.n_steps
+    pub fn chars_per_epoch(&self) -> u64 {
+        (self.len * self.n_seqs * self.n_steps) as u64
     }
 
-    /// Batch `k` (`k < len()`).
+    /// Batch `k` (`k < len()`): each row's window read from the ids (one copy of
+    /// `n_seqs x (n_steps + 1)` ids, whatever the text's size).
     pub fn get(&self, k: usize) -> Batch {
         assert!(k < self.len, "batch {k} of {}", self.len);
         let (n, m) = (self.n_seqs, self.n_steps);
         let mut inputs = Vec::with_capacity(n * m);
         let mut targets = Vec::with_capacity(n * m);
+        let mut window = vec![0; m + 1];
         for row in 0..n {
-            let start = self.offset + row * self.stride + k * m;
-            inputs.extend_from_slice(&self.ids[start..start + m]);
-            targets.extend_from_slice(&self.ids[start + 1..start + m + 1]);
+            let start = self.offset + row as u64 * self.stride + (k * m) as u64;
+            self.ids.read(start, &mut window);
+            inputs.extend_from_slice(&window[..m]);
+            targets.extend_from_slice(&window[1..]);
         }
         Batch {
             inputs,
@@ -104,6 +108,25 @@ impl Batches {
     pub fn iter(&self) -> impl Iterator<Item = Batch> + '_ {
         (0..self.len).map(|k| self.get(k))
     }
+
+    /// Lets the operating system drop the pages of a mapped text read so far from resident
+    /// memory ([`Ids::release`]); a loader calls it every few batches.
+    pub fn release(&self) {
+        self.ids.release();
+    }
+}
+
+/// Which of `len` batches a validation of at most `cap` batches reads (`cap == 0`: all):
+/// `cap` indices spread evenly through `0..len`, in order, the first always included, so that
+/// a capped validation samples the whole split and not only its start. The same `len` and
+/// `cap` always give the same batches.
+pub fn spread(len: usize, cap: usize) -> Vec<usize> {
+    if cap == 0 || cap >= len {
+        return (0..len).collect();
+    }
+    (0..cap)
+        .map(|i| (i as u128 * len as u128 / cap as u128) as usize)
+        .collect()
 }
 
 /// Where the validation part of a text comes from.
@@ -139,9 +162,9 @@ pub struct Split {
     /// Validation batches (none when `val_fraction` is 0).
     pub val: Option<Batches>,
     /// Characters in the training part.
-    pub train_chars: usize,
+    pub train_chars: u64,
     /// Characters in the validation part.
-    pub val_chars: usize,
+    pub val_chars: u64,
 }
 
 impl Split {
@@ -156,22 +179,22 @@ impl Split {
     ///   rest validation. (The notebook computes `n` from `len`; `len - 1` keeps the last
     ///   target inside the text and differs only where the notebook's arrays would not line up.)
     pub fn new(
-        ids: impl Into<Arc<[u32]>>,
+        ids: impl Into<Ids>,
         n_seqs: usize,
         n_steps: usize,
         val_fraction: f64,
         how: ValSplit,
     ) -> Option<Self> {
-        let ids: Arc<[u32]> = ids.into();
+        let ids: Ids = ids.into();
         match how {
-            ValSplit::Tail => Self::tails(&[&ids[..]], n_seqs, n_steps, val_fraction),
+            ValSplit::Tail => Self::tails(&[ids], n_seqs, n_steps, val_fraction),
             ValSplit::Rows => {
                 let all = Batches::new(ids, n_seqs, n_steps)?;
                 let (train_len, val_len) = row_split(all.len, val_fraction)?;
-                let chars = |batches: usize| batches * n_seqs * n_steps;
+                let chars = |batches: usize| (batches * n_seqs * n_steps) as u64;
                 let val = (val_len > 0).then(|| Batches {
                     len: val_len,
-                    offset: train_len * n_steps,
+                    offset: (train_len * n_steps) as u64,
                     ..all.clone()
                 });
                 Some(Self {
@@ -192,21 +215,17 @@ impl Split {
     /// The tail split of several texts, each validated on its own end: the last
     /// `round(len * val_fraction)` ids of every part ([`split_len`]) are validation, and the
     /// rest of every part is training. The training heads are joined in order, and so are the
-    /// validation tails, so no file is left out of validation and no training batch reads a
-    /// validation character. `None` when either side is too short for one batch.
-    pub fn tails<P: AsRef<[u32]>>(
-        parts: &[P],
-        n_seqs: usize,
-        n_steps: usize,
-        val_fraction: f64,
-    ) -> Option<Self> {
+    /// validation tails (as ranges of the same ids: nothing is copied), so no file is left out
+    /// of validation and no training batch reads a validation character. `None` when either
+    /// side is too short for one batch.
+    pub fn tails(parts: &[Ids], n_seqs: usize, n_steps: usize, val_fraction: f64) -> Option<Self> {
         let (mut train, mut val) = (Vec::new(), Vec::new());
         for part in parts {
-            let part = part.as_ref();
             let cut = part.len() - split_len(part.len(), val_fraction);
-            train.extend_from_slice(&part[..cut]);
-            val.extend_from_slice(&part[cut..]);
+            train.push(part.slice(0, cut));
+            val.push(part.slice(cut, part.len()));
         }
+        let (train, val) = (Ids::concat(&train), Ids::concat(&val));
         let (train_chars, val_chars) = (train.len(), val.len());
         let train = Batches::new(train, n_seqs, n_steps)?;
         let val = if val_chars > 0 {
@@ -234,8 +253,8 @@ fn row_split(batches: usize, val_fraction: f64) -> Option<(usize, usize)> {
 
 /// How many of `len` characters go to validation with [`ValSplit::Tail`]:
 /// `round(len * val_fraction)`, taken from the end of the text.
-pub fn split_len(len: usize, val_fraction: f64) -> usize {
-    (len as f64 * val_fraction).round() as usize
+pub fn split_len(len: u64, val_fraction: f64) -> u64 {
+    (len as f64 * val_fraction).round() as u64
 }
 
 /// The smallest text length (in characters) that gives at least one training batch and, when
@@ -255,7 +274,7 @@ pub fn min_text_len(n_seqs: usize, n_steps: usize, val_fraction: f64, how: ValSp
 fn min_tail_len(n_seqs: usize, n_steps: usize, val_fraction: f64) -> usize {
     let one = n_seqs * n_steps + 1;
     let fits = |len: usize| {
-        let val = split_len(len, val_fraction);
+        let val = split_len(len as u64, val_fraction) as usize;
         len - val >= one && (val_fraction == 0.0 || val >= one)
     };
     let mut len = if val_fraction > 0.0 {
@@ -280,7 +299,10 @@ mod tests {
     #[test]
     fn several_texts_each_validate_on_their_own_end() {
         // Two texts of 20 ids, a quarter held out of each: 5 + 5 validation ids.
-        let parts: Vec<Vec<u32>> = vec![(0..20).collect(), (100..120).collect()];
+        let parts: Vec<Ids> = vec![
+            (0..20).collect::<Vec<u32>>().into(),
+            (100..120).collect::<Vec<u32>>().into(),
+        ];
         let s = Split::tails(&parts, 1, 4, 0.25).unwrap();
         assert_eq!((s.train_chars, s.val_chars), (30, 10));
         let train: Vec<u32> = s.train.iter().flat_map(|b| b.inputs).collect();
@@ -295,6 +317,17 @@ mod tests {
         assert_eq!(val, vec![15, 16, 17, 18, 19, 115, 116, 117]);
         // 10 validation ids are too few for one batch of 1x10 (11 ids): none.
         assert!(Split::tails(&parts, 1, 10, 0.25).is_none());
+    }
+
+    #[test]
+    fn capped_validation_spreads_through_the_split() {
+        assert_eq!(spread(5, 0), vec![0, 1, 2, 3, 4]);
+        assert_eq!(spread(5, 9), vec![0, 1, 2, 3, 4]);
+        assert_eq!(spread(10, 4), vec![0, 2, 5, 7]);
+        let picked = spread(5_023, 100);
+        assert_eq!(picked.len(), 100);
+        assert!(picked.windows(2).all(|w| w[0] < w[1]));
+        assert!(picked[99] > 4_900, "{:?}", &picked[95..]);
     }
 
     #[test]

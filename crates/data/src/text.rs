@@ -25,8 +25,27 @@ pub enum DataError {
         /// The file.
         path: PathBuf,
         /// Byte offset of the first invalid sequence.
-        offset: usize,
+        offset: u64,
     },
+    /// A text holds characters that a given vocabulary (a resumed checkpoint's) lacks.
+    #[error("{}: {unknown}, which the checkpoint's vocabulary lacks", text.display())]
+    NotInVocab {
+        /// The file, or "N files".
+        text: PathBuf,
+        /// The characters, in order of first appearance.
+        unknown: crate::UnknownChars,
+    },
+    /// The prepared-text cache could not be read or written.
+    #[error("{}: cannot write the prepared text: {source}", path.display())]
+    Cache {
+        /// The file or folder in the cache.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A stop was requested (a signal) while the text was being prepared.
+    #[error("stopped while preparing the text")]
+    Interrupted,
     /// The file holds no characters.
     #[error("{}: the file is empty", path.display())]
     Empty {
@@ -45,7 +64,7 @@ pub enum DataError {
         /// The file.
         path: PathBuf,
         /// Characters in the file (after newline normalisation).
-        chars: usize,
+        chars: u64,
         /// Rows per batch (`batch_size`).
         n_seqs: usize,
         /// Steps per batch (`num_steps`).
@@ -73,7 +92,7 @@ pub fn load_text(path: &Path) -> Result<String, DataError> {
     })?;
     let text = String::from_utf8(bytes).map_err(|e| DataError::NotUtf8 {
         path: path.to_owned(),
-        offset: e.utf8_error().valid_up_to(),
+        offset: e.utf8_error().valid_up_to() as u64,
     })?;
     let text = normalize_newlines(text.strip_prefix('\u{feff}').unwrap_or(&text));
     if text.is_empty() {

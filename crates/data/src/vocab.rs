@@ -37,7 +37,12 @@ fn describe(chars: &[char]) -> String {
 impl Vocab {
     /// The vocabulary of every distinct character in `text`.
     pub fn from_text(text: &str) -> Self {
-        let set: BTreeSet<char> = text.chars().collect();
+        Self::from_chars(text.chars())
+    }
+
+    /// The vocabulary of the distinct characters among `chars` (in any order, repeats allowed).
+    pub fn from_chars(chars: impl IntoIterator<Item = char>) -> Self {
+        let set: BTreeSet<char> = chars.into_iter().collect();
         Self::from_sorted(set.into_iter().collect())
     }
 

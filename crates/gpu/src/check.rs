@@ -533,6 +533,7 @@ fn train_tiny<X: CellKernels>(
         save_every_n: iters,
         eval_every: iters,
         log_every: iters,
+        cache_dir: Some(dir.join("cache")),
         ..RunConfig::default()
     };
     let opts = TrainOptions {

@@ -15,7 +15,7 @@
 //! chunk starting from the state the previous chunk ended in.
 
 use burn::prelude::*;
-use karnna_data::Vocab;
+use karnna_data::{Ids, Vocab};
 use karnna_model::{to_f32_vec, CellBackend, CharRnn, RnnState};
 
 /// A text encoded with a model's vocabulary, characters it lacks removed.
@@ -58,7 +58,7 @@ pub fn encode_known(vocab: &Vocab, text: &str) -> Encoded {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EvalReport {
     /// Targets scored: `rows · row_len`.
-    pub chars_scored: usize,
+    pub chars_scored: u64,
     /// Mean cross-entropy over the scored targets, in nats per character (the training loss).
     pub loss_nats: f64,
     /// The same in bits per character: `loss_nats / ln 2`.
@@ -68,14 +68,19 @@ pub struct EvalReport {
     pub perplexity: f64,
     /// Targets at the end of the stream left out so that every row has the same length:
     /// `(ids.len() - 1) % rows`.
-    pub unscored_tail: usize,
+    pub unscored_tail: u64,
     /// Rows read side by side.
     pub rows: usize,
     /// Targets per row.
-    pub row_len: usize,
+    pub row_len: u64,
 }
 
-/// The model's loss on the id stream `ids`, read as in training: each id predicts the next one.
+/// Chunks read between two [`Ids::release`]s, so that a mapped text's resident part stays a
+/// few windows per row however long the text.
+const RELEASE_EVERY: usize = 16;
+
+/// The model's loss on the id stream `ids` (in memory, or a prepared text's map: only a
+/// window per row is read at a time), read as in training: each id predicts the next one.
 ///
 /// # Layout
 /// The `ids.len() - 1` targets are cut into `rows` contiguous rows of
@@ -90,51 +95,61 @@ pub struct EvalReport {
 ///
 /// # Panics
 /// When `rows` or `steps` is 0, or when `ids` has fewer than `rows + 1` ids (a row would be
-/// empty), or an id is outside the model's vocabulary. Callers check these first.
+/// empty), or an id is outside the model's vocabulary (ids encoded with the model's own
+/// vocabulary never are). Callers check these first.
 pub fn evaluate<B: CellBackend>(
     model: &CharRnn<B>,
-    ids: &[u32],
+    ids: &Ids,
     rows: usize,
     steps: usize,
     device: &B::Device,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(u64, u64),
 ) -> EvalReport {
     assert!(rows > 0 && steps > 0, "rows and steps must be positive");
     assert!(
-        ids.len() > rows,
+        ids.len() > rows as u64,
         "{} ids cannot fill {rows} rows of at least one target",
         ids.len()
     );
     let targets = ids.len() - 1;
-    let row_len = targets / rows;
-    let total = rows * row_len;
+    let row_len = targets / rows as u64;
+    let total = rows as u64 * row_len;
     let vocab = model.output.weight.dims()[1];
-    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-        panic!("id {bad} is outside the model's vocabulary of {vocab}");
-    }
     let mut state: Option<RnnState<B>> = None;
     let mut sum = 0.0f64;
     let mut inputs: Vec<i64> = Vec::with_capacity(rows * steps);
-    let mut start = 0;
+    // The targets of a chunk, row-major: `[rows, t]`.
+    let mut next: Vec<u32> = Vec::with_capacity(rows * steps);
+    let mut window = vec![0u32; steps + 1];
+    let (mut start, mut chunks) = (0u64, 0usize);
     while start < row_len {
-        let t = steps.min(row_len - start);
+        let t = (steps as u64).min(row_len - start) as usize;
         inputs.clear();
+        next.clear();
         for i in 0..rows {
-            let at = i * row_len + start;
-            inputs.extend(ids[at..at + t].iter().map(|&id| id as i64));
+            let window = &mut window[..t + 1];
+            ids.read(i as u64 * row_len + start, window);
+            if let Some(&bad) = window.iter().find(|&&id| id as usize >= vocab) {
+                panic!("id {bad} is outside the model's vocabulary of {vocab}");
+            }
+            inputs.extend(window[..t].iter().map(|&id| id as i64));
+            next.extend_from_slice(&window[1..]);
         }
         let x = Tensor::<B, 1, Int>::from_ints(inputs.as_slice(), device).reshape([rows, t]);
-        let (logits, next) = model.forward(x, state.take());
-        state = Some(next);
+        let (logits, state_after) = model.forward(x, state.take());
+        state = Some(state_after);
         // Time-major: row `j·rows + i` of the flattened logits is step `j` of row `i`.
         let logits = to_f32_vec(logits);
         for (k, z) in logits.chunks_exact(vocab).enumerate() {
             let (j, i) = (k / rows, k % rows);
-            let target = ids[i * row_len + start + j + 1] as usize;
-            sum += neg_log_softmax(z, target);
+            sum += neg_log_softmax(z, next[i * t + j] as usize);
         }
-        start += t;
-        progress(start * rows, total);
+        start += t as u64;
+        chunks += 1;
+        if chunks.is_multiple_of(RELEASE_EVERY) {
+            ids.release();
+        }
+        progress(start * rows as u64, total);
     }
     let loss_nats = sum / total as f64;
     EvalReport {

@@ -4,7 +4,7 @@
 use burn::backend::Flex;
 use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
-use karnna_data::Vocab;
+use karnna_data::{Ids, Vocab};
 use karnna_infer::{encode_known, evaluate};
 use karnna_model::{to_f32_vec, CharRnn, CharRnnConfig};
 
@@ -73,9 +73,14 @@ fn loss_equals_a_direct_computation() {
     let ids = ids(301);
     let want = direct_sum(&model, &ids) / 300.0;
     let mut calls = Vec::new();
-    let r = evaluate(&model, &ids, 1, 300, &Default::default(), &mut |d, t| {
-        calls.push((d, t))
-    });
+    let r = evaluate(
+        &model,
+        &Ids::from(&ids[..]),
+        1,
+        300,
+        &Default::default(),
+        &mut |d, t| calls.push((d, t)),
+    );
     assert_eq!(r.chars_scored, 300);
     assert_eq!(r.unscored_tail, 0);
     assert!(
@@ -98,13 +103,27 @@ fn loss_equals_a_direct_computation() {
 fn chunks_carry_the_state() {
     let model = model().map(&mut Scale(4.0));
     let ids = ids(301);
-    let whole = evaluate(&model, &ids, 1, 300, &Default::default(), &mut |_, _| {});
+    let whole = evaluate(
+        &model,
+        &Ids::from(&ids[..]),
+        1,
+        300,
+        &Default::default(),
+        &mut |_, _| {},
+    );
     for steps in [1, 7, 100, 299, 1000] {
         let mut last = (0, 0);
-        let r = evaluate(&model, &ids, 1, steps, &Default::default(), &mut |d, t| {
-            assert!(d > last.0, "progress goes forward");
-            last = (d, t);
-        });
+        let r = evaluate(
+            &model,
+            &Ids::from(&ids[..]),
+            1,
+            steps,
+            &Default::default(),
+            &mut |d, t| {
+                assert!(d > last.0, "progress goes forward");
+                last = (d, t);
+            },
+        );
         assert_eq!(last, (300, 300), "steps {steps}");
         assert!(
             (r.loss_nats - whole.loss_nats).abs() < 1e-4,
@@ -137,7 +156,14 @@ fn chunks_carry_the_state() {
 fn rows_are_independent_contiguous_parts() {
     let model = model();
     let ids = ids(305); // 304 targets: 3 rows of 101, 1 left out
-    let r = evaluate(&model, &ids, 3, 10, &Default::default(), &mut |_, _| {});
+    let r = evaluate(
+        &model,
+        &Ids::from(&ids[..]),
+        3,
+        10,
+        &Default::default(),
+        &mut |_, _| {},
+    );
     assert_eq!(
         (r.rows, r.row_len, r.chars_scored, r.unscored_tail),
         (3, 101, 303, 1)
@@ -167,8 +193,22 @@ fn unknown_characters_are_counted_and_left_out() {
     let want = encode_known(&vocab, "abadface\nhidaigcab\n");
     assert_eq!(want.unknown, 0);
     assert_eq!(e.ids, want.ids);
-    let a = evaluate(&model, &e.ids, 1, 5, &Default::default(), &mut |_, _| {});
-    let b = evaluate(&model, &want.ids, 1, 5, &Default::default(), &mut |_, _| {});
+    let a = evaluate(
+        &model,
+        &Ids::from(&e.ids[..]),
+        1,
+        5,
+        &Default::default(),
+        &mut |_, _| {},
+    );
+    let b = evaluate(
+        &model,
+        &Ids::from(&want.ids[..]),
+        1,
+        5,
+        &Default::default(),
+        &mut |_, _| {},
+    );
     assert_eq!(a, b);
     assert!(a.loss_nats.is_finite());
 }

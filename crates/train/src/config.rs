@@ -101,6 +101,11 @@ pub struct RunConfig {
     /// configs and checkpoints written before this key existed keep their meaning) or `rows`
     /// (the end of each batch row: the notebook's `split_data`).
     pub val_split: ValSplit,
+    /// Most batches one validation reads (0: all of them). A big text's validation split holds
+    /// thousands of batches; this many, spread evenly through it ([`karnna_data::spread`]),
+    /// keep each validation to seconds whatever the text's size. The default reads all 20 of
+    /// `configs/anna.toml`'s.
+    pub val_batches: usize,
     /// How the untrained weights are drawn: `pytorch` (default) or `tensorflow` (the
     /// notebook's: Glorot-uniform kernels, forget-gate bias 1, truncated-normal softmax).
     pub init: Init,
@@ -140,6 +145,10 @@ pub struct RunConfig {
     pub gpu_matmul: GpuMatmul,
     /// A published curve to draw beside this run's in `loss.svg`: `none` or `notebook`.
     pub reference_curve: ReferenceCurve,
+    /// Where prepared texts are kept ([`karnna_data::prepare()`]): empty for the user's cache
+    /// folder ([`crate::corpus::default_cache_dir`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
     /// Fine-tuning: start from this checkpoint's weights (its shape, its vocabulary extended
     /// with the new text's characters) instead of untrained ones; a run folder means its best
     /// checkpoint. Unset: a new model.
@@ -149,10 +158,11 @@ pub struct RunConfig {
 
 /// The keys a resumed run takes from its config and command line ([`RunConfig::resume`]);
 /// every other key is the checkpoint's.
-pub const RESUME_KEEPS: [&str; 6] = [
+pub const RESUME_KEEPS: [&str; 7] = [
     "epochs",
     "max_iters",
     "data",
+    "cache_dir",
     "device",
     "cpu_backend",
     "gpu_matmul",
@@ -250,6 +260,7 @@ impl Default for RunConfig {
             data_sha256: String::new(),
             val_fraction: 0.1,
             val_split: ValSplit::Tail,
+            val_batches: 100,
             init: Init::PyTorch,
             batch_size: 100,
             num_steps: 100,
@@ -267,6 +278,7 @@ impl Default for RunConfig {
             cpu_backend: CpuBackend::Flex,
             gpu_matmul: GpuMatmul::Tf32,
             reference_curve: ReferenceCurve::None,
+            cache_dir: None,
             init_from: None,
         }
     }
@@ -398,6 +410,7 @@ impl RunConfig {
             epochs: self.epochs,
             max_iters: self.max_iters,
             data: self.data,
+            cache_dir: self.cache_dir,
             device: self.device,
             cpu_backend: self.cpu_backend,
             gpu_matmul: self.gpu_matmul,
@@ -594,6 +607,7 @@ mod tests {
             data_sha256: "0".repeat(64),
             val_fraction: 0.2,
             val_split: ValSplit::Rows,
+            val_batches: 7,
             init: Init::TensorFlow,
             batch_size: 7,
             num_steps: 7,
@@ -615,6 +629,7 @@ mod tests {
             cpu_backend: CpuBackend::Ndarray,
             gpu_matmul: GpuMatmul::F32,
             reference_curve: ReferenceCurve::Notebook,
+            cache_dir: Some("d".into()),
             init_from: Some("c".into()),
         };
         let saved = serde_json::to_value(&config).unwrap();

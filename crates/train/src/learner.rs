@@ -274,11 +274,18 @@ impl Numeric for CharMetric {
     }
 }
 
+/// How many batches a loader reads between two [`Batches::release`]s of a mapped text, so that
+/// the text's resident part stays a few windows per row, whatever its size.
+pub const RELEASE_EVERY: usize = 16;
+
 /// The batches of one split as a burn data loader: ordered, never shuffled (row `i` of batch
-/// `k + 1` continues row `i` of batch `k`), optionally a sub-range (to resume mid-epoch).
+/// `k + 1` continues row `i` of batch `k`), optionally a sub-range (to resume mid-epoch) or a
+/// pick of the batches (a capped validation, [`karnna_data::spread`]).
 #[derive(Clone)]
 pub struct BatchLoader<B: Backend> {
     batches: Batches,
+    /// The batches read, by index into `batches`; `None`: all of them.
+    pick: Option<Arc<[usize]>>,
     start: usize,
     end: usize,
     device: B::Device,
@@ -290,9 +297,26 @@ impl<B: Backend> BatchLoader<B> {
         Self {
             end: batches.len(),
             batches,
+            pick: None,
             start: 0,
             device,
         }
+    }
+
+    /// A loader over at most `cap` batches of `batches`, spread evenly through them
+    /// ([`karnna_data::spread`]; `cap == 0`: all).
+    pub fn spread(batches: Batches, cap: usize, device: B::Device) -> Self {
+        let pick: Arc<[usize]> = karnna_data::spread(batches.len(), cap).into();
+        Self {
+            end: pick.len(),
+            pick: Some(pick),
+            ..Self::new(batches, device)
+        }
+    }
+
+    /// Batches in one pass of this loader (before any slicing).
+    fn count(&self) -> usize {
+        self.pick.as_ref().map_or(self.batches.len(), |p| p.len())
     }
 }
 
@@ -306,15 +330,20 @@ impl<B: Backend> Iterator for BatchIter<'_, B> {
 
     fn next(&mut self) -> Option<CharBatch<B>> {
         (self.next < self.loader.end).then(|| {
+            let loader = self.loader;
+            let k = loader.pick.as_ref().map_or(self.next, |p| p[self.next]);
             self.next += 1;
-            CharBatch::new(&self.loader.batches.get(self.next - 1), &self.loader.device)
+            if self.next.is_multiple_of(RELEASE_EVERY) {
+                loader.batches.release();
+            }
+            CharBatch::new(&loader.batches.get(k), &loader.device)
         })
     }
 }
 
 impl<B: Backend> DataLoaderIterator<CharBatch<B>> for BatchIter<'_, B> {
     fn progress(&self) -> Progress {
-        Progress::new(self.next, self.loader.batches.len())
+        Progress::new(self.next, self.loader.count())
     }
 }
 

@@ -2,7 +2,7 @@
 //! from batch to batch, as the notebook does.
 //!
 //! It owns the run configuration ([`config`]), getting the text ([`fetch`]) and preparing it
-//! ([`corpus`]), the pieces the learner is built from (the model as a training step, the ordered
+//! ([`corpus`]: prepared once into the cache by `karnna-data`, mapped, split), the pieces the learner is built from (the model as a training step, the ordered
 //! batch loader, metrics, the optimizer, global-norm clipping: [`learner`]), the run itself with
 //! its checkpoints and resume ([`run`]), the run's `metrics.csv` and `loss.svg` ([`log`]), where
 //! the run was made ([`provenance`]), and runs side by side with the notebook's curve
@@ -25,5 +25,5 @@ pub mod run;
 pub mod signals;
 
 pub use config::{CpuBackend, Device, GpuMatmul, ReferenceCurve, RunConfig};
-pub use corpus::{Corpus, VocabFrom};
+pub use corpus::{default_cache_dir, Corpus, Preparation};
 pub use run::{train, TrainOptions, TrainReport};

@@ -11,7 +11,11 @@
 //!   through `h` and into the layer's input (2H): 10·N·H;
 //! - the output layer: logits, their softmax and their gradient, and the loss's own copy:
 //!   4·N·V;
-//! - a fixed base for the program itself (its code, thread stacks, Burn's runtime).
+//! - a fixed base for the program itself (its code, thread stacks, Burn's runtime);
+//! - the resident part of the text, which is memory-mapped, not loaded: what the batch loaders
+//!   have read since they last released it ([`crate::learner::RELEASE_EVERY`] batches), per
+//!   row and loader, plus the kernel's fault-around of 64 KiB per row. It does not grow with
+//!   the text.
 //!
 //! Measured against the peak resident memory `karnna bench` reports (the same step: forward,
 //! backward, global clip, Adam), the estimate is within the factor stated in docs/GUIDE.md ("Training").
@@ -30,7 +34,12 @@ pub struct MemoryEstimate {
     pub optimizer: u64,
     /// One batch's activations and their gradients.
     pub activations: u64,
+    /// The resident part of the mapped text (0 until [`MemoryEstimate::with_text`]).
+    pub text: u64,
 }
+
+/// The pages the kernel maps around one page fault in a mapped file (`fault_around_bytes`).
+const FAULT_AROUND: u64 = 64 << 10;
 
 impl MemoryEstimate {
     /// The estimate for training `model` on batches of `batch_size` x `num_steps`.
@@ -50,6 +59,17 @@ impl MemoryEstimate {
             // Per unit, step and row: the gates, the states and their gradients (10 floats for
             // the LSTM's four gates, fewer for the GRU's three and the RNN's one).
             activations: f32s((2 * g + 2) * n * h * l + 4 * n * v),
+            text: 0,
+        }
+    }
+
+    /// With the resident part of a text mapped at `width` bytes an id and read in batches of
+    /// `batch_size` x `num_steps` by the training and the validation loaders.
+    pub fn with_text(self, width: usize, batch_size: usize, num_steps: usize) -> Self {
+        let read = (crate::learner::RELEASE_EVERY * num_steps * width) as u64;
+        Self {
+            text: 2 * batch_size as u64 * (read + FAULT_AROUND),
+            ..self
         }
     }
 
@@ -59,12 +79,20 @@ impl MemoryEstimate {
             .saturating_add(self.weights)
             .saturating_add(self.optimizer)
             .saturating_add(self.activations)
+            .saturating_add(self.text)
     }
 
     /// One line: the total and its parts.
     pub fn describe(&self) -> String {
+        let text = match self.text {
+            0 => String::new(),
+            t => format!(
+                ", the text {}: it is mapped from disk, not loaded",
+                bytes(t)
+            ),
+        };
         format!(
-            "about {} (weights {}, gradients and Adam {}, one batch's activations {})",
+            "about {} (weights {}, gradients and Adam {}, one batch's activations {}{text})",
             bytes(self.total()),
             bytes(self.weights),
             bytes(self.optimizer),

@@ -27,12 +27,12 @@ use burn::train::{
     SupervisedLearningStrategy, SupervisedTraining, SupervisedTrainingEventProcessor, TrainLoader,
     TrainingComponents, TrainingItem, TrainingStrategy, ValidLoader,
 };
-use karnna_data::Vocab;
+use karnna_data::{Vocab, Want};
 use karnna_model::checkpoint::RunDir;
 use karnna_model::{CellKernels, Checkpoint, CheckpointMeta, RnnState};
 
 use crate::config::{ReferenceCurve, RunConfig};
-use crate::corpus::{Corpus, VocabFrom};
+use crate::corpus::{Corpus, Preparation};
 use crate::dashboard::{self, Quiet};
 use crate::folder::RunFolder;
 use crate::learner::{
@@ -95,11 +95,28 @@ fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
 /// Prepares the run folder, builds or restores the model and optimizer, and trains with
 /// burn-train's learner on `Autodiff<I>` (its dashboard when stdout is a terminal).
 pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::Result<TrainReport> {
+    // A stop (a signal, or the dashboard's key) is honoured from here on: while the text is
+    // prepared, between batches and inside a validation.
+    let interrupter = Interrupter::new();
+    let signals =
+        StopOnSignal::install(interrupter.clone()).context("cannot listen for stop signals")?;
     let folder = RunFolder::lock(&opts.run_dir)?;
     let resume_from = folder.prepare(opts.resume, opts.fresh)?;
     let (config, base) = settle_config(opts.config, resume_from.as_ref())?;
     config.gpu_matmul.apply();
-    let corpus = read_text(&config, resume_from.as_ref(), base.as_ref())?;
+    let stop = || interrupter.should_stop();
+    let corpus = match read_text(&config, resume_from.as_ref(), base.as_ref(), &stop) {
+        Err(e) if is_interrupted(&e) => {
+            return Ok(TrainReport {
+                iteration: resume_from.as_ref().map_or(0, |c| c.meta.iteration),
+                last_checkpoint: None,
+                best: folder.best(),
+                interrupted: true,
+                signal: signals.received(),
+            });
+        }
+        corpus => corpus?,
+    };
     let plain = opts.plain || !std::io::stdout().is_terminal();
     println!("{}", corpus.describe(&config));
     println!("run folder:      {}", folder.dir().display());
@@ -130,13 +147,27 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
             start.iteration
         );
     }
-    let carry = Carry::<I>::new(config, &folder, corpus.vocab, &mut start, stop_at, plain)?;
+    let (val_batches, val_read) = (config.val_batches, corpus.val_batches(&config));
+    let mut carry = Carry::<I>::new(config, &folder, corpus.vocab, &mut start, stop_at, plain)?;
+    carry.val_read = val_read;
     let (train, val) = (corpus.train, corpus.val);
     let val = val.unwrap_or_else(|| train.clone());
     let train_loader: TrainLoader<Components<I>> =
         Arc::new(BatchLoader::<B<I>>::new(train, device.clone()));
-    let valid_loader: ValidLoader<Components<I>> = Arc::new(BatchLoader::<I>::new(val, device));
-    launch(Arc::new(carry), start, train_loader, valid_loader)
+    let valid_loader: ValidLoader<Components<I>> =
+        Arc::new(BatchLoader::<I>::spread(val, val_batches, device));
+    let loaders = (train_loader, valid_loader);
+    launch(Arc::new(carry), start, loaders, interrupter, signals)
+}
+
+/// Whether `e` is a stop request that came while the text was being prepared.
+fn is_interrupted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<karnna_data::DataError>(),
+            Some(karnna_data::DataError::Interrupted)
+        )
+    })
 }
 
 /// The run's config: `config` itself for a new run, the checkpoint's run for a resumed one
@@ -184,16 +215,21 @@ fn read_text(
     config: &RunConfig,
     resume_from: Option<&Checkpoint>,
     base: Option<&Checkpoint>,
+    stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<Corpus> {
     if let [one] = config.data.as_slice() {
         crate::fetch::ensure_text(one, &config.data_url, &config.data_sha256)?;
     }
     let vocab = match (resume_from, base) {
-        (Some(ckpt), _) => VocabFrom::Fixed(ckpt.meta.vocab.clone()),
-        (None, Some(base)) => VocabFrom::Extend(base.meta.vocab.clone()),
-        (None, None) => VocabFrom::Text,
+        (Some(ckpt), _) => Want::Fixed(ckpt.meta.vocab.clone()),
+        (None, Some(base)) => Want::Extend(base.meta.vocab.clone()),
+        (None, None) => Want::Text,
     };
-    Corpus::load(&config.data, config, vocab)
+    let prep = Preparation {
+        stop,
+        ..Preparation::of(config)
+    };
+    Corpus::load_with(&config.data, config, vocab, &prep)
 }
 
 /// Refuses a run whose memory estimate exceeds `limit`, before anything is allocated.
@@ -204,7 +240,11 @@ fn check_memory(
     limit: Option<u64>,
 ) -> anyhow::Result<()> {
     let model = config.model(corpus.vocab.len());
-    let need = MemoryEstimate::of(&model, config.batch_size, config.num_steps);
+    let need = MemoryEstimate::of(&model, config.batch_size, config.num_steps).with_text(
+        corpus.prepared.width,
+        config.batch_size,
+        config.num_steps,
+    );
     if let Some(limit) = limit.filter(|&l| need.total() > l) {
         bail!(
             "{}: not enough memory for this model: training it needs {}, and {} is available; make lstm_size, num_layers, batch_size or num_steps smaller",
@@ -298,8 +338,9 @@ impl<I: CellKernels> Start<I> {
 fn launch<I: CellKernels>(
     carry: Arc<Carry<I>>,
     start: Start<I>,
-    train_loader: TrainLoader<Components<I>>,
-    valid_loader: ValidLoader<Components<I>>,
+    (train_loader, valid_loader): (TrainLoader<Components<I>>, ValidLoader<Components<I>>),
+    interrupter: Interrupter,
+    signals: StopOnSignal,
 ) -> anyhow::Result<TrainReport> {
     let (config, plain) = (&carry.config, carry.plain);
     let mut training = SupervisedTraining::new(carry.run.path(), train_loader, valid_loader)
@@ -314,12 +355,11 @@ fn launch<I: CellKernels>(
         .metric_train_numeric(LearningRateMetric::new())
         .metrics((CpuUse::new(), CpuMemory::new()))
         .num_epochs(config.epochs)
+        .with_interrupter(interrupter)
         .with_training_strategy(TrainingStrategy::Custom(carry.clone()));
     if plain {
         training = training.renderer(Quiet);
     }
-    let signals =
-        StopOnSignal::install(training.interrupter()).context("cannot listen for stop signals")?;
     let mut learner = Learner::new(
         Trainee { model: start.model },
         start.optim,
@@ -400,6 +440,8 @@ struct Carry<I: CellKernels> {
     /// The iteration the run ends at: the epochs' last, or `max_iters` when sooner.
     stop_at: usize,
     plain: bool,
+    /// Validation batches one validation reads, and in the split.
+    val_read: (usize, usize),
     handle: OptimHandle<OptimRecord<I>>,
     shared: Mutex<Shared<B<I>>>,
 }
@@ -488,23 +530,29 @@ impl<I: CellKernels> Carry<I> {
             start_iteration: start.iteration,
             stop_at,
             plain,
+            val_read: (0, 0),
             handle: start.optim.handle(),
             shared: Mutex::new(shared),
         })
     }
 
-    /// Validation loss over the whole validation split, the state carried across its batches.
+    /// Validation loss over the validation loader's batches (all of the split, or
+    /// `val_batches` spread through it), the state carried across them; `None` when a stop
+    /// request cut it short (a partial mean is not a measured loss).
     fn validate(
         &self,
         model: &Trainee<I>,
         loader: &ValidLoader<Components<I>>,
         processor: &mut SupervisedTrainingEventProcessor<Components<I>>,
-        epoch: Progress,
-        iteration: usize,
-    ) -> f64 {
+        (epoch, iteration): (Progress, usize),
+        interrupter: &Interrupter,
+    ) -> Option<f64> {
         let (mut total, mut n, mut state) = (0.0, 0usize, None);
         let mut iter = loader.iter();
         while let Some(batch) = iter.next() {
+            if interrupter.should_stop() {
+                return None;
+            }
             let (out, s) = model.eval_batch(batch, state.take());
             state = Some(s);
             total += out.loss_value();
@@ -514,7 +562,7 @@ impl<I: CellKernels> Carry<I> {
             processor.process_valid(LearnerEvent::ProcessedItem(item));
         }
         processor.process_valid(LearnerEvent::EndEpoch(epoch.items_processed));
-        total / n.max(1) as f64
+        Some(total / n.max(1) as f64)
     }
 
     /// Writes a checkpoint (model, vocabulary, run config, optimizer, carried state) and
@@ -644,15 +692,16 @@ impl<I: CellKernels> Loop<'_, I> {
             secs,
             out,
         };
-        let stopping = self.interrupter.should_stop() || self.iteration >= self.plan.stop_at;
-        if let Err(e) = self.record(done, stopping) {
+        if let Err(e) = self.record(done) {
             let dir = self.carry.run.path().display();
             self.shared.error = Some(format!("{dir}: {e:#}"));
             return false;
         }
         self.shared.iteration = self.iteration;
+        let interrupted = self.interrupter.should_stop();
+        let stopping = interrupted || self.iteration >= self.plan.stop_at;
         if stopping {
-            self.shared.interrupted = self.interrupter.should_stop();
+            self.shared.interrupted = interrupted;
         }
         !stopping
     }
@@ -684,8 +733,9 @@ impl<I: CellKernels> Loop<'_, I> {
     }
 
     /// After a step: the metrics item, validation when due, the log row and plain line, and a
-    /// checkpoint when due (`stopping` forces one).
-    fn record(&mut self, done: Done<I>, stopping: bool) -> anyhow::Result<()> {
+    /// checkpoint when due. The run's last iteration is validated and saved; a stop request
+    /// saves at once, without starting a validation, and cuts short one under way.
+    fn record(&mut self, done: Done<I>) -> anyhow::Result<()> {
         let (cfg, plan, iteration) = (&self.carry.config, &self.plan, self.iteration);
         let epoch = Progress::new(done.epoch, plan.last_epoch);
         let chars_per_s = done.out.chars as f64 / done.secs;
@@ -699,24 +749,31 @@ impl<I: CellKernels> Loop<'_, I> {
         self.processor
             .process_train(LearnerEvent::ProcessedItem(item));
         let end_of_epoch = done.k == plan.per_epoch;
+        let stopped = || self.interrupter.should_stop();
         // An epoch's end is saved only when epochs are at least `save_every_n` long: a short
         // text (a few batches an epoch) would otherwise write a checkpoint every few
         // iterations. Resuming mid-epoch is exact, so nothing depends on epoch-end saves.
         let saving = iteration.is_multiple_of(cfg.save_every_n)
-            || stopping
+            || iteration >= plan.stop_at
+            || stopped()
             || (end_of_epoch && plan.per_epoch >= cfg.save_every_n);
         let validating = cfg.val_fraction > 0.0
+            && !stopped()
             && (iteration.is_multiple_of(cfg.eval_every) || saving || end_of_epoch);
-        let val_loss = validating.then(|| {
+        let val_loss = if validating {
             let model = self.learner.model().valid();
             (self.carry).validate(
                 &model,
                 &self.valid_loader,
                 &mut self.processor,
-                epoch,
-                iteration,
+                (epoch, iteration),
+                &self.interrupter,
             )
-        });
+        } else {
+            None
+        };
+        // A stop that came during the validation saves now.
+        let saving = saving || self.interrupter.should_stop();
         let row = Row {
             iteration,
             epoch: done.epoch,
@@ -730,7 +787,16 @@ impl<I: CellKernels> Loop<'_, I> {
                 || val_loss.is_some()
                 || iteration == self.carry.start_iteration + 1)
         {
-            print_line(&row, plan.stop_at, plan.last_epoch, done.secs);
+            let (read, all) = self.carry.val_read;
+            let of = if read < all {
+                format!(" ({read} of {all} batches)")
+            } else {
+                String::new()
+            };
+            print_line(&row, (plan.stop_at, plan.last_epoch), done.secs, &of);
+        }
+        if validating && val_loss.is_none() && self.carry.plain {
+            println!("validation stopped by the stop request: not recorded");
         }
         self.shared.log.push(row)?;
         if saving {
@@ -752,10 +818,11 @@ impl<I: CellKernels> Loop<'_, I> {
     }
 }
 
-fn print_line(row: &Row, total: usize, epochs: usize, secs: f64) {
+/// One plain progress line; `of` follows a validation loss (how many batches it read).
+fn print_line(row: &Row, (total, epochs): (usize, usize), secs: f64, of: &str) {
     let val = row
         .val_loss
-        .map_or(String::new(), |v| format!("  val {v:.4}"));
+        .map_or(String::new(), |v| format!("  val {v:.4}{of}"));
     let t = row.elapsed_s as u64;
     println!(
         "iter {:>6}/{total}  epoch {}/{epochs}  loss {:.4}{val}  {secs:.3} s/it  {:.0} chars/s  {}m{:02}s",

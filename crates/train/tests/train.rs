@@ -148,6 +148,9 @@ fn config(data: &Path) -> RunConfig {
         save_every_n: 3,
         eval_every: 3,
         val_fraction: 0.2,
+        cache_dir: Some(
+            std::env::temp_dir().join(format!("karnna-train-cache-{}", std::process::id())),
+        ),
         ..RunConfig::default()
     }
 }
@@ -334,7 +337,7 @@ fn several_files_train_together_and_each_is_validated() {
     std::fs::write(&extra, "eeee ffff. ".repeat(30)).unwrap();
     let mut c = config(&texts);
     c.data.push(extra.clone());
-    let corpus = karnna_train::Corpus::load(&c.data, &c, karnna_train::VocabFrom::Text).unwrap();
+    let corpus = karnna_train::Corpus::load(&c.data, &c, karnna_data::Want::Text).unwrap();
     assert_eq!(
         corpus.files,
         vec![texts.join("a.txt"), texts.join("b.txt"), extra]
@@ -390,7 +393,7 @@ fn several_files_train_together_and_each_is_validated() {
     let err = karnna_train::Corpus::load(
         std::slice::from_ref(&texts),
         &config(&texts),
-        karnna_train::VocabFrom::Text,
+        karnna_data::Want::Text,
     )
     .err()
     .unwrap();

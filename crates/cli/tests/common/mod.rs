@@ -3,13 +3,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The `karnna` binary, to run in `dir`, with its prepared texts cached in `dir/.cache` (so
+/// that tests neither share a cache nor fill the user's).
+pub fn command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_karnna"));
+    command
+        .current_dir(dir)
+        .env("KARNNA_CACHE_DIR", dir.join(".cache"));
+    command
+}
+
 /// Runs the `karnna` binary in `dir` with `args` and waits for it.
 pub fn karnna(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_karnna"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
+    command(dir).args(args).output().unwrap()
 }
 
 /// Runs `karnna train` in `dir` with `configs/tiny.toml` on `dir/short.txt`, then `extra`.

@@ -237,8 +237,10 @@ fn sample_rate(model: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
 
 /// Peak resident memory of the largest child process so far (the peer), in MiB.
 fn peer_peak_rss_mib() -> Option<f64> {
-    // SAFETY: getrusage fills the zeroed struct it is given.
+    // SAFETY: `rusage` is plain integers and structs of integers, for which all zeros is a
+    // valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one `rusage` through the pointer, which points to ours.
     let ok = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } == 0;
     (ok && usage.ru_maxrss > 0).then(|| usage.ru_maxrss as f64 / 1024.0)
 }

@@ -381,7 +381,7 @@ impl CpuCharRnn {
                 ([one], [st]) => one.step(rows, input, h, st),
                 ([a, b], [st_a, st_b]) => {
                     let h_prev = &h[..];
-                    let worker = self.worker.as_ref().expect("a worker for two parts");
+                    let worker = self.worker.as_mut().expect("a worker for two parts");
                     worker.run(&mut || b.step(rows, input, h_prev, st_b), || {
                         a.step(rows, input, h_prev, st_a)
                     });
@@ -461,20 +461,30 @@ pub fn default_parts() -> usize {
         .min(2)
 }
 
-/// A job handed to the [`Worker`]: a pointer to a closure that the submitting thread keeps alive
-/// until the worker reports it done.
+/// A job handed to the [`Worker`]: a pointer to a closure that [`Worker::run`] keeps alive, and
+/// touches no more, until the worker reports it done.
 struct Job(*mut (dyn FnMut() + Send));
 
-// SAFETY: the closure behind the pointer is `Send`, and only one thread touches it at a time
-// (the submitter writes the pointer before publishing the generation, then waits).
+// SAFETY: the closure behind the pointer is `Send`, so it may run on the worker's thread; the
+// pointer is only dereferenced there, while `Worker::run` waits for it and does not touch it.
 unsafe impl Send for Job {}
+
+/// What a panicking job left: its payload, which [`Worker::run`] raises again on its own thread.
+type Panic = Box<dyn std::any::Any + Send>;
 
 struct Shared {
     job: std::sync::Mutex<Option<Job>>,
     submitted: std::sync::atomic::AtomicU64,
     done: std::sync::atomic::AtomicU64,
-    panicked: std::sync::atomic::AtomicBool,
+    /// The panic of the last job, until [`Worker::run`] takes it.
+    panic: std::sync::Mutex<Option<Panic>>,
     quit: std::sync::atomic::AtomicBool,
+}
+
+/// Locks `m` even if a thread panicked while holding it: what the mutexes guard here (a job
+/// slot, a panic slot) is valid after any panic.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A second thread for the sampler that runs one closure at a time, spinning for a while
@@ -484,46 +494,46 @@ struct Worker {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Job `n` handed to the worker: dropped, it waits until the worker is done with it, so that no
+/// way out of [`Worker::run`] (a panic on the caller's side included) leaves the worker running
+/// a closure whose borrows have ended.
+struct Pending<'a> {
+    shared: &'a Shared,
+    n: u64,
+}
+
+impl Pending<'_> {
+    /// Waits for the worker to finish the job and takes its panic, if it panicked.
+    fn wait(&self) -> Option<Panic> {
+        while self.shared.done.load(std::sync::atomic::Ordering::Acquire) < self.n {
+            std::hint::spin_loop();
+        }
+        lock(&self.shared.panic).take()
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        // On the normal path the panic was taken already; on an unwind, the caller's panic is
+        // the one that propagates and the job's is dropped, so it cannot reach the next job.
+        drop(self.wait());
+    }
+}
+
 impl Worker {
     fn new() -> Self {
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicU64};
         let shared = std::sync::Arc::new(Shared {
             job: std::sync::Mutex::new(None),
             submitted: AtomicU64::new(0),
             done: AtomicU64::new(0),
-            panicked: AtomicBool::new(false),
+            panic: std::sync::Mutex::new(None),
             quit: AtomicBool::new(false),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("karnna-sampler".into())
-            .spawn(move || {
-                let mut seen = 0;
-                loop {
-                    let mut spins = 0u32;
-                    while s.submitted.load(Ordering::Acquire) == seen {
-                        if s.quit.load(Ordering::Acquire) {
-                            return;
-                        }
-                        spins += 1;
-                        if spins < 200_000 {
-                            std::hint::spin_loop();
-                        } else {
-                            std::thread::park_timeout(std::time::Duration::from_millis(1));
-                        }
-                    }
-                    seen = s.submitted.load(Ordering::Acquire);
-                    let job = s.job.lock().unwrap().take();
-                    if let Some(Job(f)) = job {
-                        // SAFETY: the submitter keeps the closure alive until `done` reaches `seen`.
-                        let f = unsafe { &mut *f };
-                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-                            s.panicked.store(true, Ordering::Release);
-                        }
-                    }
-                    s.done.store(seen, Ordering::Release);
-                }
-            })
+            .spawn(move || work(&s))
             .expect("spawn the sampler thread");
         Self {
             shared,
@@ -531,25 +541,60 @@ impl Worker {
         }
     }
 
-    /// Runs `remote` on the worker and `local` here, and returns when both are done.
-    fn run(&self, remote: &mut (dyn FnMut() + Send), local: impl FnOnce()) {
+    /// Runs `remote` on the worker and `local` here, and returns when both are done. A panic in
+    /// either comes out of this call (the local one first) after the worker is done with
+    /// `remote`; the worker is then ready for the next call.
+    fn run(&mut self, remote: &mut (dyn FnMut() + Send), local: impl FnOnce()) {
         use std::sync::atomic::Ordering;
-        // SAFETY: erases the closure's lifetime; this function does not return before the
-        // worker is done with it.
+        // SAFETY: erases the closure's lifetime (a fat pointer to the same closure, same layout).
+        // The worker dereferences it only between this submission and `done` reaching `n`, and
+        // `pending` waits for that on every way out of this function, unwinding included.
         let ptr: *mut (dyn FnMut() + Send + 'static) = unsafe { std::mem::transmute(remote) };
-        *self.shared.job.lock().unwrap() = Some(Job(ptr));
+        *lock(&self.shared.job) = Some(Job(ptr));
         let n = self.shared.submitted.fetch_add(1, Ordering::AcqRel) + 1;
+        let pending = Pending {
+            shared: &self.shared,
+            n,
+        };
         if let Some(t) = &self.thread {
             t.thread().unpark();
         }
         local();
-        while self.shared.done.load(Ordering::Acquire) < n {
-            std::hint::spin_loop();
+        if let Some(panic) = pending.wait() {
+            std::panic::resume_unwind(panic);
         }
-        assert!(
-            !self.shared.panicked.load(Ordering::Acquire),
-            "the sampler thread panicked"
-        );
+    }
+}
+
+/// The worker's loop: waits for the next job (spinning, then parking), runs it, records its
+/// panic if it panicked, and reports it done; until `quit`.
+fn work(s: &Shared) {
+    use std::sync::atomic::Ordering;
+    let mut seen = 0;
+    loop {
+        let mut spins = 0u32;
+        while s.submitted.load(Ordering::Acquire) == seen {
+            if s.quit.load(Ordering::Acquire) {
+                return;
+            }
+            spins += 1;
+            if spins < 200_000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::park_timeout(std::time::Duration::from_millis(1));
+            }
+        }
+        seen = s.submitted.load(Ordering::Acquire);
+        let job = lock(&s.job).take();
+        if let Some(Job(f)) = job {
+            // SAFETY: `Worker::run` keeps the closure alive and untouched until `done` reaches
+            // `seen` (its `Pending` waits for that even when it unwinds).
+            let f = unsafe { &mut *f };
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                *lock(&s.panic) = Some(panic);
+            }
+        }
+        s.done.store(seen, Ordering::Release);
     }
 }
 
@@ -562,5 +607,61 @@ impl Drop for Worker {
             t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The message of a caught panic.
+    fn message(panic: &Panic) -> &str {
+        panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("")
+    }
+
+    #[test]
+    fn a_panic_in_local_returns_only_after_the_worker_is_done_and_the_next_run_works() {
+        let mut worker = Worker::new();
+        // The remote closure writes into this frame's data well after `local` has panicked: if
+        // `run` unwound without waiting, it would return before the writes (and, outside a test,
+        // the worker would write into a freed frame).
+        let mut data = vec![0u32; 64];
+        let finished = AtomicBool::new(false);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            worker.run(
+                &mut || {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    data.fill(7);
+                    finished.store(true, Ordering::Release);
+                },
+                || panic!("local fails"),
+            )
+        }));
+        assert_eq!(message(&caught.unwrap_err()), "local fails");
+        assert!(
+            finished.load(Ordering::Acquire),
+            "run returned before the worker was done"
+        );
+        assert!(data.iter().all(|&v| v == 7));
+
+        // A panic on the worker comes out of `run`, once, and does not reach the next call.
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            worker.run(&mut || panic!("remote fails"), || {})
+        }));
+        assert_eq!(message(&caught.unwrap_err()), "remote fails");
+        // Both fail: the local panic propagates, the remote one is dropped, not kept for later.
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            worker.run(&mut || panic!("remote fails"), || panic!("local fails"))
+        }));
+        assert_eq!(message(&caught.unwrap_err()), "local fails");
+        let (mut a, mut b) = (0, 0);
+        worker.run(&mut || a = 1, || b = 2);
+        assert_eq!((a, b), (1, 2));
     }
 }

@@ -122,3 +122,24 @@ fn stops_when_asked() {
     .unwrap();
     assert_eq!(out, b"a");
 }
+
+/// A step that panics on both threads (an id outside the vocabulary, which each part's row
+/// lookup refuses) leaves the two-part sampler usable: after a reset it gives a fresh
+/// sampler's logits.
+#[test]
+fn a_panicking_step_does_not_poison_the_sampler() {
+    let model = CharRnnConfig::new(11)
+        .with_lstm_size(16)
+        .init::<Flex>(&Default::default());
+    let mut fast = CpuCharRnn::with(&model, Precision::F32, 2);
+    fast.step(3);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fast.step(11);
+    }));
+    assert!(caught.is_err(), "an id outside the vocabulary must panic");
+    fast.reset();
+    let mut fresh = CpuCharRnn::with(&model, Precision::F32, 2);
+    for id in [3u32, 0, 10] {
+        assert_eq!(fast.step(id).to_vec(), fresh.step(id).to_vec());
+    }
+}

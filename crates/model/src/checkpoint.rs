@@ -19,6 +19,8 @@ use karnna_data::Vocab;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CharRnn, CharRnnConfig};
+use crate::record_check;
+pub use crate::record_check::check_record;
 
 const MAGIC: &[u8; 8] = b"KARNNA01";
 
@@ -40,6 +42,10 @@ pub enum CheckpointError {
     /// The file is cut short or altered.
     #[error("{}: checkpoint is truncated or corrupted ({})", .0.display(), .1)]
     Corrupt(PathBuf, String),
+    /// The checksum holds but a field is out of range or disagrees with the weights (a file
+    /// written by another program, or crafted): the message names the field.
+    #[error("{}: invalid checkpoint: {}", .0.display(), .1)]
+    Invalid(PathBuf, String),
 }
 
 /// The checkpoint's description: what it is and how to rebuild the model.
@@ -82,6 +88,31 @@ fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
     NamedMpkBytesRecorder::default()
 }
 
+/// The sections of a checkpoint's body (after the magic, before the checksum): each a name
+/// and its bytes, every length checked against what is left before anything is copied.
+fn parse_sections(mut rest: &[u8]) -> Result<Vec<(String, Vec<u8>)>, &'static str> {
+    fn take<'a>(rest: &mut &'a [u8], n: u64) -> Result<&'a [u8], &'static str> {
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= rest.len())
+            .ok_or("section runs past the end")?;
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head)
+    }
+    let mut sections = Vec::new();
+    loop {
+        let name_len = u16::from_le_bytes(take(&mut rest, 2)?.try_into().expect("2 bytes"));
+        let name = take(&mut rest, name_len.into())?;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| "bad section name")?;
+        let len = u64::from_le_bytes(take(&mut rest, 8)?.try_into().expect("8 bytes"));
+        sections.push((name, take(&mut rest, len)?.to_vec()));
+        if rest.is_empty() {
+            return Ok(sections);
+        }
+    }
+}
+
 impl Checkpoint {
     /// Serializes `model` with `meta` and the extra `sections` and writes them to `path`
     /// atomically: to a temporary file in the same folder, synced, then renamed over `path`, so
@@ -116,7 +147,9 @@ impl Checkpoint {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Reads and verifies a checkpoint file (magic, checksum, meta); the model is not built yet.
+    /// Reads and verifies a checkpoint file: magic, checksum, the meta's fields, and the model
+    /// record's tensors against the meta's shape (walked in place, nothing allocated from
+    /// them). The model is not built yet; [`Checkpoint::model`] builds it.
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
         let bytes = std::fs::read(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => CheckpointError::Missing(path.to_owned()),
@@ -133,36 +166,22 @@ impl Checkpoint {
         if fnv1a(body).to_le_bytes() != sum {
             return Err(corrupt("checksum mismatch"));
         }
-        let mut sections = Vec::new();
-        let mut rest = &body[8..];
-        fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            if rest.len() < n {
-                return None;
-            }
-            let (head, tail) = rest.split_at(n);
-            *rest = tail;
-            Some(head)
-        }
-        let past_end = || corrupt("section runs past the end");
-        loop {
-            let name_len = take(&mut rest, 2).ok_or_else(past_end)?;
-            let name_len = u16::from_le_bytes(name_len.try_into().unwrap()) as usize;
-            let name = take(&mut rest, name_len).ok_or_else(past_end)?;
-            let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt("bad section name"))?;
-            let len = take(&mut rest, 8).ok_or_else(past_end)?;
-            let len = u64::from_le_bytes(len.try_into().unwrap()) as usize;
-            sections.push((name, take(&mut rest, len).ok_or_else(past_end)?.to_vec()));
-            if rest.is_empty() {
-                break;
-            }
-        }
+        let sections = parse_sections(&body[8..]).map_err(corrupt)?;
         let meta_bytes = sections
             .iter()
             .find(|(n, _)| n == "meta")
             .map(|(_, b)| b)
             .ok_or_else(|| corrupt("no meta section"))?;
-        let meta: CheckpointMeta =
-            serde_json::from_slice(meta_bytes).map_err(|e| corrupt(&format!("meta: {e}")))?;
+        let invalid = |why: String| CheckpointError::Invalid(path.to_owned(), why);
+        let meta = record_check::parse_meta(meta_bytes).map_err(invalid)?;
+        record_check::check_meta(&meta).map_err(invalid)?;
+        let model = sections
+            .iter()
+            .find(|(n, _)| n == "model")
+            .map(|(_, b)| b)
+            .ok_or_else(|| corrupt("no model section"))?;
+        record_check::check_record(model, false).map_err(|e| invalid(format!("model: {e}")))?;
+        record_check::check_model_shapes(model, &meta.model).map_err(invalid)?;
         Ok(Self {
             path: path.to_owned(),
             meta,

@@ -18,6 +18,7 @@ pub mod cube;
 pub mod kernel;
 mod model;
 pub mod ops;
+mod record_check;
 pub mod step;
 
 pub use cell::Cell;

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State as Shared};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State as Shared};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -29,6 +29,8 @@ pub(crate) struct State {
     /// Bound to a loopback address: answer only requests addressed to a loopback name (a web
     /// page elsewhere cannot reach the server through a name of its own, DNS rebinding).
     pub loopback_only: bool,
+    /// How long a client has to send a request's body.
+    pub read_timeout: std::time::Duration,
 }
 
 /// Longest text drawn after the prime.
@@ -218,11 +220,21 @@ fn fresh_seed() -> u64 {
 
 /// `POST /api/sample`: checks the request, queues it on the pool, and streams the text as the
 /// pool draws it (headers `x-seed` and `x-checkpoint` say what was used).
-async fn sample(
-    Shared(state): Shared<Arc<State>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+async fn sample(Shared(state): Shared<Arc<State>>, req: Request) -> Result<Response, ApiError> {
+    let headers = req.headers().clone();
+    // A client that sends its body slowly holds a connection, not a sampler: it has
+    // `read_timeout` for the whole body.
+    let body = tokio::time::timeout(state.read_timeout, Bytes::from_request(req, &()))
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body took longer than {} s to arrive",
+                    state.read_timeout.as_secs_f64()
+                ),
+            )
+        })?;
     let req = read_request(&headers, body)?;
     let model = find_model(&state, req.checkpoint.clone()).await?;
     let opts = req.options(&model)?;

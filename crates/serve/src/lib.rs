@@ -13,6 +13,7 @@
 //! burn-train or `karnna-train`: serving is sampling, and stays as light as sampling.
 
 mod api;
+mod conn;
 mod models;
 mod pool;
 
@@ -41,6 +42,13 @@ pub struct ServeOptions {
     pub workers: usize,
     /// Requests that may wait for a free worker; beyond them a request gets 503.
     pub queue: usize,
+    /// How long a client has to send a request's head once connected or after a response
+    /// (so also how long a connection may sit idle), and then its body; past it the connection
+    /// is closed (the body: 408).
+    pub read_timeout: std::time::Duration,
+    /// Connections held at once. At the bound the one idle the longest is closed to make room
+    /// (a new one gets 503 when every one has a request in flight).
+    pub max_connections: usize,
 }
 
 impl ServeOptions {
@@ -57,6 +65,8 @@ impl ServeOptions {
             parts,
             workers: (cores / parts).max(1),
             queue: 16,
+            read_timeout: std::time::Duration::from_secs(10),
+            max_connections: 256,
         }
     }
 }
@@ -90,6 +100,7 @@ pub struct Stats {
 pub struct Server {
     listener: tokio::net::TcpListener,
     state: Arc<api::State>,
+    limits: conn::Limits,
 }
 
 /// A handle on a [`Server`] that outlives [`Server::run`]'s borrow of it: its figures.
@@ -133,10 +144,16 @@ impl Server {
             folder,
             pool: pool::Pool::new(opts.workers, opts.queue)?,
             loopback_only: local.ip().is_loopback(),
+            read_timeout: opts.read_timeout,
+        };
+        let limits = conn::Limits {
+            read_timeout: opts.read_timeout,
+            max_connections: opts.max_connections.max(1),
         };
         Ok(Self {
             listener,
             state: Arc::new(state),
+            limits,
         })
     }
 
@@ -160,16 +177,9 @@ impl Server {
     /// Serves until `shutdown` completes; then the connections are closed (streams in progress
     /// end, which stops their samples) and the pool's threads are joined.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        use axum::serve::ListenerExt;
         let router = api::router(self.state.clone());
-        // Each character goes out as it is drawn: no waiting to fill a packet (Nagle's
-        // algorithm would hold a small write back until the last one is acknowledged).
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serve = axum::serve(listener, router);
         tokio::select! {
-            r = serve => { let _ = r; }
+            () = conn::serve(self.listener, router, self.limits) => {}
             () = shutdown => {}
         }
     }

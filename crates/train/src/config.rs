@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use karnna_data::ValSplit;
 use karnna_model::{CharRnnConfig, Checkpoint, Init, ModelShape};
 use serde::{Deserialize, Serialize};
@@ -383,19 +382,22 @@ impl RunConfig {
     }
 
     /// The run a checkpoint was saved by: its meta's `run` with the model's keys from its
-    /// meta's `model` (checkpoints that repeat them in `run` hold the same values there).
+    /// meta's `model` (checkpoints that repeat them in `run` hold the same values there),
+    /// range-checked as a config file is ([`RunConfig::validate`]): a resumed run takes it.
     pub fn from_checkpoint(ckpt: &Checkpoint) -> anyhow::Result<Self> {
         let mut run = ckpt.meta.run.clone();
         let model = serde_json::to_value(&ckpt.meta.model)?;
         if let (Value::Object(run), Value::Object(model)) = (&mut run, model) {
             run.extend(model.into_iter().filter(|(key, _)| key != "vocab_size"));
         }
-        serde_json::from_value(run).with_context(|| {
-            format!(
-                "{}: the run config inside is unreadable",
-                ckpt.path.display()
-            )
-        })
+        let path = ckpt.path.display();
+        let run: Self = serde_json::from_value(run.clone()).map_err(|e| {
+            let why = bad_key(&run).unwrap_or_else(|| e.to_string());
+            anyhow::anyhow!("{path}: the run config inside is unreadable: {why}")
+        })?;
+        run.validate()
+            .map_err(|e| anyhow::anyhow!("{path}: the run config inside: {e}"))?;
+        Ok(run)
     }
 
     /// This config resuming the run of `ckpt`, and a note when the config asked for another
@@ -437,6 +439,18 @@ impl RunConfig {
             keep_prob: self.keep_prob,
         }
     }
+}
+
+/// The first key of a run config in JSON whose value does not read (with serde's message,
+/// which names no key): the default config with that one key set fails to read.
+fn bad_key(run: &Value) -> Option<String> {
+    let base = serde_json::to_value(RunConfig::default()).ok()?;
+    run.as_object()?.iter().find_map(|(key, value)| {
+        let mut one = base.clone();
+        one[key] = value.clone();
+        let e = serde_json::from_value::<RunConfig>(one).err()?;
+        Some(format!("{key}: {e}"))
+    })
 }
 
 #[cfg(test)]
@@ -687,5 +701,97 @@ mod tests {
             let e = load_error("bad.toml", text);
             assert!(e.contains(key) || e.contains("tpu"), "{text}: {e}");
         }
+    }
+
+    /// A checkpoint in a folder of its own whose meta's run is `run`: a 1x2 LSTM over "ab".
+    fn checkpoint_with_run(name: &str, run: serde_json::Value) -> Checkpoint {
+        let dir = std::env::temp_dir().join(format!("karnna-run-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let vocab = karnna_data::Vocab::from_text("ab");
+        let model = CharRnnConfig::new(vocab.len())
+            .with_lstm_size(2)
+            .with_num_layers(1);
+        let weights = model.init::<burn::backend::Flex>(&Default::default());
+        let meta = karnna_model::CheckpointMeta {
+            model,
+            vocab,
+            iteration: 1,
+            val_loss: None,
+            train_loss: None,
+            run,
+        };
+        let path = dir.join("i1_l2_v-.ckpt");
+        Checkpoint::save(&path, &meta, &weights, &[]).unwrap();
+        Checkpoint::read(&path).unwrap()
+    }
+
+    #[test]
+    fn resuming_refuses_a_run_config_out_of_range_naming_the_checkpoint_and_the_key() {
+        for (key, value) in [
+            ("batch_size", serde_json::json!(0)),
+            ("num_steps", serde_json::json!(0)),
+            ("learning_rate", serde_json::json!(-1.0)),
+            ("name", serde_json::json!("../elsewhere")),
+            ("batch_size", serde_json::json!("many")),
+        ] {
+            let mut run = RunConfig::default().checkpoint_json();
+            run[key] = value;
+            let ckpt = checkpoint_with_run(key, run);
+            let e = RunConfig::default().resume(&ckpt).unwrap_err().to_string();
+            assert!(e.contains("i1_l2_v-.ckpt") && e.contains(key), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    /// Seeded random byte changes to a real config file: each loads as a valid config or is a
+    /// one-line error naming the file, never a panic.
+    #[test]
+    fn random_changes_to_a_config_file_load_or_are_named_errors() {
+        let text = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/anna.toml"
+        ))
+        .unwrap();
+        // A seeded generator (xorshift64): `below(n)` is a number in 0..n.
+        let mut state = 28u64;
+        let mut below = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut loaded, mut refused) = (0, 0);
+        for case in 0..300 {
+            let mut t = text.clone();
+            for _ in 0..1 + below(3) {
+                let at = below(t.len());
+                t[at] = match below(3) {
+                    0 => below(256) as u8,
+                    1 => b"0123456789-.e\"=[]{}#\n"[below(20)],
+                    _ => t[at] ^ (1 << below(8)),
+                };
+            }
+            let path = write("mutated.toml", "");
+            std::fs::write(&path, &t).unwrap();
+            match RunConfig::load(&path) {
+                Ok(c) => {
+                    c.validate().unwrap();
+                    loaded += 1;
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.starts_with(&path.display().to_string()),
+                        "case {case}: {e}"
+                    );
+                    assert_eq!(e.lines().count(), 1, "case {case}: {e}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(
+            loaded > 0 && refused > 0,
+            "{loaded} loaded, {refused} refused"
+        );
     }
 }

@@ -161,9 +161,12 @@ impl Packed {
                 // In the microkernel's terms this is dstᵀ = panelᵀ · aᵀ: its `m` runs along our
                 // columns (stride 1), its `n` along our rows (stride n), and `a`'s rows are its
                 // right-hand columns (stride k).
-                // SAFETY: the panel holds k·mr values, `a` rows j0..j0+q have k each, and dst
-                // rows j0..j0+q have n ≥ p·mr + m each (checked above); the instruction set was
-                // detected at run time (MicroKernels::new).
+                // SAFETY: the microkernel reads the panel at `i·mr + c` (i < k, c < m ≤ mr),
+                // inside its `k·mr` values; `a` at `(j0 + j)·k + i` (j < q), inside `a`'s
+                // `rows·k` as j0 + q ≤ rows; and writes `dst` at `(j0 + j)·n + p·mr + c`, inside
+                // `dst`'s `rows·n` as p·mr + m ≤ n (both lengths asserted above). Its last
+                // argument (a prefetch hint) points into the panel. The microkernels are those
+                // of an instruction set this CPU has (`MicroKernels::new` takes `simd_level`'s).
                 unsafe {
                     ukr_row[q - 1](
                         m,

@@ -47,12 +47,22 @@ macro_rules! dispatch {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
         $vis fn $name $(<$C: $B>)? (simd: $crate::kernel::simd::Simd, $($arg: $ty),*) {
+            /// The loop compiled for AVX-512.
+            ///
+            /// # Safety
+            ///
+            /// The CPU must have AVX-512F, AVX-512VL, AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn avx512 $(<$C: $B>)? ($($arg: $ty),*) {
                 $body $(::$assoc)? ::<true>($($arg),*)
             }
+            /// The loop compiled for AVX2.
+            ///
+            /// # Safety
+            ///
+            /// The CPU must have AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
@@ -60,7 +70,9 @@ macro_rules! dispatch {
                 $body $(::$assoc)? ::<true>($($arg),*)
             }
             match simd {
-                // SAFETY: simd_level only reports instruction sets this CPU has.
+                // SAFETY: simd_level only reports instruction sets this CPU has. The loop
+                // itself is safe code (slices, bounds-checked; no pointer arithmetic): only
+                // the instruction set is at stake.
                 #[cfg(target_arch = "x86_64")]
                 $crate::kernel::simd::Simd::Avx512 => unsafe { avx512 $(::<$C>)? ($($arg),*) },
                 // SAFETY: as above.

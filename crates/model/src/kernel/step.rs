@@ -28,7 +28,12 @@ pub(super) struct StepWeights<'a> {
 
 impl<'a> StepWeights<'a> {
     /// `w_hh [k, n]` for the forward products `h_{t-1} [rows, k] · w_hh` of a batch of `b` rows.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `w_hh` is not `[k, n]`.
     pub(super) fn forward(simd: Simd, b: usize, k: usize, n: usize, w_hh: &'a [f32]) -> Self {
+        assert_eq!(w_hh.len(), k * n, "w_hh must be [k, n]");
         Self {
             simd,
             k,
@@ -47,6 +52,10 @@ impl<'a> StepWeights<'a> {
     /// `gemm` multiplies by `w_hhᵀ` about twice as fast from a row-major copy as through
     /// transposed strides, which repays the copy many times over, unless every block is a single
     /// row (a matrix-vector product either way).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `w_hh` is not `[h, g]`.
     pub(super) fn backward(
         simd: Simd,
         b: usize,
@@ -55,6 +64,7 @@ impl<'a> StepWeights<'a> {
         g: usize,
         w_hh: &'a [f32],
     ) -> Self {
+        assert_eq!(w_hh.len(), h * g, "w_hh must be [h, g]");
         let copy = (b > parts).then(|| transpose(h, g, w_hh));
         let packed = copy
             .as_ref()
@@ -97,8 +107,12 @@ impl<'a> StepWeights<'a> {
             // w_hh [n, k] read through transposed strides.
             (None, None) => (self.w_hh, 1, k),
         };
-        // SAFETY: the shapes were checked above (w: `forward` and `backward` take it whole); the
-        // three matrices do not overlap (dst is borrowed mutably).
+        // SAFETY: `gemm` reads `a` at `r·k + i` (r < rows, i < k), `w` at `i·w.1 + j·w.2`
+        // (j < n) and writes `dst` at `r·n + j`: inside `a` and `dst` by the asserts above, and
+        // inside `w`, which `forward` and `backward` checked to be `k·n` long (a row-major
+        // `[k, n]`, or `w_hh [n, k]` read through transposed strides, `j·k + i < n·k`). The
+        // three do not overlap (`dst` is borrowed mutably). No instruction set is assumed:
+        // `gemm` chooses its own at run time.
         unsafe {
             matmul(
                 rows,
@@ -143,7 +157,11 @@ pub(super) fn weight_grad(
         return dw.fill(0.0);
     }
     // dw [k, n] = h0ᵀ [k, b] · g_0 [b, n] + hs[0..t-1]ᵀ [k, (t-1)b] · g[1..t] [(t-1)b, n]
-    // SAFETY: the lengths were checked above; the three matrices do not overlap.
+    // SAFETY: the first product reads `h0` at `j·k + i` (`[b, k]` read as `h0ᵀ [k, b]`),
+    // `g` at `j·n + c` (j < b) and writes `dw` at `i·n + c` (i < k, c < n); the second reads
+    // `hs` at `j·k + i` for j < (t-1)·b and `g` from row `b` on, `(t-1)·b` rows of `n`: all
+    // inside by the asserts above. `dw` is borrowed mutably, so nothing overlaps it. `gemm`
+    // chooses its own instruction set at run time.
     unsafe {
         matmul(
             k,

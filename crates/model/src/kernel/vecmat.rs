@@ -123,7 +123,8 @@ fn rows_in_order_impl<const FMA: bool>(x: &[f32], w: &[f32], out: &mut [f32]) {
 pub fn vec_mat_in_order_f16(x: &[f32], w: &[u16], out: &mut [f32]) {
     assert!(w.len() >= x.len() * out.len(), "w must be [k, n]");
     match simd_level() {
-        // SAFETY: simd_level only reports instruction sets this CPU has.
+        // SAFETY: simd_level only reports instruction sets this CPU has, and `w` holds
+        // `x.len() · out.len()` values (asserted above), which is what the function reads.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { f16_rows_avx512(x, w, out) },
         // SAFETY: as above (the AVX2 level includes F16C).
@@ -145,6 +146,12 @@ pub fn vec_mat_in_order_f16(x: &[f32], w: &[u16], out: &mut [f32]) {
 /// sums at `o`, block after block; the columns left over are added plainly.
 macro_rules! f16_rows {
     ($name:ident, $features:literal, $lanes:literal, |$xk:ident, $wk:ident, $o:ident| $add:expr) => {
+        /// `out += x · w` with `w` `[x.len(), out.len()]` in f16 bits.
+        ///
+        /// # Safety
+        ///
+        /// The CPU must have the instruction sets `$features` names, and `w` must hold at
+        /// least `x.len() · out.len()` values.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $name(x: &[f32], w: &[u16], out: &mut [f32]) {
@@ -152,6 +159,9 @@ macro_rules! f16_rows {
             let n = out.len();
             let blocks = n / $lanes;
             for (k, &$xk) in x.iter().enumerate() {
+                // Row k is `w[k·n .. (k + 1)·n]`, inside `w` by the contract; each block reads
+                // and writes `$lanes` values at `$lanes·b`, with `$lanes·(b + 1) ≤ n`, inside
+                // the row and `out`; the columns past the blocks are read at `j < n`.
                 let row = w.as_ptr().add(k * n);
                 for b in 0..blocks {
                     let ($wk, $o) = (row.add($lanes * b), out.as_mut_ptr().add($lanes * b));
@@ -236,7 +246,8 @@ fn f16_to_f32(simd: Simd, src: &[u16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
     if simd != Simd::Base {
-        // SAFETY: the AVX2 and AVX-512 levels include F16C.
+        // SAFETY: the AVX2 and AVX-512 levels include F16C (and AVX); `dst` is as long as
+        // `src` (asserted above).
         return unsafe { f16_to_f32_f16c(src, dst) };
     }
     for (d, &s) in dst.iter_mut().zip(src) {
@@ -244,11 +255,18 @@ fn f16_to_f32(simd: Simd, src: &[u16], dst: &mut [f32]) {
     }
 }
 
+/// [`f16_to_f32`] with F16C, 8 values at a time.
+///
+/// # Safety
+///
+/// The CPU must have AVX and F16C, and `dst` must be at least as long as `src`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
 unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
     use std::arch::x86_64::*;
     let blocks = src.len() / 8;
+    // Block b reads `src[8b .. 8b + 8]` and writes `dst[8b .. 8b + 8]`, with 8b + 8 ≤ src.len()
+    // ≤ dst.len().
     for b in 0..blocks {
         let v = _mm_loadu_si128(src.as_ptr().add(8 * b) as *const __m128i);
         _mm256_storeu_ps(dst.as_mut_ptr().add(8 * b), _mm256_cvtph_ps(v));

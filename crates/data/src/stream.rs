@@ -131,12 +131,15 @@ fn read_file(path: &Path, chunk: usize, out: &mut FileText) -> Result<(), DataEr
 }
 
 /// [`crate::normalize_newlines`] and the BOM's removal, on a text that arrives in pieces.
+/// A piece with CRs is rewritten into a buffer of its own, so that it still goes out whole.
 #[derive(Default)]
 struct Normalize {
     /// Some text has been seen (the BOM is dropped only at the very start).
     started: bool,
     /// The last piece ended with CR: a LF starting the next piece belongs to it.
     after_cr: bool,
+    /// The rewritten piece.
+    buf: String,
 }
 
 impl Normalize {
@@ -151,16 +154,22 @@ impl Normalize {
         if std::mem::take(&mut self.after_cr) {
             s = s.strip_prefix('\n').unwrap_or(s);
         }
+        if !s.contains('\r') {
+            emit(s);
+            return;
+        }
+        self.buf.clear();
         while let Some(cr) = s.find('\r') {
-            emit(&s[..cr]);
-            emit("\n");
+            self.buf.push_str(&s[..cr]);
+            self.buf.push('\n');
             s = &s[cr + 1..];
             if s.is_empty() {
                 self.after_cr = true;
             }
             s = s.strip_prefix('\n').unwrap_or(s);
         }
-        emit(s);
+        self.buf.push_str(s);
+        emit(&self.buf);
     }
 }
 
@@ -176,16 +185,7 @@ pub(crate) struct Counter {
 impl Counter {
     pub(crate) fn feed(&mut self, s: &str) {
         if s.is_ascii() {
-            if self.counts.len() < 128 {
-                self.counts.resize(128, 0);
-            }
-            for &b in s.as_bytes() {
-                let n = &mut self.counts[b as usize];
-                if *n == 0 {
-                    self.order.push(b as char);
-                }
-                *n += 1;
-            }
+            self.feed_ascii(s.as_bytes());
             return;
         }
         for c in s.chars() {
@@ -197,6 +197,34 @@ impl Counter {
                 self.order.push(c);
             }
             self.counts[i] += 1;
+        }
+    }
+
+    /// ASCII bytes: a plain histogram (four interleaved, so that runs of one byte do not wait
+    /// on one counter); the bytes new to the text, rare, are then put in order of first
+    /// appearance.
+    fn feed_ascii(&mut self, bytes: &[u8]) {
+        if self.counts.len() < 128 {
+            self.counts.resize(128, 0);
+        }
+        let mut h = [[0u64; 128]; 4];
+        for quad in bytes.chunks(4) {
+            for (k, &b) in quad.iter().enumerate() {
+                h[k][b as usize] += 1;
+            }
+        }
+        let mut new: Vec<u8> = Vec::new();
+        for b in 0..128 {
+            let n: u64 = h.iter().map(|h| h[b]).sum();
+            if n > 0 && self.counts[b] == 0 {
+                new.push(b as u8);
+            }
+            self.counts[b] += n;
+        }
+        if !new.is_empty() {
+            let first = |b: &u8| bytes.iter().position(|x| x == b);
+            new.sort_by_key(first);
+            self.order.extend(new.into_iter().map(char::from));
         }
     }
 
@@ -255,22 +283,27 @@ impl Encoder {
 
     pub(crate) fn feed(&mut self, s: &str) {
         let before = self.out.len();
+        let bytes = s.as_bytes();
         if s.is_ascii() && self.width == crate::Width::U8 {
-            self.out.reserve(s.len());
-            for &b in s.as_bytes() {
-                let id = self.table[b as usize];
-                if id == Self::NONE {
-                    self.dropped += 1;
-                } else {
-                    self.out.push(id as u8);
-                }
+            // One lookup a byte; ids below 256 have nothing above bit 8, `NONE` has, so one OR
+            // over the chunk says whether a byte was unknown (then the general path redoes it).
+            let table = &self.table[..128];
+            let mut above = 0u32;
+            (self.out).extend(bytes.iter().map(|&b| {
+                let id = table[b as usize];
+                above |= id >> 8;
+                id as u8
+            }));
+            if above == 0 {
+                self.ids += bytes.len() as u64;
+                return;
             }
-        } else {
-            for c in s.chars() {
-                match self.table.get(c as usize) {
-                    Some(&id) if id != Self::NONE => self.width.push(id, &mut self.out),
-                    _ => self.dropped += 1,
-                }
+            self.out.truncate(before);
+        }
+        for c in s.chars() {
+            match self.table.get(c as usize) {
+                Some(&id) if id != Self::NONE => self.width.push(id, &mut self.out),
+                _ => self.dropped += 1,
             }
         }
         self.ids += ((self.out.len() - before) / self.width.bytes()) as u64;

@@ -319,6 +319,9 @@ impl<I: CellKernels> Start<I> {
         let bytes = ckpt
             .section("optim")
             .ok_or_else(|| bad("optimizer state"))?;
+        // Burn's loader trusts a record's ids and tensor sizes: checked first, never a panic.
+        karnna_model::checkpoint::check_record(bytes, true)
+            .map_err(|e| anyhow::anyhow!("{}: optimizer state: {e}", ckpt.path.display()))?;
         let record: OptimRecord<I> = Recorder::<B<I>>::load(&recorder(), bytes.to_vec(), device)
             .map_err(|_| bad("optimizer state"))?;
         self.optim_record = Some(record);

@@ -108,12 +108,6 @@ impl Batches {
     pub fn iter(&self) -> impl Iterator<Item = Batch> + '_ {
         (0..self.len).map(|k| self.get(k))
     }
-
-    /// Lets the operating system drop the pages of a mapped text read so far from resident
-    /// memory ([`Ids::release`]); a loader calls it every few batches.
-    pub fn release(&self) {
-        self.ids.release();
-    }
 }
 
 /// Which of `len` batches a validation of at most `cap` batches reads (`cap == 0`: all):

@@ -53,20 +53,42 @@ enum Store {
     Mapped { map: memmap2::Mmap, width: Width },
 }
 
+/// The largest page-cache folio a read of the map can fault in at once (a PMD: 2 MiB on x86-64
+/// and arm64 with 4 KiB pages). Linux maps a file's whole large folio on a fault, not only the
+/// page read, so each window read would leave up to this much resident.
+const FOLIO: usize = 2 << 20;
+
 impl Store {
-    /// Copies ids `pos .. pos + out.len()` (positions in the store) into `out`.
+    /// Copies ids `pos .. pos + out.len()` (positions in the store) into `out`. A mapped store
+    /// then gives the folios it read back ([`FOLIO`]): a read leaves nothing resident, so a
+    /// loop over windows spread through a text holds a few MiB of it, not the text.
     fn read(&self, pos: usize, out: &mut [u32]) {
         match self {
             Store::Memory(ids) => out.copy_from_slice(&ids[pos..pos + out.len()]),
             Store::Mapped { map, width } => {
                 let w = width.bytes();
-                let bytes = &map[pos * w..(pos + out.len()) * w];
+                let (start, end) = (pos * w, (pos + out.len()) * w);
+                let bytes = &map[start..end];
                 match width {
                     Width::U8 => out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as u32),
                     Width::U16 => (out.iter_mut().zip(bytes.chunks_exact(2)))
                         .for_each(|(o, b)| *o = u16::from_le_bytes([b[0], b[1]]) as u32),
                     Width::U32 => (out.iter_mut().zip(bytes.chunks_exact(4)))
                         .for_each(|(o, b)| *o = u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                }
+                #[cfg(unix)]
+                {
+                    let lo = start / FOLIO * FOLIO;
+                    let hi = end.div_ceil(FOLIO).saturating_mul(FOLIO).min(map.len());
+                    // SAFETY: MADV_DONTNEED on a range of a read-only shared file mapping only
+                    // unmaps its pages (`lo..hi` lies inside the map: `lo <= start`, `hi` is
+                    // clamped to its length); the next read faults them in again from the
+                    // file, which is never written while mapped. No reference into the map
+                    // outlives this call (`bytes` is dead here), and other threads' reads see
+                    // the same bytes whether their pages are mapped or faulted in again.
+                    let _ = unsafe {
+                        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+                    };
                 }
             }
         }
@@ -219,23 +241,6 @@ impl Ids {
         self.read(0, &mut out);
         out
     }
-
-    /// Lets the operating system drop the mapped pages read so far from this process's resident
-    /// memory (they stay in the page cache, and are read again from it when needed). A long
-    /// sequential read (an epoch, a whole evaluation) calls this now and then, so that its
-    /// resident memory does not grow with the text. A no-op for ids in memory.
-    pub fn release(&self) {
-        #[cfg(unix)]
-        for p in &self.parts {
-            if let Store::Mapped { map, .. } = &*p.store {
-                // SAFETY: MADV_DONTNEED on a read-only shared file mapping only unmaps its
-                // pages: the next read faults them in again from the file, which is never
-                // written while mapped, so every reference into the map (none outlives a
-                // `Store::read` call, and those run on this data only) sees the same bytes.
-                let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -277,7 +282,6 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             let mapped = Ids::map(&path, width).unwrap();
             assert_eq!(mapped.to_vec(), ids);
-            mapped.release();
             assert_eq!(mapped.slice(1, 3).to_vec(), ids[1..]);
         }
         std::fs::write(dir.join("odd.ids"), [1u8, 2, 3]).unwrap();
@@ -286,5 +290,47 @@ mod tests {
         assert!(Ids::map(&dir.join("empty.ids"), Width::U8)
             .unwrap()
             .is_empty());
+    }
+
+    /// The resident file-backed memory of this process (`RssFile`), in bytes.
+    #[cfg(target_os = "linux")]
+    fn rss_file() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("RssFile:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn windows_read_through_the_map_leave_the_text_unresident() {
+        let dir = std::env::temp_dir().join(format!("karnna-ids-rss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.ids");
+        let len = 64usize << 20;
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        drop(bytes);
+        let ids = Ids::map(&path, Width::U8).unwrap();
+        let before = rss_file();
+        let mut window = [0u32; 101];
+        for k in 0..2000u64 {
+            let at = k * (len as u64 - 101) / 2000;
+            ids.read(at, &mut window);
+            assert_eq!(window[100], ((at + 100) % 251) as u32);
+        }
+        let grown = rss_file().saturating_sub(before);
+        // Without giving the folios back, each of the 2000 windows would leave its folio
+        // resident: the whole 64 MiB.
+        assert!(
+            grown < 8 << 20,
+            "{} MiB of the text stayed resident",
+            grown >> 20
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -75,10 +75,6 @@ pub struct EvalReport {
     pub row_len: u64,
 }
 
-/// Chunks read between two [`Ids::release`]s, so that a mapped text's resident part stays a
-/// few windows per row however long the text.
-const RELEASE_EVERY: usize = 16;
-
 /// The model's loss on the id stream `ids` (in memory, or a prepared text's map: only a
 /// window per row is read at a time), read as in training: each id predicts the next one.
 ///
@@ -121,7 +117,7 @@ pub fn evaluate<B: CellBackend>(
     // The targets of a chunk, row-major: `[rows, t]`.
     let mut next: Vec<u32> = Vec::with_capacity(rows * steps);
     let mut window = vec![0u32; steps + 1];
-    let (mut start, mut chunks) = (0u64, 0usize);
+    let mut start = 0u64;
     while start < row_len {
         let t = (steps as u64).min(row_len - start) as usize;
         inputs.clear();
@@ -145,10 +141,6 @@ pub fn evaluate<B: CellBackend>(
             sum += neg_log_softmax(z, next[i * t + j] as usize);
         }
         start += t as u64;
-        chunks += 1;
-        if chunks.is_multiple_of(RELEASE_EVERY) {
-            ids.release();
-        }
         progress(start * rows as u64, total);
     }
     let loss_nats = sum / total as f64;

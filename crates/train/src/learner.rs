@@ -274,10 +274,6 @@ impl Numeric for CharMetric {
     }
 }
 
-/// How many batches a loader reads between two [`Batches::release`]s of a mapped text, so that
-/// the text's resident part stays a few windows per row, whatever its size.
-pub const RELEASE_EVERY: usize = 16;
-
 /// The batches of one split as a burn data loader: ordered, never shuffled (row `i` of batch
 /// `k + 1` continues row `i` of batch `k`), optionally a sub-range (to resume mid-epoch) or a
 /// pick of the batches (a capped validation, [`karnna_data::spread`]).
@@ -333,9 +329,6 @@ impl<B: Backend> Iterator for BatchIter<'_, B> {
             let loader = self.loader;
             let k = loader.pick.as_ref().map_or(self.next, |p| p[self.next]);
             self.next += 1;
-            if self.next.is_multiple_of(RELEASE_EVERY) {
-                loader.batches.release();
-            }
             CharBatch::new(&loader.batches.get(k), &loader.device)
         })
     }

@@ -12,10 +12,9 @@
 //! - the output layer: logits, their softmax and their gradient, and the loss's own copy:
 //!   4·N·V;
 //! - a fixed base for the program itself (its code, thread stacks, Burn's runtime);
-//! - the resident part of the text, which is memory-mapped, not loaded: what the batch loaders
-//!   have read since they last released it ([`crate::learner::RELEASE_EVERY`] batches), per
-//!   row and loader, plus the kernel's fault-around of 64 KiB per row. It does not grow with
-//!   the text.
+//! - the resident part of the text, which is memory-mapped, not loaded: a window read through
+//!   the map gives its pages back at once ([`karnna_data::Ids::read`]), so at most the one or
+//!   two 2 MiB folios of the window being read. It does not grow with the text.
 //!
 //! Measured against the peak resident memory `karnna bench` reports (the same step: forward,
 //! backward, global clip, Adam), the estimate is within the factor stated in docs/GUIDE.md ("Training").
@@ -38,8 +37,8 @@ pub struct MemoryEstimate {
     pub text: u64,
 }
 
-/// The pages the kernel maps around one page fault in a mapped file (`fault_around_bytes`).
-const FAULT_AROUND: u64 = 64 << 10;
+/// The most of a mapped text that is resident at once: a window's two large folios.
+const TEXT_RESIDENT: u64 = 4 << 20;
 
 impl MemoryEstimate {
     /// The estimate for training `model` on batches of `batch_size` x `num_steps`.
@@ -63,12 +62,12 @@ impl MemoryEstimate {
         }
     }
 
-    /// With the resident part of a text mapped at `width` bytes an id and read in batches of
-    /// `batch_size` x `num_steps` by the training and the validation loaders.
+    /// With the resident part of a mapped text, and the two batches of ids (training and
+    /// validation) read from it, `width` bytes an id, in batches of `batch_size` x `num_steps`.
     pub fn with_text(self, width: usize, batch_size: usize, num_steps: usize) -> Self {
-        let read = (crate::learner::RELEASE_EVERY * num_steps * width) as u64;
+        let batch = (2 * batch_size * (num_steps + 1) * width.max(4)) as u64;
         Self {
-            text: 2 * batch_size as u64 * (read + FAULT_AROUND),
+            text: TEXT_RESIDENT + 2 * batch,
             ..self
         }
     }

@@ -24,8 +24,7 @@ pub mod step;
 pub use cell::Cell;
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta};
 pub use model::{
-    next_dropout_seed, seed_dropout, CharRnn, CharRnnConfig, Init, ModelShape, Recurrence,
-    RnnLayer, RnnState,
+    CharRnn, CharRnnConfig, DropoutSeed, Init, ModelShape, Recurrence, RnnLayer, RnnState,
 };
-pub use ops::{to_f32_vec, CellBackend, CellInputs, CellKernels, MatmulPrecision};
+pub use ops::{to_f32_vec, CellBackend, CellInputs, CellKernels, GpuMatmul, MatmulPrecision};
 pub use step::StepState;

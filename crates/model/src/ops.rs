@@ -36,7 +36,6 @@
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -81,21 +80,31 @@ impl MatmulPrecision {
     }
 }
 
-/// Whether the GPU backends run the model's matrix products in f32 ([`force_f32_matmuls`]).
-static F32_MATMULS: AtomicBool = AtomicBool::new(false);
-
-/// Makes the GPU backends run every matrix product of the model in f32 (`true`), or lets Burn's
-/// matmul use TF32 tensor cores where the card has them (`false`, the default): the input
-/// projection of the layers above the first, the output layer, their gradients and `dW_hh`.
-/// The recurrence kernels and sampling compute in f32 either way; the CPU backends always do.
-/// Process-wide: a training run sets it from its config before it starts.
-pub fn force_f32_matmuls(on: bool) {
-    F32_MATMULS.store(on, Ordering::Relaxed);
-}
-
-/// Whether [`force_f32_matmuls`] is on.
-pub fn f32_matmuls_forced() -> bool {
-    F32_MATMULS.load(Ordering::Relaxed)
+/// The arithmetic of the model's dense matrix products on a GPU (the input projection of the
+/// layers above the first, the output layer, their gradients and `dW_hh`). The recurrence
+/// kernels and sampling compute in f32 whatever this says; the CPU backends always do. A
+/// property of each model ([`crate::CharRnn::gpu_matmul`]), not of the process.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuMatmul {
+    /// Burn's matmul: TF32 tensor cores where the card has them (inputs rounded to a 10-bit
+    /// mantissa, sums in f32), which is much faster; f32 on cards without them.
+    #[default]
+    #[value(help = "TF32 tensor cores where the card has them, f32 elsewhere (default, fast)")]
+    Tf32,
+    /// karnna's own f32 product for every matmul of the model: IEEE f32 throughout, slower.
+    #[value(help = "f32 throughout (karnna's own product; slower)")]
+    F32,
 }
 
 /// The tensors of a sequence op, one per input: the inputs themselves, or, from
@@ -151,10 +160,12 @@ impl<T> CellInputs<T> {
 /// shapes).
 pub trait CellBackend: Backend {
     /// Runs `cell`'s recurrence over all steps; returns `hs [T, B, H]` and the LSTM's
-    /// `c_T [B, H]` (`None` for the other cells).
+    /// `c_T [B, H]` (`None` for the other cells). `matmul` is how the GPU backends compute
+    /// `dW_hh` in the backward (the recurrence itself is f32 everywhere).
     fn sequence(
         cell: Cell,
         inputs: CellInputs<FloatTensor<Self>>,
+        matmul: GpuMatmul,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
 
     /// A dropout mask of `shape` on `device`: [`kernel::dropout_mask`] of `seed` and
@@ -172,11 +183,12 @@ pub trait CellBackend: Backend {
         Self::float_from_data(TensorData::new(mask, shape), device)
     }
 
-    /// The precision of the matrix products this backend runs for the model on `device`
-    /// outside the sequence op (`dW_hh`, the input and output layers); the sequence op
-    /// itself computes in f32 on every backend. By default f32 (the CPU backends' `gemm`).
-    fn matmul_precision(device: &burn::tensor::Device<Self>) -> MatmulPrecision {
-        let _ = device;
+    /// The precision of the matrix products this backend runs on `device` for a model whose
+    /// products are `matmul`, outside the sequence op (`dW_hh`, the input and output layers);
+    /// the sequence op itself computes in f32 on every backend. By default f32 (the CPU
+    /// backends' `gemm`).
+    fn matmul_precision(device: &burn::tensor::Device<Self>, matmul: GpuMatmul) -> MatmulPrecision {
+        let _ = (device, matmul);
         MatmulPrecision::F32
     }
 
@@ -192,25 +204,28 @@ pub trait CellBackend: Backend {
     }
 
     /// `x·w + b` for one step's logits (`x [B, I]`, `w [I, O]`, `b [O]`). By default
-    /// [`CellBackend::dense`], as the model's output layer computes them; the GPU backends run
-    /// it as one kernel launch.
+    /// [`CellBackend::dense`] with `matmul`, as the model's output layer computes them; the
+    /// GPU backends run it as one kernel launch (in f32).
     fn linear_step(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
+        matmul: GpuMatmul,
     ) -> FloatTensor<Self> {
-        Self::dense(x, w, b)
+        Self::dense(x, w, b, matmul)
     }
 
     /// `x·w (+ b)` for the model's dense products (`x [N, K]`, `w [K, M]`, `b [M]`): the input
     /// projection of the layers above the first (no bias) and the output layer. By default
-    /// Burn's `matmul` (no bias) or `linear`; the GPU backends run their own f32 product when
-    /// [`force_f32_matmuls`] is on, and so does autodiff for the gradients.
+    /// Burn's `matmul` (no bias) or `linear`; with `matmul` [`GpuMatmul::F32`] the GPU
+    /// backends run their own f32 product, and so does autodiff for the gradients.
     fn dense(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
+        matmul: GpuMatmul,
     ) -> FloatTensor<Self> {
+        let _ = matmul;
         burn_dense::<Self>(x, w, b)
     }
 }
@@ -233,8 +248,9 @@ pub fn dense<B: CellBackend>(
     x: Tensor<B, 2>,
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
+    matmul: GpuMatmul,
 ) -> Tensor<B, 2> {
-    from_float(B::dense(float(x), float(w), b.map(float)))
+    from_float(B::dense(float(x), float(w), b.map(float), matmul))
 }
 
 /// What a backend needs besides [`CellBackend`] for `Autodiff<Self>` to train through the op: a
@@ -244,10 +260,12 @@ pub trait CellKernels: CellBackend {
     /// ...).
     type Cache: Clone + Send + Sync + Debug + 'static;
 
-    /// [`CellBackend::sequence`], also returning the cache for [`Self::backward`].
+    /// [`CellBackend::sequence`], also returning the cache for [`Self::backward`] (which
+    /// keeps `matmul` for `dW_hh`).
     fn forward_train(
         cell: Cell,
         inputs: CellInputs<FloatTensor<Self>>,
+        matmul: GpuMatmul,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Self::Cache);
 
     /// Given `dL/dhs [T, B, H]`, returns the gradient of every input of the forward.
@@ -298,16 +316,18 @@ impl<B: Backend> SequenceInputs<B> {
     }
 }
 
-/// Runs `cell`'s fused sequence on tensors: `hs [T, B, H]` and the LSTM's `c_T [B, H]`.
+/// Runs `cell`'s fused sequence on tensors: `hs [T, B, H]` and the LSTM's `c_T [B, H]`;
+/// `matmul` is how a GPU computes `dW_hh` ([`CellBackend::sequence`]).
 ///
 /// # Panics
 /// Panics if `b_hh` and `c0` are not those of `cell`.
 pub fn sequence<B: CellBackend>(
     cell: Cell,
     inputs: SequenceInputs<B>,
+    matmul: GpuMatmul,
 ) -> (Tensor<B, 3>, Option<Tensor<B, 2>>) {
     inputs.check(cell);
-    let (hs, c) = B::sequence(cell, inputs.into_primitives());
+    let (hs, c) = B::sequence(cell, inputs.into_primitives(), matmul);
     (from_float(hs), c.map(from_float))
 }
 
@@ -349,6 +369,8 @@ pub struct LayerStep<'a, T> {
     pub h: T,
     /// `[B, H]`: the LSTM's cell state; `None` for the other cells.
     pub c: Option<T>,
+    /// The model's products ([`crate::CharRnn::gpu_matmul`]), for the input projection.
+    pub matmul: GpuMatmul,
 }
 
 /// [`CellBackend::layer_step`] in Burn tensor ops: the input projection and biases as
@@ -367,7 +389,9 @@ pub fn tensor_layer_step<B: CellBackend>(
             let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, rows]), &h0.device());
             embedding(w_ih, ids)
         }
-        StepInput::Hidden(x) => dense(from_float(x), w_ih, None).reshape([1, rows, gh]),
+        StepInput::Hidden(x) => {
+            dense(from_float(x), w_ih, None, step.matmul).reshape([1, rows, gh])
+        }
     };
     let (b_ih, b_hh) = (from_float::<B, 1>(step.b_ih), from_float::<B, 1>(step.b_hh));
     let lstm = cell == Cell::Lstm;
@@ -379,7 +403,7 @@ pub fn tensor_layer_step<B: CellBackend>(
         h0,
         c0: step.c.map(from_float),
     };
-    let (hs, c) = sequence(cell, inputs);
+    let (hs, c) = sequence(cell, inputs, step.matmul);
     (float(hs.reshape([rows, width])), c.map(float))
 }
 
@@ -413,6 +437,7 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
     fn sequence(
         cell: Cell,
         inputs: CellInputs<FloatTensor<Self>>,
+        matmul: GpuMatmul,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         let nodes = inputs.as_ref().present().map(|t| t.node.clone());
         let inner = inputs.map(|t| t.primitive);
@@ -423,11 +448,11 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (hs, c, cache) = B::forward_train(cell, inner);
+                let (hs, c, cache) = B::forward_train(cell, inner, matmul);
                 (prep.finish(cache, hs), untracked(c))
             }
             OpsKind::UnTracked(prep) => {
-                let (hs, c) = B::sequence(cell, inner);
+                let (hs, c) = B::sequence(cell, inner, matmul);
                 (prep.finish(hs), untracked(c))
             }
         }
@@ -443,19 +468,20 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
         <Self as AutodiffBackend>::from_inner(B::dropout_mask(seed, keep_prob, shape, device))
     }
 
-    fn matmul_precision(device: &burn::tensor::Device<Self>) -> MatmulPrecision {
-        B::matmul_precision(device)
+    fn matmul_precision(device: &burn::tensor::Device<Self>, matmul: GpuMatmul) -> MatmulPrecision {
+        B::matmul_precision(device, matmul)
     }
 
-    /// Burn's own ops and their autodiff, unless [`force_f32_matmuls`] is on: then the product
-    /// is one graph node ([`DenseBackward`]) whose forward and gradients are the inner
-    /// backend's [`CellBackend::dense`], and the bias is added by Burn.
+    /// Burn's own ops and their autodiff, unless `matmul` is [`GpuMatmul::F32`]: then the
+    /// product is one graph node ([`DenseBackward`]) whose forward and gradients are the inner
+    /// backend's [`CellBackend::dense`] in f32, and the bias is added by Burn.
     fn dense(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
+        matmul: GpuMatmul,
     ) -> FloatTensor<Self> {
-        if !f32_matmuls_forced() {
+        if matmul != GpuMatmul::F32 {
             return burn_dense::<Self>(x, w, b);
         }
         let nodes = [x.node.clone(), w.node.clone()];
@@ -466,10 +492,12 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::dense(x_inner.clone(), w_inner.clone(), None);
+                let out = B::dense(x_inner.clone(), w_inner.clone(), None, GpuMatmul::F32);
                 prep.finish((x_inner, w_inner), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::dense(x_inner, w_inner, None)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::dense(x_inner, w_inner, None, GpuMatmul::F32))
+            }
         };
         match b {
             None => product,
@@ -480,9 +508,8 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
     }
 }
 
-/// The backward of [`CellBackend::dense`]'s product under autodiff when
-/// [`force_f32_matmuls`] is on: `dx = dy·wᵀ` and `dw = xᵀ·dy`, each the inner backend's
-/// [`CellBackend::dense`].
+/// The backward of [`CellBackend::dense`]'s product under autodiff with [`GpuMatmul::F32`]:
+/// `dx = dy·wᵀ` and `dw = xᵀ·dy`, each the inner backend's [`CellBackend::dense`] in f32.
 #[derive(Debug)]
 struct DenseBackward<B>(PhantomData<B>);
 
@@ -494,10 +521,12 @@ impl<B: CellBackend> Backward<B, 2> for DenseBackward<B> {
         let (x, w) = ops.state;
         let [node_x, node_w] = ops.parents;
         if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::dense(dy.clone(), B::float_transpose(w), None));
+            let dx = B::dense(dy.clone(), B::float_transpose(w), None, GpuMatmul::F32);
+            grads.register::<B>(node.id, dx);
         }
         if let Some(node) = node_w {
-            grads.register::<B>(node.id, B::dense(B::float_transpose(x), dy, None));
+            let dw = B::dense(B::float_transpose(x), dy, None, GpuMatmul::F32);
+            grads.register::<B>(node.id, dw);
         }
     }
 }
@@ -649,6 +678,7 @@ macro_rules! native_backend {
             fn sequence(
                 cell: Cell,
                 inputs: CellInputs<FloatTensor<Self>>,
+                _: GpuMatmul,
             ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
                 let (hs, c, _) = native_forward::<Self>(cell, inputs, false);
                 (hs, c)
@@ -661,6 +691,7 @@ macro_rules! native_backend {
             fn forward_train(
                 cell: Cell,
                 inputs: CellInputs<FloatTensor<Self>>,
+                _: GpuMatmul,
             ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Self::Cache) {
                 let (hs, c, cache) = native_forward::<Self>(cell, inputs, true);
                 (hs, c, cache.expect("cache kept"))

@@ -262,7 +262,8 @@ fn sequence_results(
     fused: bool,
     device: &burn::backend::wgpu::WgpuDevice,
 ) -> Vec<Vec<f32>> {
-    use karnna_model::ops::{sequence, tensor_forward, SequenceInputs};
+    use karnna_model::ops::reference::tensor_forward;
+    use karnna_model::ops::{sequence, SequenceInputs};
     type A = burn::backend::Autodiff<wgpu::Backend>;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let gh = cell.gates() * h;
@@ -356,7 +357,7 @@ fn dropout_masks_drawn_on_wgpu_equal_the_cpu_masks_bit_for_bit() {
     ];
     for (seed, keep_prob, len) in cases {
         let mut cpu = vec![0.0_f32; len];
-        karnna_model::kernel::dropout_mask(seed, keep_prob, &mut cpu);
+        karnna_model::cpu::dropout_mask(seed, keep_prob, &mut cpu);
         let mask = <wgpu::Backend as CellBackend>::dropout_mask(
             seed,
             keep_prob,

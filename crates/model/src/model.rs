@@ -11,9 +11,8 @@ use karnna_data::Vocab;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::ops::{
-    dense, sequence, tensor_forward, to_f32_vec, CellBackend, GpuMatmul, SequenceInputs,
-};
+use crate::ops::reference::tensor_forward;
+use crate::ops::{dense, sequence, to_f32_vec, CellBackend, GpuMatmul, SequenceInputs};
 use crate::Cell;
 
 /// How an untrained model's weights are drawn.
@@ -64,7 +63,7 @@ impl Init {
 pub enum Recurrence {
     /// The fused sequence op with its hand-written backward (what training and sampling use).
     Fused,
-    /// The recurrence step by step in Burn tensor ops ([`crate::ops::tensor_forward`]): under
+    /// The recurrence step by step in Burn tensor ops ([`crate::ops::reference::tensor_forward`]): under
     /// autodiff, the reference the fused op is tested against.
     Tensor,
 }
@@ -111,6 +110,10 @@ impl std::fmt::Display for ModelShape {
 fn cell_or_lstm<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Cell, D::Error> {
     Ok(<Option<Cell> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
 }
+
+/// The notebook's `keep_prob`: each layer's output is kept with probability 0.5 in training.
+/// The one default, for [`CharRnnConfig::new`] and a run's config.
+pub const DEFAULT_KEEP_PROB: f64 = 0.5;
 
 /// Everything needed to build an untrained [`CharRnn`]: the vocabulary's size, the shape, and
 /// the training setting the model carries (dropout). Serialized flat, as checkpoints hold it:
@@ -190,13 +193,13 @@ pub struct CharRnn<B: Backend> {
 }
 
 impl CharRnnConfig {
-    /// The notebook's model ([`ModelShape::default`], `keep_prob` 0.5) for `vocab_size`
+    /// The notebook's model ([`ModelShape::default`], [`DEFAULT_KEEP_PROB`]) for `vocab_size`
     /// characters.
     pub fn new(vocab_size: usize) -> Self {
         Self {
             vocab_size,
             shape: ModelShape::default(),
-            keep_prob: 0.5,
+            keep_prob: DEFAULT_KEEP_PROB,
         }
     }
 
@@ -597,7 +600,7 @@ pub enum DropoutSeed {
 }
 
 impl DropoutSeed {
-    /// The seed of layer `layer`'s dropout mask (the mask is [`crate::kernel::dropout_mask`]
+    /// The seed of layer `layer`'s dropout mask (the mask is [`crate::cpu::dropout_mask`]
     /// of it), drawn on `device` for [`DropoutSeed::Backend`].
     pub fn layer_seed<B: Backend>(self, layer: usize, device: &B::Device) -> u64 {
         if let DropoutSeed::Seeded(seed) = self {
@@ -619,7 +622,7 @@ impl DropoutSeed {
 /// Dropout on recurrent layer `layer`'s output, in training only (on an autodiff backend): each
 /// value is kept with probability `keep_prob` and scaled by `1 / keep_prob`, or zeroed.
 ///
-/// The mask is [`crate::kernel::dropout_mask`] (a counter-based hash of the seed and each
+/// The mask is [`crate::cpu::dropout_mask`] (a counter-based hash of the seed and each
 /// element's index) of the layer's seed from `seeds` ([`DropoutSeed::layer_seed`]). The
 /// backend draws it ([`CellBackend::dropout_mask`]): the CPU backends on the host, 16 lanes at
 /// a time; the GPU backends on the device, bit for bit the same, so no mask crosses to the

@@ -5,7 +5,8 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::{Distribution, Tolerance};
-use karnna_model::ops::{sequence, tensor_backward, tensor_forward, SequenceInputs};
+use karnna_model::ops::reference::{tensor_backward, tensor_forward};
+use karnna_model::ops::{sequence, SequenceInputs};
 use karnna_model::{
     Cell, CellBackend, CellKernels, CharRnn, CharRnnConfig, DropoutSeed, GpuMatmul, Recurrence,
     RnnState, StepState,

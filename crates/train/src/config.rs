@@ -236,7 +236,7 @@ impl Default for RunConfig {
             batch_size: 100,
             num_steps: 100,
             shape: ModelShape::default(),
-            keep_prob: 0.5,
+            keep_prob: karnna_model::DEFAULT_KEEP_PROB,
             learning_rate: 0.001,
             grad_clip: 5.0,
             epochs: 20,

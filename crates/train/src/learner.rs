@@ -26,7 +26,7 @@ pub struct Trainee<B: Backend> {
     pub model: CharRnn<B>,
 }
 
-/// One batch as tensors, with the LSTM state to start from (`None`: zeros).
+/// One batch as tensors, with the recurrent state to start from (`None`: zeros).
 #[derive(Clone, Debug)]
 pub struct CharBatch<B: Backend> {
     /// Input ids `[batch, steps]`.

@@ -1,4 +1,4 @@
-//! A training run on burn-train's learner, with karnna's strategy: the LSTM state carried from
+//! A training run on burn-train's learner, with karnna's strategy: the recurrent state carried from
 //! batch to batch, global-norm clipping, validation every `eval_every` iterations, checkpoints
 //! every `save_every_n`, exact resume, and `metrics.csv` / `loss.svg`.
 //!
@@ -256,7 +256,7 @@ fn check_memory(
 }
 
 /// Where the learner starts: the model (untrained, fine-tuned from a base, or resumed), the
-/// optimizer with its saved state, the iteration and the carried LSTM state.
+/// optimizer with its saved state, the iteration and the carried recurrent state.
 struct Start<I: CellKernels> {
     model: karnna_model::CharRnn<B<I>>,
     optim: Optim<I>,
@@ -429,7 +429,7 @@ struct Shared<B: Backend> {
     iteration: usize,
 }
 
-/// karnna's training strategy for burn-train: the notebook's loop with the LSTM state carried
+/// karnna's training strategy for burn-train: the notebook's loop with the recurrent state carried
 /// across the batches of an epoch, feeding the learner's event processor (dashboard, metrics).
 struct Carry<I: CellKernels> {
     /// The run's settled config (what its checkpoints record).

@@ -21,7 +21,7 @@
 //! After the backward loop, `dh0` is one more launch ([`through_weights`]), and `dW_hh =
 //! H_prevᵀ·dHP` and `db_hh = Σ dHP` are one Burn matmul and one Burn sum over all steps. A layer
 //! of `T` steps thus takes about `T + 3` launches forward and `T + 5` backward, against about
-//! 60 per step in Burn tensor ops ([`crate::ops::tensor_forward`], which stays the tests'
+//! 60 per step in Burn tensor ops ([`crate::ops::reference::tensor_forward`], which stays the tests'
 //! reference).
 //!
 //! The states are kept with room for `h0` (and `c0`) in front, `[T + 1, B, H]`, which the step
@@ -47,7 +47,7 @@
 //! mantissa, unit roundoff 2⁻¹¹ ≈ 4.9e-4) for f32 inputs; see [`matmul_precision`].
 //!
 //! Dropout masks are drawn here too ([`dropout_mask_kernel`]), with the counter-based hash of
-//! [`crate::kernel::dropout_mask`], bit for bit: a seed gives the same mask on the CPU and on
+//! [`crate::cpu::dropout_mask`], bit for bit: a seed gives the same mask on the CPU and on
 //! any GPU, and no mask crosses from the host.
 //!
 //! Sampling's one-character step has kernels of its own (`step.rs`: one launch per layer and
@@ -59,7 +59,7 @@
 //! blocks one after another (llvmpipe).
 
 mod matmul;
-mod step;
+mod sampling;
 
 use burn::tensor::{DType, Shape, Tensor as BurnTensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
@@ -418,7 +418,7 @@ fn fmix32(x: u32) -> u32 {
     d ^ (d >> 16u32)
 }
 
-/// The dropout mask of [`crate::kernel::dropout_mask`] on the device, bit for bit: element `i`
+/// The dropout mask of [`crate::cpu::dropout_mask`] on the device, bit for bit: element `i`
 /// is `scale` when `fmix32(fmix32(i·0x9E3779B9 ^ seed_lo) ^ seed_hi) < threshold` (or always,
 /// when `keep_all`), else 0. Multiplications wrap, as `u32::wrapping_mul` does on the host.
 #[cube(launch_unchecked)]
@@ -752,7 +752,7 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
         cell: Cell,
         step: LayerStep<'_, CubeTensor<R>>,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-        step::layer(cell, step)
+        sampling::layer(cell, step)
     }
 
     fn linear_step(
@@ -761,17 +761,11 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
         b: Option<CubeTensor<R>>,
         _: GpuMatmul,
     ) -> CubeTensor<R> {
-        step::linear(x, w, b)
+        sampling::linear(x, w, b)
     }
 
     fn dropout_mask(seed: u64, keep_prob: f64, shape: Shape, device: &R::Device) -> CubeTensor<R> {
-        // The threshold and scale as `kernel::dropout_mask` computes them.
-        let threshold = (keep_prob.clamp(0.0, 1.0) * 4_294_967_296.0).min(u32::MAX as f64) as u32;
-        let scale = if keep_prob > 0.0 {
-            (1.0 / keep_prob) as f32
-        } else {
-            0.0
-        };
+        let (threshold, scale) = crate::cpu::mask_threshold(keep_prob);
         let n = shape.num_elements();
         let out =
             empty_device_contiguous_dtype(R::client(device), device.clone(), shape, DType::F32);

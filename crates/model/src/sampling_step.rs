@@ -6,7 +6,7 @@
 //! [`CellBackend::linear_step`]. By default these are Burn tensor ops around the fused sequence
 //! op over one step ([`crate::ops::tensor_layer_step`]: the ops of [`CharRnn::forward`], in
 //! the same order, so the logits are `forward`'s over one character bit for bit); the GPU
-//! backends fuse each into one kernel launch (`crate::cube::step`).
+//! backends fuse each into one kernel launch (`crate::gpu::step`).
 
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;

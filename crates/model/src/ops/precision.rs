@@ -2,6 +2,8 @@
 //! first, the output layer): what a model asks for on a GPU ([`GpuMatmul`], a property of each
 //! model) and the precision a backend's products have ([`MatmulPrecision`]).
 
+use serde::{Deserialize, Serialize};
+
 /// The arithmetic of a backend's matrix products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPrecision {
@@ -34,17 +36,7 @@ impl MatmulPrecision {
 /// layers above the first, the output layer, their gradients and `dW_hh`). The recurrence
 /// kernels and sampling compute in f32 whatever this says; the CPU backends always do. A
 /// property of each model ([`crate::CharRnn::gpu_matmul`]), not of the process.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuMatmul {
     /// Burn's matmul: TF32 tensor cores where the card has them (inputs rounded to a 10-bit

@@ -14,7 +14,7 @@ use karnna_gpu::launches::LaunchCounter;
 use karnna_infer::{
     default_parts, pick, BurnStepper, CharStepper, CpuCharRnn, Precision, Strategy,
 };
-use karnna_model::{CellKernels, CharRnnConfig};
+use karnna_model::{CellKernels, CharRnnConfig, DropoutSeed};
 use karnna_train::learner::{CharBatch, Trainee};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -112,7 +112,10 @@ fn train_step_secs<I: CellKernels>(
     type B<I> = Autodiff<I>;
     I::seed(&device, 0);
     let mut model = Trainee {
-        model: a.model().init::<B<I>>(&device),
+        model: a
+            .model()
+            .init::<B<I>>(&device)
+            .with_gpu_matmul(a.gpu_matmul),
     };
     let mut optim = AdamConfig::new()
         .with_epsilon(1e-8)
@@ -137,7 +140,8 @@ fn train_step_secs<I: CellKernels>(
         let previous = state.take();
         let step = || {
             let t = Instant::now();
-            let (next, _, s) = current.optimize(&mut optim, 0.001, 5.0, batch, previous);
+            let dropout = DropoutSeed::Backend;
+            let (next, _, s) = current.optimize(&mut optim, 0.001, 5.0, batch, previous, dropout);
             // Read something back so lazy backends finish the step.
             let _ = next.model.output.bias.as_ref().unwrap().val().into_data();
             (next, s, t.elapsed().as_secs_f64())
@@ -191,7 +195,7 @@ impl karnna_gpu::OnBackend for GpuSample<'_> {
 
     fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<GpuSampling> {
         let a = self.0;
-        let model = a.model().init::<B>(&device);
+        let model = a.model().init::<B>(&device).with_gpu_matmul(a.gpu_matmul);
         let mut stepper = BurnStepper::new(model);
         // Compile the step's kernels before timing.
         sample_rate(&mut stepper, 5, a.vocab);
@@ -359,7 +363,6 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
         a.gpu_matmul,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    a.gpu_matmul.apply();
     // Installed before any GPU work, which reads CubeCL's configuration once per process.
     let counter = match Gpu::of(a.device) {
         Some(_) if !a.no_launch_count => LaunchCounter::install(),

@@ -2,8 +2,8 @@
 //!
 //! The text is prepared with the checkpoint's vocabulary (characters it lacks are left out and
 //! counted, see [`karnna_infer::eval`]) into the cache of prepared texts, memory-mapped, and
-//! read by [`karnna_infer::evaluate`] in the training layout, with the LSTM state carried: the
-//! program holds a window per row, never the text. On the CPU this is burn-flex with the fused LSTM kernel
+//! read by [`karnna_infer::evaluate`] in the training layout, with the recurrent state carried: the
+//! program holds a window per row, never the text. On the CPU this is burn-flex with the fused recurrent kernels
 //! and no autodiff; on a GPU, Burn's forward on that backend. The figures are printed on stdout
 //! as `key=value` lines; a progress line goes to stderr on long texts when it is a terminal.
 

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use karnna_gpu::{check, Gpu, OnBackend};
-use karnna_model::{Cell, CellKernels, MatmulPrecision};
+use karnna_model::{Cell, CellKernels, GpuMatmul, MatmulPrecision};
 
 use crate::bench;
 
@@ -32,6 +32,8 @@ pub struct GpuCheckArgs {
 struct Checks {
     name: &'static str,
     iters: usize,
+    /// The products the checks run with (those the benchmark times).
+    matmul: GpuMatmul,
 }
 
 impl OnBackend for Checks {
@@ -39,17 +41,17 @@ impl OnBackend for Checks {
 
     fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         let dir = std::env::temp_dir().join(format!("karnna-gpu-check-{}", std::process::id()));
-        let precision = B::matmul_precision(&device);
+        let precision = B::matmul_precision(&device, self.matmul);
         let mut results = Vec::new();
         for cell in Cell::ALL {
-            let op = check::fused_op::<B>(&device, cell).map(|d| {
+            let op = check::fused_op::<B>(&device, cell, self.matmul).map(|d| {
                 let list: Vec<String> = d.iter().map(ToString::to_string).collect();
                 format!("max |gpu-cpu|: {}", list.join(", "))
             });
             results.push((format!("fused_op_{cell}"), op));
         }
         for cell in Cell::ALL {
-            let training = check::training::<B>(&device, cell).map(|(cpu, gpu)| {
+            let training = check::training::<B>(&device, cell, self.matmul).map(|(cpu, gpu)| {
                 let last = |v: &[f32]| v.last().copied().unwrap_or(f32::NAN);
                 format!(
                     "{} Adam steps, last loss cpu {:.5} gpu {:.5}",
@@ -71,7 +73,8 @@ impl OnBackend for Checks {
             });
             results.push((format!("sampling_step_{cell}"), step));
         }
-        let sampling = check::sampling::<B>(&device, self.name, &dir, self.iters).map(|s| {
+        let sampling = check::sampling::<B>(&device, self.name, &dir, self.iters, self.matmul);
+        let sampling = sampling.map(|s| {
             let shown: Vec<String> = s
                 .iter()
                 .map(|x| {
@@ -98,13 +101,12 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
     let Some(gpu) = karnna_gpu::Gpu::of(args.bench.device) else {
         bail!("gpu-check needs a GPU: --device cuda or --device wgpu");
     };
-    // The checks run with the products the benchmark times.
-    args.bench.gpu_matmul.apply();
     let (precision, checks) = karnna_gpu::run_on(
         gpu,
         Checks {
             name: gpu.name(),
             iters: args.check_iters.max(1),
+            matmul: args.bench.gpu_matmul,
         },
     )?;
     println!(

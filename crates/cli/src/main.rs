@@ -16,7 +16,7 @@ mod sample;
 mod serve;
 
 /// mimalloc keeps freed large blocks for reuse; glibc's malloc returns every tensor-sized block
-/// to the OS and page-faults it back in on the next step (~10% of a training step here).
+/// to the OS and page-faults it back in on the next step.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -29,7 +29,7 @@ use karnna_gpu::{Gpu, OnBackend};
 use karnna_model::{Cell, CellKernels, Init};
 use karnna_train::{Corpus, CpuBackend, Device, GpuMatmul, RunConfig, TrainOptions, TrainReport};
 
-/// karnna: a character-level LSTM that learns a text and writes more of it.
+/// karnna: a character-level recurrent network (LSTM, GRU or RNN) that learns a text and writes more of it.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -278,7 +278,7 @@ fn info(config: PathBuf, data: Vec<PathBuf>, cell: Option<Cell>) -> anyhow::Resu
 
 fn main() -> ExitCode {
     // Keep freed memory for reuse instead of returning it to the OS at once: each training step
-    // frees and reallocates the same large buffers (~8% of a step went to page faults).
+    // frees and reallocates the same large buffers, which would otherwise page-fault back in.
     // SAFETY: setting a documented mimalloc option; no allocation is in flight.
     // `mi_option_purge_delay` is 15 in mimalloc's option enum (v2 and v3; the -sys crate does
     // not name it); -1 means never purge.

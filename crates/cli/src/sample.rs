@@ -31,13 +31,13 @@ pub struct SampleArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "prime")]
     prime_file: Option<PathBuf>,
     /// Characters to draw after the prime.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = karnna_infer::DEFAULT_LEN)]
     len: usize,
     /// Draw among the N most likely characters (the notebook's pick_top_n).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = karnna_infer::DEFAULT_TOP_N)]
     top_n: usize,
     /// Softmax temperature (> 0): lower is more conservative.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = karnna_infer::DEFAULT_TEMPERATURE)]
     temperature: f32,
     /// Always take the most likely character.
     #[arg(long)]
@@ -48,8 +48,8 @@ pub struct SampleArgs {
     /// cpu, cuda or wgpu (on a GPU, one fused kernel per layer and character).
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
-    /// Weight precision of the CPU sampler: f16 streams half the bytes (about 1.8x faster here;
-    /// logits within ~1e-3 of f32), f32 is exactly the trained weights.
+    /// Weight precision of the CPU sampler: f16 streams half the bytes (faster, since sampling
+    /// is bound by reading the weights; logits within ~1e-3 of f32), f32 is exactly the trained weights.
     #[arg(long, value_enum, default_value = "f16")]
     precision: Precision,
     /// Sample from every checkpoint of the run, in iteration order.
@@ -118,8 +118,8 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
 
 /// The options' ranges and combinations.
 fn check(args: &SampleArgs) -> anyhow::Result<()> {
-    if args.temperature.is_nan() || args.temperature <= 0.0 || !args.temperature.is_finite() {
-        bail!("--temperature must be positive, got {}", args.temperature);
+    if let Err(e) = karnna_infer::check_temperature(args.temperature) {
+        bail!("--temperature {e}");
     }
     if args.num_samples == 0 {
         bail!("--num-samples must be at least 1");
@@ -155,11 +155,8 @@ fn strategy(args: &SampleArgs, vocab_len: usize) -> anyhow::Result<Strategy> {
     if args.argmax {
         return Ok(Strategy::Argmax);
     }
-    if args.top_n == 0 || args.top_n > vocab_len {
-        bail!(
-            "--top-n must be between 1 and {vocab_len} (the vocabulary size), got {}",
-            args.top_n
-        );
+    if let Err(e) = karnna_infer::check_top_n(args.top_n, Some(vocab_len)) {
+        bail!("--top-n {e}");
     }
     Ok(Strategy::TopN {
         n: args.top_n,

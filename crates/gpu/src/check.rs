@@ -3,8 +3,8 @@
 //! step of each cell, and text sampled from checkpoints trained on either side. The tests run these on wgpu (llvmpipe in CI) and `karnna gpu-check` runs them on the
 //! device it is given, so both hold a GPU to the same tolerances.
 //!
-//! The CPU side is burn-flex with karnna's own kernels (`karnna_model::kernel`); the GPU side
-//! is karnna's CubeCL kernels (`karnna_model::cube`: one launch per layer and time step) with
+//! The CPU side is burn-flex with karnna's own kernels (`karnna_model::cpu`); the GPU side
+//! is karnna's CubeCL kernels (`karnna_model::gpu`: one launch per layer and time step) with
 //! Burn's matmuls around them. They
 //! agree only as far as f32 arithmetic summed in different orders allows; each tolerance below
 //! says why it is what it is.
@@ -22,7 +22,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use karnna_infer::{generate, BurnStepper, CharStepper, CpuCharRnn, SampleOptions, Strategy};
 use karnna_model::ops::{sequence, SequenceInputs};
 use karnna_model::{
-    to_f32_vec, Cell, CellKernels, CharRnn, CharRnnConfig, Checkpoint, Init, MatmulPrecision,
+    to_f32_vec, Cell, CellKernels, CharRnn, CharRnnConfig, Checkpoint, DropoutSeed, GpuMatmul,
+    Init, MatmulPrecision,
 };
 use karnna_train::learner::{CharBatch, Trainee};
 use karnna_train::{RunConfig, TrainOptions};
@@ -30,7 +31,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Absolute error of the CPU kernels' `tanh` and `σ` (branch-free approximations,
-/// `karnna_model::kernel`), which the GPU computes with its f32 functions instead.
+/// `karnna_model::cpu`), which the GPU computes with its f32 functions instead.
 pub const ACTIVATION_ERROR: f32 = 1e-6;
 
 /// Pointwise roundings per step besides the recurrent dot product (the gate and cell update,
@@ -192,7 +193,11 @@ impl OpInputs {
 
 /// The fused op's outputs and gradients on backend `X` (under autodiff), named: for the LSTM
 /// `hs, c_T, dxp, dW_hh, dh0, dc0`; for the GRU and the RNN `hs, dxp, dW_hh, db_hh, dh0`.
-fn op_results<X: CellKernels>(inp: &OpInputs, device: &X::Device) -> Vec<(&'static str, Vec<f32>)> {
+fn op_results<X: CellKernels>(
+    inp: &OpInputs,
+    device: &X::Device,
+    matmul: GpuMatmul,
+) -> Vec<(&'static str, Vec<f32>)> {
     type A<X> = Autodiff<X>;
     let [t, b, h] = inp.dims;
     let gh = inp.cell.gates() * h;
@@ -219,7 +224,7 @@ fn op_results<X: CellKernels>(inp: &OpInputs, device: &X::Device) -> Vec<(&'stat
         h0: h0.clone(),
         c0: c0.clone(),
     };
-    let (hs, c) = sequence(inp.cell, inputs);
+    let (hs, c) = sequence(inp.cell, inputs, matmul);
     let grads = (hs.clone() * r).sum().backward();
     let mut out = vec![("hs", to_f32_vec(hs))];
     out.extend(c.map(|c| ("c_T", to_f32_vec(c))));
@@ -237,9 +242,13 @@ fn op_results<X: CellKernels>(inp: &OpInputs, device: &X::Device) -> Vec<(&'stat
 
 /// The fused op of `cell` on `G` against the CPU kernel, same inputs (6 steps, 3 rows, 16
 /// units): the outputs (`hs`, and `c_T` for the LSTM) and the gradient of every input, each
-/// within its [`op_tolerance`] for `G`'s matmul precision.
-pub fn fused_op<G: CellKernels>(device: &G::Device, cell: Cell) -> anyhow::Result<Vec<Diff>> {
-    fused_op_with::<G>(device, cell, |_| {})
+/// within its [`op_tolerance`] for `G`'s matmul precision with the products `matmul`.
+pub fn fused_op<G: CellKernels>(
+    device: &G::Device,
+    cell: Cell,
+    matmul: GpuMatmul,
+) -> anyhow::Result<Vec<Diff>> {
+    fused_op_with::<G>(device, cell, matmul, |_| {})
 }
 
 /// [`fused_op`], with `corrupt` applied to the GPU's results (named as in the returned diffs)
@@ -247,18 +256,19 @@ pub fn fused_op<G: CellKernels>(device: &G::Device, cell: Cell) -> anyhow::Resul
 pub fn fused_op_with<G: CellKernels>(
     device: &G::Device,
     cell: Cell,
+    matmul: GpuMatmul,
     corrupt: impl FnOnce(&mut [(&'static str, Vec<f32>)]),
 ) -> anyhow::Result<Vec<Diff>> {
     let inputs = OpInputs::new(cell, 6, 3, 16, 7);
     let [t, b, h] = inputs.dims;
-    let cpu = op_results::<Flex>(&inputs, &Default::default());
-    let mut gpu = op_results::<G>(&inputs, device);
+    let cpu = op_results::<Flex>(&inputs, &Default::default(), matmul);
+    let mut gpu = op_results::<G>(&inputs, device, matmul);
     corrupt(&mut gpu);
     let max = |v: &[f32]| v.iter().fold(0.0_f32, |m, x| m.max(x.abs()));
     let find = |name: &str| cpu.iter().find(|(n, _)| *n == name).map(|(_, v)| max(v));
     let max_h = find("hs").unwrap_or(1.0).max(max(&inputs.h0));
     let max_dz = find("dxp").unwrap_or(1.0);
-    let matmul = G::matmul_precision(device);
+    let precision = G::matmul_precision(device, matmul);
     let diffs: Vec<Diff> = cpu
         .iter()
         .zip(&gpu)
@@ -269,7 +279,7 @@ pub fn fused_op_with<G: CellKernels>(
                 name,
                 [t, b, h, cell.gates()],
                 max(c),
-                matmul,
+                precision,
                 [max_h, max_dz],
             ),
         })
@@ -279,7 +289,7 @@ pub fn fused_op_with<G: CellKernels>(
         &format!(
             "fused {} op (matmuls in {})",
             cell.name().to_uppercase(),
-            matmul.name()
+            precision.name()
         ),
     )?;
     Ok(diffs)
@@ -306,17 +316,19 @@ fn load<B: Backend>(config: &CharRnnConfig, bytes: &[u8], device: &B::Device) ->
 }
 
 /// Losses of `TRAINING_STEPS` Adam steps (global-norm clip 5, [`LEARNING_RATE`], the state
-/// carried between batches as in training) from the weights in `bytes`, on backend `X`.
+/// carried between batches as in training) from the weights in `bytes`, on backend `X` with
+/// the products `matmul`.
 fn training_losses<X: CellKernels>(
     config: &CharRnnConfig,
     bytes: &[u8],
     batches: &[(Vec<i64>, Vec<i64>)],
     shape: [usize; 2],
     device: &X::Device,
+    matmul: GpuMatmul,
 ) -> Vec<f32> {
     type A<X> = Autodiff<X>;
     let mut model = Trainee {
-        model: load::<A<X>>(config, bytes, device),
+        model: load::<A<X>>(config, bytes, device).with_gpu_matmul(matmul),
     };
     let mut optim = AdamConfig::new()
         .with_epsilon(1e-8)
@@ -330,8 +342,9 @@ fn training_losses<X: CellKernels>(
             targets: ids(y),
         };
         // The same dropout masks on both sides: the GPU draws them on the device, bit for bit.
-        karnna_model::seed_dropout(1000 + step as u64);
-        let (next, out, s) = model.optimize(&mut optim, LEARNING_RATE, 5.0, batch, state.take());
+        let dropout = DropoutSeed::Seeded(1000 + step as u64);
+        let (next, out, s) =
+            model.optimize(&mut optim, LEARNING_RATE, 5.0, batch, state.take(), dropout);
         losses.push(to_f32_vec(out.loss)[0]);
         (model, state) = (next, Some(s));
     }
@@ -340,11 +353,12 @@ fn training_losses<X: CellKernels>(
 
 /// [`TRAINING_STEPS`] training steps of a 2x32 model of `cell` (vocabulary 16, batch 4x12,
 /// dropout with keep_prob 0.75, the masks seeded alike) on `G` and on the CPU from the same
-/// weights and batches: every step's loss within [`LOSS_TOLERANCE`]. Returns `(cpu, gpu)`
-/// losses.
+/// weights and batches, the products `matmul`: every step's loss within [`LOSS_TOLERANCE`].
+/// Returns `(cpu, gpu)` losses.
 pub fn training<G: CellKernels>(
     device: &G::Device,
     cell: Cell,
+    matmul: GpuMatmul,
 ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
     let shape = [4, 12];
     let config = CharRnnConfig::new(16)
@@ -365,8 +379,8 @@ pub fn training<G: CellKernels>(
             (x, y)
         })
         .collect();
-    let cpu = training_losses::<Flex>(&config, &bytes, &batches, shape, &cpu_device);
-    let gpu = training_losses::<G>(&config, &bytes, &batches, shape, device);
+    let cpu = training_losses::<Flex>(&config, &bytes, &batches, shape, &cpu_device, matmul);
+    let gpu = training_losses::<G>(&config, &bytes, &batches, shape, device, matmul);
     let diffs: Vec<Diff> = cpu
         .iter()
         .zip(&gpu)
@@ -506,11 +520,13 @@ fn sample_text(
     Ok(String::from_utf8(out)?)
 }
 
-/// Trains a tiny run of `X` in `dir` (`iters` iterations) and returns its last checkpoint.
+/// Trains a tiny run of `X` in `dir` (`iters` iterations, the products `matmul`) and returns
+/// its last checkpoint.
 fn train_tiny<X: CellKernels>(
     dir: &Path,
     iters: usize,
     device: X::Device,
+    matmul: GpuMatmul,
 ) -> anyhow::Result<Checkpoint> {
     std::fs::create_dir_all(dir)?;
     let data = dir.join("text.txt");
@@ -527,8 +543,7 @@ fn train_tiny<X: CellKernels>(
         keep_prob: 1.0,
         learning_rate: 0.02,
         epochs: 1000,
-        // The products the rest of the check runs with (a run sets them from its config).
-        gpu_matmul: karnna_train::GpuMatmul::in_force(),
+        gpu_matmul: matmul,
         max_iters: iters,
         save_every_n: iters,
         eval_every: iters,
@@ -552,22 +567,25 @@ fn train_tiny<X: CellKernels>(
 }
 
 /// Trains a tiny model for `iters` iterations on the CPU and on `G` (in `dir`), then samples
-/// 200 characters with argmax from each checkpoint on the CPU sampler and on `G`: a
-/// checkpoint must write the same text wherever it was trained and wherever it samples.
+/// 200 characters with argmax from each checkpoint on the CPU sampler and on `G` (trained
+/// with the products `matmul`): a checkpoint must write the same text wherever it was trained
+/// and wherever it samples.
 pub fn sampling<G: CellKernels>(
     device: &G::Device,
     gpu_name: &str,
     dir: &Path,
     iters: usize,
+    matmul: GpuMatmul,
 ) -> anyhow::Result<Vec<CrossSample>> {
+    let cpu_device = Default::default();
     let trained = [
         (
             "cpu",
-            train_tiny::<Flex>(&dir.join("cpu"), iters, Default::default())?,
+            train_tiny::<Flex>(&dir.join("cpu"), iters, cpu_device, matmul)?,
         ),
         (
             gpu_name,
-            train_tiny::<G>(&dir.join(gpu_name), iters, device.clone())?,
+            train_tiny::<G>(&dir.join(gpu_name), iters, device.clone(), matmul)?,
         ),
     ];
     let mut out = Vec::new();

@@ -6,8 +6,12 @@
 //! device fails the run (`.ci/run` installs one).
 #![cfg(feature = "wgpu")]
 
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
 use karnna_gpu::{check, wgpu};
-use karnna_model::Cell;
+use karnna_model::ops::dense;
+use karnna_model::{to_f32_vec, Cell, CellBackend, GpuMatmul, MatmulPrecision};
+use rand::{Rng, SeedableRng};
 
 /// The wgpu device, or `None` (test skipped) outside CI when there is none.
 fn device() -> Option<burn::backend::wgpu::WgpuDevice> {
@@ -15,25 +19,142 @@ fn device() -> Option<burn::backend::wgpu::WgpuDevice> {
 }
 
 #[test]
-fn fused_ops_match_the_cpu_kernels_on_wgpu() {
+fn fused_ops_match_the_cpu_kernels_on_wgpu_with_either_products() {
     let Some(device) = device() else { return };
     // Every output and gradient was compared: LSTM hs, c_T and four gradients; GRU and RNN
     // hs and four gradients.
-    for (cell, compared) in [(Cell::Lstm, 6), (Cell::Gru, 5), (Cell::Rnn, 5)] {
-        let diffs = check::fused_op::<wgpu::Backend>(&device, cell).unwrap();
-        assert_eq!(diffs.len(), compared, "{cell}");
-        eprintln!("{cell}: wgpu against cpu: {diffs:?}");
+    for matmul in [GpuMatmul::Tf32, GpuMatmul::F32] {
+        for (cell, compared) in [(Cell::Lstm, 6), (Cell::Gru, 5), (Cell::Rnn, 5)] {
+            let diffs = check::fused_op::<wgpu::Backend>(&device, cell, matmul).unwrap();
+            assert_eq!(diffs.len(), compared, "{cell}");
+            eprintln!("{cell}, {matmul:?} products: wgpu against cpu: {diffs:?}");
+        }
     }
 }
 
+/// Two models in one process at once, one with Burn's products and one with karnna's f32
+/// products (each model's own setting), train side by side on two threads: each matches the
+/// CPU.
 #[test]
-fn training_steps_match_the_cpu_on_wgpu() {
+fn training_steps_match_the_cpu_on_wgpu_two_products_side_by_side() {
     let Some(device) = device() else { return };
     for cell in Cell::ALL {
-        let (cpu, gpu) = check::training::<wgpu::Backend>(&device, cell).unwrap();
-        assert_eq!(cpu.len(), check::TRAINING_STEPS);
-        assert_eq!(gpu.len(), check::TRAINING_STEPS);
-        eprintln!("{cell}: losses cpu {cpu:?}\nlosses wgpu {gpu:?}");
+        std::thread::scope(|s| {
+            let runs = [GpuMatmul::Tf32, GpuMatmul::F32].map(|matmul| {
+                let device = device.clone();
+                s.spawn(move || {
+                    let got = check::training::<wgpu::Backend>(&device, cell, matmul);
+                    (matmul, got.unwrap())
+                })
+            });
+            for run in runs {
+                let (matmul, (cpu, gpu)) = run.join().unwrap();
+                assert_eq!(cpu.len(), check::TRAINING_STEPS);
+                assert_eq!(gpu.len(), check::TRAINING_STEPS);
+                eprintln!("{cell}, {matmul:?} products: losses cpu {cpu:?}\nlosses wgpu {gpu:?}");
+            }
+        });
+    }
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// karnna's own f32 product ([`GpuMatmul::F32`]) against the CPU's.
+#[test]
+fn the_f32_product_is_the_cpus_for_any_shape_bias_and_transpose() {
+    let Some(device) = device() else { return };
+    type W = wgpu::Backend;
+    assert_eq!(
+        W::matmul_precision(&device, GpuMatmul::F32),
+        MatmulPrecision::F32
+    );
+    // Sizes that are not multiples of the 16x16 tiles, and one smaller than a tile.
+    for (m, k, n) in [(37, 29, 45), (3, 5, 2), (16, 40, 16)] {
+        let (a, b, bias) = (random(m * k, 1), random(k * n, 2), random(n, 3));
+        for with_bias in [false, true] {
+            let gpu = dense::<W>(
+                Tensor::from_data(TensorData::new(a.clone(), [m, k]), &device),
+                // A transposed view, made contiguous by the product.
+                Tensor::<W, 2>::from_data(TensorData::new(b.clone(), [k, n]), &device)
+                    .transpose()
+                    .transpose(),
+                with_bias.then(|| Tensor::from_data(TensorData::new(bias.clone(), [n]), &device)),
+                GpuMatmul::F32,
+            );
+            let cpu_device = Default::default();
+            let cpu = Tensor::<Flex, 2>::from_data(TensorData::new(a.clone(), [m, k]), &cpu_device)
+                .matmul(Tensor::from_data(
+                    TensorData::new(b.clone(), [k, n]),
+                    &cpu_device,
+                ));
+            let cpu = if with_bias {
+                cpu + Tensor::<Flex, 1>::from_data(TensorData::new(bias.clone(), [n]), &cpu_device)
+                    .unsqueeze_dim(0)
+            } else {
+                cpu
+            };
+            let (gpu, cpu) = (to_f32_vec(gpu), to_f32_vec(cpu));
+            let worst = gpu
+                .iter()
+                .zip(&cpu)
+                .map(|(g, c)| (g - c).abs())
+                .fold(0.0, f32::max);
+            // k terms of size below 1, summed in f32 in different orders.
+            let bound = check::gamma(k + 1, f32::EPSILON / 2.0) * (k + 1) as f32 * 2.0;
+            assert!(
+                worst <= bound,
+                "{m}x{k}x{n}, bias {with_bias}: {worst:e} > {bound:e}"
+            );
+        }
+    }
+}
+
+/// Under autodiff the f32 product is a graph node of its own; its gradients against the
+/// formulas, computed on the CPU: `dx = r·wᵀ`, `dw = xᵀ·r`, `db = Σ_rows r` for the loss
+/// `Σ (x·w + b) ⊙ r`.
+#[test]
+fn the_f32_products_gradients_are_the_formulas() {
+    let Some(device) = device() else { return };
+    type A = burn::backend::Autodiff<wgpu::Backend>;
+    let (m, k, n) = (7, 19, 5);
+    let (x, w, b, r) = (
+        random(m * k, 4),
+        random(k * n, 5),
+        random(n, 6),
+        random(m * n, 7),
+    );
+    let leaf = |v: &[f32], shape: [usize; 2]| {
+        Tensor::<A, 2>::from_data(TensorData::new(v.to_vec(), shape), &device).require_grad()
+    };
+    let (xt, wt) = (leaf(&x, [m, k]), leaf(&w, [k, n]));
+    let bt = Tensor::<A, 1>::from_data(TensorData::new(b.clone(), [n]), &device).require_grad();
+    let rt = Tensor::<A, 2>::from_data(TensorData::new(r.clone(), [m, n]), &device);
+    let product = dense(xt.clone(), wt.clone(), Some(bt.clone()), GpuMatmul::F32);
+    let grads = (product * rt).sum().backward();
+    let got = [
+        to_f32_vec(xt.grad(&grads).expect("dx")),
+        to_f32_vec(wt.grad(&grads).expect("dw")),
+        to_f32_vec(bt.grad(&grads).expect("db")),
+    ];
+    let cpu = |v: &[f32], shape: [usize; 2]| {
+        Tensor::<Flex, 2>::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+    };
+    let want = [
+        to_f32_vec(cpu(&r, [m, n]).matmul(cpu(&w, [k, n]).transpose())),
+        to_f32_vec(cpu(&x, [m, k]).transpose().matmul(cpu(&r, [m, n]))),
+        to_f32_vec(cpu(&r, [m, n]).sum_dim(0)),
+    ];
+    for (name, (g, c)) in ["dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
+        assert_eq!(g.len(), c.len(), "{name}");
+        let worst = g
+            .iter()
+            .zip(c)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-5, "{name}: {worst:e}");
     }
 }
 
@@ -104,7 +225,8 @@ fn batched_samples_on_wgpu_start_with_the_single_sample() {
 fn checkpoints_sample_the_same_text_on_wgpu_and_the_cpu() {
     let Some(device) = device() else { return };
     let dir = std::env::temp_dir().join(format!("karnna-wgpu-{}", std::process::id()));
-    let samples = check::sampling::<wgpu::Backend>(&device, "wgpu", &dir, 40).unwrap();
+    let samples =
+        check::sampling::<wgpu::Backend>(&device, "wgpu", &dir, 40, GpuMatmul::Tf32).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(samples.len(), 2);
     for s in &samples {
@@ -140,10 +262,8 @@ fn sequence_results(
     fused: bool,
     device: &burn::backend::wgpu::WgpuDevice,
 ) -> Vec<Vec<f32>> {
-    use burn::tensor::{Tensor, TensorData};
-    use karnna_model::ops::{sequence, tensor_forward, SequenceInputs};
-    use karnna_model::to_f32_vec;
-    use rand::{Rng, SeedableRng};
+    use karnna_model::ops::reference::tensor_forward;
+    use karnna_model::ops::{sequence, SequenceInputs};
     type A = burn::backend::Autodiff<wgpu::Backend>;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let gh = cell.gates() * h;
@@ -167,7 +287,7 @@ fn sequence_results(
         c0: lstm.then(|| c0.clone()),
     };
     let (hs, c) = if fused {
-        sequence(cell, inputs)
+        sequence(cell, inputs, GpuMatmul::Tf32)
     } else {
         let (hs, c, _) = tensor_forward(cell, inputs);
         (hs, c)
@@ -237,7 +357,7 @@ fn dropout_masks_drawn_on_wgpu_equal_the_cpu_masks_bit_for_bit() {
     ];
     for (seed, keep_prob, len) in cases {
         let mut cpu = vec![0.0_f32; len];
-        karnna_model::kernel::dropout_mask(seed, keep_prob, &mut cpu);
+        karnna_model::cpu::dropout_mask(seed, keep_prob, &mut cpu);
         let mask = <wgpu::Backend as CellBackend>::dropout_mask(
             seed,
             keep_prob,
@@ -265,7 +385,7 @@ fn a_corrupted_result_fails_the_fused_op_check_on_wgpu() {
     let Some(device) = device() else { return };
     // 1e-3 in one value: far below a real fault (~0.1), far above f32's rounding here.
     for (cell, name) in [(Cell::Lstm, "dW_hh"), (Cell::Gru, "dh0"), (Cell::Rnn, "hs")] {
-        let err = check::fused_op_with::<wgpu::Backend>(&device, cell, |gpu| {
+        let err = check::fused_op_with::<wgpu::Backend>(&device, cell, GpuMatmul::Tf32, |gpu| {
             let (_, values) = gpu.iter_mut().find(|(n, _)| *n == name).expect(name);
             values[5] += 1e-3;
         })

@@ -5,8 +5,8 @@
 //! model), so the hidden units of each layer are split into one part per core, each with its
 //! gate columns copied into one contiguous block: the cores stream their blocks side by side,
 //! each computes its units' gates and cell update, and they meet once per layer. The second
-//! core is a [`Worker`] thread that spins between jobs: a character takes ~0.2 ms, and waking a
-//! sleeping thread (as `rayon::join` does) costs a good part of that.
+//! core is a [`Worker`] thread that spins between jobs: waking a sleeping thread (as
+//! `rayon::join` does) costs a good part of a character's time.
 //!
 //! The model can also step several independent rows at once ([`CpuCharRnn::with_rows`],
 //! [`CharStepper::step_rows`]: several samples drawn side by side). The products then take each
@@ -21,7 +21,7 @@
 //! batch-1 f16 product fuses its multiply-adds (a difference in the last bits).
 
 use burn::prelude::*;
-use karnna_model::kernel::{
+use karnna_model::cpu::{
     gru_cell, lstm_cell, mat_rows_in_order, mat_rows_in_order_f16, rnn_cell, vec_mat_in_order,
     vec_mat_in_order_f16,
 };

@@ -1,5 +1,5 @@
 //! Scoring a text: the model's mean cross-entropy (nats per character), bits per character and
-//! perplexity on a text it reads with its LSTM state carried along, as in training.
+//! perplexity on a text it reads with its recurrent state carried along, as in training.
 //!
 //! The text is first encoded with the model's vocabulary ([`encode_known`]); characters the
 //! vocabulary lacks are *removed* from the stream and counted. They can be neither an input
@@ -10,7 +10,7 @@
 //! reported as such by the count, so the figure is never silently misleading.
 //!
 //! [`evaluate`] then runs the model over the ids without autodiff (any [`CellBackend`]: on the
-//! CPU, burn-flex with karnna's fused LSTM kernel), in the training layout: the stream is cut
+//! CPU, burn-flex with karnna's fused recurrent kernels), in the training layout: the stream is cut
 //! into `rows` contiguous rows read side by side, a chunk of `steps` characters at a time, each
 //! chunk starting from the state the previous chunk ended in.
 

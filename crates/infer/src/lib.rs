@@ -20,5 +20,7 @@ pub use eval::{encode_known, evaluate, Encoded, EvalReport};
 pub use generate::{
     default_prime, generate, generate_many, BurnStepper, SampleError, SampleOptions,
 };
-pub use sampler::{pick, Strategy};
+pub use sampler::{
+    check_temperature, check_top_n, pick, Strategy, DEFAULT_LEN, DEFAULT_TEMPERATURE, DEFAULT_TOP_N,
+};
 pub use stepper::CharStepper;

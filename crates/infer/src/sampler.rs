@@ -2,6 +2,37 @@
 
 use rand::Rng;
 
+/// Characters sampled when no length is given (`karnna sample --len`, the server's `len`).
+pub const DEFAULT_LEN: usize = 2000;
+
+/// Candidates kept when no top-n is given (the notebook's `top_n`).
+pub const DEFAULT_TOP_N: usize = 5;
+
+/// Softmax temperature when none is given.
+pub const DEFAULT_TEMPERATURE: f32 = 1.0;
+
+/// Checks a top-n against a vocabulary of `vocab_len` characters (`None`: not known yet, so
+/// only the lower bound): `Err` with what is wrong, for the caller to put after the option's
+/// name (`--top-n`, `top_n`).
+pub fn check_top_n(n: usize, vocab_len: Option<usize>) -> Result<(), String> {
+    match vocab_len {
+        Some(v) if n == 0 || n > v => Err(format!(
+            "must be between 1 and {v} (the vocabulary size), got {n}"
+        )),
+        None if n == 0 => Err(format!("must be at least 1, got {n}")),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a softmax temperature (finite and positive), as [`check_top_n`] does a top-n.
+pub fn check_temperature(t: f32) -> Result<(), String> {
+    if t.is_finite() && t > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("must be positive, got {t}"))
+    }
+}
+
 /// How the next character is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Strategy {

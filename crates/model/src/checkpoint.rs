@@ -6,7 +6,7 @@
 //! length, bytes; then an FNV-1a 64-bit checksum of everything before it (all integers little
 //! endian). The `meta` section is JSON ([`CheckpointMeta`]); `model` is the Burn record
 //! (named MessagePack, full precision). Other sections belong to the trainer (optimizer state,
-//! the carried LSTM state) and are opaque here. A truncated or altered file fails the checksum
+//! the carried recurrent state) and are opaque here. A truncated or altered file fails the checksum
 //! and is reported, never half-loaded.
 
 use std::io::Write;

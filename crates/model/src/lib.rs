@@ -13,19 +13,19 @@
 
 mod cell;
 pub mod checkpoint;
+pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub mod cube;
-pub mod kernel;
+pub mod gpu;
 mod model;
 pub mod ops;
 mod record_check;
-pub mod step;
+pub mod sampling_step;
 
 pub use cell::Cell;
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta};
 pub use model::{
-    next_dropout_seed, seed_dropout, CharRnn, CharRnnConfig, Init, ModelShape, Recurrence,
-    RnnLayer, RnnState,
+    CharRnn, CharRnnConfig, DropoutSeed, Init, ModelShape, Recurrence, RnnLayer, RnnState,
+    DEFAULT_KEEP_PROB,
 };
-pub use ops::{to_f32_vec, CellBackend, CellInputs, CellKernels, MatmulPrecision};
-pub use step::StepState;
+pub use ops::{to_f32_vec, CellBackend, CellInputs, CellKernels, GpuMatmul, MatmulPrecision};
+pub use sampling_step::StepState;

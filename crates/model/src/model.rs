@@ -11,7 +11,8 @@ use karnna_data::Vocab;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::ops::{dense, sequence, tensor_forward, to_f32_vec, CellBackend, SequenceInputs};
+use crate::ops::reference::tensor_forward;
+use crate::ops::{dense, sequence, to_f32_vec, CellBackend, GpuMatmul, SequenceInputs};
 use crate::Cell;
 
 /// How an untrained model's weights are drawn.
@@ -62,7 +63,7 @@ impl Init {
 pub enum Recurrence {
     /// The fused sequence op with its hand-written backward (what training and sampling use).
     Fused,
-    /// The recurrence step by step in Burn tensor ops ([`crate::ops::tensor_forward`]): under
+    /// The recurrence step by step in Burn tensor ops ([`crate::ops::reference::tensor_forward`]): under
     /// autodiff, the reference the fused op is tested against.
     Tensor,
 }
@@ -109,6 +110,10 @@ impl std::fmt::Display for ModelShape {
 fn cell_or_lstm<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Cell, D::Error> {
     Ok(<Option<Cell> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
 }
+
+/// The notebook's `keep_prob`: each layer's output is kept with probability 0.5 in training.
+/// The one default, for [`CharRnnConfig::new`] and a run's config.
+pub const DEFAULT_KEEP_PROB: f64 = 0.5;
 
 /// Everything needed to build an untrained [`CharRnn`]: the vocabulary's size, the shape, and
 /// the training setting the model carries (dropout). Serialized flat, as checkpoints hold it:
@@ -179,18 +184,22 @@ pub struct CharRnn<B: Backend> {
     pub layers: Vec<RnnLayer<B>>,
     /// Hidden size to vocabulary logits.
     pub output: Linear<B>,
-    /// Probability of keeping each LSTM output in training.
+    /// Probability of keeping each recurrent layer's output in training.
     pub keep_prob: f64,
+    /// How the model's dense products run on a GPU. Not part of a checkpoint: whoever builds
+    /// or loads the model sets it ([`CharRnn::with_gpu_matmul`]); [`GpuMatmul::Tf32`] unless
+    /// set.
+    pub gpu_matmul: GpuMatmul,
 }
 
 impl CharRnnConfig {
-    /// The notebook's model ([`ModelShape::default`], `keep_prob` 0.5) for `vocab_size`
+    /// The notebook's model ([`ModelShape::default`], [`DEFAULT_KEEP_PROB`]) for `vocab_size`
     /// characters.
     pub fn new(vocab_size: usize) -> Self {
         Self {
             vocab_size,
             shape: ModelShape::default(),
-            keep_prob: 0.5,
+            keep_prob: DEFAULT_KEEP_PROB,
         }
     }
 
@@ -311,6 +320,7 @@ impl CharRnnConfig {
             layers,
             output,
             keep_prob: self.keep_prob,
+            gpu_matmul: GpuMatmul::default(),
         }
     }
 
@@ -329,6 +339,12 @@ impl CharRnnConfig {
 }
 
 impl<B: Backend> CharRnn<B> {
+    /// The same model with its dense products run the way `gpu_matmul` says on a GPU.
+    pub fn with_gpu_matmul(mut self, gpu_matmul: GpuMatmul) -> Self {
+        self.gpu_matmul = gpu_matmul;
+        self
+    }
+
     /// Units per recurrent layer.
     pub fn lstm_size(&self) -> usize {
         self.layers[0].w_hh.dims()[0]
@@ -350,7 +366,8 @@ impl<B: Backend> CharRnn<B> {
     /// fine-tuning on a text with other characters: a character of both keeps its trained
     /// input row (`W_ih` of the first layer) and output column and bias; a character only in
     /// `new` takes its row and column from `fresh`, an untrained model of `new`'s size with the
-    /// same shape. Every other weight is kept; the dropout rate is `fresh`'s (the new run's).
+    /// same shape. Every other weight is kept; the dropout rate and the products are `fresh`'s
+    /// (the new run's).
     /// The result's parameters are new trainable ones (the optimizer starts afresh).
     pub fn with_vocab(self, old: &Vocab, new: &Vocab, fresh: CharRnn<B>) -> CharRnn<B> {
         let device = self.layers[0].w_hh.device();
@@ -398,6 +415,7 @@ impl<B: Backend> CharRnn<B> {
             layers,
             output,
             keep_prob: fresh.keep_prob,
+            gpu_matmul: fresh.gpu_matmul,
         }
     }
 }
@@ -415,17 +433,19 @@ impl<B: CellBackend> CharRnn<B> {
         tokens: Tensor<B, 2, Int>,
         state: Option<RnnState<B>>,
     ) -> (Tensor<B, 3>, RnnState<B>) {
-        self.forward_with(tokens, state, Recurrence::Fused)
+        self.forward_with(tokens, state, Recurrence::Fused, DropoutSeed::Backend)
     }
 
-    /// [`CharRnn::forward`] with each layer's recurrence computed the way `recurrence` says:
-    /// the fused op, or Burn tensor ops step by step (to check the fused op against Burn's
-    /// autodiff).
+    /// [`CharRnn::forward`] with each layer's recurrence computed the way `recurrence` says
+    /// (the fused op, or Burn tensor ops step by step, to check the fused op against Burn's
+    /// autodiff), and in training (on an autodiff backend) the dropout masks drawn from
+    /// `dropout`.
     pub fn forward_with(
         &self,
         tokens: Tensor<B, 2, Int>,
         state: Option<RnnState<B>>,
         recurrence: Recurrence,
+        dropout: DropoutSeed,
     ) -> (Tensor<B, 3>, RnnState<B>) {
         let [batch, steps] = tokens.dims();
         let state = state.unwrap_or_else(|| self.zero_state(batch));
@@ -443,8 +463,13 @@ impl<B: CellBackend> CharRnn<B> {
             let xp = match x {
                 // One-hot input times W_ih is a row lookup. [steps, batch, G·H]
                 None => embedding(layer.w_ih.val(), tokens.clone().transpose()),
-                Some(x) => dense(x.reshape([steps * batch, h]), layer.w_ih.val(), None)
-                    .reshape([steps, batch, gh]),
+                Some(x) => dense(
+                    x.reshape([steps * batch, h]),
+                    layer.w_ih.val(),
+                    None,
+                    self.gpu_matmul,
+                )
+                .reshape([steps, batch, gh]),
             } + bias.reshape([1, 1, gh]);
             let h0 = state.h.clone().narrow(0, l, 1).reshape([batch, h]);
             let c0 = state.c.clone().narrow(0, l, 1).reshape([batch, h]);
@@ -457,7 +482,7 @@ impl<B: CellBackend> CharRnn<B> {
                 c0: (cell == Cell::Lstm).then(|| c0.clone()),
             };
             let (hs, c_last) = match recurrence {
-                Recurrence::Fused => sequence(cell, inputs),
+                Recurrence::Fused => sequence(cell, inputs, self.gpu_matmul),
                 Recurrence::Tensor => {
                     let (hs, c, _) = tensor_forward(cell, inputs);
                     (hs, c)
@@ -466,12 +491,13 @@ impl<B: CellBackend> CharRnn<B> {
             let c_last = c_last.unwrap_or(c0);
             hs_out.push(hs.clone().narrow(0, steps - 1, 1).reshape([batch, h]));
             cs_out.push(c_last);
-            x = Some(dropout(hs, self.keep_prob));
+            x = Some(apply_dropout(hs, self.keep_prob, dropout, l));
         }
         let x = x.expect("at least one layer").reshape([steps * batch, h]);
         let vocab = self.output.weight.dims()[1];
         let bias = self.output.bias.as_ref().map(|b| b.val());
-        let logits = dense(x, self.output.weight.val(), bias).reshape([steps, batch, vocab]);
+        let logits = dense(x, self.output.weight.val(), bias, self.gpu_matmul);
+        let logits = logits.reshape([steps, batch, vocab]);
         let state = RnnState {
             h: Tensor::stack(hs_out, 0),
             c: Tensor::stack(cs_out, 0),
@@ -557,58 +583,61 @@ fn truncated_normal<B: Backend, const D: usize>(
     }
 }
 
-std::thread_local! {
-    /// The next dropout seed of this thread, when [`seed_dropout`] set one.
-    static DROPOUT_SEED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+/// Where a training forward's dropout masks come from ([`CharRnn::forward_with`]). Dropout
+/// runs only on an autodiff backend; elsewhere this is not read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DropoutSeed {
+    /// Each mask's seed is two uniform draws from the backend's generator (reproducible under
+    /// `Backend::seed` when nothing else draws from it).
+    #[default]
+    Backend,
+    /// Layer `l`'s mask seed is value `l + 1` of a SplitMix64 sequence from this seed, so the
+    /// masks follow the seed whatever other threads draw. The training loop gives each
+    /// iteration its own, so that a resumed run draws exactly the masks the uninterrupted run
+    /// drew: the backend's generator is global to the process, and a draw on any other thread
+    /// (Burn's and burn-train's own, a test's) would otherwise shift every later mask.
+    Seeded(u64),
 }
 
-/// Makes the dropout masks drawn on this thread from now on follow `seed` (each mask takes
-/// the next value of a SplitMix64 sequence from it), instead of drawing their seeds from the
-/// backend's generator. The training loop calls it before each iteration, so that a resumed
-/// run draws exactly the masks the uninterrupted run drew: the backend's generator is global
-/// to the process, and a draw on any other thread (Burn's and burn-train's own, a test's)
-/// would otherwise shift every later mask.
-pub fn seed_dropout(seed: u64) {
-    DROPOUT_SEED.set(Some(seed));
-}
-
-/// The seed of the next dropout mask (each layer's dropout takes one, in layer order): the
-/// next value of this thread's [`seed_dropout`] sequence, or two uniform draws from the
-/// backend's generator when none was set. The mask itself is [`crate::kernel::dropout_mask`]
-/// of this seed.
-pub fn next_dropout_seed<B: Backend>(device: &B::Device) -> u64 {
-    if let Some(state) = DROPOUT_SEED.get() {
-        let state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        DROPOUT_SEED.set(Some(state));
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        return z ^ (z >> 31);
+impl DropoutSeed {
+    /// The seed of layer `layer`'s dropout mask (the mask is [`crate::cpu::dropout_mask`]
+    /// of it), drawn on `device` for [`DropoutSeed::Backend`].
+    pub fn layer_seed<B: Backend>(self, layer: usize, device: &B::Device) -> u64 {
+        if let DropoutSeed::Seeded(seed) = self {
+            let state = (layer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut z = seed.wrapping_add(state);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            return z ^ (z >> 31);
+        }
+        let bits = to_f32_vec(Tensor::<B, 1>::random(
+            [2],
+            Distribution::Uniform(0.0, 1.0),
+            device,
+        ));
+        ((bits[0].to_bits() as u64) << 32) | bits[1].to_bits() as u64
     }
-    let bits = to_f32_vec(Tensor::<B, 1>::random(
-        [2],
-        Distribution::Uniform(0.0, 1.0),
-        device,
-    ));
-    ((bits[0].to_bits() as u64) << 32) | bits[1].to_bits() as u64
 }
 
-/// Dropout on a recurrent layer's output, in training only (on an autodiff backend): each
+/// Dropout on recurrent layer `layer`'s output, in training only (on an autodiff backend): each
 /// value is kept with probability `keep_prob` and scaled by `1 / keep_prob`, or zeroed.
 ///
-/// The mask is [`crate::kernel::dropout_mask`] (a counter-based hash of the seed and each
-/// element's index) of a seed given by [`seed_dropout`]'s sequence, or else taken from the
-/// backend's own RNG (reproducible under `Backend::seed` when nothing else draws). The backend
-/// draws it ([`CellBackend::dropout_mask`]): the CPU backends on the host, 16 lanes at a time;
-/// the GPU backends on the device, bit for bit the same, so no mask crosses to the device.
-/// Burn's `Dropout` draws every Bernoulli sample through its generic sampler, which cost ~8% of
-/// a training step.
-fn dropout<B: CellBackend, const D: usize>(x: Tensor<B, D>, keep_prob: f64) -> Tensor<B, D> {
+/// The mask is [`crate::cpu::dropout_mask`] (a counter-based hash of the seed and each
+/// element's index) of the layer's seed from `seeds` ([`DropoutSeed::layer_seed`]). The
+/// backend draws it ([`CellBackend::dropout_mask`]): the CPU backends on the host, 16 lanes at
+/// a time; the GPU backends on the device, bit for bit the same, so no mask crosses to the
+/// device. (Burn's `Dropout` draws every Bernoulli sample through its generic sampler.)
+fn apply_dropout<B: CellBackend, const D: usize>(
+    x: Tensor<B, D>,
+    keep_prob: f64,
+    seeds: DropoutSeed,
+    layer: usize,
+) -> Tensor<B, D> {
     let device = x.device();
     if keep_prob >= 1.0 || !B::ad_enabled(&device) {
         return x;
     }
-    let seed = next_dropout_seed::<B>(&device);
+    let seed = seeds.layer_seed::<B>(layer, &device);
     let mask = B::dropout_mask(seed, keep_prob, x.shape(), &device);
     x * Tensor::from_primitive(TensorPrimitive::Float(mask))
 }

@@ -5,9 +5,11 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::{Distribution, Tolerance};
-use karnna_model::ops::{sequence, tensor_backward, tensor_forward, SequenceInputs};
+use karnna_model::ops::reference::{tensor_backward, tensor_forward};
+use karnna_model::ops::{sequence, SequenceInputs};
 use karnna_model::{
-    Cell, CellBackend, CellKernels, CharRnn, CharRnnConfig, Recurrence, RnnState, StepState,
+    Cell, CellBackend, CellKernels, CharRnn, CharRnnConfig, DropoutSeed, GpuMatmul, Recurrence,
+    RnnState, StepState,
 };
 
 type B = Flex;
@@ -206,6 +208,40 @@ fn dropout_only_in_training() {
     assert!(diff > 1e-4, "dropout had no effect in training");
 }
 
+/// The dropout seed is an argument of each forward, not a setting of the thread or the
+/// process: two models trained side by side (one on another thread, with other seeds, and
+/// drawing from the backend's generator in between) each get exactly the masks their own seed
+/// gives, and a seeded mask is `dropout_mask` of [`DropoutSeed::layer_seed`].
+#[test]
+fn dropout_masks_follow_each_forwards_own_seed() {
+    let device = Default::default();
+    let config = CharRnnConfig::new(9).with_lstm_size(16).with_keep_prob(0.5);
+    let (a, b) = (config.init::<AD>(&device), config.init::<AD>(&device));
+    let run = |model: &CharRnn<AD>, seed: DropoutSeed| {
+        let x = tokens::<AD>(2, 6, 9, &Default::default());
+        let (logits, _) = model.forward_with(x, None, Recurrence::Fused, seed);
+        logits.inner().into_data()
+    };
+    let alone = run(&a, DropoutSeed::Seeded(7));
+    let other = std::thread::scope(|s| {
+        let b = s.spawn(|| {
+            (0..3)
+                .map(|i| run(&b, DropoutSeed::Seeded(100 + i)))
+                .collect::<Vec<_>>()
+        });
+        let _ = run(&a, DropoutSeed::Backend);
+        let again = run(&a, DropoutSeed::Seeded(7));
+        alone.assert_eq(&again, true);
+        b.join().unwrap()
+    });
+    assert_ne!(other[0], other[1], "different seeds, different masks");
+    assert_eq!(other[0], run(&b, DropoutSeed::Seeded(100)));
+    assert_ne!(alone, run(&a, DropoutSeed::Seeded(8)));
+    // SplitMix64's values 1 and 2 from seed 0 (layer 0 and layer 1).
+    let seeds = [0, 1].map(|l| DropoutSeed::Seeded(0).layer_seed::<B>(l, &device));
+    assert_eq!(seeds, [0xE220_A839_7B1D_CDAF, 0x6E78_9E6A_A1B9_65F4]);
+}
+
 /// The fused op's output and gradients (xp, W_hh, h0, c0) against Burn differentiating the
 /// step-by-step recurrence op by op.
 fn fused_matches_reference(t: usize, b: usize, h: usize, with_state: bool) {
@@ -244,7 +280,7 @@ fn fused_matches_reference(t: usize, b: usize, h: usize, with_state: bool) {
             c0: Some(c0.clone()),
         };
         let (hs, c_last) = if fused {
-            sequence(Cell::Lstm, inputs)
+            sequence(Cell::Lstm, inputs, GpuMatmul::Tf32)
         } else {
             let (hs, c, _) = tensor_forward(Cell::Lstm, inputs);
             (hs, c)
@@ -341,7 +377,8 @@ fn model_gradients_match_step_by_step_autodiff() {
             let (logits, _) = if fused {
                 model.forward(x, state.clone())
             } else {
-                model.forward_with(x, state.clone(), Recurrence::Tensor)
+                let dropout = DropoutSeed::Backend;
+                model.forward_with(x, state.clone(), Recurrence::Tensor, dropout)
             };
             let g = (logits.clone() * logits).sum().backward();
             let mut v = Grads(&g, Vec::new());
@@ -572,7 +609,7 @@ fn gru_or_rnn_results<Bk: CellKernels>(
         c0: None,
     };
     let hs = if fused {
-        sequence(cell, inputs).0
+        sequence(cell, inputs, GpuMatmul::Tf32).0
     } else {
         tensor_forward(cell, inputs).0
     };

@@ -16,7 +16,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use karnna_infer::{default_prime, SampleOptions, Strategy};
+use karnna_infer::{
+    check_temperature, check_top_n, default_prime, SampleOptions, Strategy, DEFAULT_LEN,
+    DEFAULT_TEMPERATURE, DEFAULT_TOP_N,
+};
 use serde::Deserialize;
 
 use crate::models::{metrics_json, Folder, Model, ModelError};
@@ -201,14 +204,10 @@ fn check_bounds(r: &SampleRequest) -> Result<(), ApiError> {
         }
     }
     if let Some(t) = r.temperature {
-        if !(t.is_finite() && t > 0.0) {
-            return Err(ApiError::bad(format!(
-                "temperature must be positive, got {t}"
-            )));
-        }
+        check_temperature(t).map_err(|e| ApiError::bad(format!("temperature {e}")))?;
     }
-    if r.top_n == Some(0) {
-        return Err(ApiError::bad("top_n must be at least 1, got 0"));
+    if let Some(n) = r.top_n {
+        check_top_n(n, None).map_err(|e| ApiError::bad(format!("top_n {e}")))?;
     }
     Ok(())
 }
@@ -325,24 +324,19 @@ async fn find_model(state: &State, name: Option<String>) -> Result<Arc<Model>, A
 }
 
 impl SampleRequest {
-    /// The sampler's options for `model`, with `karnna sample`'s defaults: top-5 at
-    /// temperature 1, 2000 characters, the default prime, a fresh seed. 400 when top-n exceeds
-    /// the vocabulary or the prime has characters it lacks.
+    /// The sampler's options for `model`, with `karnna sample`'s defaults (the sampler's
+    /// [`DEFAULT_TOP_N`], [`DEFAULT_TEMPERATURE`], [`DEFAULT_LEN`]), the default prime and a
+    /// fresh seed. 400 when top-n exceeds the vocabulary or the prime has characters it lacks.
     fn options(self, model: &Model) -> Result<SampleOptions, ApiError> {
         let vocab = &model.vocab;
         let strategy = if self.argmax.unwrap_or(false) {
             Strategy::Argmax
         } else {
-            let n = self.top_n.unwrap_or(5);
-            if n > vocab.len() {
-                return Err(ApiError::bad(format!(
-                    "top_n must be between 1 and {} (the vocabulary size), got {n}",
-                    vocab.len()
-                )));
-            }
+            let n = self.top_n.unwrap_or(DEFAULT_TOP_N);
+            check_top_n(n, Some(vocab.len())).map_err(|e| ApiError::bad(format!("top_n {e}")))?;
             Strategy::TopN {
                 n,
-                temperature: self.temperature.unwrap_or(1.0),
+                temperature: self.temperature.unwrap_or(DEFAULT_TEMPERATURE),
             }
         };
         let prime = self.prime.unwrap_or_else(|| default_prime(vocab));
@@ -356,7 +350,7 @@ impl SampleRequest {
         }
         Ok(SampleOptions {
             prime,
-            len: self.len.unwrap_or(2000),
+            len: self.len.unwrap_or(DEFAULT_LEN),
             strategy,
             seed: self.seed.unwrap_or_else(fresh_seed),
         })

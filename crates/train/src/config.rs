@@ -35,37 +35,9 @@ pub enum CpuBackend {
     Ndarray,
 }
 
-/// The arithmetic of the model's matrix products on a GPU (the recurrence kernels and
-/// sampling compute in f32 whatever this says; the CPU always does).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum GpuMatmul {
-    /// Burn's matmul: TF32 tensor cores where the card has them (inputs rounded to a 10-bit
-    /// mantissa, sums in f32), which is much faster; f32 on cards without them.
-    #[default]
-    #[value(help = "TF32 tensor cores where the card has them, f32 elsewhere (default, fast)")]
-    Tf32,
-    /// karnna's own f32 product for every matmul of the model: IEEE f32 throughout, slower.
-    #[value(help = "f32 throughout (karnna's own product; slower)")]
-    F32,
-}
-
-impl GpuMatmul {
-    /// Makes this the products of every GPU model in the process
-    /// ([`karnna_model::ops::force_f32_matmuls`]).
-    pub fn apply(self) {
-        karnna_model::ops::force_f32_matmuls(self == GpuMatmul::F32);
-    }
-
-    /// The products in force in the process.
-    pub fn in_force() -> Self {
-        if karnna_model::ops::f32_matmuls_forced() {
-            GpuMatmul::F32
-        } else {
-            GpuMatmul::Tf32
-        }
-    }
-}
+/// The arithmetic of the model's matrix products on a GPU: the model's own setting
+/// ([`karnna_model::CharRnn::gpu_matmul`]), which a run takes from its config.
+pub use karnna_model::GpuMatmul;
 
 /// A published curve drawn beside the run's own in `loss.svg`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,7 +236,7 @@ impl Default for RunConfig {
             batch_size: 100,
             num_steps: 100,
             shape: ModelShape::default(),
-            keep_prob: 0.5,
+            keep_prob: karnna_model::DEFAULT_KEEP_PROB,
             learning_rate: 0.001,
             grad_clip: 5.0,
             epochs: 20,

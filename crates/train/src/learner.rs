@@ -16,7 +16,7 @@ use burn::train::metric::{
 };
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use karnna_data::{Batch, Batches};
-use karnna_model::{CellBackend, CharRnn, RnnState};
+use karnna_model::{CellBackend, CharRnn, DropoutSeed, Recurrence, RnnState};
 
 /// The model as burn-train sees it (a newtype, since `TrainStep` and `CharRnn` are both foreign
 /// to this crate).
@@ -26,7 +26,7 @@ pub struct Trainee<B: Backend> {
     pub model: CharRnn<B>,
 }
 
-/// One batch as tensors, with the LSTM state to start from (`None`: zeros).
+/// One batch as tensors, with the recurrent state to start from (`None`: zeros).
 #[derive(Clone, Debug)]
 pub struct CharBatch<B: Backend> {
     /// Input ids `[batch, steps]`.
@@ -61,15 +61,18 @@ pub fn char_loss<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -
 }
 
 impl<B: AutodiffBackend + CellBackend> Trainee<B> {
-    /// Forward and backward from `state`: the output item, the gradients, and the state after
-    /// the batch (detached: truncated backpropagation through time).
+    /// Forward and backward from `state`, the dropout masks drawn from `dropout`: the output
+    /// item, the gradients, and the state after the batch (detached: truncated
+    /// backpropagation through time).
     pub fn train_batch(
         &self,
         batch: CharBatch<B>,
         state: Option<RnnState<B>>,
+        dropout: DropoutSeed,
     ) -> (CharOutput<B>, GradientsParams, RnnState<B>) {
         let chars = batch.inputs.dims().iter().product();
-        let (logits, state) = self.model.forward(batch.inputs, state);
+        let (logits, state) =
+            (self.model).forward_with(batch.inputs, state, Recurrence::Fused, dropout);
         let loss = char_loss(logits, batch.targets);
         let grads = GradientsParams::from_grads(loss.backward(), self);
         (
@@ -93,8 +96,9 @@ impl<B: AutodiffBackend + CellBackend> Trainee<B> {
         clip: f64,
         batch: CharBatch<B>,
         state: Option<RnnState<B>>,
+        dropout: DropoutSeed,
     ) -> (Self, CharOutput<B>, RnnState<B>) {
-        let (out, mut grads, state) = self.train_batch(batch, state);
+        let (out, mut grads, state) = self.train_batch(batch, state, dropout);
         clip_global_norm(&self, &mut grads, clip);
         (optim.step(lr, self, grads), out, state)
     }
@@ -126,7 +130,7 @@ impl<B: AutodiffBackend + CellBackend> TrainStep for Trainee<B> {
     /// A stateless step (zero initial state); karnna's strategy calls
     /// [`Trainee::train_batch`] instead, to carry the state.
     fn step(&self, item: CharBatch<B>) -> TrainOutput<CharOutput<B>> {
-        let (out, grads, _) = self.train_batch(item, None);
+        let (out, grads, _) = self.train_batch(item, None, DropoutSeed::Backend);
         TrainOutput { grads, item: out }
     }
 }

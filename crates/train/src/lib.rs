@@ -1,4 +1,4 @@
-//! Training for karnna: burn-train's learner driven by a strategy that carries the LSTM state
+//! Training for karnna: burn-train's learner driven by a strategy that carries the recurrent state
 //! from batch to batch, as the notebook does.
 //!
 //! It owns the run configuration ([`config`]), getting the text ([`fetch`]) and preparing it

@@ -5,7 +5,7 @@
 //! The estimate counts what a training step keeps alive at its peak, in `f32`:
 //! - the weights, their gradients and Adam's two moments, plus as much again for the
 //!   temporaries of Adam's update: 6 values a parameter;
-//! - one batch's activations (N = batch_size x num_steps positions), per LSTM layer: the gates
+//! - one batch's activations (N = batch_size x num_steps positions), per recurrent layer: the gates
 //!   `[N, 4H]` the fused op keeps for its backward (and turns into `dL/dxp` in place), `h` and
 //!   `c` of every step (2H), the dropout mask and output (2H), and the gradients flowing back
 //!   through `h` and into the layer's input (2H): 10·N·H;

@@ -1,4 +1,4 @@
-//! A training run on burn-train's learner, with karnna's strategy: the LSTM state carried from
+//! A training run on burn-train's learner, with karnna's strategy: the recurrent state carried from
 //! batch to batch, global-norm clipping, validation every `eval_every` iterations, checkpoints
 //! every `save_every_n`, exact resume, and `metrics.csv` / `loss.svg`.
 //!
@@ -29,7 +29,7 @@ use burn::train::{
 };
 use karnna_data::{Vocab, Want};
 use karnna_model::checkpoint::RunDir;
-use karnna_model::{CellKernels, Checkpoint, CheckpointMeta, RnnState};
+use karnna_model::{CellKernels, Checkpoint, CheckpointMeta, DropoutSeed, RnnState};
 
 use crate::config::{ReferenceCurve, RunConfig};
 use crate::corpus::{Corpus, Preparation};
@@ -103,7 +103,6 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     let folder = RunFolder::lock(&opts.run_dir)?;
     let resume_from = folder.prepare(opts.resume, opts.fresh)?;
     let (config, base) = settle_config(opts.config, resume_from.as_ref())?;
-    config.gpu_matmul.apply();
     let stop = || interrupter.should_stop();
     let corpus = match read_text(&config, resume_from.as_ref(), base.as_ref(), &stop) {
         Err(e) if is_interrupted(&e) => {
@@ -257,7 +256,7 @@ fn check_memory(
 }
 
 /// Where the learner starts: the model (untrained, fine-tuned from a base, or resumed), the
-/// optimizer with its saved state, the iteration and the carried LSTM state.
+/// optimizer with its saved state, the iteration and the carried recurrent state.
 struct Start<I: CellKernels> {
     model: karnna_model::CharRnn<B<I>>,
     optim: Optim<I>,
@@ -302,6 +301,7 @@ impl<I: CellKernels> Start<I> {
         if let Some(ckpt) = resume_from {
             start.resume(ckpt, config.batch_size, device)?;
         }
+        start.model = start.model.with_gpu_matmul(config.gpu_matmul);
         Ok(start)
     }
 
@@ -432,7 +432,7 @@ struct Shared<B: Backend> {
     iteration: usize,
 }
 
-/// karnna's training strategy for burn-train: the notebook's loop with the LSTM state carried
+/// karnna's training strategy for burn-train: the notebook's loop with the recurrent state carried
 /// across the batches of an epoch, feeding the learner's event processor (dashboard, metrics).
 struct Carry<I: CellKernels> {
     /// The run's settled config (what its checkpoints record).
@@ -488,8 +488,8 @@ struct Done<I: CellKernels> {
     out: CharOutput<B<I>>,
 }
 
-/// The seed of iteration `it`'s dropout masks (counted from 0), which the loop hands to
-/// [`karnna_model::seed_dropout`]: a function of the run's seed and the iteration only, so a
+/// The seed of iteration `it`'s dropout masks (counted from 0), which the loop hands to the
+/// model as [`DropoutSeed::Seeded`]: a function of the run's seed and the iteration only, so a
 /// resumed run draws the masks the uninterrupted run would have.
 pub fn step_seed(seed: u64, it: usize) -> u64 {
     let mut z = seed ^ (it as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -714,10 +714,10 @@ impl<I: CellKernels> Loop<'_, I> {
     /// The output and its loss; an error when the loss is not finite (nothing is stepped then).
     fn step(&mut self, batch: CharBatch<B<I>>) -> Result<(CharOutput<B<I>>, f64), String> {
         let config = &self.carry.config;
-        karnna_model::seed_dropout(step_seed(config.seed, self.iteration));
+        let dropout = DropoutSeed::Seeded(step_seed(config.seed, self.iteration));
         self.learner.lr_step();
         let model = self.learner.model();
-        let (out, mut grads, next_state) = model.train_batch(batch, self.state.take());
+        let (out, mut grads, next_state) = model.train_batch(batch, self.state.take(), dropout);
         let loss = out.loss_value();
         if !loss.is_finite() {
             let last = (self.shared.last_checkpoint.as_ref())

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
+use karnna_model::DropoutSeed;
 use karnna_train::run::step_seed;
 use karnna_train::{train, RunConfig, TrainOptions};
 
@@ -81,17 +82,17 @@ fn the_notebooks_run_follows_its_recorded_losses() {
 
 #[test]
 fn dropout_masks_keep_their_fraction_and_are_independent() {
-    // The masks of the notebook's run as the training loop draws them: each iteration seeds
-    // this thread's sequence (`step_seed`), and each layer's dropout takes the next seed.
+    // The masks of the notebook's run as the training loop draws them: each iteration's
+    // forward takes its seed (`step_seed`), and each layer's dropout its own from it.
     let len = 100 * 100 * 512; // [batch, steps, units] of one layer
     for keep_prob in [0.5, 0.2] {
         let mut masks = Vec::new();
         for iteration in 0..3 {
-            karnna_model::seed_dropout(step_seed(42, iteration));
-            for _layer in 0..2 {
-                let seed = karnna_model::next_dropout_seed::<Flex>(&Default::default());
+            let seeds = DropoutSeed::Seeded(step_seed(42, iteration));
+            for layer in 0..2 {
+                let seed = seeds.layer_seed::<Flex>(layer, &Default::default());
                 let mut mask = vec![0.0; len];
-                karnna_model::kernel::dropout_mask(seed, keep_prob, &mut mask);
+                karnna_model::cpu::dropout_mask(seed, keep_prob, &mut mask);
                 masks.push(mask);
             }
         }

@@ -3,7 +3,7 @@
 //! sequence kernels share (against their `f64` references over a grid of shapes and at a large
 //! one, and against finite differences), each cell supplying its maths through [`KernelCell`].
 
-use super::sequence::CellMath;
+use super::cell_math::CellMath;
 use super::simd::{simd_level, Simd};
 use super::{backward, forward, Backward, Dims, Forward};
 
@@ -466,7 +466,7 @@ pub(super) fn check_empty_shapes<C: KernelCell>() {
 #[rustfmt::skip]
 macro_rules! shared_cell_tests {
     ($cell:ty) => {
-        use $crate::kernel::test_support as shared;
+        use $crate::cpu::test_support as shared;
         #[test] fn forward_and_backward_match_reference() { shared::check_grid::<$cell>() }
         #[test] fn large_parallel_shape_matches_reference() { shared::check_large::<$cell>() }
         #[test] fn backward_matches_finite_differences() { shared::check_finite_differences::<$cell>() }

@@ -38,13 +38,14 @@
 //! the others:
 //!
 //! - `sequence`: the driver, [`forward`] and [`backward`], their arrays ([`Forward`],
-//!   [`Backward`]), [`Dims`], the `CellMath` trait a cell implements for it and the one
-//!   dispatch of a cell's pointwise passes per instruction set;
+//!   [`Backward`]) and [`Dims`];
+//! - `cell_math`: the `CellMath` trait a cell implements for the driver, the rows its passes
+//!   see, and the one dispatch of a cell's pointwise passes per instruction set;
 //! - `lstm`, `gru`, `rnn`: one cell's maths each, its pointwise passes forward and backward side
 //!   by side, its cell alone for the sampler ([`lstm_cell`], [`gru_cell`], [`rnn_cell`]) and the
 //!   `f64` reference its tests compare with (`test_support` holds the tests every cell shares);
 //! - `schedule`: the row blocks, one per thread, and running them on the pool;
-//! - `step`: the per-step product with the recurrent weights (packed, batch-1, or `gemm`,
+//! - `products`: the per-step product with the recurrent weights (packed, batch-1, or `gemm`,
 //!   whichever fits) and the weight gradient over all steps;
 //! - `matmul`: the `gemm` calls, the weights packed for `gemm`'s microkernels, the transpose;
 //! - `simd`: the instruction set chosen at run time (the kernel's one choice, the sampler's
@@ -56,20 +57,21 @@
 //! - `dropout`: [`dropout_mask`].
 
 mod activation;
+mod cell_math;
 mod dropout;
 mod gru;
 mod lstm;
 mod matmul;
+mod products;
 mod rnn;
 mod schedule;
 mod sequence;
 mod simd;
-mod step;
 #[cfg(test)]
 mod test_support;
 mod vecmat;
 
-pub use dropout::dropout_mask;
+pub use dropout::{dropout_mask, mask_threshold};
 pub use gru::gru_cell;
 pub use lstm::lstm_cell;
 pub use rnn::rnn_cell;

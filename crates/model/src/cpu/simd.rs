@@ -46,7 +46,7 @@ macro_rules! dispatch {
     ) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
-        $vis fn $name $(<$C: $B>)? (simd: $crate::kernel::simd::Simd, $($arg: $ty),*) {
+        $vis fn $name $(<$C: $B>)? (simd: $crate::cpu::simd::Simd, $($arg: $ty),*) {
             /// The loop compiled for AVX-512.
             ///
             /// # Safety
@@ -74,11 +74,11 @@ macro_rules! dispatch {
                 // itself is safe code (slices, bounds-checked; no pointer arithmetic): only
                 // the instruction set is at stake.
                 #[cfg(target_arch = "x86_64")]
-                $crate::kernel::simd::Simd::Avx512 => unsafe { avx512 $(::<$C>)? ($($arg),*) },
+                $crate::cpu::simd::Simd::Avx512 => unsafe { avx512 $(::<$C>)? ($($arg),*) },
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
-                $crate::kernel::simd::Simd::Avx2 => unsafe { avx2 $(::<$C>)? ($($arg),*) },
-                $crate::kernel::simd::Simd::Base => $body $(::$assoc)? ::<false>($($arg),*),
+                $crate::cpu::simd::Simd::Avx2 => unsafe { avx2 $(::<$C>)? ($($arg),*) },
+                $crate::cpu::simd::Simd::Base => $body $(::$assoc)? ::<false>($($arg),*),
             }
         }
     };
@@ -159,12 +159,12 @@ fn lanes_block<const R: usize, const W: usize, const O: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::gru::Gru;
-    use crate::kernel::lstm::Lstm;
-    use crate::kernel::rnn::Rnn;
-    use crate::kernel::sequence::{backward_rows, forward_rows, BwdRows, FwdRows};
-    use crate::kernel::test_support::{instruction_sets, Lcg};
-    use crate::kernel::vecmat::axpy_block;
+    use crate::cpu::cell_math::{backward_rows, forward_rows, BwdRows, FwdRows};
+    use crate::cpu::gru::Gru;
+    use crate::cpu::lstm::Lstm;
+    use crate::cpu::rnn::Rnn;
+    use crate::cpu::test_support::{instruction_sets, Lcg};
+    use crate::cpu::vecmat::axpy_block;
 
     /// Hidden units of the rows the passes run on (two blocks of lanes and a remainder).
     const H: usize = 37;

@@ -9,12 +9,7 @@ use super::simd::{dispatch, simd_level};
 /// 32-bit finalizer), so the mask depends only on the seed and the length and the loop has no
 /// carried state: it runs 16 lanes wide on AVX-512.
 pub fn dropout_mask(seed: u64, keep_prob: f64, out: &mut [f32]) {
-    let threshold = (keep_prob.clamp(0.0, 1.0) * 4_294_967_296.0).min(u32::MAX as f64) as u32;
-    let scale = if keep_prob > 0.0 {
-        (1.0 / keep_prob) as f32
-    } else {
-        0.0
-    };
+    let (threshold, scale) = mask_threshold(keep_prob);
     // keep_prob 1 would need threshold 2^32.
     if keep_prob >= 1.0 {
         return out.fill(scale);
@@ -26,6 +21,19 @@ pub fn dropout_mask(seed: u64, keep_prob: f64, out: &mut [f32]) {
         scale,
         out,
     );
+}
+
+/// The threshold and scale of [`dropout_mask`] for `keep_prob`: an element whose hash is below
+/// the threshold is kept and scaled by the scale. The GPU's mask (`crate::gpu`) takes both
+/// from here, so the two masks agree bit for bit.
+pub fn mask_threshold(keep_prob: f64) -> (u32, f32) {
+    let threshold = (keep_prob.clamp(0.0, 1.0) * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+    let scale = if keep_prob > 0.0 {
+        (1.0 / keep_prob) as f32
+    } else {
+        0.0
+    };
+    (threshold, scale)
 }
 
 dispatch! {

@@ -23,7 +23,7 @@
 //! ```
 
 use super::activation::{madd, sigmoid_fast, tanh_fast};
-use super::sequence::{BwdRows, CellMath, FwdRows};
+use super::cell_math::{BwdRows, CellMath, FwdRows};
 use super::simd::{dispatch, simd_level, LANES};
 use crate::Cell;
 
@@ -126,8 +126,7 @@ fn cell<const FMA: bool>(z: [f32; 4], c_prev: f32) -> ([f32; 4], f32, f32) {
 /// activated gates out, `c` holds `c_{t-1}` in and `c_t` out, `hv` receives `h_t`.
 ///
 /// The rows work on blocks copied to local arrays: with seven separate slices LLVM would need
-/// more run-time overlap checks than it is willing to emit and falls back to scalar code (it did,
-/// at ~12% of a small training step).
+/// more run-time overlap checks than it is willing to emit and falls back to scalar code.
 #[inline(always)]
 fn cell_block<const FMA: bool>(
     z: &mut [[f32; LANES]; 4],
@@ -268,8 +267,8 @@ fn backward_row<const FMA: bool>(gz: [&mut [f32]; 4], v: [&[f32]; 4], dc_next: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::test_support::*;
-    use crate::kernel::Dims;
+    use crate::cpu::test_support::*;
+    use crate::cpu::Dims;
 
     shared_cell_tests!(Lstm);
 

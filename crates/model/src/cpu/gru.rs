@@ -26,7 +26,7 @@
 //! recurrent product apart ([`CellMath::HP_APART`]) and the forward saves `hp_n` of every step.
 
 use super::activation::{madd, sigmoid_fast, tanh_fast};
-use super::sequence::{BwdRows, CellMath, FwdRows};
+use super::cell_math::{BwdRows, CellMath, FwdRows};
 use super::simd::{dispatch, lanes, simd_level};
 use crate::Cell;
 
@@ -208,8 +208,8 @@ fn gru_backward<const FMA: bool>(g: [f32; 3], hp_n: f32, h_prev: f32, dh: f32) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::test_support::*;
-    use crate::kernel::Dims;
+    use crate::cpu::test_support::*;
+    use crate::cpu::Dims;
 
     shared_cell_tests!(Gru);
 

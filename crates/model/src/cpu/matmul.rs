@@ -117,8 +117,8 @@ impl MicroKernels {
 /// A row-major `[k, n]` right-hand matrix packed once for the microkernels: panel `p` holds, for
 /// each of the `k` rows, its `mr` columns from `p·mr` (zero-padded), contiguous.
 ///
-/// `gemm` packs the weights again at every call, that is at every step of the recurrence (12% of a
-/// 2x512 training step); or, below its size threshold, reads them unpacked with a stride of a whole
+/// `gemm` packs the weights again at every call, that is at every step of the recurrence (a
+/// measurable part of a training step); or, below its size threshold, reads them unpacked with a stride of a whole
 /// row per `k`, which is slower still. Packed once per sequence, every step streams them in order.
 pub(super) struct Packed {
     kernels: MicroKernels,
@@ -231,7 +231,7 @@ pub(super) fn transpose(rows: usize, cols: usize, a: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::test_support::{assert_close, instruction_sets, product_f64, Lcg};
+    use crate::cpu::test_support::{assert_close, instruction_sets, product_f64, Lcg};
 
     #[test]
     fn packed_products_match_a_plain_product() {

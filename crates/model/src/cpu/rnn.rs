@@ -12,7 +12,7 @@
 //! ```
 
 use super::activation::{madd, tanh_fast};
-use super::sequence::{BwdRows, CellMath, FwdRows};
+use super::cell_math::{BwdRows, CellMath, FwdRows};
 use super::simd::{dispatch, lanes, simd_level};
 use crate::Cell;
 
@@ -94,8 +94,8 @@ fn tanh_row_impl<const FMA: bool>(z: &[f32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::test_support::*;
-    use crate::kernel::Dims;
+    use crate::cpu::test_support::*;
+    use crate::cpu::Dims;
 
     shared_cell_tests!(Rnn);
 

@@ -21,7 +21,7 @@
 //! After the backward loop, `dh0` is one more launch ([`through_weights`]), and `dW_hh =
 //! H_prevᵀ·dHP` and `db_hh = Σ dHP` are one Burn matmul and one Burn sum over all steps. A layer
 //! of `T` steps thus takes about `T + 3` launches forward and `T + 5` backward, against about
-//! 60 per step in Burn tensor ops ([`crate::ops::tensor_forward`], which stays the tests'
+//! 60 per step in Burn tensor ops ([`crate::ops::reference::tensor_forward`], which stays the tests'
 //! reference).
 //!
 //! The states are kept with room for `h0` (and `c0`) in front, `[T + 1, B, H]`, which the step
@@ -47,7 +47,7 @@
 //! mantissa, unit roundoff 2⁻¹¹ ≈ 4.9e-4) for f32 inputs; see [`matmul_precision`].
 //!
 //! Dropout masks are drawn here too ([`dropout_mask_kernel`]), with the counter-based hash of
-//! [`crate::kernel::dropout_mask`], bit for bit: a seed gives the same mask on the CPU and on
+//! [`crate::cpu::dropout_mask`], bit for bit: a seed gives the same mask on the CPU and on
 //! any GPU, and no mask crosses from the host.
 //!
 //! Sampling's one-character step has kernels of its own (`step.rs`: one launch per layer and
@@ -59,7 +59,7 @@
 //! blocks one after another (llvmpipe).
 
 mod matmul;
-mod step;
+mod sampling;
 
 use burn::tensor::{DType, Shape, Tensor as BurnTensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
@@ -69,9 +69,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement};
 use cubecl::prelude::*;
 
 use crate::ops::LayerStep;
-use crate::ops::{
-    burn_dense, f32_matmuls_forced, CellBackend, CellInputs, CellKernels, MatmulPrecision,
-};
+use crate::ops::{burn_dense, CellBackend, CellInputs, CellKernels, GpuMatmul, MatmulPrecision};
 use crate::Cell;
 
 /// Threads per cube (thread block) of every launch here.
@@ -420,7 +418,7 @@ fn fmix32(x: u32) -> u32 {
     d ^ (d >> 16u32)
 }
 
-/// The dropout mask of [`crate::kernel::dropout_mask`] on the device, bit for bit: element `i`
+/// The dropout mask of [`crate::cpu::dropout_mask`] on the device, bit for bit: element `i`
 /// is `scale` when `fmix32(fmix32(i·0x9E3779B9 ^ seed_lo) ^ seed_hi) < threshold` (or always,
 /// when `keep_all`), else 0. Multiplications wrap, as `u32::wrapping_mul` does on the host.
 #[cube(launch_unchecked)]
@@ -453,10 +451,10 @@ type Cube<R, I, BT> = CubeBackend<R, f32, I, BT>;
 /// The precision of the matmuls that Burn runs for the model on this device (the recurrence
 /// kernels here are always f32): TF32 when the device offers TF32 tensor-core tiles, which
 /// Burn's matmul (cubek's CMMA routine, tried first) then uses for f32 inputs, else f32 (its
-/// plain routine; llvmpipe). F32 whenever [`crate::ops::force_f32_matmuls`] is on: the model's
-/// products then run in `matmul.rs`'s f32 kernel instead.
-pub fn matmul_precision<R: CubeRuntime>(device: &R::Device) -> MatmulPrecision {
-    if f32_matmuls_forced() {
+/// plain routine; llvmpipe). F32 for a model whose products are [`GpuMatmul::F32`]: they then
+/// run in `matmul.rs`'s f32 kernel instead.
+pub fn matmul_precision<R: CubeRuntime>(device: &R::Device, matmul: GpuMatmul) -> MatmulPrecision {
+    if matmul == GpuMatmul::F32 {
         return MatmulPrecision::F32;
     }
     let client = R::client(device);
@@ -529,10 +527,12 @@ fn transposed<R: CubeRuntime, I: IntElement, BT: BoolElement>(w: &CubeTensor<R>)
     into_contiguous(prim(tensor::<R, I, BT, 2>(w.clone()).transpose()))
 }
 
-/// `dW_hh = Σ_t h_{t-1}ᵀ·dhp_t` as one Burn matmul over all steps (`hs` `[T + 1, B, H]`).
+/// `dW_hh = Σ_t h_{t-1}ᵀ·dhp_t` as one matmul over all steps (`hs` `[T + 1, B, H]`): Burn's,
+/// or `matmul.rs`'s for [`GpuMatmul::F32`].
 fn weight_grad<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     hs: &CubeTensor<R>,
     dhp: &CubeTensor<R>,
+    matmul: GpuMatmul,
 ) -> CubeTensor<R> {
     let [t1, b, h] = dims3(hs);
     let gh = dims3(dhp)[2];
@@ -540,7 +540,7 @@ fn weight_grad<R: CubeRuntime, I: IntElement, BT: BoolElement>(
         .narrow(0, 0, t1 - 1)
         .reshape([(t1 - 1) * b, h]);
     let dhp = tensor::<R, I, BT, 3>(dhp.clone()).reshape([(t1 - 1) * b, gh]);
-    if f32_matmuls_forced() {
+    if matmul == GpuMatmul::F32 {
         return matmul::matmul(prim(h_prev.transpose()), prim(dhp), None);
     }
     prim(h_prev.transpose().matmul(dhp))
@@ -585,14 +585,18 @@ pub struct CubeCache<R: CubeRuntime> {
     aux: CubeTensor<R>,
     /// The activated gates of every step `[T, B, G·H]`; a placeholder for the RNN.
     gates: CubeTensor<R>,
+    /// How `dW_hh` is computed.
+    matmul: GpuMatmul,
 }
 
 /// Runs `cell`'s recurrence, one [`forward_step`] launch per step: `hs [T, B, H]`, the LSTM's
-/// `c_T [B, H]`, and what the backward needs (complete only when `keep`).
+/// `c_T [B, H]`, and what the backward needs (complete only when `keep`; `matmul` for its
+/// `dW_hh`).
 fn forward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     cell: Cell,
     inputs: CellInputs<CubeTensor<R>>,
     keep: bool,
+    matmul: GpuMatmul,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>, CubeCache<R>) {
     let CellInputs {
         xp,
@@ -653,6 +657,7 @@ fn forward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
         hs,
         aux,
         gates,
+        matmul,
     };
     (out, c_t, cache)
 }
@@ -698,7 +703,7 @@ fn backward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
         }
     }
     let dh0 = dh0(&dhp, &wt, gru.then_some(&carry), &dhs);
-    let dw = weight_grad::<R, I, BT>(&cache.hs, &dhp);
+    let dw = weight_grad::<R, I, BT>(&cache.hs, &dhp, cache.matmul);
     let db = (cell != Cell::Lstm).then(|| {
         prim(
             tensor::<R, I, BT, 3>(dhp.clone())
@@ -720,17 +725,23 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
     fn sequence(
         cell: Cell,
         inputs: CellInputs<CubeTensor<R>>,
+        matmul: GpuMatmul,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-        let (hs, c, _) = forward::<R, I, BT>(cell, inputs, false);
+        let (hs, c, _) = forward::<R, I, BT>(cell, inputs, false, matmul);
         (hs, c)
     }
 
-    fn matmul_precision(device: &R::Device) -> MatmulPrecision {
-        matmul_precision::<R>(device)
+    fn matmul_precision(device: &R::Device, matmul: GpuMatmul) -> MatmulPrecision {
+        matmul_precision::<R>(device, matmul)
     }
 
-    fn dense(x: CubeTensor<R>, w: CubeTensor<R>, b: Option<CubeTensor<R>>) -> CubeTensor<R> {
-        if f32_matmuls_forced() {
+    fn dense(
+        x: CubeTensor<R>,
+        w: CubeTensor<R>,
+        b: Option<CubeTensor<R>>,
+        matmul: GpuMatmul,
+    ) -> CubeTensor<R> {
+        if matmul == GpuMatmul::F32 {
             matmul::matmul(x, w, b)
         } else {
             burn_dense::<Self>(x, w, b)
@@ -741,21 +752,20 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
         cell: Cell,
         step: LayerStep<'_, CubeTensor<R>>,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-        step::layer(cell, step)
+        sampling::layer(cell, step)
     }
 
-    fn linear_step(x: CubeTensor<R>, w: CubeTensor<R>, b: Option<CubeTensor<R>>) -> CubeTensor<R> {
-        step::linear(x, w, b)
+    fn linear_step(
+        x: CubeTensor<R>,
+        w: CubeTensor<R>,
+        b: Option<CubeTensor<R>>,
+        _: GpuMatmul,
+    ) -> CubeTensor<R> {
+        sampling::linear(x, w, b)
     }
 
     fn dropout_mask(seed: u64, keep_prob: f64, shape: Shape, device: &R::Device) -> CubeTensor<R> {
-        // The threshold and scale as `kernel::dropout_mask` computes them.
-        let threshold = (keep_prob.clamp(0.0, 1.0) * 4_294_967_296.0).min(u32::MAX as f64) as u32;
-        let scale = if keep_prob > 0.0 {
-            (1.0 / keep_prob) as f32
-        } else {
-            0.0
-        };
+        let (threshold, scale) = crate::cpu::mask_threshold(keep_prob);
         let n = shape.num_elements();
         let out =
             empty_device_contiguous_dtype(R::client(device), device.clone(), shape, DType::F32);
@@ -784,8 +794,9 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellKernels for Cube<R, I, 
     fn forward_train(
         cell: Cell,
         inputs: CellInputs<CubeTensor<R>>,
+        matmul: GpuMatmul,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>, Self::Cache) {
-        forward::<R, I, BT>(cell, inputs, true)
+        forward::<R, I, BT>(cell, inputs, true, matmul)
     }
 
     fn backward(cache: Self::Cache, dhs: CubeTensor<R>) -> CellInputs<CubeTensor<R>> {

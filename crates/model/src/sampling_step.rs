@@ -6,7 +6,7 @@
 //! [`CellBackend::linear_step`]. By default these are Burn tensor ops around the fused sequence
 //! op over one step ([`crate::ops::tensor_layer_step`]: the ops of [`CharRnn::forward`], in
 //! the same order, so the logits are `forward`'s over one character bit for bit); the GPU
-//! backends fuse each into one kernel launch (`crate::cube::step`).
+//! backends fuse each into one kernel launch (`crate::gpu::step`).
 
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
@@ -77,6 +77,7 @@ impl<B: CellBackend> CharRnn<B> {
                     b_hh: float(layer.b_hh.val()),
                     h: state.h[l].clone(),
                     c: state.c[l].take(),
+                    matmul: self.gpu_matmul,
                 },
             );
             state.h[l] = h.clone();
@@ -85,7 +86,8 @@ impl<B: CellBackend> CharRnn<B> {
         }
         let x = x.expect("at least one layer");
         let bias = self.output.bias.as_ref().map(|b| float(b.val()));
-        from_float(B::linear_step(x, float(self.output.weight.val()), bias))
+        let w = float(self.output.weight.val());
+        from_float(B::linear_step(x, w, bias, self.gpu_matmul))
     }
 }
 

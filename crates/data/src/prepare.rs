@@ -166,7 +166,8 @@ impl Source {
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as u64);
         Ok(Self {
-            path: path.to_owned(),
+            // The same file named another way (relative, through a link) is the same source.
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
             bytes: meta.len(),
             modified_ns,
         })

@@ -166,6 +166,10 @@ fn the_cache_is_reused_only_while_it_is_the_texts() {
     // Resuming with the run's own vocabulary finds the same encoding.
     let resumed = prep(&files, Want::Fixed(first.vocab.clone()), &cache, 4).unwrap();
     assert!(resumed.reused);
+    // So does the same file named another way.
+    let other = dir.join(".").join("t.txt");
+    let named = prep(&[other], Want::Text, &cache, 4).unwrap();
+    assert!(named.reused);
     // The same size and modification time, another text: the hash tells, and it is made anew.
     let time = std::fs::metadata(&file).unwrap().modified().unwrap();
     std::fs::write(&file, b"jello world\r\nagain\n").unwrap();

@@ -153,15 +153,7 @@ struct Source {
 
 impl Source {
     fn of(path: &Path) -> Result<Self, DataError> {
-        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => DataError::Missing {
-                path: path.to_owned(),
-            },
-            _ => DataError::Io {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
+        let meta = std::fs::metadata(path).map_err(DataError::reading(path))?;
         let modified_ns = (meta.modified().ok())
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as u64);
@@ -623,11 +615,8 @@ impl<'m, 'o> Hasher<'m, 'o> {
 fn hash_files(files: &[PathBuf], chunk: usize, sink: &mut Hasher) -> Result<(), DataError> {
     let mut buf = vec![0u8; chunk.max(1 << 16)];
     for (i, path) in files.iter().enumerate() {
-        let io = |source| DataError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = File::open(path).map_err(io)?;
+        let io = DataError::reading(path);
+        let mut file = File::open(path).map_err(&io)?;
         loop {
             let n = match std::io::Read::read(&mut file, &mut buf) {
                 Ok(0) => break,

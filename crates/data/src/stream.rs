@@ -82,20 +82,12 @@ impl FileText<'_> {
 
 /// One file's text, chunk by chunk, normalized ([`Normalize`]) into `out`.
 fn read_file(path: &Path, chunk: usize, out: &mut FileText) -> Result<(), DataError> {
-    let io = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::NotFound => DataError::Missing {
-            path: path.to_owned(),
-        },
-        _ => DataError::Io {
-            path: path.to_owned(),
-            source,
-        },
-    };
+    let io = DataError::reading(path);
     let not_utf8 = |offset: u64| DataError::NotUtf8 {
         path: path.to_owned(),
         offset,
     };
-    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut file = std::fs::File::open(path).map_err(&io)?;
     let chunk = chunk.max(1);
     // The bytes of an unfinished character (at most 3) wait at the front for the next chunk.
     let mut buf = vec![0u8; chunk + 4];

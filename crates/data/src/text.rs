@@ -76,20 +76,28 @@ pub enum DataError {
     },
 }
 
+impl DataError {
+    /// What went wrong reading `path`: [`DataError::Missing`] when it does not exist, else
+    /// [`DataError::Io`] with the operating system's words. For `map_err`.
+    pub fn reading(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
+        move |source| match source.kind() {
+            std::io::ErrorKind::NotFound => DataError::Missing {
+                path: path.to_owned(),
+            },
+            _ => DataError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
 /// Reads `path` as UTF-8 text with the newlines normalised (see [`normalize_newlines`]) and a
 /// leading byte-order mark removed.
 ///
 /// Errors: missing file, unreadable file, invalid UTF-8 (with the byte offset), empty text.
 pub fn load_text(path: &Path) -> Result<String, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => DataError::Missing {
-            path: path.to_owned(),
-        },
-        _ => DataError::Io {
-            path: path.to_owned(),
-            source,
-        },
-    })?;
+    let bytes = std::fs::read(path).map_err(DataError::reading(path))?;
     let text = String::from_utf8(bytes).map_err(|e| DataError::NotUtf8 {
         path: path.to_owned(),
         offset: e.utf8_error().valid_up_to() as u64,

@@ -218,91 +218,45 @@ fn write_text(path: &Path, bytes: u64) -> anyhow::Result<()> {
     if std::fs::metadata(path).is_ok_and(|m| m.len() == bytes) {
         return Ok(());
     }
-    const WORDS: &[&str] = &[
-        "the",
-        "and",
-        "of",
-        "to",
-        "a",
-        "he",
-        "in",
-        "that",
-        "was",
-        "his",
-        "her",
-        "she",
-        "with",
-        "had",
-        "it",
-        "not",
-        "at",
-        "as",
-        "for",
-        "him",
-        "but",
-        "said",
-        "Levin",
-        "Anna",
-        "Vronsky",
-        "Kitty",
-        "Stepan",
-        "Arkadyevitch",
-        "Oblonsky",
-        "Dolly",
-        "what",
-        "could",
-        "would",
-        "all",
-        "from",
-        "on",
-        "be",
-        "felt",
-        "know",
-        "why",
-        "yes",
-        "no",
-        "quite",
-        "evening",
-        "moment",
-        "horse",
-        "peasants",
-        "mowing",
-        "love",
-        "husband",
-        "wife",
-        "Moscow",
-        "Petersburg",
-        "!",
-        "?",
-        "(",
-        ")",
-        "\"",
-        "'",
-        ";",
-        ":",
-        "-",
-        "1",
-        "2",
-        "3",
-        "7",
-        "9",
-        "X",
-        "Z",
-        "Q",
-        "J",
-    ];
     let tmp = path.with_extension("txt.tmp");
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut block = String::with_capacity(8 << 20);
+    let block = generated_block(8 << 20);
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        out.write_all(&block.as_bytes()[..n])?;
+        left -= n as u64;
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+/// The words and marks the generated text draws from: frequent English words, the novel's names,
+/// punctuation, digits and rare capitals, so its vocabulary is a plausible ~70 characters.
+const WORDS: &str = concat!(
+    "the and of to a he in that was his her she with had it not at as for him but said ",
+    "Levin Anna Vronsky Kitty Stepan Arkadyevitch Oblonsky Dolly what could would all from on ",
+    "be felt know why yes no quite evening moment horse peasants mowing love husband wife ",
+    "Moscow Petersburg ! ? ( ) \" ' ; : - 1 2 3 7 9 X Z Q J",
+);
+
+/// At least `len` bytes of generated prose: words drawn by an xorshift generator with a fixed
+/// seed, sentences that start with a capital, lines of about 70 characters, an empty line now
+/// and then.
+fn generated_block(len: usize) -> String {
+    let words: Vec<&str> = WORDS.split(' ').collect();
+    let mut block = String::with_capacity(len);
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     let (mut line, mut sentence) = (0usize, 0usize);
-    while block.len() < 8 << 20 {
+    while block.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let word = WORDS[(x % WORDS.len() as u64) as usize];
+        let word = words[(x % words.len() as u64) as usize];
         if sentence == 0 {
             let mut c = word.chars();
             block.extend(c.next().map(|f| f.to_ascii_uppercase()));
@@ -328,14 +282,5 @@ fn write_text(path: &Path, bytes: u64) -> anyhow::Result<()> {
             block.push(' ');
         }
     }
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        out.write_all(&block.as_bytes()[..n])?;
-        left -= n as u64;
-    }
-    out.flush()?;
-    drop(out);
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
+    block
 }

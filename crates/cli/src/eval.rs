@@ -8,11 +8,11 @@
 //! as `key=value` lines; a progress line goes to stderr on long texts when it is a terminal.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use karnna_data::{Ids, Want};
+use karnna_data::{Ids, Prepared, Want};
 use karnna_gpu::OnBackend;
 use karnna_infer::{evaluate, EvalReport};
 use karnna_model::{CellKernels, Checkpoint};
@@ -61,11 +61,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let path = args.from.checkpoint()?;
     let ckpt = Checkpoint::read(&path)?;
     let files = karnna_data::text_files(std::slice::from_ref(&args.data))?;
-    let prep = karnna_train::Preparation {
-        cache_dir: karnna_train::default_cache_dir(),
-        chunk: karnna_data::prepare::DEFAULT_CHUNK,
-        stop: &|| false,
-    };
+    let prep = karnna_train::Preparation::new(karnna_train::default_cache_dir());
     let encoded = prep.prepare(&files, Want::Known(ckpt.meta.vocab.clone()))?;
     let chars = encoded.chars;
     if encoded.ids.len() < 2 {
@@ -89,7 +85,22 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         Some(gpu) => karnna_gpu::run_on(gpu, job)?,
     };
     bar.clear();
+    let out = figures(&path, &args, &encoded, report, secs);
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("writing the figures")?;
+    Ok(())
+}
 
+/// The figures `eval` prints, one `key=value` line each (the first two lines hold several).
+fn figures(
+    path: &Path,
+    args: &EvalArgs,
+    encoded: &Prepared,
+    report: EvalReport,
+    secs: f64,
+) -> String {
+    let chars = encoded.chars;
     let mut out = String::new();
     out += &format!("checkpoint={}\n", path.display());
     out += &format!(
@@ -125,10 +136,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         "chars_per_s={:.0}\n",
         report.chars_scored as f64 / secs.max(1e-9)
     );
-    std::io::stdout()
-        .write_all(out.as_bytes())
-        .context("writing the figures")?;
-    Ok(())
+    out
 }
 
 /// The scoring of one checkpoint on one id stream, on whichever backend runs it; returns the

@@ -255,24 +255,11 @@ pub fn prepare(files: &[PathBuf], want: Want, opts: Options) -> Result<Prepared,
             None => entry.encode(&sources, &vocab, false)?.0,
         },
     };
-    let path = entry.dir.join(format!("{}.ids", vocab_key(&vocab)));
-    let ids = Ids::map(&path, encoding.width).map_err(cache_error(&path))?;
-    if ids.len() != encoding.file_ids.iter().sum::<u64>() {
-        return Err(DataError::Cache {
-            path,
-            source: std::io::Error::other("shorter than its record says; delete it"),
-        });
-    }
+    let (ids, path) = entry.map_ids(&vocab, &encoding)?;
     let counter = sources.counter();
-    let lacking: Vec<char> = (counter.order.iter())
-        .filter(|c| vocab.id(**c).is_none())
-        .copied()
-        .collect();
+    let lacking = not_in(counter.order.iter(), &vocab);
     let new_chars = match &want {
-        Want::Extend(old) => (vocab.chars().iter())
-            .filter(|c| old.id(**c).is_none())
-            .copied()
-            .collect(),
+        Want::Extend(old) => not_in(vocab.chars().iter(), old),
         _ => Vec::new(),
     };
     Ok(Prepared {
@@ -290,6 +277,11 @@ pub fn prepare(files: &[PathBuf], want: Want, opts: Options) -> Result<Prepared,
         secs: started.elapsed().as_secs_f64(),
         vocab,
     })
+}
+
+/// The characters of `chars` that `vocab` lacks, in their order.
+fn not_in<'c>(chars: impl Iterator<Item = &'c char>, vocab: &Vocab) -> Vec<char> {
+    chars.filter(|c| vocab.id(**c).is_none()).copied().collect()
 }
 
 /// One cache folder, locked, while a preparation works in it.
@@ -414,6 +406,20 @@ impl Entry<'_, '_> {
 
     fn json_path(&self, vocab: &Vocab) -> PathBuf {
         self.dir.join(format!("{}.json", vocab_key(vocab)))
+    }
+
+    /// The ids of `encoding` (with `vocab`) mapped from the folder, and their file; an error
+    /// when the file holds fewer than its record says.
+    fn map_ids(&self, vocab: &Vocab, encoding: &Encoding) -> Result<(Ids, PathBuf), DataError> {
+        let path = self.dir.join(format!("{}.ids", vocab_key(vocab)));
+        let ids = Ids::map(&path, encoding.width).map_err(cache_error(&path))?;
+        if ids.len() != encoding.file_ids.iter().sum::<u64>() {
+            return Err(DataError::Cache {
+                path,
+                source: std::io::Error::other("shorter than its record says; delete it"),
+            });
+        }
+        Ok((ids, path))
     }
 
     /// The folder's encoding with `vocab`, when it is there and of these sources.

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::checkpoint::CheckpointMeta;
 use crate::model::CharRnnConfig;
+use crate::Cell;
 
 /// Deepest nesting a record may have (karnna's are a few levels deep); deeper is refused
 /// before it can exhaust a thread's stack.
@@ -137,60 +138,79 @@ pub(crate) fn check_model_shapes(bytes: &[u8], model: &CharRnnConfig) -> Result<
         .gates()
         .checked_mul(h)
         .ok_or_else(|| format!("model.lstm_size {h} is too large"))?;
-    let mismatch = |field: &str, name: String, got: &[usize], want: &[usize]| {
-        Err(format!(
-            "{field} disagrees with the weights: {name} is {got:?}, the meta's model ({} {cell} \
-             units, {v} characters) needs {want:?}",
-            h
-        ))
-    };
-    for (i, l) in layers.iter().enumerate() {
-        let w_hh = &l.w_hh.param.shape;
-        if w_hh.first() != Some(&h) {
-            return mismatch(
-                "model.lstm_size",
-                format!("layer {i} w_hh"),
-                w_hh,
-                &[h, width],
-            );
-        }
-        if w_hh[1..] != [width] {
-            return mismatch("model.cell", format!("layer {i} w_hh"), w_hh, &[h, width]);
-        }
-        let input = if i == 0 { v } else { h };
-        let field = if i == 0 {
-            "model.vocab_size"
-        } else {
-            "model.lstm_size"
-        };
-        if l.w_ih.param.shape != [input, width] {
-            let w_ih = &l.w_ih.param.shape;
-            return mismatch(field, format!("layer {i} w_ih"), w_ih, &[input, width]);
-        }
-        for (name, b) in [("b_ih", &l.b_ih), ("b_hh", &l.b_hh)] {
-            if b.param.shape != [width] {
-                return mismatch(
-                    "model.cell",
-                    format!("layer {i} {name}"),
-                    &b.param.shape,
-                    &[width],
-                );
-            }
-        }
+    let meta = Meta { cell, h, v, width };
+    for (i, layer) in layers.iter().enumerate() {
+        meta.check_layer(i, layer)?;
     }
     if output.weight.param.shape != [h, v] {
         let w = &output.weight.param.shape;
-        return mismatch("model.vocab_size", "output weight".into(), w, &[h, v]);
+        return meta.mismatch("model.vocab_size", "output weight".into(), w, &[h, v]);
     }
     match &output.bias {
         Some(b) if b.param.shape == [v] => Ok(()),
-        Some(b) => mismatch(
+        Some(b) => meta.mismatch(
             "model.vocab_size",
             "output bias".into(),
             &b.param.shape,
             &[v],
         ),
         None => Err("model: the output layer has no bias".into()),
+    }
+}
+
+/// What a checkpoint's meta says of the weights' shapes, for [`check_model_shapes`].
+struct Meta {
+    cell: Cell,
+    /// Hidden units.
+    h: usize,
+    /// Vocabulary size.
+    v: usize,
+    /// Gate columns, `G·h`.
+    width: usize,
+}
+
+impl Meta {
+    /// Checks layer `i`'s four tensors.
+    fn check_layer(&self, i: usize, l: &LayerShapes) -> Result<(), String> {
+        let (h, width) = (self.h, self.width);
+        let w_hh = &l.w_hh.param.shape;
+        if w_hh.first() != Some(&h) {
+            let name = format!("layer {i} w_hh");
+            return self.mismatch("model.lstm_size", name, w_hh, &[h, width]);
+        }
+        if w_hh[1..] != [width] {
+            return self.mismatch("model.cell", format!("layer {i} w_hh"), w_hh, &[h, width]);
+        }
+        let (input, field) = match i {
+            0 => (self.v, "model.vocab_size"),
+            _ => (h, "model.lstm_size"),
+        };
+        if l.w_ih.param.shape != [input, width] {
+            let w_ih = &l.w_ih.param.shape;
+            return self.mismatch(field, format!("layer {i} w_ih"), w_ih, &[input, width]);
+        }
+        for (name, b) in [("b_ih", &l.b_ih), ("b_hh", &l.b_hh)] {
+            if b.param.shape != [width] {
+                let name = format!("layer {i} {name}");
+                return self.mismatch("model.cell", name, &b.param.shape, &[width]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a meta `field` that disagrees with tensor `name`'s shape.
+    fn mismatch(
+        &self,
+        field: &str,
+        name: String,
+        got: &[usize],
+        want: &[usize],
+    ) -> Result<(), String> {
+        let (cell, h, v) = (self.cell, self.h, self.v);
+        Err(format!(
+            "{field} disagrees with the weights: {name} is {got:?}, the meta's model ({h} {cell} \
+             units, {v} characters) needs {want:?}"
+        ))
     }
 }
 

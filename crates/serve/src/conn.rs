@@ -4,9 +4,12 @@
 //! on the connections held. At the bound, the connection idle the longest (no request in
 //! flight) is closed to make room; when every connection has a request in flight, the new one
 //! gets a 503 and is closed. So clients that open connections and send nothing cannot lock
-//! others out, however many they open.
+//! others out, however many they open. A client that stops reading its response is dropped
+//! too, once a write to it has waited the same deadline ([`WriteDeadline`]): its sample then
+//! ends and gives its worker back.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +20,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
@@ -162,7 +166,8 @@ async fn serve_one(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(read_timeout);
-    let connection = http.serve_connection(TokioIo::new(tcp), service);
+    let io = TokioIo::new(WriteDeadline::new(tcp, read_timeout));
+    let connection = http.serve_connection(io, service);
     tokio::select! {
         _ = connection => {}
         () = conn.close.notified() => {}
@@ -213,5 +218,134 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A stream whose writes fail with [`std::io::ErrorKind::TimedOut`] once one has waited
+/// `limit` without progress: a client that stops reading cannot hold its connection, and the
+/// sample streaming to it, forever. Reads pass through.
+pub(crate) struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Armed while a write (or flush) is waiting; reset by any progress.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    pub(crate) fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            timer: None,
+        }
+    }
+
+    /// `poll`'s result, with the timer disarmed on progress and armed (or checked) while it
+    /// waits.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.timer = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing of its response in time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.deadline(cx, poll)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.deadline(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.deadline(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.deadline(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A reader that stops reading makes the writer's wait end in `TimedOut` after the limit;
+    /// one that reads, however slowly, keeps it going.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_waits_past_the_limit_fails_and_progress_resets_it() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut ours = WriteDeadline::new(ours, Duration::from_secs(10));
+        // The pipe holds 64 bytes; a reader that takes 32 every 9 s keeps the writer going.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 32];
+            for _ in 0..6 {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                theirs.read_exact(&mut buf).await.unwrap();
+            }
+            theirs // then it stops reading, and keeps its end open
+        });
+        let started = tokio::time::Instant::now();
+        let mut sent = 0;
+        let err = loop {
+            match ours.write(&[7u8; 16]).await {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        // 64 bytes in the pipe and 6 reads of 32: all of it written before the reader stopped.
+        assert_eq!(sent, 64 + 6 * 32);
+        // The reader's last read was at 54 s; the writer then waited 10 s more.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(64) && waited < Duration::from_secs(65),
+            "{waited:?}"
+        );
+        drop(reader.await.unwrap());
     }
 }

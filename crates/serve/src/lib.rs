@@ -44,7 +44,8 @@ pub struct ServeOptions {
     pub queue: usize,
     /// How long a client has to send a request's head once connected or after a response
     /// (so also how long a connection may sit idle), and then its body; past it the connection
-    /// is closed (the body: 408).
+    /// is closed (the body: 408). A write to a client that reads nothing of its response waits
+    /// as long before the connection is closed and its sample stopped.
     pub read_timeout: std::time::Duration,
     /// Connections held at once. At the bound the one idle the longest is closed to make room
     /// (a new one gets 503 when every one has a request in flight).

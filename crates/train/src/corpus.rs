@@ -83,13 +83,18 @@ pub struct Preparation<'a> {
 }
 
 impl Preparation<'_> {
-    /// The config's cache folder, the default chunk, no stop.
-    pub fn of(config: &RunConfig) -> Preparation<'static> {
+    /// The cache folder `cache_dir`, the default chunk, no stop.
+    pub fn new(cache_dir: PathBuf) -> Preparation<'static> {
         Preparation {
-            cache_dir: config.cache_dir.clone().unwrap_or_else(default_cache_dir),
+            cache_dir,
             chunk: DEFAULT_CHUNK,
             stop: &|| false,
         }
+    }
+
+    /// The config's cache folder, the default chunk, no stop.
+    pub fn of(config: &RunConfig) -> Preparation<'static> {
+        Preparation::new(config.cache_dir.clone().unwrap_or_else(default_cache_dir))
     }
 
     /// Prepares `files` with the vocabulary `want` says, showing progress on a terminal.

@@ -138,17 +138,18 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
         resume_from.as_ref(),
         &device,
     )?;
-    let stop_at = corpus.stop_at(&config);
-    if start.iteration >= stop_at {
+    let plan = Plan::new(corpus.train.len(), corpus.stop_at(&config));
+    if start.iteration >= plan.stop_at {
         bail!(
-            "{}: the run is complete ({} of {stop_at} iterations); raise --epochs or --max-iters to train further",
+            "{}: the run is complete ({} of {} iterations); raise --epochs or --max-iters to train further",
             dir.display(),
-            start.iteration
+            start.iteration,
+            plan.stop_at
         );
     }
     let (val_batches, val_read) = (config.val_batches, corpus.val_batches(&config));
-    let mut carry = Carry::<I>::new(config, &folder, corpus.vocab, &mut start, stop_at, plain)?;
-    carry.val_read = val_read;
+    let carry =
+        Carry::<I>::new(config, &folder, corpus.vocab, &mut start, plan, plain)?.reading(val_read);
     let (train, val) = (corpus.train, corpus.val);
     let val = val.unwrap_or_else(|| train.clone());
     let train_loader: TrainLoader<Components<I>> =
@@ -429,6 +430,7 @@ struct Shared<B: Backend> {
     last_checkpoint: Option<PathBuf>,
     error: Option<String>,
     interrupted: bool,
+    /// The iterations done: the loop's one counter, read by [`train`] once the learner returns.
     iteration: usize,
 }
 
@@ -439,9 +441,9 @@ struct Carry<I: CellKernels> {
     config: RunConfig,
     run: RunDir,
     vocab: Vocab,
+    /// The iteration the run starts from (0, or the resumed checkpoint's).
     start_iteration: usize,
-    /// The iteration the run ends at: the epochs' last, or `max_iters` when sooner.
-    stop_at: usize,
+    plan: Plan,
     plain: bool,
     /// Validation batches one validation reads, and in the split.
     val_read: (usize, usize),
@@ -450,14 +452,24 @@ struct Carry<I: CellKernels> {
 }
 
 /// The shape of the loop: batches per epoch and where the run stops, for the progress bars.
+#[derive(Clone, Copy)]
 struct Plan {
     per_epoch: usize,
+    /// The iteration the run ends at: the epochs' last, or `max_iters` when sooner.
     stop_at: usize,
     /// The epoch the run stops in (`max_iters` can end it before `epochs`).
     last_epoch: usize,
 }
 
 impl Plan {
+    fn new(per_epoch: usize, stop_at: usize) -> Self {
+        Self {
+            per_epoch,
+            stop_at,
+            last_epoch: stop_at.div_ceil(per_epoch),
+        }
+    }
+
     /// The items of `epoch` the progress bar counts to (fewer in the epoch the run stops in).
     fn epoch_items(&self, epoch: usize) -> usize {
         self.per_epoch
@@ -475,7 +487,6 @@ struct Loop<'a, I: CellKernels> {
     valid_loader: ValidLoader<Components<I>>,
     plan: Plan,
     state: Option<RnnState<B<I>>>,
-    iteration: usize,
     started: Instant,
 }
 
@@ -505,7 +516,7 @@ impl<I: CellKernels> Carry<I> {
         folder: &RunFolder,
         vocab: Vocab,
         start: &mut Start<I>,
-        stop_at: usize,
+        plan: Plan,
         plain: bool,
     ) -> anyhow::Result<Self> {
         let dir = folder.dir();
@@ -531,12 +542,19 @@ impl<I: CellKernels> Carry<I> {
             run: folder.run().clone(),
             vocab,
             start_iteration: start.iteration,
-            stop_at,
+            plan,
             plain,
             val_read: (0, 0),
             handle: start.optim.handle(),
             shared: Mutex::new(shared),
         })
+    }
+
+    /// The strategy, told how many of the split's validation batches one validation reads
+    /// (for the plain lines).
+    fn reading(mut self, val_read: (usize, usize)) -> Self {
+        self.val_read = val_read;
+        self
     }
 
     /// Validation loss over the validation loader's batches (all of the split, or
@@ -629,12 +647,8 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
         if !self.plain {
             dashboard::dashboard_started();
         }
-        let per_epoch = train_loader.num_items();
-        let plan = Plan {
-            per_epoch,
-            stop_at: self.stop_at,
-            last_epoch: self.stop_at.div_ceil(per_epoch),
-        };
+        let plan = self.plan;
+        debug_assert_eq!(plan.per_epoch, train_loader.num_items());
         let mut run = Loop {
             carry: self,
             state: shared.start_state.take(),
@@ -644,10 +658,9 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
             interrupter: components.interrupter,
             valid_loader,
             plan,
-            iteration: self.start_iteration,
             started: Instant::now(),
         };
-        for epoch in run.iteration / per_epoch + 1..=self.config.epochs {
+        for epoch in self.start_iteration / plan.per_epoch + 1..=self.config.epochs {
             if !run.epoch(epoch, &train_loader) {
                 break;
             }
@@ -660,7 +673,7 @@ impl<I: CellKernels> Loop<'_, I> {
     /// The rest of `epoch`'s batches, then its end; `false` when the run stops in it.
     fn epoch(&mut self, epoch: usize, train_loader: &TrainLoader<Components<I>>) -> bool {
         let per_epoch = self.plan.per_epoch;
-        let first = self.iteration % per_epoch;
+        let first = self.shared.iteration % per_epoch;
         if first == 0 {
             self.state = None; // the notebook resets the state at each epoch
         }
@@ -700,9 +713,8 @@ impl<I: CellKernels> Loop<'_, I> {
             self.shared.error = Some(format!("{dir}: {e:#}"));
             return false;
         }
-        self.shared.iteration = self.iteration;
         let interrupted = self.interrupter.should_stop();
-        let stopping = interrupted || self.iteration >= self.plan.stop_at;
+        let stopping = interrupted || self.shared.iteration >= self.plan.stop_at;
         if stopping {
             self.shared.interrupted = interrupted;
         }
@@ -714,7 +726,7 @@ impl<I: CellKernels> Loop<'_, I> {
     /// The output and its loss; an error when the loss is not finite (nothing is stepped then).
     fn step(&mut self, batch: CharBatch<B<I>>) -> Result<(CharOutput<B<I>>, f64), String> {
         let config = &self.carry.config;
-        let dropout = DropoutSeed::Seeded(step_seed(config.seed, self.iteration));
+        let dropout = DropoutSeed::Seeded(step_seed(config.seed, self.shared.iteration));
         self.learner.lr_step();
         let model = self.learner.model();
         let (out, mut grads, next_state) = model.train_batch(batch, self.state.take(), dropout);
@@ -724,13 +736,13 @@ impl<I: CellKernels> Loop<'_, I> {
                 .map_or("none".into(), |p| p.display().to_string());
             return Err(format!(
                 "the loss became {loss} at iteration {}: stopping (last good checkpoint: {last}); try a lower learning_rate or grad_clip",
-                self.iteration + 1
+                self.shared.iteration + 1
             ));
         }
         clip_global_norm(&model, &mut grads, config.grad_clip);
         self.carry.handle.request();
         self.learner.optimizer_step(grads);
-        self.iteration += 1;
+        self.shared.iteration += 1;
         self.state = Some(next_state);
         Ok((out, loss))
     }
@@ -739,7 +751,7 @@ impl<I: CellKernels> Loop<'_, I> {
     /// checkpoint when due. The run's last iteration is validated and saved; a stop request
     /// saves at once, without starting a validation, and cuts short one under way.
     fn record(&mut self, done: Done<I>) -> anyhow::Result<()> {
-        let (cfg, plan, iteration) = (&self.carry.config, &self.plan, self.iteration);
+        let (plan, iteration) = (self.plan, self.shared.iteration);
         let epoch = Progress::new(done.epoch, plan.last_epoch);
         let chars_per_s = done.out.chars as f64 / done.secs;
         let item = TrainingItem::new(
@@ -752,17 +764,7 @@ impl<I: CellKernels> Loop<'_, I> {
         self.processor
             .process_train(LearnerEvent::ProcessedItem(item));
         let end_of_epoch = done.k == plan.per_epoch;
-        let stopped = || self.interrupter.should_stop();
-        // An epoch's end is saved only when epochs are at least `save_every_n` long: a short
-        // text (a few batches an epoch) would otherwise write a checkpoint every few
-        // iterations. Resuming mid-epoch is exact, so nothing depends on epoch-end saves.
-        let saving = iteration.is_multiple_of(cfg.save_every_n)
-            || iteration >= plan.stop_at
-            || stopped()
-            || (end_of_epoch && plan.per_epoch >= cfg.save_every_n);
-        let validating = cfg.val_fraction > 0.0
-            && !stopped()
-            && (iteration.is_multiple_of(cfg.eval_every) || saving || end_of_epoch);
+        let (saving, validating) = self.due(end_of_epoch);
         let val_loss = if validating {
             let model = self.learner.model().valid();
             (self.carry).validate(
@@ -785,21 +787,8 @@ impl<I: CellKernels> Loop<'_, I> {
             chars_per_s,
             elapsed_s: self.shared.elapsed0 + self.started.elapsed().as_secs_f64(),
         };
-        if self.carry.plain
-            && (iteration.is_multiple_of(cfg.log_every)
-                || val_loss.is_some()
-                || iteration == self.carry.start_iteration + 1)
-        {
-            let (read, all) = self.carry.val_read;
-            let of = if read < all {
-                format!(" ({read} of {all} batches)")
-            } else {
-                String::new()
-            };
-            print_line(&row, (plan.stop_at, plan.last_epoch), done.secs, &of);
-        }
-        if validating && val_loss.is_none() && self.carry.plain {
-            println!("validation stopped by the stop request: not recorded");
+        if self.carry.plain {
+            self.print_plain(&row, done.secs, validating);
         }
         self.shared.log.push(row)?;
         if saving {
@@ -818,6 +807,45 @@ impl<I: CellKernels> Loop<'_, I> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the iteration just done saves and whether it validates (a stop request saves and
+    /// never starts a validation).
+    fn due(&self, end_of_epoch: bool) -> (bool, bool) {
+        let (cfg, plan, iteration) = (&self.carry.config, &self.plan, self.shared.iteration);
+        let stopped = self.interrupter.should_stop();
+        // An epoch's end is saved only when epochs are at least `save_every_n` long: a short
+        // text (a few batches an epoch) would otherwise write a checkpoint every few
+        // iterations. Resuming mid-epoch is exact, so nothing depends on epoch-end saves.
+        let saving = iteration.is_multiple_of(cfg.save_every_n)
+            || iteration >= plan.stop_at
+            || stopped
+            || (end_of_epoch && plan.per_epoch >= cfg.save_every_n);
+        let validating = cfg.val_fraction > 0.0
+            && !stopped
+            && (iteration.is_multiple_of(cfg.eval_every) || saving || end_of_epoch);
+        (saving, validating)
+    }
+
+    /// The plain progress line for `row`, when due (every `log_every`, at a validation, and the
+    /// run's first iteration), and a note when a stop cut its validation short.
+    fn print_plain(&self, row: &Row, secs: f64, validating: bool) {
+        let (cfg, plan) = (&self.carry.config, &self.plan);
+        if row.iteration.is_multiple_of(cfg.log_every)
+            || row.val_loss.is_some()
+            || row.iteration == self.carry.start_iteration + 1
+        {
+            let (read, all) = self.carry.val_read;
+            let of = if read < all {
+                format!(" ({read} of {all} batches)")
+            } else {
+                String::new()
+            };
+            print_line(row, (plan.stop_at, plan.last_epoch), secs, &of);
+        }
+        if validating && row.val_loss.is_none() {
+            println!("validation stopped by the stop request: not recorded");
+        }
     }
 }
 

@@ -312,35 +312,21 @@ fn run_backward<C: CellMath>(d: Dims, io: Backward) {
         // The last gate block of dL/dxp of every step while gz holds dhp_t (HP_APART).
         let mut dn = vec![0.0; if C::HP_APART { n.tbh } else { 0 }];
         let mut db = vec![0.0; n_parts * n.bias];
-        {
-            let mut gz = blocks_mut(gz, b, g, &bounds).into_iter();
-            let mut dn = blocks_mut(&mut dn, b, h, &bounds).into_iter();
-            let mut hs = blocks(hs, b, h, &bounds).into_iter();
-            let mut aux = blocks(aux, b, h, &bounds).into_iter();
-            let mut h0 = blocks(h0, b, h, &bounds).into_iter();
-            let mut c0 = blocks(c0, b, h, &bounds).into_iter();
-            let mut dhs = blocks(dhs, b, h, &bounds).into_iter();
-            let mut dh0 = blocks_mut(dh0, b, h, &bounds).into_iter();
-            let mut dc0 = blocks_mut(dc0, b, h, &bounds).into_iter();
-            let mut db = db.chunks_mut(n.bias.max(1));
-            let parts: Vec<_> = (0..n_parts)
-                .map(|_| BwdPart {
-                    gz: gz.next().expect("a block"),
-                    dn: dn.next().expect("a block"),
-                    hs: hs.next().expect("a block"),
-                    aux: aux.next().expect("a block"),
-                    h0: first(h0.next()),
-                    c0: first(c0.next()),
-                    dhs: dhs.next().expect("a block"),
-                    dh0: first_mut(dh0.next()),
-                    dc0: first_mut(dc0.next()),
-                    db: db.next().unwrap_or_default(),
-                })
-                .collect();
-            run_blocks(parts, |p, threaded| {
-                backward_part::<C>(simd, h, &w, p, threaded)
-            });
-        }
+        let whole = BwdArrays {
+            gz: &mut *gz,
+            dn: &mut dn,
+            hs,
+            aux,
+            h0,
+            c0,
+            dhs,
+            dh0,
+            dc0,
+            db: &mut db,
+        };
+        run_blocks(whole.split(b, h, g, &bounds), |p, threaded| {
+            backward_part::<C>(simd, h, &w, p, threaded)
+        });
         weight_grad(t_len, b, h, g, h0, hs, gz, dw_hh);
         sum_parts(&db, db_hh);
         if C::HP_APART {
@@ -350,6 +336,54 @@ fn run_backward<C: CellMath>(d: Dims, io: Backward) {
                 .for_each(|(gz, dn)| gz[g - h..].copy_from_slice(dn));
         }
     })
+}
+
+/// The arrays a backward pass splits by rows into one [`BwdPart`] per block: [`Backward`]'s,
+/// the GRU's `dn` scratch and the blocks' partial `db_hh` (`db`, one run of `G·h` per block, or
+/// empty).
+struct BwdArrays<'a> {
+    gz: &'a mut [f32],
+    dn: &'a mut [f32],
+    hs: &'a [f32],
+    aux: &'a [f32],
+    h0: &'a [f32],
+    c0: &'a [f32],
+    dhs: &'a [f32],
+    dh0: &'a mut [f32],
+    dc0: &'a mut [f32],
+    db: &'a mut [f32],
+}
+
+impl<'a> BwdArrays<'a> {
+    /// One part per block of rows between `bounds`, for a batch of `b` rows, `h` units and `g`
+    /// gate columns.
+    fn split(self, b: usize, h: usize, g: usize, bounds: &[usize]) -> Vec<BwdPart<'a>> {
+        let n_parts = bounds.len() - 1;
+        let mut gz = blocks_mut(self.gz, b, g, bounds).into_iter();
+        let mut dn = blocks_mut(self.dn, b, h, bounds).into_iter();
+        let mut hs = blocks(self.hs, b, h, bounds).into_iter();
+        let mut aux = blocks(self.aux, b, h, bounds).into_iter();
+        let mut h0 = blocks(self.h0, b, h, bounds).into_iter();
+        let mut c0 = blocks(self.c0, b, h, bounds).into_iter();
+        let mut dhs = blocks(self.dhs, b, h, bounds).into_iter();
+        let mut dh0 = blocks_mut(self.dh0, b, h, bounds).into_iter();
+        let mut dc0 = blocks_mut(self.dc0, b, h, bounds).into_iter();
+        let mut db = self.db.chunks_mut((self.db.len() / n_parts).max(1));
+        (0..n_parts)
+            .map(|_| BwdPart {
+                gz: gz.next().expect("a block"),
+                dn: dn.next().expect("a block"),
+                hs: hs.next().expect("a block"),
+                aux: aux.next().expect("a block"),
+                h0: first(h0.next()),
+                c0: first(c0.next()),
+                dhs: dhs.next().expect("a block"),
+                dh0: first_mut(dh0.next()),
+                dc0: first_mut(dc0.next()),
+                db: db.next().unwrap_or_default(),
+            })
+            .collect()
+    }
 }
 
 /// One block of rows of a sequence for [`backward_part`]: per-step slices of the arrays of

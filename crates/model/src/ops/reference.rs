@@ -118,7 +118,6 @@ pub fn tensor_backward<B: Backend>(cache: TensorCache<B>, dhs: Tensor<B, 3>) -> 
     let [t, b, h] = hs.dims();
     let gh = cell.gates() * h;
     let step = |x: &Tensor<B, 3>, s: usize| x.clone().narrow(0, s, 1).reshape([b, x.dims()[2]]);
-    let block = |x: &Tensor<B, 2>, k: usize| x.clone().narrow(1, k * h, h);
     let w_hh_t = w_hh.transpose();
     let mut dh_next = h0.zeros_like();
     // The LSTM's dL/dc_t ⊙ f_t, carried back a step.
@@ -131,35 +130,20 @@ pub fn tensor_backward<B: Backend>(cache: TensorCache<B>, dhs: Tensor<B, 3>) -> 
         let (dxp, dhp, direct) = match cell {
             Cell::Lstm => {
                 let gate = gate.expect("the LSTM's gates");
-                let (i, f) = (block(&gate, 0), block(&gate, 1));
-                let (g, o) = (block(&gate, 2), block(&gate, 3));
                 let cs = aux.as_ref().expect("the LSTM's c_t");
                 let c_prev = match s {
                     0 => c0.clone().expect("the LSTM's c0"),
                     _ => step(cs, s - 1),
                 };
-                let tc = step(cs, s).tanh();
-                let dc = dh.clone() * o.clone() * (tc.clone().powi_scalar(2).neg() + 1.0) + dc_next;
-                let dz_o = dh * tc * o.clone() * (o.neg() + 1.0);
-                let dz_i = dc.clone() * g.clone() * i.clone() * (i.clone().neg() + 1.0);
-                let dz_f = dc.clone() * c_prev * f.clone() * (f.clone().neg() + 1.0);
-                let dz_g = dc.clone() * i * (g.powi_scalar(2).neg() + 1.0);
-                dc_next = dc * f;
-                let dz = Tensor::cat(vec![dz_i, dz_f, dz_g, dz_o], 1);
+                let dz;
+                (dz, dc_next) = lstm_step(h, dh, gate, (c_prev, step(cs, s)), dc_next);
                 (dz.clone(), dz, None)
             }
             Cell::Gru => {
                 let gate = gate.expect("the GRU's gates");
-                let (r, z, n) = (block(&gate, 0), block(&gate, 1), block(&gate, 2));
                 let h_prev = if s == 0 { h0.clone() } else { step(&hs, s - 1) };
                 let hn = step(aux.as_ref().expect("the GRU's hp_n"), s);
-                let dn =
-                    dh.clone() * (z.clone().neg() + 1.0) * (n.clone().powi_scalar(2).neg() + 1.0);
-                let dz = dh.clone() * (h_prev - n) * z.clone() * (z.clone().neg() + 1.0);
-                let dr = dn.clone() * hn * r.clone() * (r.clone().neg() + 1.0);
-                let dxp = Tensor::cat(vec![dr.clone(), dz.clone(), dn.clone()], 1);
-                let dhp = Tensor::cat(vec![dr, dz, dn * r], 1);
-                (dxp, dhp, Some(dh * z))
+                gru_step(h, dh, gate, h_prev, hn)
             }
             Cell::Rnn => {
                 let dpre = dh * (step(&hs, s).powi_scalar(2).neg() + 1.0);
@@ -186,6 +170,49 @@ pub fn tensor_backward<B: Backend>(cache: TensorCache<B>, dhs: Tensor<B, 3>) -> 
         h0: dh_next,
         c0: lstm.then_some(dc_next),
     }
+}
+
+/// Gate block `k` (of `h` columns) of `x`.
+fn block<B: Backend>(x: &Tensor<B, 2>, k: usize, h: usize) -> Tensor<B, 2> {
+    x.clone().narrow(1, k * h, h)
+}
+
+/// One LSTM step back: `dL/dz_s` (i, f, g, o) and the `dL/dc_{s-1}` carried on, from `dh` =
+/// `dL/dh_s`, the step's gates, `(c_{s-1}, c_s)` and `dc_next` = `dL/dc_s ⊙ f_{s+1}`.
+fn lstm_step<B: Backend>(
+    h: usize,
+    dh: Tensor<B, 2>,
+    gate: Tensor<B, 2>,
+    (c_prev, c): (Tensor<B, 2>, Tensor<B, 2>),
+    dc_next: Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let (i, f) = (block(&gate, 0, h), block(&gate, 1, h));
+    let (g, o) = (block(&gate, 2, h), block(&gate, 3, h));
+    let tc = c.tanh();
+    let dc = dh.clone() * o.clone() * (tc.clone().powi_scalar(2).neg() + 1.0) + dc_next;
+    let dz_o = dh * tc * o.clone() * (o.neg() + 1.0);
+    let dz_i = dc.clone() * g.clone() * i.clone() * (i.clone().neg() + 1.0);
+    let dz_f = dc.clone() * c_prev * f.clone() * (f.clone().neg() + 1.0);
+    let dz_g = dc.clone() * i * (g.powi_scalar(2).neg() + 1.0);
+    (Tensor::cat(vec![dz_i, dz_f, dz_g, dz_o], 1), dc * f)
+}
+
+/// One GRU step back: `dL/dxp_s`, `dL/dhp_s` and the part of `dL/dh_{s-1}` that does not pass
+/// through `W_hh`, from `dh` = `dL/dh_s`, the step's gates (r, z, n), `h_{s-1}` and `hp_n`.
+fn gru_step<B: Backend>(
+    h: usize,
+    dh: Tensor<B, 2>,
+    gate: Tensor<B, 2>,
+    h_prev: Tensor<B, 2>,
+    hn: Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    let (r, z, n) = (block(&gate, 0, h), block(&gate, 1, h), block(&gate, 2, h));
+    let dn = dh.clone() * (z.clone().neg() + 1.0) * (n.clone().powi_scalar(2).neg() + 1.0);
+    let dz = dh.clone() * (h_prev - n) * z.clone() * (z.clone().neg() + 1.0);
+    let dr = dn.clone() * hn * r.clone() * (r.clone().neg() + 1.0);
+    let dxp = Tensor::cat(vec![dr.clone(), dz.clone(), dn.clone()], 1);
+    let dhp = Tensor::cat(vec![dr, dz, dn * r], 1);
+    (dxp, dhp, Some(dh * z))
 }
 
 /// `dW_hh = Σ_t h_{t-1}ᵀ · dhp_t` as one product over all steps (`h_{-1}` = `h0`).

@@ -284,11 +284,11 @@ fn main() -> ExitCode {
     // not name it); -1 means never purge.
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    // Make this thread worker 0 of rayon's global pool (which Burn's CPU backends and the LSTM
-    // kernels share). Parallel work started from outside the pool is injected into it while the
-    // caller sleeps on a futex until it is done; from inside, it is a cheap fork-join with a
-    // worker that is still spinning. A training step makes hundreds of such calls: this took
-    // the 2x256, 32x50 step from 0.089 s to 0.079 s. Only fails if the pool already exists.
+    // Make this thread worker 0 of rayon's global pool (which Burn's CPU backends and karnna's
+    // CPU kernels share). Parallel work started from outside the pool is injected into it while
+    // the caller sleeps on a futex until it is done; from inside, it is a cheap fork-join with a
+    // worker that is still spinning. A training step makes hundreds of such calls (what that
+    // saves: docs/PERFORMANCE.md). Only fails if the pool already exists.
     let _ = rayon::ThreadPoolBuilder::new()
         .use_current_thread()
         .build_global();

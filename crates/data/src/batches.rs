@@ -21,10 +21,10 @@ pub struct Batch {
 ///
 /// The ids are cut to `n_seqs` rows of equal length, one after the other in the text; batch `k`
 /// is the `k`-th window of `n_steps` columns across all rows, so row `i` of batch `k + 1`
-/// continues row `i` of batch `k`: that is what makes carrying the LSTM state from one batch to
-/// the next meaningful. Each target is the true next character of the text (the notebook set the
-/// last target of each window to the window's first input, a bug fixed upstream later), so one
-/// extra id past the last window is needed. With N = M = 100, `anna.txt` gives 198 batches.
+/// continues row `i` of batch `k`: that is what makes carrying the recurrent state from one batch
+/// to the next meaningful. Each target is the true next character of the text (the notebook set
+/// the last target of each window to the window's first input, a bug fixed upstream later), so
+/// one extra id past the last window is needed. With N = M = 100, `anna.txt` gives 198 batches.
 #[derive(Clone, Debug)]
 pub struct Batches {
     ids: Ids,

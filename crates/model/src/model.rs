@@ -29,16 +29,17 @@ use crate::Cell;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
-    /// PyTorch's `nn.LSTM` and `nn.Linear`: every LSTM weight and bias from U(-1/√H, 1/√H);
-    /// the output layer takes Burn's `Linear` default, which is the same distribution
-    /// (Kaiming-uniform with gain 1/√3 over fan-in H).
+    /// PyTorch's `nn.LSTM` (`nn.GRU`, `nn.RNN`) and `nn.Linear`: every recurrent weight and
+    /// bias from U(-1/√H, 1/√H); the output layer takes Burn's `Linear` default, which is the
+    /// same distribution (Kaiming-uniform with gain 1/√3 over fan-in H).
     #[default]
     #[value(name = "pytorch", help = "PyTorch's defaults")]
     PyTorch,
-    /// The notebook's TensorFlow 1 model: `BasicLSTMCell` kernels Glorot-uniform over the
-    /// stacked `[input + H, 4H]` kernel (so `W_ih` and `W_hh` share one bound,
-    /// √(6 / (input + H + 4H))), zero biases with `forget_bias = 1.0` on the forget gate
-    /// (here the forget block of `b_ih`; the sum of the two biases is what the cell sees),
+    /// The notebook's TensorFlow 1 model: kernels Glorot-uniform over the stacked
+    /// `[input + H, G·H]` kernel (`BasicLSTMCell`'s, `G = 4`; so `W_ih` and `W_hh` share one
+    /// bound, √(6 / (input + H + G·H))), zero biases but those TensorFlow's cells start at one:
+    /// the LSTM's `forget_bias = 1.0` on the forget gate, the GRU's r and z gates (here in
+    /// `b_ih`; for the LSTM and the RNN the sum of the two biases is what the cell sees),
     /// softmax weights `truncated_normal(stddev = 0.1)` (redrawn beyond two standard
     /// deviations) and a zero softmax bias.
     #[value(
@@ -454,8 +455,8 @@ impl<B: CellBackend> CharRnn<B> {
         let (mut hs_out, mut cs_out) = (Vec::new(), Vec::new());
         let mut x: Option<Tensor<B, 3>> = None; // [steps, batch, H], the previous layer's output
         for (l, layer) in self.layers.iter().enumerate() {
-            // The LSTM's op sees only the sum of the biases; the h-cells' op adds b_hh itself
-            // (the GRU needs it inside the reset product).
+            // The LSTM's op sees only the sum of the biases; the GRU's and the RNN's op adds
+            // b_hh itself (the GRU needs it inside the reset product).
             let bias = match cell {
                 Cell::Lstm => layer.b_ih.val() + layer.b_hh.val(),
                 Cell::Gru | Cell::Rnn => layer.b_ih.val(),

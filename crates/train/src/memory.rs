@@ -6,9 +6,11 @@
 //! - the weights, their gradients and Adam's two moments, plus as much again for the
 //!   temporaries of Adam's update: 6 values a parameter;
 //! - one batch's activations (N = batch_size x num_steps positions), per recurrent layer: the gates
-//!   `[N, 4H]` the fused op keeps for its backward (and turns into `dL/dxp` in place), `h` and
-//!   `c` of every step (2H), the dropout mask and output (2H), and the gradients flowing back
-//!   through `h` and into the layer's input (2H): 10·N·H;
+//!   `[N, G·H]` the fused op keeps for its backward (and turns into `dL/dxp` in place; `G` gate
+//!   blocks: the LSTM's 4, the GRU's 3, the RNN's 1), `h` and the cell's second array (the
+//!   LSTM's `c`, the GRU's `hp_n`) of every step (2H), the dropout mask and output (2H), and the
+//!   gradients flowing back through `h` and into the layer's input (2H): (2G + 2)·N·H, 10·N·H
+//!   for the LSTM;
 //! - the output layer: logits, their softmax and their gradient, and the loss's own copy:
 //!   4·N·V;
 //! - a fixed base for the program itself (its code, thread stacks, Burn's runtime);

@@ -1,9 +1,10 @@
 //! The LSTM, GRU and plain RNN recurrences over a whole sequence on plain `f32` slices: forward,
 //! backward (truncated BPTT) and the cell alone for the sampler, tuned for a small x86_64 CPU.
 //!
-//! All arrays are row-major and contiguous. The gate axis (`4H`) holds four blocks of `H` columns in
-//! the order **i, f, g, o** (input, forget, cell candidate, output). For step `t = 0..T`, with
-//! `h_{-1} = h0` and `c_{-1} = c0`:
+//! All arrays are row-major and contiguous. The gate axis (`G·H`) holds the cell's `G` blocks of
+//! `H` columns ([`Cell::gates`](crate::Cell::gates)); the LSTM's four are in the order
+//! **i, f, g, o** (input, forget, cell candidate, output). For the LSTM, for step `t = 0..T`,
+//! with `h_{-1} = h0` and `c_{-1} = c0`:
 //!
 //! ```text
 //! z_t = xp[t] + h_{t-1} · w_hh

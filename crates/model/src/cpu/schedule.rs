@@ -15,7 +15,7 @@ pub(super) fn run_blocks<P: Send>(blocks: Vec<P>, part: impl Fn(P, bool) + Sync)
 }
 
 /// Row boundaries splitting `b` rows into one block per thread of the pool (one block when
-/// there is one row or one thread). The rows of an LSTM are independent sequences, so each block
+/// there is one row or one thread). The rows of a batch are independent sequences, so each block
 /// runs its whole recurrence on one thread, with no synchronization between steps: at small
 /// batches that beats splitting each step's product between threads.
 pub(super) fn row_bounds(b: usize) -> Vec<usize> {

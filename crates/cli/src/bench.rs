@@ -65,7 +65,8 @@ pub struct BenchArgs {
     /// the peer runs on CUDA when the device is cuda (on the CPU otherwise).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
-    /// Python interpreter with torch: also run ../shared/peers/torch_charrnn.py, alternating.
+    /// Python interpreter with torch: also run ../shared/peers/torch_charrnn.py, alternating
+    /// (its training step twice: in f32 and under torch.autocast bf16, its fastest CPU mode).
     #[arg(long)]
     peer: Option<PathBuf>,
     /// The peer script.
@@ -257,7 +258,9 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
+/// The peer's figure for `mode` (`train`: seconds per step, under `autocast` `off` or `bf16`;
+/// `sample`: characters per second).
+fn peer(a: &BenchArgs, python: &PathBuf, mode: &str, autocast: &str) -> anyhow::Result<f64> {
     let mut cmd = Command::new(python);
     cmd.arg(&a.peer_script)
         .args(["--mode", mode, "--threads", "2"])
@@ -284,6 +287,7 @@ fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
             "--warmup",
             &a.warmup.to_string(),
         ]);
+        cmd.args(["--autocast", autocast]);
     } else {
         cmd.args(["--sample-len", &a.sample_len.to_string()]);
         if a.device != Device::Cuda {
@@ -327,8 +331,10 @@ fn peer(a: &BenchArgs, python: &PathBuf, mode: &str) -> anyhow::Result<f64> {
 pub struct Figures {
     /// karnna's seconds per training step.
     pub train_s_per_batch: Option<f64>,
-    /// The peer's seconds per training step.
+    /// The peer's seconds per training step, in f32 (`--autocast off`).
     pub peer_train_s_per_batch: Option<f64>,
+    /// The peer's seconds per training step under `torch.autocast` bf16, its fastest CPU mode.
+    pub peer_bf16_train_s_per_batch: Option<f64>,
     /// karnna's characters per second sampling (f32 weights on the CPU).
     pub sample_chars_per_s: Option<f64>,
     /// The peer's characters per second sampling.
@@ -385,10 +391,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
 struct Timings {
     ours_t: Vec<f64>,
     peer_t: Vec<f64>,
+    peer_bf16_t: Vec<f64>,
+    /// Why the peer's bf16 mode failed, once it has (it is not tried again).
+    peer_bf16_failed: Option<String>,
     ours_s: Vec<f64>,
     peer_s: Vec<f64>,
     burn_s: Vec<f64>,
     f16_s: Vec<f64>,
+    bf16_s: Vec<f64>,
     launches: Option<u64>,
     char_launches: Option<u64>,
     batched_s: Vec<f64>,
@@ -410,10 +420,25 @@ impl Timings {
         self.launches = self.launches.or(counted);
         println!("run {r}: karnna train_s_per_batch={t:.4}");
         self.ours_t.push(t);
+        // The peer in both of its modes, so that no ratio quotes it in its slower one alone.
+        // Its bf16 mode needs a CPU that PyTorch (oneDNN) runs bf16 on: where it fails, that
+        // is reported and the bench goes on.
         if let Some(p) = &a.peer {
-            let t = peer(a, p, "train")?;
-            println!("run {r}: pytorch train_s_per_batch={t:.4}");
+            let t = peer(a, p, "train", "off")?;
+            println!("run {r}: pytorch (autocast off) train_s_per_batch={t:.4}");
             self.peer_t.push(t);
+            if self.peer_bf16_failed.is_none() {
+                match peer(a, p, "train", "bf16") {
+                    Ok(t) => {
+                        println!("run {r}: pytorch (autocast bf16) train_s_per_batch={t:.4}");
+                        self.peer_bf16_t.push(t);
+                    }
+                    Err(e) => {
+                        println!("run {r}: pytorch (autocast bf16) failed: {e:#}");
+                        self.peer_bf16_failed = Some(format!("{e:#}"));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -438,14 +463,14 @@ impl Timings {
             None => self.cpu_sampling(a, r),
         }
         if let Some(p) = &a.peer {
-            let rate = peer(a, p, "sample")?;
+            let rate = peer(a, p, "sample", "off")?;
             println!("run {r}: pytorch sample_chars_per_s={rate:.1}");
             self.peer_s.push(rate);
         }
         Ok(())
     }
 
-    /// Run `r`'s CPU sampling: f32 and f16 weights, eight rows batched, Burn's forward.
+    /// Run `r`'s CPU sampling: f32, f16 and bf16 weights, eight rows batched, Burn's forward.
     fn cpu_sampling(&mut self, a: &BenchArgs, r: usize) {
         let device = Default::default();
         let model = a.model().init::<Flex>(&device);
@@ -456,6 +481,10 @@ impl Timings {
         let rate = sample_rate(&mut { f16 }, a.sample_len, a.vocab);
         println!("run {r}: karnna (f16 weights) sample_chars_per_s={rate:.1}");
         self.f16_s.push(rate);
+        let bf16 = CpuCharRnn::with(&model, Precision::Bf16, default_parts());
+        let rate = sample_rate(&mut { bf16 }, a.sample_len, a.vocab);
+        println!("run {r}: karnna (bf16 weights) sample_chars_per_s={rate:.1}");
+        self.bf16_s.push(rate);
         // Eight samples side by side (`karnna sample --num-samples 8`), all rows counted.
         let mut batched = CpuCharRnn::with_rows(&model, Precision::F32, default_parts(), 8);
         let rate = sample_rate(&mut batched, a.sample_len, a.vocab);
@@ -482,6 +511,13 @@ impl Timings {
                 println!("peer_train_s_per_batch={p:.4}");
                 println!("train_speedup_vs_peer={:.2}", p / t);
             });
+            figures.peer_bf16_train_s_per_batch = median(&self.peer_bf16_t).inspect(|p| {
+                println!("peer_autocast_bf16_train_s_per_batch={p:.4}");
+                println!("train_speedup_vs_peer_autocast_bf16={:.2}", p / t);
+            });
+            if let Some(why) = &self.peer_bf16_failed {
+                println!("peer_autocast_bf16=unavailable on this CPU ({why})");
+            }
         }
         if let Some(s) = median(&self.ours_s) {
             figures.sample_chars_per_s = Some(s);
@@ -489,6 +525,9 @@ impl Timings {
             let f16 = median(&self.f16_s);
             if let Some(f) = f16 {
                 println!("sample_chars_per_s_f16={f:.1}");
+            }
+            if let Some(b) = median(&self.bf16_s) {
+                println!("sample_chars_per_s_bf16={b:.1}");
             }
             if let Some(b) = median(&self.burn_s) {
                 println!("sample_chars_per_s_burn_forward={b:.1}");

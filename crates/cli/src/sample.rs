@@ -48,8 +48,9 @@ pub struct SampleArgs {
     /// cpu, cuda or wgpu (on a GPU, one fused kernel per layer and character).
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
-    /// Weight precision of the CPU sampler: f16 streams half the bytes (faster, since sampling
-    /// is bound by reading the weights; logits within ~1e-3 of f32), f32 is exactly the trained weights.
+    /// Weight precision of the CPU sampler: f16 and bf16 stream half the bytes (faster, since
+    /// sampling is bound by reading the weights; logits within ~1e-3 of f32 for f16, ~1e-2 for
+    /// bf16), f32 is exactly the trained weights.
     #[arg(long, value_enum, default_value = "f16")]
     precision: Precision,
     /// Sample from every checkpoint of the run, in iteration order.

@@ -15,27 +15,32 @@
 //! eight steps of one. Each part still runs on its own core.
 //!
 //! The products are the kernel's exact-order ones ([`vec_mat_in_order`], [`mat_rows_in_order`]
-//! and their f16 forms, with the kernel's choice of instruction set): they add the products row
-//! by row, in order and unfused, so each row's logits are a batch-1 step's to the last bit, on
-//! every CPU: always with f32 weights, and with f16 weights except on AVX-512 CPUs, whose
-//! batch-1 f16 product fuses its multiply-adds (a difference in the last bits).
+//! and their forms for 16-bit weights, with the kernel's choice of instruction set): they add
+//! the products row by row, in order and unfused, so each row's logits are a batch-1 step's to
+//! the last bit, on every CPU: always with f32 and bf16 weights, and with f16 weights except on
+//! AVX-512 CPUs, whose batch-1 f16 product fuses its multiply-adds (a difference in the last
+//! bits).
 
 use burn::prelude::*;
 use karnna_model::cpu::{
-    gru_cell, lstm_cell, mat_rows_in_order, mat_rows_in_order_f16, rnn_cell, vec_mat_in_order,
-    vec_mat_in_order_f16,
+    gru_cell, lstm_cell, mat_rows_in_order, mat_rows_in_order_half, rnn_cell, vec_mat_in_order,
+    vec_mat_in_order_half, Half,
 };
 use karnna_model::{to_f32_vec, Cell, CharRnn};
 
 use crate::stepper::CharStepper;
 
-/// How the sampler stores the weight matrices (a clap `ValueEnum`: `--precision f16|f32`).
+/// How the sampler stores the weight matrices (a clap `ValueEnum`: `--precision f16|bf16|f32`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
     /// f16 (computed in f32): half the bytes to stream per character, so the notebook's model
     /// fits in the cores' L2 caches; logits differ from f32 by ~1e-3.
     #[value(help = "Half precision weights, f32 arithmetic")]
     F16,
+    /// bfloat16 (computed in f32): as many bytes as f16, with f32's range and a 7-bit mantissa
+    /// (logits differ from f32 by ~1e-2); converted by a shift, where f16 needs F16C.
+    #[value(help = "bfloat16 weights, f32 arithmetic")]
+    Bf16,
     /// f32, exactly the trained weights.
     #[value(help = "The trained f32 weights")]
     F32,
@@ -44,39 +49,40 @@ pub enum Precision {
 /// A weight matrix `[k, n]`, row-major.
 enum Mat {
     F32(Vec<f32>),
-    F16(Vec<u16>),
+    Half(Half, Vec<u16>),
 }
 
 impl Mat {
     fn new(w: Vec<f32>, precision: Precision) -> Self {
         match precision {
             Precision::F32 => Mat::F32(w),
-            Precision::F16 => Mat::F16(
-                w.iter()
-                    .map(|&v| half::f16::from_f32(v).to_bits())
-                    .collect(),
-            ),
+            Precision::F16 => Mat::half(Half::F16, &w),
+            Precision::Bf16 => Mat::half(Half::Bf16, &w),
         }
+    }
+
+    fn half(half: Half, w: &[f32]) -> Self {
+        Mat::Half(half, w.iter().map(|&v| half.from_f32(v)).collect())
     }
 
     /// `out += x · self`.
     fn acc(&self, x: &[f32], out: &mut [f32]) {
         match self {
             Mat::F32(w) => vec_mat_in_order(x, w, out),
-            Mat::F16(w) => vec_mat_in_order_f16(x, w, out),
+            Mat::Half(half, w) => vec_mat_in_order_half(*half, x, w, out),
         }
     }
 
     /// `out[r] += x[r] · self` for each of the `rows` rows of `x` (`[rows, k]`) and `out`
     /// (`[rows, n]`). One row takes [`Mat::acc`]; more take the batched kernels, which read each
-    /// weight row once for all of them (f16 rows are converted into `buf` first).
+    /// weight row once for all of them (16-bit rows are converted into `buf` first).
     fn acc_rows(&self, x: &[f32], out: &mut [f32], rows: usize, buf: &mut Vec<f32>) {
         if rows == 1 {
             return self.acc(x, out);
         }
         match self {
             Mat::F32(w) => mat_rows_in_order(x, w, out, rows),
-            Mat::F16(w) => mat_rows_in_order_f16(x, w, out, rows, buf),
+            Mat::Half(half, w) => mat_rows_in_order_half(*half, x, w, out, rows, buf),
         }
     }
 
@@ -88,10 +94,10 @@ impl Mat {
                 .iter_mut()
                 .zip(&w[row * n..(row + 1) * n])
                 .for_each(|(a, b)| *a += b),
-            Mat::F16(w) => out
+            Mat::Half(half, w) => out
                 .iter_mut()
                 .zip(&w[row * n..(row + 1) * n])
-                .for_each(|(a, &b)| *a += half::f16::from_bits(b).to_f32()),
+                .for_each(|(a, &b)| *a += half.to_f32(b)),
         }
     }
 }
@@ -126,7 +132,7 @@ struct PartState {
     z: Vec<f32>,
     /// The GRU's `h·W_hh + b_hh`, `[rows, G·units]` (empty for the other cells).
     hp: Vec<f32>,
-    /// f16 weight rows converted for the batched product.
+    /// 16-bit weight rows converted for the batched product.
     buf: Vec<f32>,
 }
 

@@ -32,7 +32,7 @@ fn each_row_of_step_rows_is_a_batch_1_step() {
             .with_num_layers(layers)
             .with_cell(cell)
             .init::<Flex>(&device);
-        for precision in [Precision::F32, Precision::F16] {
+        for precision in [Precision::F32, Precision::F16, Precision::Bf16] {
             for parts in [1, 2] {
                 let steps = 6;
                 // Each row alone, through the batch-1 path.

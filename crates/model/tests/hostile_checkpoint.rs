@@ -198,72 +198,40 @@ fn each_bad_field_is_a_one_line_error_naming_the_file_and_the_field() {
     ok.unwrap();
     assert!(peak < SLACK + PER_FILE_BYTE * good.len(), "{peak}");
 
-    let set = |key: &'static str, v: serde_json::Value| {
-        move |j: &mut serde_json::Value| j["model"][key] = v
-    };
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (
-            "zero layers",
-            with_meta(&good, set("num_layers", 0.into())),
-            "model.num_layers",
-        ),
-        (
-            "nine layers",
-            with_meta(&good, set("num_layers", 9.into())),
-            "model.num_layers",
-        ),
-        (
-            "zero units",
-            with_meta(&good, set("lstm_size", 0.into())),
-            "model.lstm_size",
-        ),
-        (
-            "more units",
-            with_meta(&good, set("lstm_size", 16.into())),
-            "model.lstm_size",
-        ),
-        (
-            "2^31 units",
-            with_meta(&good, set("lstm_size", (1u64 << 31).into())),
-            "model.lstm_size",
-        ),
-        (
-            "2^62 units",
-            with_meta(&good, set("lstm_size", (1u64 << 62).into())),
-            "model.lstm_size",
-        ),
-        (
-            "10^9 characters",
-            with_meta(&good, set("vocab_size", 1_000_000_000.into())),
-            "model.vocab_size",
-        ),
+    // One meta field set to a bad value: (what, field, value); the error names `model.field`.
+    let fields: [(&str, &str, serde_json::Value); 11] = [
+        ("zero layers", "num_layers", 0.into()),
+        ("nine layers", "num_layers", 9.into()),
+        ("zero units", "lstm_size", 0.into()),
+        ("more units", "lstm_size", 16.into()),
+        ("2^31 units", "lstm_size", (1u64 << 31).into()),
+        ("2^62 units", "lstm_size", (1u64 << 62).into()),
+        ("10^9 characters", "vocab_size", 1_000_000_000.into()),
+        ("an unknown cell", "cell", "xyz".into()),
+        ("another cell's name", "cell", "gru".into()),
+        ("keep_prob 0", "keep_prob", 0.into()),
+        ("keep_prob above 1", "keep_prob", 1.5.into()),
+    ];
+    let mut cases: Vec<(&str, Vec<u8>, String)> = fields
+        .into_iter()
+        .map(|(what, key, v)| {
+            let file = with_meta(&good, |j| j["model"][key] = v);
+            (what, file, format!("model.{key}"))
+        })
+        .collect();
+    cases.extend([
         (
             "a vocabulary one longer than the output layer",
             with_meta(&good, |j| {
                 j["vocab"] = "\n ,12dehlorwz".into();
                 j["model"]["vocab_size"] = 13.into();
             }),
-            "model.vocab_size",
-        ),
-        (
-            "an unknown cell",
-            with_meta(&good, set("cell", "xyz".into())),
-            "model.cell",
-        ),
-        (
-            "another cell's name",
-            with_meta(&good, set("cell", "gru".into())),
-            "model.cell",
-        ),
-        (
-            "keep_prob 0",
-            with_meta(&good, set("keep_prob", 0.into())),
-            "model.keep_prob",
+            "model.vocab_size".into(),
         ),
         (
             "an unsorted vocabulary",
             with_meta(&good, |j| j["vocab"] = "ba".into()),
-            "vocab",
+            "vocab".into(),
         ),
         (
             "a tensor whose shape disagrees with its bytes",
@@ -271,14 +239,14 @@ fn each_bad_field_is_a_one_line_error_naming_the_file_and_the_field() {
             with_record(&good, |r| {
                 replace_first(r, &[0x92, 12, 32], &[0x92, 13, 32])
             }),
-            "shape",
+            "shape".into(),
         ),
-    ];
+    ]);
     for (what, file, field) in cases {
         let (result, peak) = load(&path, &file);
         let e = result.err().unwrap_or_else(|| panic!("{what}: loaded"));
         assert!(e.contains(&path.display().to_string()), "{what}: {e}");
-        assert!(e.contains(field), "{what}: {e}");
+        assert!(e.contains(&field), "{what}: {e}");
         assert_eq!(e.lines().count(), 1, "{what}: {e}");
         assert!(
             peak < SLACK + PER_FILE_BYTE * file.len(),

@@ -54,7 +54,8 @@
 //!   pointwise passes;
 //! - `activation`: the fast `tanh` and `σ`;
 //! - `vecmat`: the batch-1 product, and the sampler's exact-order products
-//!   ([`vec_mat_in_order`], [`mat_rows_in_order`] and their f16 forms);
+//!   ([`vec_mat_in_order`], [`mat_rows_in_order`] and their forms for f16 and bf16 weights,
+//!   [`Half`]);
 //! - `dropout`: [`dropout_mask`].
 
 mod activation;
@@ -78,5 +79,5 @@ pub use lstm::lstm_cell;
 pub use rnn::rnn_cell;
 pub use sequence::{backward, forward, Backward, Dims, Forward};
 pub use vecmat::{
-    mat_rows_in_order, mat_rows_in_order_f16, vec_mat_in_order, vec_mat_in_order_f16,
+    mat_rows_in_order, mat_rows_in_order_half, vec_mat_in_order, vec_mat_in_order_half, Half,
 };

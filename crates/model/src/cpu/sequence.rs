@@ -277,60 +277,38 @@ fn forward_part<C: CellMath>(
     }
 }
 
-fn run_backward<C: CellMath>(d: Dims, io: Backward) {
+fn run_backward<C: CellMath>(d: Dims, mut io: Backward) {
     let n = Lens::of::<C>(d);
     n.check_backward(&io);
-    let Backward {
-        w_hh,
-        h0,
-        c0,
-        hs,
-        aux,
-        gz,
-        dhs,
-        dw_hh,
-        db_hh,
-        dh0,
-        dc0,
-    } = io;
     let (t_len, b, h, g) = (d.t, d.b, d.h, n.g);
 
     // dh0 and dc0 carry dL/dh_{t-1} and dL/dc_{t-1} from step to step; after step 0 they are the
     // answer.
-    dh0.fill(0.0);
-    dc0.fill(0.0);
+    io.dh0.fill(0.0);
+    io.dc0.fill(0.0);
     if n.tbh == 0 {
-        dw_hh.fill(0.0);
-        db_hh.fill(0.0);
+        io.dw_hh.fill(0.0);
+        io.db_hh.fill(0.0);
         return;
     }
     on_worker(|| {
         let simd = simd_level();
         let bounds = row_bounds(b);
         let n_parts = bounds.len() - 1;
-        let w = StepWeights::backward(simd, b, n_parts, h, g, w_hh);
+        let w = StepWeights::backward(simd, b, n_parts, h, g, io.w_hh);
         // The last gate block of dL/dxp of every step while gz holds dhp_t (HP_APART).
         let mut dn = vec![0.0; if C::HP_APART { n.tbh } else { 0 }];
         let mut db = vec![0.0; n_parts * n.bias];
-        let whole = BwdArrays {
-            gz: &mut *gz,
-            dn: &mut dn,
-            hs,
-            aux,
-            h0,
-            c0,
-            dhs,
-            dh0,
-            dc0,
-            db: &mut db,
-        };
-        run_blocks(whole.split(b, h, g, &bounds), |p, threaded| {
-            backward_part::<C>(simd, h, &w, p, threaded)
-        });
-        weight_grad(t_len, b, h, g, h0, hs, gz, dw_hh);
-        sum_parts(&db, db_hh);
+        let scratch = (&mut dn[..], &mut db[..]);
+        run_blocks(
+            backward_parts(&mut io, scratch, (h, g), &bounds),
+            |p, threaded| backward_part::<C>(simd, h, &w, p, threaded),
+        );
+        weight_grad(t_len, b, h, g, io.h0, io.hs, io.gz, io.dw_hh);
+        sum_parts(&db, io.db_hh);
         if C::HP_APART {
-            gz.par_chunks_exact_mut(g)
+            io.gz
+                .par_chunks_exact_mut(g)
                 .zip(dn.par_chunks_exact(h))
                 .with_min_len(64)
                 .for_each(|(gz, dn)| gz[g - h..].copy_from_slice(dn));
@@ -338,52 +316,40 @@ fn run_backward<C: CellMath>(d: Dims, io: Backward) {
     })
 }
 
-/// The arrays a backward pass splits by rows into one [`BwdPart`] per block: [`Backward`]'s,
-/// the GRU's `dn` scratch and the blocks' partial `db_hh` (`db`, one run of `G·h` per block, or
-/// empty).
-struct BwdArrays<'a> {
-    gz: &'a mut [f32],
-    dn: &'a mut [f32],
-    hs: &'a [f32],
-    aux: &'a [f32],
-    h0: &'a [f32],
-    c0: &'a [f32],
-    dhs: &'a [f32],
-    dh0: &'a mut [f32],
-    dc0: &'a mut [f32],
-    db: &'a mut [f32],
-}
-
-impl<'a> BwdArrays<'a> {
-    /// One part per block of rows between `bounds`, for a batch of `b` rows, `h` units and `g`
-    /// gate columns.
-    fn split(self, b: usize, h: usize, g: usize, bounds: &[usize]) -> Vec<BwdPart<'a>> {
-        let n_parts = bounds.len() - 1;
-        let mut gz = blocks_mut(self.gz, b, g, bounds).into_iter();
-        let mut dn = blocks_mut(self.dn, b, h, bounds).into_iter();
-        let mut hs = blocks(self.hs, b, h, bounds).into_iter();
-        let mut aux = blocks(self.aux, b, h, bounds).into_iter();
-        let mut h0 = blocks(self.h0, b, h, bounds).into_iter();
-        let mut c0 = blocks(self.c0, b, h, bounds).into_iter();
-        let mut dhs = blocks(self.dhs, b, h, bounds).into_iter();
-        let mut dh0 = blocks_mut(self.dh0, b, h, bounds).into_iter();
-        let mut dc0 = blocks_mut(self.dc0, b, h, bounds).into_iter();
-        let mut db = self.db.chunks_mut((self.db.len() / n_parts).max(1));
-        (0..n_parts)
-            .map(|_| BwdPart {
-                gz: gz.next().expect("a block"),
-                dn: dn.next().expect("a block"),
-                hs: hs.next().expect("a block"),
-                aux: aux.next().expect("a block"),
-                h0: first(h0.next()),
-                c0: first(c0.next()),
-                dhs: dhs.next().expect("a block"),
-                dh0: first_mut(dh0.next()),
-                dc0: first_mut(dc0.next()),
-                db: db.next().unwrap_or_default(),
-            })
-            .collect()
-    }
+/// `io`'s per-step arrays split by rows into one [`BwdPart`] per block between `bounds` (`h`
+/// units, `g` gate columns), each with its slices of the scratch `dn` (the GRU's) and `db` (the
+/// blocks' partial `db_hh`, one run of `G·h` per block, or empty).
+fn backward_parts<'a>(
+    io: &'a mut Backward<'_>,
+    (dn, db): (&'a mut [f32], &'a mut [f32]),
+    (h, g): (usize, usize),
+    bounds: &[usize],
+) -> Vec<BwdPart<'a>> {
+    let (b, n_parts) = (bounds[bounds.len() - 1], bounds.len() - 1);
+    let mut gz = blocks_mut(&mut *io.gz, b, g, bounds).into_iter();
+    let mut dn = blocks_mut(dn, b, h, bounds).into_iter();
+    let mut hs = blocks(io.hs, b, h, bounds).into_iter();
+    let mut aux = blocks(io.aux, b, h, bounds).into_iter();
+    let mut h0 = blocks(io.h0, b, h, bounds).into_iter();
+    let mut c0 = blocks(io.c0, b, h, bounds).into_iter();
+    let mut dhs = blocks(io.dhs, b, h, bounds).into_iter();
+    let mut dh0 = blocks_mut(&mut *io.dh0, b, h, bounds).into_iter();
+    let mut dc0 = blocks_mut(&mut *io.dc0, b, h, bounds).into_iter();
+    let mut db = db.chunks_mut((db.len() / n_parts).max(1));
+    (0..n_parts)
+        .map(|_| BwdPart {
+            gz: gz.next().expect("a block"),
+            dn: dn.next().expect("a block"),
+            hs: hs.next().expect("a block"),
+            aux: aux.next().expect("a block"),
+            h0: first(h0.next()),
+            c0: first(c0.next()),
+            dhs: dhs.next().expect("a block"),
+            dh0: first_mut(dh0.next()),
+            dc0: first_mut(dc0.next()),
+            db: db.next().unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// One block of rows of a sequence for [`backward_part`]: per-step slices of the arrays of

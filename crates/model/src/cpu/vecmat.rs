@@ -4,7 +4,7 @@
 //!   multiply-adds where the CPU has them, its columns split between threads when that pays
 //!   (faster than a `gemm` call at one row);
 //! - the sampler's exact-order products ([`vec_mat_in_order`], [`mat_rows_in_order`] and their
-//!   f16 forms): every sum runs over the rows of `w` one at a time, in order, each product
+//!   forms for 16-bit weights, f16 or bf16 ([`Half`])): every sum runs over the rows of `w` one at a time, in order, each product
 //!   rounded before it is added (unfused), so that a step's logits, and the text sampled from
 //!   them, are the same on every CPU and for one row or several. The one exception is the
 //!   batch-1 f16 product on AVX-512, which fuses its multiply-adds.
@@ -13,6 +13,36 @@ use rayon::prelude::*;
 
 use super::activation::madd;
 use super::simd::{dispatch, simd_level, Simd};
+
+/// A 16-bit float format the sampler may keep its weights in (computing in f32): IEEE half
+/// precision (f16: 10-bit mantissa, range ±65504) or bfloat16 (bf16: 7-bit mantissa, f32's
+/// range). Either halves the bytes a character streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    /// IEEE 754 binary16.
+    F16,
+    /// bfloat16: f32's upper 16 bits.
+    Bf16,
+}
+
+impl Half {
+    /// `v` rounded to this format (to nearest, ties to even), as bits.
+    pub fn from_f32(self, v: f32) -> u16 {
+        match self {
+            Half::F16 => half::f16::from_f32(v).to_bits(),
+            Half::Bf16 => half::bf16::from_f32(v).to_bits(),
+        }
+    }
+
+    /// The value of `bits` in this format (exact).
+    #[inline(always)]
+    pub fn to_f32(self, bits: u16) -> f32 {
+        match self {
+            Half::F16 => half::f16::from_bits(bits).to_f32(),
+            Half::Bf16 => f32::from_bits((bits as u32) << 16),
+        }
+    }
+}
 
 /// Elements of `w_hh` below which the batch-1 product stays on one thread.
 const PAR_MIN_WEIGHTS: usize = 1 << 18;
@@ -112,41 +142,51 @@ fn rows_in_order_impl<const FMA: bool>(x: &[f32], w: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `out [n] += x [k] · w [k, n]` with `w` in f16 bits, one row of `w` after the other: the
-/// sampler's batch-1 product with f16 weights. AVX-512 converts 16 weights at a time and fuses
-/// each multiply-add (so its sums differ from the others' in the last bits); AVX2 converts 8 at a
-/// time with F16C and adds as the plain loop does.
+/// `out [n] += x [k] · w [k, n]` with `w` in `half` bits, one row of `w` after the other: the
+/// sampler's batch-1 product with 16-bit weights. AVX-512 converts 16 weights at a time (and
+/// fuses each f16 multiply-add, so those sums differ from the others' in the last bits); AVX2
+/// converts 8 at a time (F16C for f16, a shift for bf16) and adds as the plain loop does.
 ///
 /// # Panics
 ///
 /// Panics if `w` is shorter than `[k, n]`.
-pub fn vec_mat_in_order_f16(x: &[f32], w: &[u16], out: &mut [f32]) {
+pub fn vec_mat_in_order_half(half: Half, x: &[f32], w: &[u16], out: &mut [f32]) {
     assert!(w.len() >= x.len() * out.len(), "w must be [k, n]");
-    match simd_level() {
+    match (simd_level(), half) {
         // SAFETY: simd_level only reports instruction sets this CPU has, and `w` holds
         // `x.len() · out.len()` values (asserted above), which is what the function reads.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { f16_rows_avx512(x, w, out) },
+        (Simd::Avx512, Half::F16) => unsafe { f16_rows_avx512(x, w, out) },
         // SAFETY: as above (the AVX2 level includes F16C).
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { f16_rows_f16c(x, w, out) },
-        Simd::Base => {
+        (Simd::Avx2, Half::F16) => unsafe { f16_rows_f16c(x, w, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx512, Half::Bf16) => unsafe { bf16_rows_avx512(x, w, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx2, Half::Bf16) => unsafe { bf16_rows_avx2(x, w, out) },
+        (Simd::Base, _) => {
             let n = out.len();
             for (xk, row) in x.iter().zip(w.chunks_exact(n)) {
                 for (o, &wv) in out.iter_mut().zip(row) {
-                    *o += xk * half::f16::from_bits(wv).to_f32();
+                    *o += xk * half.to_f32(wv);
                 }
             }
         }
     }
 }
 
-/// Defines `$name(x, w, out)`, [`vec_mat_in_order_f16`] compiled for `$features`: for each row of
-/// `w`, the expression `$add` adds `xk ·` its `$lanes` weights at `wk` (f16 bits) to the `$lanes`
-/// sums at `o`, block after block; the columns left over are added plainly.
-macro_rules! f16_rows {
-    ($name:ident, $features:literal, $lanes:literal, |$xk:ident, $wk:ident, $o:ident| $add:expr) => {
-        /// `out += x · w` with `w` `[x.len(), out.len()]` in f16 bits.
+/// Defines `$name(x, w, out)`, [`vec_mat_in_order_half`] for the format `$half` compiled for
+/// `$features`: for each row of `w`, the expression `$add` adds `xk ·` its `$lanes` weights at
+/// `wk` (16-bit) to the `$lanes` sums at `o`, block after block; the columns left over are added
+/// plainly.
+macro_rules! half_rows {
+    (
+        $name:ident, $half:expr, $features:literal, $lanes:literal,
+        |$xk:ident, $wk:ident, $o:ident| $add:expr
+    ) => {
+        /// `out += x · w` with `w` `[x.len(), out.len()]` in 16-bit floats.
         ///
         /// # Safety
         ///
@@ -168,7 +208,7 @@ macro_rules! f16_rows {
                     $add;
                 }
                 for (j, o) in out.iter_mut().enumerate().skip($lanes * blocks) {
-                    *o += $xk * half::f16::from_bits(*row.add(j)).to_f32();
+                    *o += $xk * $half.to_f32(*row.add(j));
                 }
             }
         }
@@ -176,7 +216,7 @@ macro_rules! f16_rows {
 }
 
 // AVX-512: 16 weights converted at a time, each multiply-add fused.
-f16_rows!(f16_rows_avx512, "avx512f", 16, |xk, wk, o| {
+half_rows!(f16_rows_avx512, Half::F16, "avx512f", 16, |xk, wk, o| {
     let wv = _mm512_cvtph_ps(_mm256_loadu_si256(wk as *const __m256i));
     _mm512_storeu_ps(
         o,
@@ -186,8 +226,29 @@ f16_rows!(f16_rows_avx512, "avx512f", 16, |xk, wk, o| {
 
 // F16C: 8 weights converted at a time; the product and the sum are separate instructions, as in
 // the plain loop, so the sums are the same.
-f16_rows!(f16_rows_f16c, "avx,f16c", 8, |xk, wk, o| {
+half_rows!(f16_rows_f16c, Half::F16, "avx,f16c", 8, |xk, wk, o| {
     let wv = _mm256_cvtph_ps(_mm_loadu_si128(wk as *const __m128i));
+    _mm256_storeu_ps(
+        o,
+        _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(_mm256_set1_ps(xk), wv)),
+    )
+});
+
+// bf16 with AVX-512: 16 weights widened to f32 (zero-extended, shifted into the upper half); the
+// product and the sum separate, as in the plain loop, so the sums are the same on every CPU.
+half_rows!(bf16_rows_avx512, Half::Bf16, "avx512f", 16, |xk, wk, o| {
+    let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(wk as *const __m256i));
+    let wv = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits));
+    _mm512_storeu_ps(
+        o,
+        _mm512_add_ps(_mm512_loadu_ps(o), _mm512_mul_ps(_mm512_set1_ps(xk), wv)),
+    )
+});
+
+// bf16 with AVX2: 8 weights widened at a time, the product and the sum separate.
+half_rows!(bf16_rows_avx2, Half::Bf16, "avx2", 8, |xk, wk, o| {
+    let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(wk as *const __m128i));
+    let wv = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits));
     _mm256_storeu_ps(
         o,
         _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(_mm256_set1_ps(xk), wv)),
@@ -214,14 +275,16 @@ pub fn mat_rows_in_order(x: &[f32], w: &[f32], out: &mut [f32], rows: usize) {
     }
 }
 
-/// [`mat_rows_in_order`] with `w` in f16 bits: each block of [`K_BLOCK`] weight rows is converted
-/// to f32 in `buf` once, then serves every row of `x`. Each row gets [`vec_mat_in_order_f16`]'s
-/// result to the last bit, but on AVX-512, whose batch-1 f16 product fuses.
+/// [`mat_rows_in_order`] with `w` in `half` bits: each block of [`K_BLOCK`] weight rows is
+/// converted to f32 in `buf` once, then serves every row of `x`. Each row gets
+/// [`vec_mat_in_order_half`]'s result to the last bit, but with f16 on AVX-512, whose batch-1
+/// product fuses.
 ///
 /// # Panics
 ///
 /// Panics if `w` is not `[k, n]`.
-pub fn mat_rows_in_order_f16(
+pub fn mat_rows_in_order_half(
+    half: Half,
     x: &[f32],
     w: &[u16],
     out: &mut [f32],
@@ -235,9 +298,26 @@ pub fn mat_rows_in_order_f16(
     for (x, out) in x.chunks(ROW_BLOCK * k).zip(out.chunks_mut(ROW_BLOCK * n)) {
         for (b, w) in w.chunks(K_BLOCK * n).enumerate() {
             let buf = &mut buf[..w.len()];
-            f16_to_f32(simd, w, buf);
+            match half {
+                Half::F16 => f16_to_f32(simd, w, buf),
+                Half::Bf16 => bf16_to_f32(simd, w, buf),
+            }
             rows_block(simd, x, k, b * K_BLOCK, buf, out, n);
         }
+    }
+}
+
+dispatch! {
+    /// bf16 bits to f32 (exact), vectorized for `simd`.
+    fn bf16_to_f32 => bf16_to_f32_impl(src: &[u16], dst: &mut [f32])
+}
+
+/// bf16 bits to f32: each value's bits shifted into the upper half of an f32's.
+#[inline(always)]
+fn bf16_to_f32_impl<const FMA: bool>(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = Half::Bf16.to_f32(s);
     }
 }
 
@@ -335,9 +415,9 @@ mod tests {
     }
 
     /// The sampler's products give the plain loop's sums to the last bit, at one row and at
-    /// several (more than a row block, `k` not a multiple of the weight-row block), with f32 and
-    /// with f16 weights; only the batch-1 f16 product on AVX-512 fuses, and differs in the last
-    /// bits.
+    /// several (more than a row block, `k` not a multiple of the weight-row block), with f32,
+    /// f16 and bf16 weights; only the batch-1 f16 product on AVX-512 fuses, and differs in the
+    /// last bits.
     #[test]
     fn in_order_products_are_the_plain_loop_bit_for_bit() {
         let mut rng = Lcg(9);
@@ -347,14 +427,6 @@ mod tests {
             rng.vec(k * n, 1.0),
             rng.vec(rows * n, 1.0),
         );
-        let w16: Vec<u16> = w
-            .iter()
-            .map(|&v| half::f16::from_f32(v).to_bits())
-            .collect();
-        let w16_f32: Vec<f32> = w16
-            .iter()
-            .map(|&b| half::f16::from_bits(b).to_f32())
-            .collect();
         let bits = |v: Vec<f32>| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
         let one_by_one = |f: &dyn Fn(&[f32], &mut [f32])| {
             let mut out = out0.clone();
@@ -371,21 +443,59 @@ mod tests {
         mat_rows_in_order(&x, &w, &mut batched, rows);
         assert_eq!(bits(batched), want, "f32, {rows} rows");
 
-        let want = plain(&x, &w16_f32, &out0, n);
-        let mut batched = out0.clone();
-        mat_rows_in_order_f16(&x, &w16, &mut batched, rows, &mut Vec::new());
-        assert_eq!(bits(batched), want, "f16, {rows} rows");
-        let one = one_by_one(&|x, out| vec_mat_in_order_f16(x, &w16, out));
-        if simd_level() == Simd::Avx512 {
-            for (&got, &want) in one.iter().zip(&want) {
-                let want = f32::from_bits(want);
-                assert!(
-                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                    "{got} vs {want}"
-                );
+        for half in [Half::F16, Half::Bf16] {
+            let w16: Vec<u16> = w.iter().map(|&v| half.from_f32(v)).collect();
+            let w16_f32: Vec<f32> = w16.iter().map(|&b| half.to_f32(b)).collect();
+            let want = plain(&x, &w16_f32, &out0, n);
+            let mut batched = out0.clone();
+            mat_rows_in_order_half(half, &x, &w16, &mut batched, rows, &mut Vec::new());
+            assert_eq!(bits(batched), want, "{half:?}, {rows} rows");
+            let one = one_by_one(&|x, out| vec_mat_in_order_half(half, x, &w16, out));
+            if simd_level() == Simd::Avx512 && half == Half::F16 {
+                for (&got, &want) in one.iter().zip(&want) {
+                    let want = f32::from_bits(want);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{got} vs {want}"
+                    );
+                }
+            } else {
+                assert_eq!(bits(one), want, "{half:?}, one row");
             }
-        } else {
-            assert_eq!(bits(one), want, "f16, one row");
+        }
+    }
+
+    /// bf16 rounds to nearest, ties to even, keeps f32's range, and reads back exactly.
+    #[test]
+    fn bf16_rounds_to_nearest_even_and_reads_back_exactly() {
+        let h = Half::Bf16;
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1).
+        assert_eq!(h.to_f32(h.from_f32(1.0 + 2f32.powi(-8))), 1.0);
+        // 1 + 3·2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: to even (1 + 2^-6).
+        assert_eq!(
+            h.to_f32(h.from_f32(1.0 + 3.0 * 2f32.powi(-8))),
+            1.0 + 2f32.powi(-6)
+        );
+        // Just above a tie rounds up.
+        assert_eq!(
+            h.to_f32(h.from_f32(1.0 + 2f32.powi(-8) + 2f32.powi(-20))),
+            1.0 + 2f32.powi(-7)
+        );
+        // f32's range: 3e38 (beyond f16's 65504) stays finite, within bf16's precision.
+        let big = h.to_f32(h.from_f32(3.0e38));
+        assert!(
+            big.is_finite() && (big - 3.0e38).abs() <= 3.0e38 * 2f32.powi(-8),
+            "{big}"
+        );
+        let mut rng = Lcg(4);
+        for v in rng.vec(1000, 100.0) {
+            let r = h.to_f32(h.from_f32(v));
+            assert!((r - v).abs() <= v.abs() * 2f32.powi(-8), "{v} -> {r}");
+            assert_eq!(
+                h.to_f32(h.from_f32(r)),
+                r,
+                "a bf16 value is its own rounding"
+            );
         }
     }
 }

@@ -485,7 +485,6 @@ struct Loop<'a, I: CellKernels> {
     processor: SupervisedTrainingEventProcessor<Components<I>>,
     interrupter: Interrupter,
     valid_loader: ValidLoader<Components<I>>,
-    plan: Plan,
     state: Option<RnnState<B<I>>>,
     started: Instant,
 }
@@ -657,7 +656,6 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
             processor: components.event_processor,
             interrupter: components.interrupter,
             valid_loader,
-            plan,
             started: Instant::now(),
         };
         for epoch in self.start_iteration / plan.per_epoch + 1..=self.config.epochs {
@@ -672,7 +670,7 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
 impl<I: CellKernels> Loop<'_, I> {
     /// The rest of `epoch`'s batches, then its end; `false` when the run stops in it.
     fn epoch(&mut self, epoch: usize, train_loader: &TrainLoader<Components<I>>) -> bool {
-        let per_epoch = self.plan.per_epoch;
+        let per_epoch = self.carry.plan.per_epoch;
         let first = self.shared.iteration % per_epoch;
         if first == 0 {
             self.state = None; // the notebook resets the state at each epoch
@@ -714,7 +712,7 @@ impl<I: CellKernels> Loop<'_, I> {
             return false;
         }
         let interrupted = self.interrupter.should_stop();
-        let stopping = interrupted || self.shared.iteration >= self.plan.stop_at;
+        let stopping = interrupted || self.shared.iteration >= self.carry.plan.stop_at;
         if stopping {
             self.shared.interrupted = interrupted;
         }
@@ -751,7 +749,7 @@ impl<I: CellKernels> Loop<'_, I> {
     /// checkpoint when due. The run's last iteration is validated and saved; a stop request
     /// saves at once, without starting a validation, and cuts short one under way.
     fn record(&mut self, done: Done<I>) -> anyhow::Result<()> {
-        let (plan, iteration) = (self.plan, self.shared.iteration);
+        let (plan, iteration) = (self.carry.plan, self.shared.iteration);
         let epoch = Progress::new(done.epoch, plan.last_epoch);
         let chars_per_s = done.out.chars as f64 / done.secs;
         let item = TrainingItem::new(
@@ -812,7 +810,7 @@ impl<I: CellKernels> Loop<'_, I> {
     /// Whether the iteration just done saves and whether it validates (a stop request saves and
     /// never starts a validation).
     fn due(&self, end_of_epoch: bool) -> (bool, bool) {
-        let (cfg, plan, iteration) = (&self.carry.config, &self.plan, self.shared.iteration);
+        let (cfg, plan, iteration) = (&self.carry.config, &self.carry.plan, self.shared.iteration);
         let stopped = self.interrupter.should_stop();
         // An epoch's end is saved only when epochs are at least `save_every_n` long: a short
         // text (a few batches an epoch) would otherwise write a checkpoint every few
@@ -830,7 +828,7 @@ impl<I: CellKernels> Loop<'_, I> {
     /// The plain progress line for `row`, when due (every `log_every`, at a validation, and the
     /// run's first iteration), and a note when a stop cut its validation short.
     fn print_plain(&self, row: &Row, secs: f64, validating: bool) {
-        let (cfg, plan) = (&self.carry.config, &self.plan);
+        let (cfg, plan) = (&self.carry.config, &self.carry.plan);
         if row.iteration.is_multiple_of(cfg.log_every)
             || row.val_loss.is_some()
             || row.iteration == self.carry.start_iteration + 1

@@ -331,7 +331,7 @@ fn f16_to_f32(simd: Simd, src: &[u16], dst: &mut [f32]) {
         return unsafe { f16_to_f32_f16c(src, dst) };
     }
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = half::f16::from_bits(s).to_f32();
+        *d = Half::F16.to_f32(s);
     }
 }
 
@@ -352,7 +352,7 @@ unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
         _mm256_storeu_ps(dst.as_mut_ptr().add(8 * b), _mm256_cvtph_ps(v));
     }
     for (d, &s) in dst.iter_mut().zip(src).skip(8 * blocks) {
-        *d = half::f16::from_bits(s).to_f32();
+        *d = Half::F16.to_f32(s);
     }
 }
 

@@ -14,6 +14,7 @@ use karnna_gpu::launches::LaunchCounter;
 use karnna_infer::{
     default_parts, pick, BurnStepper, CharStepper, CpuCharRnn, Precision, Strategy,
 };
+use karnna_model::cpu::Peak;
 use karnna_model::{CellKernels, CharRnnConfig, DropoutSeed};
 use karnna_train::learner::{CharBatch, Trainee};
 use rand::rngs::StdRng;
@@ -21,7 +22,7 @@ use rand::{Rng, SeedableRng};
 
 use karnna_gpu::Gpu;
 use karnna_model::Cell;
-use karnna_train::{CpuBackend, Device, GpuMatmul};
+use karnna_train::{CpuBackend, Device, Matmul, Precision as StepPrecision};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -60,7 +61,11 @@ pub struct BenchArgs {
     backend: CpuBackend,
     /// The model's matrix products on a GPU.
     #[arg(long, value_enum, default_value = "tf32")]
-    pub gpu_matmul: GpuMatmul,
+    pub gpu_matmul: Matmul,
+    /// The CPU training step's products, one or several (`f32,bf16`: each run times both,
+    /// alternating). bf16 needs AVX512_BF16 (elsewhere it is skipped, and a line says so).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+    pub precision: Vec<StepPrecision>,
     /// cpu, cuda or wgpu. On a GPU, sampling is one fused kernel per layer and character, and
     /// the peer runs on CUDA when the device is cuda (on the CPU otherwise).
     #[arg(long, value_enum, default_value = "cpu")]
@@ -72,6 +77,11 @@ pub struct BenchArgs {
     /// The peer script.
     #[arg(long, default_value = "../shared/peers/torch_charrnn.py")]
     peer_script: PathBuf,
+    /// Only time each bf16 product of a 2-layer step of this size alone (one thread's share of
+    /// a step's recurrent product, the threaded input projection, weight gradient and output
+    /// layer), in GFLOP/s against the measured peak.
+    #[arg(long)]
+    products: bool,
     /// Skip the training step.
     #[arg(long)]
     no_train: bool,
@@ -103,20 +113,19 @@ fn median(v: &[f64]) -> Option<f64> {
     v.get(v.len() / 2).copied()
 }
 
-/// Median seconds of a training step: forward, backward, global-norm clip, Adam; and, with a
-/// launch counter, the GPU kernels launched by one more step after the timed ones.
+/// Median seconds of a training step: forward, backward, global-norm clip, Adam; with a launch
+/// counter, the GPU kernels launched by one more step after the timed ones; and how busy the
+/// timed steps kept the CPU ([`Busy`]).
 fn train_step_secs<I: CellKernels>(
     a: &BenchArgs,
     device: I::Device,
     counter: Option<&LaunchCounter>,
-) -> (f64, Option<u64>) {
+    matmul: Matmul,
+) -> (f64, Option<u64>, Option<Busy>) {
     type B<I> = Autodiff<I>;
     I::seed(&device, 0);
     let mut model = Trainee {
-        model: a
-            .model()
-            .init::<B<I>>(&device)
-            .with_gpu_matmul(a.gpu_matmul),
+        model: a.model().init::<B<I>>(&device).with_matmul(matmul),
     };
     let mut optim = AdamConfig::new()
         .with_epsilon(1e-8)
@@ -132,7 +141,12 @@ fn train_step_secs<I: CellKernels>(
     let mut times = Vec::new();
     let mut launches = None;
     let counted = usize::from(counter.is_some());
+    let (mut cpu0, mut wall0) = ((0.0, 0.0), Instant::now());
+    let mut busy = None;
     for i in 0..a.warmup + a.iters + counted {
+        if i == a.warmup {
+            (cpu0, wall0) = (cpu_seconds(), Instant::now());
+        }
         let batch = CharBatch {
             inputs: ids(&mut rng),
             targets: ids(&mut rng),
@@ -163,19 +177,34 @@ fn train_step_secs<I: CellKernels>(
         };
         model = next;
         state = Some(s);
+        if i + 1 == a.warmup + a.iters {
+            let (user, sys) = cpu_seconds();
+            let cpu = (user - cpu0.0) + (sys - cpu0.1);
+            let busy_now = Busy {
+                cores: cpu / wall0.elapsed().as_secs_f64(),
+                kernel_fraction: (sys - cpu0.1) / cpu.max(1e-9),
+            };
+            busy = Some(busy_now);
+        }
     }
     let _ = model.valid();
-    (median(&times).expect("--iters is at least 1"), launches)
+    let t = median(&times).expect("--iters is at least 1");
+    (t, launches, busy)
 }
 
 /// [`train_step_secs`] on a GPU backend.
 struct GpuTrainStep<'a>(&'a BenchArgs, Option<&'a LaunchCounter>);
 
 impl karnna_gpu::OnBackend for GpuTrainStep<'_> {
-    type Output = (f64, Option<u64>);
+    type Output = (f64, Option<u64>, Option<Busy>);
 
     fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<Self::Output> {
-        Ok(train_step_secs::<B>(self.0, device, self.1))
+        Ok(train_step_secs::<B>(
+            self.0,
+            device,
+            self.1,
+            self.0.gpu_matmul,
+        ))
     }
 }
 
@@ -196,7 +225,7 @@ impl karnna_gpu::OnBackend for GpuSample<'_> {
 
     fn run<B: CellKernels>(self, device: B::Device) -> anyhow::Result<GpuSampling> {
         let a = self.0;
-        let model = a.model().init::<B>(&device).with_gpu_matmul(a.gpu_matmul);
+        let model = a.model().init::<B>(&device).with_matmul(a.gpu_matmul);
         let mut stepper = BurnStepper::new(model);
         // Compile the step's kernels before timing.
         sample_rate(&mut stepper, 5, a.vocab);
@@ -238,6 +267,27 @@ fn sample_rate(model: &mut dyn CharStepper, len: usize, vocab: usize) -> f64 {
         }
     }
     (rows * len) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// This process's user and system CPU seconds so far (`getrusage`).
+fn cpu_seconds() -> (f64, f64) {
+    // SAFETY: `rusage` is plain integers and structs of integers, for which all zeros is a
+    // valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one `rusage` through the pointer, which points to ours.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return (0.0, 0.0);
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    (secs(usage.ru_utime), secs(usage.ru_stime))
+}
+
+/// How busy the timed training steps kept the CPU: cores busy on average (CPU time over wall
+/// time) and the kernel's share of that CPU time (page faults, futexes), from `getrusage`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Busy {
+    cores: f64,
+    kernel_fraction: f64,
 }
 
 /// Peak resident memory of the largest child process so far (the peer), in MiB.
@@ -369,6 +419,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
         a.gpu_matmul,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    let bf16 = StepPrecision::Bf16;
+    let asked = a.precision.contains(&bf16) && a.device == Device::Cpu && !a.no_train;
+    if asked && !precisions(&a).contains(&bf16) {
+        println!("precision bf16: skipped, the kernels have no VDPBF16PS here (no AVX512_BF16, or KARNNA_SIMD caps it)");
+    }
+    let timed_on_cpu = a.device == Device::Cpu && (!a.no_train || a.products);
+    let peak = timed_on_cpu.then(|| print_silicon(&a));
+    if a.products {
+        return products(&a, peak);
+    }
     // Installed before any GPU work, which reads CubeCL's configuration once per process.
     let counter = match Gpu::of(a.device) {
         Some(_) if !a.no_launch_count => LaunchCounter::install(),
@@ -383,13 +443,105 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
             t.sampling(&a, r, counter.as_ref())?;
         }
     }
-    Ok(t.report(&a))
+    Ok(t.report(&a, peak))
+}
+
+/// The instruction set, this CPU's measured peak and the step's counted FLOP, to judge the
+/// step's figures against (`train_gflops` over the peak is the fraction of the silicon used);
+/// returns the peak.
+fn print_silicon(a: &BenchArgs) -> Peak {
+    let peak = karnna_model::cpu::measure_peak(0.3);
+    println!(
+        "isa={} (cap with {})",
+        karnna_model::cpu::simd_name(),
+        karnna_model::cpu::SIMD_ENV
+    );
+    println!(
+        "peak_gflops_f32={:.1} (f32 FMA of the widest register, {} threads at once)",
+        peak.f32_gflops, peak.threads
+    );
+    if let Some(bf16) = peak.bf16_gflops {
+        println!(
+            "peak_gflops_bf16={bf16:.1} (VDPBF16PS, {} threads at once)",
+            peak.threads
+        );
+    }
+    println!(
+        "train_gflop_per_step={:.2} (matrix products: forward, input and weight gradients)",
+        step_flop(a) / 1e9
+    );
+    peak
+}
+
+/// `--products`: each bf16 product of a step alone, against the bf16 peak.
+fn products(a: &BenchArgs, peak: Option<Peak>) -> anyhow::Result<Figures> {
+    if !karnna_model::cpu::bf16_dot() {
+        bail!("--products times the bf16 products, which need a CPU with AVX512_BF16");
+    }
+    let (rows, g) = (a.batch * a.steps, a.cell.gates() * a.hidden);
+    let share = a.batch.div_ceil(rayon::current_num_threads());
+    let peak = peak.and_then(|p| p.bf16_gflops).unwrap_or(f64::NAN);
+    let threads = rayon::current_num_threads() as f64;
+    for (name, m, k, n, threaded) in [
+        ("recurrence, one thread's rows", share, a.hidden, g, false),
+        ("input projection", rows, a.hidden, g, true),
+        ("weight gradient", a.hidden, rows, g, true),
+        ("output layer", rows, a.hidden, a.vocab, true),
+    ] {
+        let (gflops, pack_ms) = karnna_model::cpu::bf16_product_speed(m, k, n, threaded, 5);
+        let of = if threaded { peak } else { peak / threads };
+        println!(
+            "product [{m}, {k}] x [{k}, {n}] ({name}): {gflops:.1} GFLOP/s, {:.0}% of the peak; packing {pack_ms:.1} ms",
+            100.0 * gflops / of
+        );
+    }
+    Ok(Figures::default())
+}
+
+/// The precisions `a` times: those asked for, less bf16 where it would run as f32 (on a GPU,
+/// one f32 run with `--gpu-matmul`).
+fn precisions(a: &BenchArgs) -> Vec<StepPrecision> {
+    if a.device != Device::Cpu {
+        return vec![StepPrecision::F32];
+    }
+    let mut out: Vec<StepPrecision> = Vec::new();
+    for &p in &a.precision {
+        let runs = p == StepPrecision::F32 || p.matmul(a.device, a.gpu_matmul) == Matmul::Bf16;
+        if runs && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The label of karnna's line for precision `p`: none when only f32 is timed.
+fn label(a: &BenchArgs, p: StepPrecision) -> String {
+    if precisions(a) == [StepPrecision::F32] {
+        String::new()
+    } else {
+        format!(" ({})", p.name())
+    }
+}
+
+/// The floating-point operations of one training step's matrix products, counted from the
+/// shapes (`2·m·n·k` a product): forward, the input gradients and the weight gradients of the
+/// recurrences (`h·W_hh`), the input projections of the layers above the first (the first's is
+/// a row lookup of one-hot inputs, no product) and the output layer. The cells' pointwise
+/// maths, the loss, the clipping and Adam are not counted (about 2% of a step's time).
+pub fn step_flop(a: &BenchArgs) -> f64 {
+    let n = (a.batch * a.steps) as f64;
+    let (h, v) = (a.hidden as f64, a.vocab as f64);
+    let gh = (a.cell.gates() * a.hidden) as f64;
+    let layers = a.layers as f64;
+    let forward = 2.0 * n * (layers * h * gh + (layers - 1.0) * h * gh + h * v);
+    3.0 * forward
 }
 
 /// Each run's figures, for the medians.
 #[derive(Default)]
 struct Timings {
-    ours_t: Vec<f64>,
+    /// karnna's step times, for each precision timed (in the order of `--precision`).
+    ours_t: Vec<(StepPrecision, Vec<f64>)>,
     peer_t: Vec<f64>,
     peer_bf16_t: Vec<f64>,
     /// Why the peer's bf16 mode failed, once it has (it is not tried again).
@@ -412,14 +564,34 @@ impl Timings {
         r: usize,
         counter: Option<&LaunchCounter>,
     ) -> anyhow::Result<()> {
-        let (t, counted) = match (Gpu::of(a.device), a.backend) {
-            (Some(gpu), _) => karnna_gpu::run_on(gpu, GpuTrainStep(a, counter))?,
-            (None, CpuBackend::Flex) => train_step_secs::<Flex>(a, Default::default(), None),
-            (None, CpuBackend::Ndarray) => train_step_secs::<NdArray>(a, Default::default(), None),
-        };
-        self.launches = self.launches.or(counted);
-        println!("run {r}: karnna train_s_per_batch={t:.4}");
-        self.ours_t.push(t);
+        for p in precisions(a) {
+            let matmul = p.matmul(a.device, a.gpu_matmul);
+            let (t, counted, busy) = match (Gpu::of(a.device), a.backend) {
+                (Some(gpu), _) => karnna_gpu::run_on(gpu, GpuTrainStep(a, counter))?,
+                (None, CpuBackend::Flex) => {
+                    train_step_secs::<Flex>(a, Default::default(), None, matmul)
+                }
+                (None, CpuBackend::Ndarray) => {
+                    train_step_secs::<NdArray>(a, Default::default(), None, matmul)
+                }
+            };
+            self.launches = self.launches.or(counted);
+            let busy = match busy {
+                Some(b) if a.device == Device::Cpu => format!(
+                    " cores_busy={:.2} kernel_time_fraction={:.3}",
+                    b.cores, b.kernel_fraction
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "run {r}: karnna{} train_s_per_batch={t:.4}{busy}",
+                label(a, p)
+            );
+            match self.ours_t.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, times)) => times.push(t),
+                None => self.ours_t.push((p, vec![t])),
+            }
+        }
         // The peer in both of its modes, so that no ratio quotes it in its slower one alone.
         // Its bf16 mode needs a CPU that PyTorch (oneDNN) runs bf16 on: where it fails, that
         // is reported and the bench goes on.
@@ -499,24 +671,63 @@ impl Timings {
         self.burn_s.push(rate);
     }
 
-    /// Prints the medians (and launches, peak memory) and returns the headline figures.
-    fn report(self, a: &BenchArgs) -> Figures {
+    /// Prints the medians (and launches, peak memory; each precision against `peak`, when the
+    /// CPU's was measured) and returns the headline figures.
+    fn report(self, a: &BenchArgs, peak: Option<Peak>) -> Figures {
         println!("--- medians over {} run(s)", a.repeats);
         let mut figures = Figures::default();
-        if let Some(t) = median(&self.ours_t) {
-            figures.train_s_per_batch = Some(t);
-            println!("train_s_per_batch={t:.4}");
-            println!("train_chars_per_s={:.0}", (a.batch * a.steps) as f64 / t);
-            figures.peer_train_s_per_batch = median(&self.peer_t).inspect(|p| {
-                println!("peer_train_s_per_batch={p:.4}");
-                println!("train_speedup_vs_peer={:.2}", p / t);
-            });
-            figures.peer_bf16_train_s_per_batch = median(&self.peer_bf16_t).inspect(|p| {
-                println!("peer_autocast_bf16_train_s_per_batch={p:.4}");
-                println!("train_speedup_vs_peer_autocast_bf16={:.2}", p / t);
-            });
-            if let Some(why) = &self.peer_bf16_failed {
-                println!("peer_autocast_bf16=unavailable on this CPU ({why})");
+        let peer = median(&self.peer_t);
+        let peer_bf16 = median(&self.peer_bf16_t);
+        let flop = step_flop(a);
+        for (i, (p, times)) in self.ours_t.iter().enumerate() {
+            let Some(t) = median(times) else { continue };
+            // The first precision keeps the plain names (and the returned figures).
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!("_{}", p.name())
+            };
+            if i == 0 {
+                figures.train_s_per_batch = Some(t);
+                figures.peer_train_s_per_batch = peer;
+                figures.peer_bf16_train_s_per_batch = peer_bf16;
+            }
+            println!("train_s_per_batch{suffix}={t:.4}");
+            println!(
+                "train_chars_per_s{suffix}={:.0}",
+                (a.batch * a.steps) as f64 / t
+            );
+            if a.device == Device::Cpu {
+                let gflops = flop / t / 1e9;
+                println!("train_gflops{suffix}={gflops:.1}");
+                let peak = peak.and_then(|k| match p {
+                    StepPrecision::F32 => Some(k.f32_gflops),
+                    StepPrecision::Bf16 => k.bf16_gflops,
+                });
+                if let Some(peak) = peak {
+                    println!("train_peak_fraction{suffix}={:.2}", gflops / peak);
+                }
+            }
+            if let Some(p) = peer {
+                println!("train_speedup_vs_peer{suffix}={:.2}", p / t);
+            }
+            if let Some(p) = peer_bf16 {
+                println!("train_speedup_vs_peer_autocast_bf16{suffix}={:.2}", p / t);
+            }
+        }
+        if let Some(p) = peer {
+            println!("peer_train_s_per_batch={p:.4}");
+        }
+        if let Some(p) = peer_bf16 {
+            println!("peer_autocast_bf16_train_s_per_batch={p:.4}");
+        }
+        if let Some(why) = &self.peer_bf16_failed {
+            println!("peer_autocast_bf16=unavailable on this CPU ({why})");
+        }
+        let of = |want| self.ours_t.iter().find(|(p, _)| *p == want);
+        if let (Some((_, f)), Some((_, b))) = (of(StepPrecision::F32), of(StepPrecision::Bf16)) {
+            if let (Some(f), Some(b)) = (median(f), median(b)) {
+                println!("train_speedup_bf16_vs_f32={:.2}", f / b);
             }
         }
         if let Some(s) = median(&self.ours_s) {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use karnna_gpu::{check, Gpu, OnBackend};
-use karnna_model::{Cell, CellKernels, GpuMatmul, MatmulPrecision};
+use karnna_model::{Cell, CellKernels, Matmul, MatmulPrecision};
 
 use crate::bench;
 
@@ -33,7 +33,7 @@ struct Checks {
     name: &'static str,
     iters: usize,
     /// The products the checks run with (those the benchmark times).
-    matmul: GpuMatmul,
+    matmul: Matmul,
 }
 
 impl OnBackend for Checks {

@@ -27,7 +27,9 @@ use clap::{Parser, Subcommand};
 use karnna_data::{ValSplit, Want};
 use karnna_gpu::{Gpu, OnBackend};
 use karnna_model::{Cell, CellKernels, Init};
-use karnna_train::{Corpus, CpuBackend, Device, GpuMatmul, RunConfig, TrainOptions, TrainReport};
+use karnna_train::{
+    Corpus, CpuBackend, Device, Matmul, Precision, RunConfig, TrainOptions, TrainReport,
+};
 
 /// karnna: a character-level recurrent network (LSTM, GRU or RNN) that learns a text and writes more of it.
 #[derive(Parser, Debug)]
@@ -90,7 +92,10 @@ struct TrainArgs {
     backend: Option<CpuBackend>,
     /// The model's matrix products on a GPU (default: the config's `gpu_matmul`).
     #[arg(long, value_enum)]
-    gpu_matmul: Option<GpuMatmul>,
+    gpu_matmul: Option<Matmul>,
+    /// The products of a CPU step: f32 or bf16 (default: the config's `precision`).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Run folder (default: artifacts/<name>).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -186,7 +191,7 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     }?;
     // Written without `println!`, which panics when the terminal is gone (a run stopped by
     // SIGHUP has already saved its checkpoint; only these lines are lost).
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), summary(&report).as_bytes());
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), report.summary().as_bytes());
     Ok(match report.signal {
         Some(s) => ExitCode::from(128 + s as u8),
         None => ExitCode::SUCCESS,
@@ -218,35 +223,13 @@ fn train_config(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     set(&mut c.init, &args.init);
     set(&mut c.cpu_backend, &args.backend);
     set(&mut c.gpu_matmul, &args.gpu_matmul);
+    set(&mut c.precision, &args.precision);
     if args.init_from.is_some() {
         c.init_from = args.init_from.clone();
     }
     c.validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     Ok(c)
-}
-
-/// The lines printed when a run ends: how it stopped, its last and best checkpoints.
-fn summary(report: &TrainReport) -> String {
-    let mut summary = String::new();
-    if report.interrupted {
-        summary += &format!("stopped at iteration {}", report.iteration);
-        if let Some(s) = report.signal {
-            summary += &format!(" ({})", karnna_train::signals::signal_name(s));
-        }
-        summary.push('\n');
-    }
-    if let Some(p) = &report.last_checkpoint {
-        summary += &format!("last checkpoint: {}\n", p.display());
-    }
-    if let Some((p, v)) = &report.best {
-        summary += &format!(
-            "best checkpoint: {} (validation loss {v:.4})\n",
-            p.display()
-        );
-    }
-    summary += "sample from it:  cargo xtask sample\n";
-    summary
 }
 
 /// A training run, on whichever backend the config chose.
@@ -273,6 +256,14 @@ fn info(config: PathBuf, data: Vec<PathBuf>, cell: Option<Cell>) -> anyhow::Resu
         }
     })?;
     println!("{}", corpus.describe(&c));
+    println!("precision:       {}", c.precision_line());
+    if c.device == Device::Cpu {
+        let isa = karnna_model::cpu::simd_name();
+        println!(
+            "cpu kernels:     {isa} (cap: {}=...)",
+            karnna_model::cpu::SIMD_ENV
+        );
+    }
     Ok(())
 }
 
@@ -293,6 +284,11 @@ fn main() -> ExitCode {
         .use_current_thread()
         .build_global();
     let cli = Cli::parse();
+    // A misspelt instruction-set cap would be ignored by the kernels: refuse it before any work.
+    if let Err(e) = karnna_model::cpu::check_simd_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Info { config, data, cell } => {
             info(config, data, cell).map(|()| ExitCode::SUCCESS)

@@ -20,6 +20,16 @@ use karnna_model::Checkpoint;
 mod common;
 use common::{command, karnna, tiny_config, train_short as train};
 
+/// Held by every test of this file: they run training processes of two threads each, and the
+/// dashboard's thread runs in the idle scheduling class, which a machine loaded with several of
+/// them at once would starve of the time to read a key.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`ONE_AT_A_TIME`], taken whatever an earlier test's failure left it.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn workdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("karnna-stops-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -165,6 +175,7 @@ impl Running {
 
 #[test]
 fn each_stop_signal_saves_a_checkpoint_of_the_current_iteration() {
+    let _serial = one_at_a_time();
     for (signal, name, code) in [
         (libc::SIGTERM, "SIGTERM", 143),
         (libc::SIGINT, "SIGINT", 130),
@@ -195,14 +206,51 @@ fn each_stop_signal_saves_a_checkpoint_of_the_current_iteration() {
         Checkpoint::read(&path).unwrap();
         let name_of = path.file_name().unwrap().to_string_lossy().into_owned();
         assert!(out.contains(&name_of), "{name}: {out}");
-        // And the run goes on from it.
+        // And the run goes on from it, to the weights a run that was never stopped reaches.
         let again = resume_until(&dir, stopped + 3);
         assert!(
             again.status.success(),
             "{name}: {}",
             String::from_utf8_lossy(&again.stderr)
         );
+        let whole = workdir(&format!("{name}-whole"));
+        let until = (stopped + 3).to_string();
+        let o = train(&whole, &["--epochs", "100000", "--max-iters", &until]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let last = |d: &Path| {
+            run_checkpoints(&d.join("artifacts/tiny"))
+                .unwrap()
+                .pop()
+                .unwrap()
+        };
+        let ((resumed_at, resumed), (whole_at, uninterrupted)) = (last(&dir), last(&whole));
+        assert_eq!((resumed_at, whole_at), (stopped + 3, stopped + 3), "{name}");
+        assert!(
+            weights(&resumed) == weights(&uninterrupted),
+            "{name}: resumed after the stop, the weights differ from an uninterrupted run's"
+        );
     }
+}
+
+/// Every parameter of the checkpoint at `path`, bit for bit, in module order.
+fn weights(path: &Path) -> Vec<Vec<u32>> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::prelude::*;
+    type F = burn::backend::Flex;
+    struct All(Vec<Vec<u32>>);
+    impl ModuleVisitor<F> for All {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<F, D>>) {
+            let v = p.val().into_data().to_vec::<f32>().unwrap();
+            self.0.push(v.into_iter().map(f32::to_bits).collect());
+        }
+    }
+    let model = Checkpoint::read(path)
+        .unwrap()
+        .model::<F>(&Default::default())
+        .unwrap();
+    let mut all = All(Vec::new());
+    model.visit(&mut all);
+    all.0
 }
 
 /// A stop during a validation that would take far longer (every one of 12,000 batches read)
@@ -210,6 +258,7 @@ fn each_stop_signal_saves_a_checkpoint_of_the_current_iteration() {
 /// last finished iteration is saved.
 #[test]
 fn a_stop_during_a_slow_validation_ends_the_run_at_once() {
+    let _serial = one_at_a_time();
     let dir = workdir("slow-validation");
     let line = "It was the best of times, it was the worst of times, it was the age of wisdom.\n";
     std::fs::write(dir.join("short.txt"), line.repeat(32_000_000 / line.len())).unwrap();
@@ -241,6 +290,7 @@ fn a_stop_during_a_slow_validation_ends_the_run_at_once() {
 
 #[test]
 fn a_run_started_under_nohup_outlives_a_hangup() {
+    let _serial = one_at_a_time();
     let dir = workdir("nohup");
     let mut run = Running::start_ignoring(&dir, &[], Some(libc::SIGHUP));
     run.wait_for("saved ");
@@ -257,16 +307,19 @@ fn a_run_started_under_nohup_outlives_a_hangup() {
     );
 }
 
-/// The dashboard on a real terminal (a pseudo-terminal this test holds) that goes away, as when
-/// its window is closed: the run saves, exits with SIGHUP's status and prints no panic. (It used
-/// to hang for ever: burn-train's dashboard thread spun on the dead terminal while the run waited
-/// for it.)
-#[test]
-fn the_dashboard_run_stops_cleanly_when_its_terminal_goes_away() {
+/// A dashboard run: `long_run` in `dir` on a pseudo-terminal of its own (its controlling
+/// terminal), stderr piped; and the terminal's master side, drained on a thread so that the
+/// dashboard never blocks on a full terminal (the drain stops, and closes its copy, when `hang_up`
+/// is set). Returns the child, a handle to write keys to the terminal, and `hang_up`.
+fn dashboard_on_a_terminal(
+    dir: &Path,
+) -> (
+    Child,
+    std::fs::File,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
-    use std::time::Instant;
-    let dir = workdir("hangup");
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty fills two descriptors we then own.
     let opened = unsafe {
@@ -289,7 +342,7 @@ fn the_dashboard_run_stops_cleanly_when_its_terminal_goes_away() {
     }
     // SAFETY: both are open descriptors returned by openpty, owned from here on.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let mut command = long_run(&dir);
+    let mut command = long_run(dir);
     command
         .stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
@@ -303,31 +356,40 @@ fn the_dashboard_run_stops_cleanly_when_its_terminal_goes_away() {
             Ok(())
         });
     }
-    let mut child = command.spawn().unwrap();
+    let child = command.spawn().unwrap();
     drop(slave);
-    // Drain the dashboard's output so that it never blocks on a full terminal; the drain owns
-    // the master side and closes it when asked (the dashboard redraws several times a second).
     let hang_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let asked = hang_up.clone();
-    let mut master = std::fs::File::from(master);
+    let master = std::fs::File::from(master);
+    let keys = master.try_clone().unwrap();
+    let mut drain = master;
     std::thread::spawn(move || {
         use std::io::Read;
         let mut buf = [0u8; 1 << 16];
         while !asked.load(std::sync::atomic::Ordering::SeqCst)
-            && matches!(master.read(&mut buf), Ok(n) if n > 0)
+            && matches!(drain.read(&mut buf), Ok(n) if n > 0)
         {}
     });
-    let run_dir = dir.join("artifacts/tiny");
+    (child, keys, hang_up)
+}
+
+/// Waits until the run folder `run_dir` has a checkpoint (two minutes at most).
+fn wait_for_a_checkpoint(run_dir: &Path) {
+    use std::time::Instant;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while run_checkpoints(&run_dir).map_or(true, |c| c.is_empty()) {
+    while run_checkpoints(run_dir).map_or(true, |c| c.is_empty()) {
         assert!(
             Instant::now() < deadline,
             "no checkpoint under the dashboard"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The terminal goes away: its master side closes.
-    hang_up.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Waits (a minute at most) for `child` to exit: its status and its stderr.
+fn exit_within_a_minute(mut child: Child, what: &str) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    use std::time::Instant;
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -335,26 +397,86 @@ fn the_dashboard_run_stops_cleanly_when_its_terminal_goes_away() {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("the run did not exit within a minute of its terminal going away");
+            panic!("the run did not exit within a minute of {what}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
-    use std::io::Read;
     child
         .stderr
         .take()
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
+    (status, err)
+}
+
+/// The dashboard on a real terminal (a pseudo-terminal this test holds) that goes away, as when
+/// its window is closed: the run saves, exits with SIGHUP's status and prints no panic. (It used
+/// to hang for ever: burn-train's dashboard thread spun on the dead terminal while the run waited
+/// for it.)
+#[test]
+fn the_dashboard_run_stops_cleanly_when_its_terminal_goes_away() {
+    let _serial = one_at_a_time();
+    let dir = workdir("hangup");
+    let (child, keys, hang_up) = dashboard_on_a_terminal(&dir);
+    let run_dir = dir.join("artifacts/tiny");
+    wait_for_a_checkpoint(&run_dir);
+    // The terminal goes away: its master side closes.
+    drop(keys);
+    hang_up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, err) = exit_within_a_minute(child, "its terminal going away");
     assert_eq!(status.code(), Some(129), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     let (_, last) = run_checkpoints(&run_dir).unwrap().pop().unwrap();
     Checkpoint::read(&last).unwrap();
 }
 
+/// The dashboard's own kill choice (`q`, then `k`): burn-train panics there; karnna stops the
+/// run as its stop key does instead, saving a checkpoint of the iteration it is at, with the
+/// terminal put back, one line on stderr, no panic and a stop's exit code (0: no signal).
+#[test]
+fn the_dashboard_kill_key_stops_and_saves_without_a_panic() {
+    let _serial = one_at_a_time();
+    use std::io::Write;
+    let dir = workdir("kill-key");
+    let (child, mut keys, hang_up) = dashboard_on_a_terminal(&dir);
+    let run_dir = dir.join("artifacts/tiny");
+    wait_for_a_checkpoint(&run_dir);
+    let first = run_checkpoints(&run_dir).unwrap()[0].0;
+    keys.write_all(b"q").unwrap();
+    // `k` chooses "kill" once the popup that `q` opens is up; before, the dashboard ignores it.
+    let mut keys_thread = keys.try_clone().unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_keys = done.clone();
+    std::thread::spawn(move || {
+        while !stop_keys.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(300));
+            if keys_thread.write_all(b"k").is_err() {
+                break;
+            }
+        }
+    });
+    let (status, err) = exit_within_a_minute(child, "the kill key");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    hang_up.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    assert!(err.contains("the dashboard's kill key: stopping"), "{err}");
+    let (last_iteration, last) = run_checkpoints(&run_dir).unwrap().pop().unwrap();
+    assert!(
+        last_iteration > first,
+        "no checkpoint at the stop: {last_iteration}"
+    );
+    Checkpoint::read(&last).unwrap();
+}
+
 #[test]
 fn a_busy_run_folder_refuses_a_second_run_and_is_freed_by_sigkill() {
+    let _serial = one_at_a_time();
     let dir = workdir("lock");
     let mut first = Running::start(&dir, &[]);
     first.wait_for("saved ");
@@ -404,6 +526,7 @@ fn a_busy_run_folder_refuses_a_second_run_and_is_freed_by_sigkill() {
 
 #[test]
 fn a_model_too_big_for_memory_is_refused_before_it_allocates() {
+    let _serial = one_at_a_time();
     let dir = workdir("memory");
     // A run folder with a checkpoint in it...
     let first = train(&dir, &["--max-iters", "3"]);

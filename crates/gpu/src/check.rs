@@ -22,8 +22,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use karnna_infer::{generate, BurnStepper, CharStepper, CpuCharRnn, SampleOptions, Strategy};
 use karnna_model::ops::{sequence, SequenceInputs};
 use karnna_model::{
-    to_f32_vec, Cell, CellKernels, CharRnn, CharRnnConfig, Checkpoint, DropoutSeed, GpuMatmul,
-    Init, MatmulPrecision,
+    to_f32_vec, Cell, CellKernels, CharRnn, CharRnnConfig, Checkpoint, DropoutSeed, Init, Matmul,
+    MatmulPrecision,
 };
 use karnna_train::learner::{CharBatch, Trainee};
 use karnna_train::{RunConfig, TrainOptions};
@@ -196,7 +196,7 @@ impl OpInputs {
 fn op_results<X: CellKernels>(
     inp: &OpInputs,
     device: &X::Device,
-    matmul: GpuMatmul,
+    matmul: Matmul,
 ) -> Vec<(&'static str, Vec<f32>)> {
     type A<X> = Autodiff<X>;
     let [t, b, h] = inp.dims;
@@ -246,7 +246,7 @@ fn op_results<X: CellKernels>(
 pub fn fused_op<G: CellKernels>(
     device: &G::Device,
     cell: Cell,
-    matmul: GpuMatmul,
+    matmul: Matmul,
 ) -> anyhow::Result<Vec<Diff>> {
     fused_op_with::<G>(device, cell, matmul, |_| {})
 }
@@ -256,7 +256,7 @@ pub fn fused_op<G: CellKernels>(
 pub fn fused_op_with<G: CellKernels>(
     device: &G::Device,
     cell: Cell,
-    matmul: GpuMatmul,
+    matmul: Matmul,
     corrupt: impl FnOnce(&mut [(&'static str, Vec<f32>)]),
 ) -> anyhow::Result<Vec<Diff>> {
     let inputs = OpInputs::new(cell, 6, 3, 16, 7);
@@ -324,11 +324,11 @@ fn training_losses<X: CellKernels>(
     batches: &[(Vec<i64>, Vec<i64>)],
     shape: [usize; 2],
     device: &X::Device,
-    matmul: GpuMatmul,
+    matmul: Matmul,
 ) -> Vec<f32> {
     type A<X> = Autodiff<X>;
     let mut model = Trainee {
-        model: load::<A<X>>(config, bytes, device).with_gpu_matmul(matmul),
+        model: load::<A<X>>(config, bytes, device).with_matmul(matmul),
     };
     let mut optim = AdamConfig::new()
         .with_epsilon(1e-8)
@@ -358,7 +358,7 @@ fn training_losses<X: CellKernels>(
 pub fn training<G: CellKernels>(
     device: &G::Device,
     cell: Cell,
-    matmul: GpuMatmul,
+    matmul: Matmul,
 ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
     let shape = [4, 12];
     let config = CharRnnConfig::new(16)
@@ -526,7 +526,7 @@ fn train_tiny<X: CellKernels>(
     dir: &Path,
     iters: usize,
     device: X::Device,
-    matmul: GpuMatmul,
+    matmul: Matmul,
 ) -> anyhow::Result<Checkpoint> {
     std::fs::create_dir_all(dir)?;
     let data = dir.join("text.txt");
@@ -575,7 +575,7 @@ pub fn sampling<G: CellKernels>(
     gpu_name: &str,
     dir: &Path,
     iters: usize,
-    matmul: GpuMatmul,
+    matmul: Matmul,
 ) -> anyhow::Result<Vec<CrossSample>> {
     let cpu_device = Default::default();
     let trained = [

@@ -14,7 +14,7 @@ use burn::tensor::{Tensor, TensorData};
 use karnna_gpu::launches::LaunchCounter;
 use karnna_gpu::wgpu;
 use karnna_model::ops::{sequence, SequenceInputs};
-use karnna_model::{to_f32_vec, Cell, CharRnn, CharRnnConfig, GpuMatmul, StepState};
+use karnna_model::{to_f32_vec, Cell, CharRnn, CharRnnConfig, Matmul, StepState};
 
 type A = burn::backend::Autodiff<wgpu::Backend>;
 
@@ -50,7 +50,7 @@ fn forward_backward(cell: Cell, device: &burn::backend::wgpu::WgpuDevice) {
         h0,
         c0: lstm.then(|| leaf(vec![1, b, h]).reshape([b, h])),
     };
-    let (hs, _) = sequence(cell, inputs, GpuMatmul::Tf32);
+    let (hs, _) = sequence(cell, inputs, Matmul::Tf32);
     let grads = hs.sum().backward();
     let _ = xp.grad(&grads).expect("dxp").into_data();
 }
@@ -156,7 +156,7 @@ fn tensor_step_launches(
                     b_hh: float1(layer.b_hh.val()),
                     h: float(zero.clone()),
                     c: (cell == Cell::Lstm).then(|| float(zero)),
-                    matmul: GpuMatmul::Tf32,
+                    matmul: Matmul::Tf32,
                 },
             );
             x = Some(h);

@@ -10,7 +10,7 @@ use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use karnna_gpu::{check, wgpu};
 use karnna_model::ops::dense;
-use karnna_model::{to_f32_vec, Cell, CellBackend, GpuMatmul, MatmulPrecision};
+use karnna_model::{to_f32_vec, Cell, CellBackend, Matmul, MatmulPrecision};
 use rand::{Rng, SeedableRng};
 
 /// The wgpu device, or `None` (test skipped) outside CI when there is none.
@@ -23,7 +23,7 @@ fn fused_ops_match_the_cpu_kernels_on_wgpu_with_either_products() {
     let Some(device) = device() else { return };
     // Every output and gradient was compared: LSTM hs, c_T and four gradients; GRU and RNN
     // hs and four gradients.
-    for matmul in [GpuMatmul::Tf32, GpuMatmul::F32] {
+    for matmul in [Matmul::Tf32, Matmul::F32] {
         for (cell, compared) in [(Cell::Lstm, 6), (Cell::Gru, 5), (Cell::Rnn, 5)] {
             let diffs = check::fused_op::<wgpu::Backend>(&device, cell, matmul).unwrap();
             assert_eq!(diffs.len(), compared, "{cell}");
@@ -40,7 +40,7 @@ fn training_steps_match_the_cpu_on_wgpu_two_products_side_by_side() {
     let Some(device) = device() else { return };
     for cell in Cell::ALL {
         std::thread::scope(|s| {
-            let runs = [GpuMatmul::Tf32, GpuMatmul::F32].map(|matmul| {
+            let runs = [Matmul::Tf32, Matmul::F32].map(|matmul| {
                 let device = device.clone();
                 s.spawn(move || {
                     let got = check::training::<wgpu::Backend>(&device, cell, matmul);
@@ -62,13 +62,13 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
 }
 
-/// karnna's own f32 product ([`GpuMatmul::F32`]) against the CPU's.
+/// karnna's own f32 product ([`Matmul::F32`]) against the CPU's.
 #[test]
 fn the_f32_product_is_the_cpus_for_any_shape_bias_and_transpose() {
     let Some(device) = device() else { return };
     type W = wgpu::Backend;
     assert_eq!(
-        W::matmul_precision(&device, GpuMatmul::F32),
+        W::matmul_precision(&device, Matmul::F32),
         MatmulPrecision::F32
     );
     // Sizes that are not multiples of the 16x16 tiles, and one smaller than a tile.
@@ -82,7 +82,7 @@ fn the_f32_product_is_the_cpus_for_any_shape_bias_and_transpose() {
                     .transpose()
                     .transpose(),
                 with_bias.then(|| Tensor::from_data(TensorData::new(bias.clone(), [n]), &device)),
-                GpuMatmul::F32,
+                Matmul::F32,
             );
             let cpu_device = Default::default();
             let cpu = Tensor::<Flex, 2>::from_data(TensorData::new(a.clone(), [m, k]), &cpu_device)
@@ -132,7 +132,7 @@ fn the_f32_products_gradients_are_the_formulas() {
     let (xt, wt) = (leaf(&x, [m, k]), leaf(&w, [k, n]));
     let bt = Tensor::<A, 1>::from_data(TensorData::new(b.clone(), [n]), &device).require_grad();
     let rt = Tensor::<A, 2>::from_data(TensorData::new(r.clone(), [m, n]), &device);
-    let product = dense(xt.clone(), wt.clone(), Some(bt.clone()), GpuMatmul::F32);
+    let product = dense(xt.clone(), wt.clone(), Some(bt.clone()), Matmul::F32);
     let grads = (product * rt).sum().backward();
     let got = [
         to_f32_vec(xt.grad(&grads).expect("dx")),
@@ -226,7 +226,7 @@ fn checkpoints_sample_the_same_text_on_wgpu_and_the_cpu() {
     let Some(device) = device() else { return };
     let dir = std::env::temp_dir().join(format!("karnna-wgpu-{}", std::process::id()));
     let samples =
-        check::sampling::<wgpu::Backend>(&device, "wgpu", &dir, 40, GpuMatmul::Tf32).unwrap();
+        check::sampling::<wgpu::Backend>(&device, "wgpu", &dir, 40, Matmul::Tf32).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(samples.len(), 2);
     for s in &samples {
@@ -287,7 +287,7 @@ fn sequence_results(
         c0: lstm.then(|| c0.clone()),
     };
     let (hs, c) = if fused {
-        sequence(cell, inputs, GpuMatmul::Tf32)
+        sequence(cell, inputs, Matmul::Tf32)
     } else {
         let (hs, c, _) = tensor_forward(cell, inputs);
         (hs, c)
@@ -385,7 +385,7 @@ fn a_corrupted_result_fails_the_fused_op_check_on_wgpu() {
     let Some(device) = device() else { return };
     // 1e-3 in one value: far below a real fault (~0.1), far above f32's rounding here.
     for (cell, name) in [(Cell::Lstm, "dW_hh"), (Cell::Gru, "dh0"), (Cell::Rnn, "hs")] {
-        let err = check::fused_op_with::<wgpu::Backend>(&device, cell, GpuMatmul::Tf32, |gpu| {
+        let err = check::fused_op_with::<wgpu::Backend>(&device, cell, Matmul::Tf32, |gpu| {
             let (_, values) = gpu.iter_mut().find(|(n, _)| *n == name).expect(name);
             values[5] += 1e-3;
         })

@@ -16,6 +16,14 @@ fn id(r: usize, t: usize, vocab: usize) -> u32 {
     ((r * 7 + t * 3 + r * t) % vocab) as u32
 }
 
+/// Whether this CPU has AVX-512 (where the batch-1 f16 product fuses).
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 #[test]
 fn each_row_of_step_rows_is_a_batch_1_step() {
     let device = Default::default();
@@ -54,8 +62,13 @@ fn each_row_of_step_rows_is_a_batch_1_step() {
                         assert_eq!(got.len(), rows * vocab);
                         for (r, (row, want)) in got.chunks_exact(vocab).zip(&want).enumerate() {
                             for (x, y) in row.iter().zip(&want[t]) {
+                                // Bit for bit, as `cpu.rs` promises, but for f16 weights on an
+                                // AVX-512 CPU, whose batch-1 product fuses its multiply-adds:
+                                // a few units in the last place of logits of about 1.
+                                let fused = precision == Precision::F16 && avx512();
+                                let tol = if fused { 1e-5 } else { 0.0 };
                                 assert!(
-                                    (x - y).abs() <= 1e-5,
+                                    (x - y).abs() <= tol,
                                     "{cell} {layers}x{h}, {rows} rows, {precision:?}, {parts} parts, \
                                      round {round}, row {r}, step {t}: {x} vs {y}"
                                 );

@@ -147,6 +147,16 @@ impl Checkpoint {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
+    /// Whether the file at `path` begins as karnna's checkpoints do (its magic bytes): what a
+    /// fresh run checks before deleting a file that only has a checkpoint's name.
+    pub fn has_magic(path: &Path) -> bool {
+        use std::io::Read;
+        let mut head = [0u8; 8];
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|()| &head == MAGIC)
+    }
+
     /// Reads and verifies a checkpoint file: magic, checksum, the meta's fields, and the model
     /// record's tensors against the meta's shape (walked in place, nothing allocated from
     /// them). The model is not built yet; [`Checkpoint::model`] builds it.

@@ -27,5 +27,5 @@ pub use model::{
     CharRnn, CharRnnConfig, DropoutSeed, Init, ModelShape, Recurrence, RnnLayer, RnnState,
     DEFAULT_KEEP_PROB,
 };
-pub use ops::{to_f32_vec, CellBackend, CellInputs, CellKernels, GpuMatmul, MatmulPrecision};
+pub use ops::{to_f32_vec, CellBackend, CellInputs, CellKernels, Matmul, MatmulPrecision};
 pub use sampling_step::StepState;

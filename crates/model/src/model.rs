@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::ops::reference::tensor_forward;
-use crate::ops::{dense, sequence, to_f32_vec, CellBackend, GpuMatmul, SequenceInputs};
+use crate::ops::{dense, sequence, to_f32_vec, CellBackend, Matmul, SequenceInputs};
 use crate::Cell;
 
 /// How an untrained model's weights are drawn.
@@ -188,9 +188,9 @@ pub struct CharRnn<B: Backend> {
     /// Probability of keeping each recurrent layer's output in training.
     pub keep_prob: f64,
     /// How the model's dense products run on a GPU. Not part of a checkpoint: whoever builds
-    /// or loads the model sets it ([`CharRnn::with_gpu_matmul`]); [`GpuMatmul::Tf32`] unless
+    /// or loads the model sets it ([`CharRnn::with_matmul`]); [`Matmul::Tf32`] unless
     /// set.
-    pub gpu_matmul: GpuMatmul,
+    pub matmul: Matmul,
 }
 
 impl CharRnnConfig {
@@ -321,7 +321,7 @@ impl CharRnnConfig {
             layers,
             output,
             keep_prob: self.keep_prob,
-            gpu_matmul: GpuMatmul::default(),
+            matmul: Matmul::default(),
         }
     }
 
@@ -340,9 +340,9 @@ impl CharRnnConfig {
 }
 
 impl<B: Backend> CharRnn<B> {
-    /// The same model with its dense products run the way `gpu_matmul` says on a GPU.
-    pub fn with_gpu_matmul(mut self, gpu_matmul: GpuMatmul) -> Self {
-        self.gpu_matmul = gpu_matmul;
+    /// The same model with its dense products run the way `matmul` says on a GPU.
+    pub fn with_matmul(mut self, matmul: Matmul) -> Self {
+        self.matmul = matmul;
         self
     }
 
@@ -416,7 +416,7 @@ impl<B: Backend> CharRnn<B> {
             layers,
             output,
             keep_prob: fresh.keep_prob,
-            gpu_matmul: fresh.gpu_matmul,
+            matmul: fresh.matmul,
         }
     }
 }
@@ -468,7 +468,7 @@ impl<B: CellBackend> CharRnn<B> {
                     x.reshape([steps * batch, h]),
                     layer.w_ih.val(),
                     None,
-                    self.gpu_matmul,
+                    self.matmul,
                 )
                 .reshape([steps, batch, gh]),
             } + bias.reshape([1, 1, gh]);
@@ -483,7 +483,7 @@ impl<B: CellBackend> CharRnn<B> {
                 c0: (cell == Cell::Lstm).then(|| c0.clone()),
             };
             let (hs, c_last) = match recurrence {
-                Recurrence::Fused => sequence(cell, inputs, self.gpu_matmul),
+                Recurrence::Fused => sequence(cell, inputs, self.matmul),
                 Recurrence::Tensor => {
                     let (hs, c, _) = tensor_forward(cell, inputs);
                     (hs, c)
@@ -497,7 +497,7 @@ impl<B: CellBackend> CharRnn<B> {
         let x = x.expect("at least one layer").reshape([steps * batch, h]);
         let vocab = self.output.weight.dims()[1];
         let bias = self.output.bias.as_ref().map(|b| b.val());
-        let logits = dense(x, self.output.weight.val(), bias, self.gpu_matmul);
+        let logits = dense(x, self.output.weight.val(), bias, self.matmul);
         let logits = logits.reshape([steps, batch, vocab]);
         let state = RnnState {
             h: Tensor::stack(hs_out, 0),

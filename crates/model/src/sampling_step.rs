@@ -77,7 +77,7 @@ impl<B: CellBackend> CharRnn<B> {
                     b_hh: float(layer.b_hh.val()),
                     h: state.h[l].clone(),
                     c: state.c[l].take(),
-                    matmul: self.gpu_matmul,
+                    matmul: self.matmul,
                 },
             );
             state.h[l] = h.clone();
@@ -87,7 +87,7 @@ impl<B: CellBackend> CharRnn<B> {
         let x = x.expect("at least one layer");
         let bias = self.output.bias.as_ref().map(|b| float(b.val()));
         let w = float(self.output.weight.val());
-        from_float(B::linear_step(x, w, bias, self.gpu_matmul))
+        from_float(B::linear_step(x, w, bias, self.matmul))
     }
 }
 

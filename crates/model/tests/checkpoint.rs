@@ -11,12 +11,39 @@ fn dir() -> std::path::PathBuf {
 }
 
 fn saved(name: &str) -> (std::path::PathBuf, CheckpointMeta) {
+    let (path, meta, _) = saved_model(name);
+    (path, meta)
+}
+
+/// Every parameter's values, in module order.
+fn weights(model: &karnna_model::CharRnn<Flex>) -> Vec<Vec<f32>> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::prelude::*;
+    struct All(Vec<Vec<f32>>);
+    impl ModuleVisitor<Flex> for All {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Flex, D>>) {
+            self.0.push(p.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let mut all = All(Vec::new());
+    model.visit(&mut all);
+    all.0
+}
+
+/// A checkpoint `name` of a small model: its path, its meta and the model saved.
+fn saved_model(
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    CheckpointMeta,
+    karnna_model::CharRnn<Flex>,
+) {
     let device = Default::default();
     let vocab = Vocab::from_text("hello, 世界\n");
     let config = CharRnnConfig::new(vocab.len())
         .with_lstm_size(5)
         .with_num_layers(2);
-    let model = config.init::<Flex>(&device);
+    let model = config.init_seeded::<Flex>(karnna_model::Init::PyTorch, 3, &device);
     let meta = CheckpointMeta {
         model: config,
         vocab,
@@ -27,27 +54,30 @@ fn saved(name: &str) -> (std::path::PathBuf, CheckpointMeta) {
     };
     let path = dir().join(name);
     Checkpoint::save(&path, &meta, &model, &[("extra", b"abc")]).unwrap();
-    (path, meta)
+    (path, meta, model)
 }
 
 #[test]
 fn round_trip_keeps_weights_meta_and_sections() {
     let device = Default::default();
-    let (path, meta) = saved("a.ckpt");
+    let (path, meta, model) = saved_model("a.ckpt");
     let ckpt = Checkpoint::read(&path).unwrap();
     assert_eq!(ckpt.meta.vocab, meta.vocab);
     assert_eq!(ckpt.meta.iteration, 7);
     assert_eq!(ckpt.section("extra"), Some(&b"abc"[..]));
-    let a = ckpt.model::<Flex>(&device).unwrap();
-    let b = Checkpoint::read(&path)
-        .unwrap()
-        .model::<Flex>(&device)
-        .unwrap();
-    a.layers[1]
-        .w_hh
-        .val()
-        .into_data()
-        .assert_eq(&b.layers[1].w_hh.val().into_data(), true);
+    // The model loaded is the model saved: every tensor, bit for bit.
+    let loaded = ckpt.model::<Flex>(&device).unwrap();
+    let (want, got) = (weights(&model), weights(&loaded));
+    assert_eq!(
+        want.len(),
+        2 * 4 + 2,
+        "two layers of four tensors and the output layer's two"
+    );
+    assert_eq!(want.len(), got.len());
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(w), bits(g), "tensor {i}");
+    }
     assert!(!path.with_extension("tmp").exists());
 }
 

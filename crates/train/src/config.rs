@@ -35,9 +35,45 @@ pub enum CpuBackend {
     Ndarray,
 }
 
-/// The arithmetic of the model's matrix products on a GPU: the model's own setting
-/// ([`karnna_model::CharRnn::gpu_matmul`]), which a run takes from its config.
-pub use karnna_model::GpuMatmul;
+/// The arithmetic of the model's matrix products: the model's own setting
+/// ([`karnna_model::CharRnn::matmul`]), which a run takes from its config
+/// ([`RunConfig::matmul`]).
+pub use karnna_model::Matmul;
+
+/// The arithmetic of a training step's matrix products on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    #[value(help = "f32 throughout (default)")]
+    F32,
+    /// Every product's operands rounded to bf16, sums in f32, on a CPU with AVX512_BF16
+    /// (`VDPBF16PS`); the weights, Adam's state, the cells' maths and the loss stay f32, and so
+    /// do checkpoints. Without AVX512_BF16 a run says so in one line and computes in f32.
+    #[value(help = "bf16 products with f32 sums where the CPU has AVX512_BF16 (else f32)")]
+    Bf16,
+}
+
+impl Precision {
+    /// Its name in output and in config files (`f32`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The model's products for this precision on `device`: [`Matmul::Bf16`] for bf16 on a
+    /// CPU whose kernels have `VDPBF16PS`; otherwise `gpu_matmul` (which the CPU backends
+    /// compute in f32).
+    pub fn matmul(self, device: Device, gpu_matmul: Matmul) -> Matmul {
+        match (device, self) {
+            (Device::Cpu, Precision::Bf16) if karnna_model::cpu::bf16_dot() => Matmul::Bf16,
+            _ => gpu_matmul,
+        }
+    }
+}
 
 /// A published curve drawn beside the run's own in `loss.svg`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +149,9 @@ pub struct RunConfig {
     pub cpu_backend: CpuBackend,
     /// The model's matrix products on a GPU: `tf32` (default: TF32 tensor cores where the card
     /// has them) or `f32`.
-    pub gpu_matmul: GpuMatmul,
+    pub gpu_matmul: Matmul,
+    /// The products of a CPU step: `f32` (default) or `bf16` (where the CPU has AVX512_BF16).
+    pub precision: Precision,
     /// A published curve to draw beside this run's in `loss.svg`: `none` or `notebook`.
     pub reference_curve: ReferenceCurve,
     /// Where prepared texts are kept ([`karnna_data::prepare()`]): empty for the user's cache
@@ -129,7 +167,7 @@ pub struct RunConfig {
 
 /// The keys a resumed run takes from its config and command line ([`RunConfig::resume`]);
 /// every other key is the checkpoint's.
-pub const RESUME_KEEPS: [&str; 7] = [
+pub const RESUME_KEEPS: [&str; 8] = [
     "epochs",
     "max_iters",
     "data",
@@ -137,6 +175,7 @@ pub const RESUME_KEEPS: [&str; 7] = [
     "device",
     "cpu_backend",
     "gpu_matmul",
+    "precision",
 ];
 
 /// The one rule for a shape that a checkpoint decides (resume, fine-tuning): shapes compare
@@ -247,7 +286,8 @@ impl Default for RunConfig {
             seed: 42,
             device: Device::Cpu,
             cpu_backend: CpuBackend::Flex,
-            gpu_matmul: GpuMatmul::Tf32,
+            gpu_matmul: Matmul::Tf32,
+            precision: Precision::F32,
             reference_curve: ReferenceCurve::None,
             cache_dir: None,
             init_from: None,
@@ -279,6 +319,32 @@ impl RunConfig {
         let config: Self = toml::from_str(&text).map_err(|e| err(toml_error(&text, &e)))?;
         config.validate().map_err(err)?;
         Ok(config)
+    }
+
+    /// The model's products for this config ([`Precision::matmul`] of its `precision`).
+    pub fn matmul(&self) -> Matmul {
+        self.precision.matmul(self.device, self.gpu_matmul)
+    }
+
+    /// The precision of this config's products in one line (for `train` and `info`), saying so
+    /// when bf16 was asked for where it does not run.
+    pub fn precision_line(&self) -> String {
+        match (self.device, self.precision, self.matmul()) {
+            (Device::Cpu, Precision::F32, _) => "f32".into(),
+            (Device::Cpu, Precision::Bf16, Matmul::Bf16) => {
+                "bf16 products, f32 sums (VDPBF16PS); f32 weights, optimizer and cells".into()
+            }
+            (Device::Cpu, Precision::Bf16, _) => {
+                "f32: this CPU has no AVX512_BF16 (no bf16 dot product), and f32 is faster and \
+                 more accurate here than rounding to bf16 would be"
+                    .into()
+            }
+            (_, Precision::Bf16, m) => format!(
+                "{}: precision = \"bf16\" is the CPU's; a GPU's products follow gpu_matmul",
+                m.name()
+            ),
+            (_, Precision::F32, m) => m.name().into(),
+        }
     }
 
     /// Checks every value's range; the message names the key.
@@ -325,10 +391,16 @@ impl RunConfig {
                 self.grad_clip
             ));
         }
-        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+        let name = self.name.as_str();
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains(['/', '\\'])
+            || Path::new(name).is_absolute()
+        {
             return Err(format!(
-                "name must be a plain folder name, got {:?}",
-                self.name
+                "name must be one plain folder name under the artifacts folder (no '/', '\\', \
+                 '.' or '..'), got {name:?}"
             ));
         }
         if !self.data_sha256.is_empty()
@@ -388,6 +460,7 @@ impl RunConfig {
             device: self.device,
             cpu_backend: self.cpu_backend,
             gpu_matmul: self.gpu_matmul,
+            precision: self.precision,
             ..saved
         };
         Ok((resumed, note))
@@ -453,10 +526,65 @@ mod tests {
 
     #[test]
     fn gpu_matmul_is_tf32_unless_the_config_says_f32() {
-        assert_eq!(RunConfig::default().gpu_matmul, GpuMatmul::Tf32);
+        assert_eq!(RunConfig::default().gpu_matmul, Matmul::Tf32);
         let f32 = RunConfig::load(&write("f32.toml", "gpu_matmul = \"f32\"\n")).unwrap();
-        assert_eq!(f32.gpu_matmul, GpuMatmul::F32);
+        assert_eq!(f32.gpu_matmul, Matmul::F32);
         assert_refused("fp16.toml", "gpu_matmul = \"fp16\"\n", "fp16.toml");
+    }
+
+    /// A run's name is one folder under `artifacts/`: `..`, `.`, separators and absolute paths
+    /// would put (and `--fresh` clear) a run elsewhere.
+    #[test]
+    fn a_run_name_is_one_plain_folder_name() {
+        for (file, name) in [
+            ("up.toml", ".."),
+            ("here.toml", "."),
+            ("abs.toml", "/tmp/run"),
+            ("sub.toml", "a/b"),
+            ("back.toml", "a\\\\b"),
+            ("empty.toml", ""),
+        ] {
+            let e = load_error(file, &format!("name = \"{name}\"\n"));
+            assert!(
+                e.starts_with(&format!("{}", write(file, "").display())),
+                "{e}"
+            );
+            assert!(
+                e.contains("name must be one plain folder name"),
+                "{name}: {e}"
+            );
+        }
+        let ok = RunConfig::load(&write("dots.toml", "name = \"anna..v2\"\n")).unwrap();
+        assert_eq!(ok.name, "anna..v2");
+    }
+
+    #[test]
+    fn precision_is_f32_unless_the_config_says_bf16_and_bf16_is_no_gpu_matmul() {
+        assert_eq!(RunConfig::default().precision, Precision::F32);
+        let bf16 = RunConfig::load(&write("bf16.toml", "precision = \"bf16\"\n")).unwrap();
+        assert_eq!(bf16.precision, Precision::Bf16);
+        // The model's products are bf16 exactly where the CPU has the dot product.
+        let want = if karnna_model::cpu::bf16_dot() {
+            Matmul::Bf16
+        } else {
+            Matmul::Tf32
+        };
+        assert_eq!(bf16.matmul(), want);
+        assert_eq!(RunConfig::default().matmul(), Matmul::Tf32);
+        // On a GPU the key says so and the GPU's own choice holds.
+        let gpu = RunConfig {
+            device: Device::Cuda,
+            ..bf16.clone()
+        };
+        assert_eq!(gpu.matmul(), Matmul::Tf32);
+        assert!(
+            gpu.precision_line().contains("gpu_matmul"),
+            "{}",
+            gpu.precision_line()
+        );
+        assert_refused("p16.toml", "precision = \"f16\"\n", "p16.toml");
+        // bf16 is the CPU's key, not a value of the GPU's.
+        assert_refused("gb.toml", "gpu_matmul = \"bf16\"\n", "gb.toml");
     }
 
     #[test]
@@ -613,7 +741,8 @@ mod tests {
             seed: 7,
             device: Device::Wgpu,
             cpu_backend: CpuBackend::Ndarray,
-            gpu_matmul: GpuMatmul::F32,
+            gpu_matmul: Matmul::F32,
+            precision: Precision::Bf16,
             reference_curve: ReferenceCurve::Notebook,
             cache_dir: Some("d".into()),
             init_from: Some("c".into()),

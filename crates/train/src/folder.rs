@@ -101,14 +101,22 @@ impl RunFolder {
         }
     }
 
-    /// Deletes the folder's checkpoints, `best.txt`, `metrics.csv` and `loss.svg` (`--fresh`).
+    /// Deletes what karnna wrote in the folder (`--fresh`): its checkpoints (files with a
+    /// checkpoint's name and karnna's magic bytes; another file of that name stays), and, in a
+    /// folder that a karnna run wrote (its `provenance.txt` says so), `best.txt`, `metrics.csv`
+    /// and `loss.svg`.
     pub fn clear(&self) -> anyhow::Result<()> {
         for (_, path) in self.run.checkpoints()? {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("{}: cannot delete", path.display()))?;
+            if Checkpoint::has_magic(&path) {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("{}: cannot delete", path.display()))?;
+            }
         }
-        for name in [RunDir::BEST_POINTER, "metrics.csv", "loss.svg"] {
-            let _ = std::fs::remove_file(self.dir().join(name));
+        let provenance = std::fs::read_to_string(self.dir().join(crate::provenance::FILE));
+        if provenance.is_ok_and(|p| p.starts_with("karnna: ")) {
+            for name in [RunDir::BEST_POINTER, "metrics.csv", "loss.svg"] {
+                let _ = std::fs::remove_file(self.dir().join(name));
+            }
         }
         Ok(())
     }
@@ -144,5 +152,28 @@ mod tests {
         );
         drop(first);
         RunFolder::lock(&dir).unwrap();
+    }
+
+    /// `--fresh` deletes what karnna wrote and nothing else: a user's file that only has a
+    /// checkpoint's name stays, and so do `metrics.csv` and `loss.svg` in a folder no karnna run
+    /// wrote.
+    #[test]
+    fn fresh_clears_only_what_karnna_wrote() {
+        let dir = std::env::temp_dir().join(format!("karnna-fresh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let theirs = dir.join("i5_l64_v1.0.ckpt");
+        std::fs::write(&theirs, "the user's notes").unwrap();
+        std::fs::write(dir.join("metrics.csv"), "the user's table").unwrap();
+        let folder = RunFolder::lock(&dir).unwrap();
+        folder.clear().unwrap();
+        assert!(theirs.exists() && dir.join("metrics.csv").exists());
+        // A karnna run's folder: its own checkpoint and files go, the user's file stays.
+        std::fs::write(dir.join(crate::provenance::FILE), "karnna: 0.1.0\n").unwrap();
+        let ours = dir.join("i10_l64_v1.0.ckpt");
+        std::fs::write(&ours, b"KARNNA01 and the rest").unwrap();
+        folder.clear().unwrap();
+        assert!(!ours.exists() && !dir.join("metrics.csv").exists());
+        assert!(theirs.exists());
     }
 }

@@ -24,6 +24,6 @@ pub mod report;
 pub mod run;
 pub mod signals;
 
-pub use config::{CpuBackend, Device, GpuMatmul, ReferenceCurve, RunConfig};
+pub use config::{CpuBackend, Device, Matmul, Precision, ReferenceCurve, RunConfig};
 pub use corpus::{default_cache_dir, Corpus, Preparation};
 pub use run::{train, TrainOptions, TrainReport};

@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{CpuBackend, Device, GpuMatmul, RunConfig};
+use crate::config::{CpuBackend, Device, Matmul, RunConfig};
 
 /// The file's name in a run folder.
 pub const FILE: &str = "provenance.txt";
@@ -22,9 +22,10 @@ pub fn record(dir: &Path, config: &RunConfig, start_iteration: usize) -> std::io
         let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
         return writeln!(
             f,
-            "resumed: at iteration {start_iteration}, {}, {}",
+            "resumed: at iteration {start_iteration}, {}, {}, precision {}",
             build(),
-            now()
+            now(),
+            config.precision_line()
         );
     }
     let device = match config.device {
@@ -39,8 +40,9 @@ pub fn record(dir: &Path, config: &RunConfig, start_iteration: usize) -> std::io
     std::fs::write(
         path,
         format!(
-            "karnna: {}\ndevice: {device}\ncpu: {}, {threads} threads\nstarted: {}\n",
+            "karnna: {}\ndevice: {device}\nprecision: {}\ncpu: {}, {threads} threads\nstarted: {}\n",
             build(),
+            config.precision_line(),
             cpu_model(),
             now()
         ),
@@ -92,10 +94,10 @@ fn utc(secs: u64) -> String {
 }
 
 /// A GPU device's name in `provenance.txt`, saying when its matrix products were forced to f32.
-fn gpu(name: &str, matmul: GpuMatmul) -> String {
+fn gpu(name: &str, matmul: Matmul) -> String {
     match matmul {
-        GpuMatmul::Tf32 => name.into(),
-        GpuMatmul::F32 => format!("{name} (f32 matmuls)"),
+        Matmul::Tf32 | Matmul::Bf16 => name.into(),
+        Matmul::F32 => format!("{name} (f32 matmuls)"),
     }
 }
 
@@ -120,7 +122,8 @@ mod tests {
         let first = std::fs::read_to_string(dir.join(FILE)).unwrap();
         assert!(first.starts_with("karnna: "), "{first}");
         assert!(first.contains("\ndevice: cpu (flex)\n"), "{first}");
-        assert_eq!(first.lines().count(), 4);
+        assert!(first.contains("\nprecision: f32\n"), "{first}");
+        assert_eq!(first.lines().count(), 5);
         record(&dir, &config, 200).unwrap();
         let second = std::fs::read_to_string(dir.join(FILE)).unwrap();
         assert!(second.starts_with(&first));
@@ -129,6 +132,17 @@ mod tests {
             .last()
             .unwrap()
             .starts_with("resumed: at iteration 200, "));
+        let bf16 = RunConfig {
+            precision: crate::config::Precision::Bf16,
+            ..config.clone()
+        };
+        record(&dir, &bf16, 400).unwrap();
+        let third = std::fs::read_to_string(dir.join(FILE)).unwrap();
+        let line = third.lines().last().unwrap();
+        assert!(
+            line.contains(", precision ") && !line.ends_with("precision f32"),
+            "{line}"
+        );
         // A new run in the same folder starts the file again.
         record(&dir, &config, 0).unwrap();
         assert_eq!(
@@ -136,7 +150,7 @@ mod tests {
                 .unwrap()
                 .lines()
                 .count(),
-            4
+            5
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

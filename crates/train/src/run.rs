@@ -76,6 +76,31 @@ pub struct TrainReport {
     pub signal: Option<i32>,
 }
 
+impl TrainReport {
+    /// The lines printed when a run ends: how it stopped, its last and best checkpoints.
+    pub fn summary(&self) -> String {
+        let mut summary = String::new();
+        if self.interrupted {
+            summary += &format!("stopped at iteration {}", self.iteration);
+            if let Some(s) = self.signal {
+                summary += &format!(" ({})", crate::signals::signal_name(s));
+            }
+            summary.push('\n');
+        }
+        if let Some(p) = &self.last_checkpoint {
+            summary += &format!("last checkpoint: {}\n", p.display());
+        }
+        if let Some((p, v)) = &self.best {
+            summary += &format!(
+                "best checkpoint: {} (validation loss {v:.4})\n",
+                p.display()
+            );
+        }
+        summary += "sample from it:  cargo xtask sample\n";
+        summary
+    }
+}
+
 type B<I> = Autodiff<I>;
 type Optim<I> = RecordingOptim<
     burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, Trainee<B<I>>, B<I>>,
@@ -118,6 +143,7 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     };
     let plain = opts.plain || !std::io::stdout().is_terminal();
     println!("{}", corpus.describe(&config));
+    println!("precision:       {}", config.precision_line());
     println!("run folder:      {}", folder.dir().display());
     check_memory(&folder, &config, &corpus, opts.memory_limit)?;
     if opts.fresh {
@@ -302,7 +328,7 @@ impl<I: CellKernels> Start<I> {
         if let Some(ckpt) = resume_from {
             start.resume(ckpt, config.batch_size, device)?;
         }
-        start.model = start.model.with_gpu_matmul(config.gpu_matmul);
+        start.model = start.model.with_matmul(config.matmul());
         Ok(start)
     }
 
@@ -372,22 +398,23 @@ fn launch<I: CellKernels>(
     if let Some(record) = start.optim_record {
         learner.load_optim(record);
     }
-    let result = training.launch(learner);
+    // A kill key pressed after the loop's last check (`Loop::end_after_kill`) makes burn-train
+    // panic on its way out (its event processor's thread is gone); the run has saved by then.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| training.launch(learner)));
     let signal = signals.received();
     drop(signals);
-    dashboard::end(result, plain);
+    match result {
+        Ok(result) => dashboard::end(result, plain),
+        Err(_) if dashboard::killed() => {}
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
 
     let shared = carry.shared.lock().unwrap();
     if let Some(e) = &shared.error {
         bail!("{e}");
     }
-    Ok(TrainReport {
-        iteration: shared.iteration,
-        last_checkpoint: shared.last_checkpoint.clone(),
-        best: shared.best.clone(),
-        interrupted: shared.interrupted,
-        signal,
-    })
+    Ok(shared.report(signal))
 }
 
 fn encode_state<B: Backend>(state: &RnnState<B>) -> Vec<u8> {
@@ -432,6 +459,19 @@ struct Shared<B: Backend> {
     interrupted: bool,
     /// The iterations done: the loop's one counter, read by [`train`] once the learner returns.
     iteration: usize,
+}
+
+impl<B: Backend> Shared<B> {
+    /// How the run ended, as the loop left it; `signal` is the one that stopped it, if any.
+    fn report(&self, signal: Option<i32>) -> TrainReport {
+        TrainReport {
+            iteration: self.iteration,
+            last_checkpoint: self.last_checkpoint.clone(),
+            best: self.best.clone(),
+            interrupted: self.interrupted,
+            signal,
+        }
+    }
 }
 
 /// karnna's training strategy for burn-train: the notebook's loop with the recurrent state carried
@@ -579,9 +619,11 @@ impl<I: CellKernels> Carry<I> {
             n += 1;
             let item =
                 TrainingItem::new(out, iter.progress(), epoch.clone(), Some(iteration), None);
-            processor.process_valid(LearnerEvent::ProcessedItem(item));
+            let event = LearnerEvent::ProcessedItem(item);
+            dashboard::kill_is_a_stop(interrupter, || processor.process_valid(event));
         }
-        processor.process_valid(LearnerEvent::EndEpoch(epoch.items_processed));
+        let event = LearnerEvent::EndEpoch(epoch.items_processed);
+        dashboard::kill_is_a_stop(interrupter, || processor.process_valid(event));
         Some(total / n.max(1) as f64)
     }
 
@@ -663,6 +705,9 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
                 break;
             }
         }
+        if dashboard::killed() {
+            run.end_after_kill();
+        }
         (run.learner.model(), run.processor)
     }
 }
@@ -680,8 +725,22 @@ impl<I: CellKernels> Loop<'_, I> {
                 return false;
             }
         }
-        self.processor.process_train(LearnerEvent::EndEpoch(epoch));
+        let (processor, event) = (&mut self.processor, LearnerEvent::EndEpoch(epoch));
+        dashboard::kill_is_a_stop(&self.interrupter, || processor.process_train(event));
         true
+    }
+
+    /// Ends the process after the dashboard's kill key, once the run has saved (the loop stops
+    /// as for any stop): burn-train's kill left its dashboard's and its event processor's
+    /// threads dead, and what it does after this strategy returns would wait on them for ever.
+    /// Prints what a stopped run prints and exits with a stop's code (0: no signal).
+    fn end_after_kill(&mut self) -> ! {
+        use std::io::Write;
+        self.shared.interrupted = true;
+        let mut out = std::io::stdout();
+        let _ = out.write_all(self.shared.report(None).summary().as_bytes());
+        let _ = out.flush();
+        std::process::exit(0)
     }
 
     /// Batch `k` of `epoch`: a step and its record; `false` when the run stops here (the end,
@@ -759,8 +818,8 @@ impl<I: CellKernels> Loop<'_, I> {
             Some(iteration),
             Some(self.learner.lr_current()),
         );
-        self.processor
-            .process_train(LearnerEvent::ProcessedItem(item));
+        let (processor, event) = (&mut self.processor, LearnerEvent::ProcessedItem(item));
+        dashboard::kill_is_a_stop(&self.interrupter, || processor.process_train(event));
         let end_of_epoch = done.k == plan.per_epoch;
         let (saving, validating) = self.due(end_of_epoch);
         let val_loss = if validating {

@@ -50,20 +50,26 @@
 //!   whichever fits) and the weight gradient over all steps;
 //! - `matmul`: the `gemm` calls, the weights packed for `gemm`'s microkernels, the transpose;
 //! - `simd`: the instruction set chosen at run time (the kernel's one choice, the sampler's
-//!   products included), the `dispatch!` macro, the lane count and the 16-lane loop of the
+//!   products included; [`SIMD_ENV`] caps it), the `dispatch!` macro, the lane count and the 16-lane loop of the
 //!   pointwise passes;
 //! - `activation`: the fast `tanh` and `σ`;
 //! - `vecmat`: the batch-1 product, and the sampler's exact-order products
 //!   ([`vec_mat_in_order`], [`mat_rows_in_order`] and their forms for f16 and bf16 weights,
 //!   [`Half`]);
-//! - `dropout`: [`dropout_mask`].
+//! - `bf16`: the products in bf16 with f32 sums of bf16 training (`VDPBF16PS` on AVX512_BF16,
+//!   the f32 products on the rounded operands elsewhere), the per-step product's and
+//!   `dW_hh`'s under [`Forward::bf16`] and the model's dense products ([`dense_bf16`]);
+//! - `dropout`: [`dropout_mask`];
+//! - `peak`: this CPU's measured FMA (and `VDPBF16PS`) peak, [`measure_peak`], for `bench`.
 
 mod activation;
+mod bf16;
 mod cell_math;
 mod dropout;
 mod gru;
 mod lstm;
 mod matmul;
+mod peak;
 mod products;
 mod rnn;
 mod schedule;
@@ -73,11 +79,14 @@ mod simd;
 mod test_support;
 mod vecmat;
 
+pub use bf16::{bf16_bits, bf16_product_speed, dense_bf16, round_bf16, Bf16Path, Strided};
 pub use dropout::{dropout_mask, mask_threshold};
 pub use gru::gru_cell;
 pub use lstm::lstm_cell;
+pub use peak::{measure_peak, Peak};
 pub use rnn::rnn_cell;
 pub use sequence::{backward, forward, Backward, Dims, Forward};
+pub use simd::{bf16_dot, check_simd_env, simd_name, SIMD_ENV, SIMD_NAMES};
 pub use vecmat::{
     mat_rows_in_order, mat_rows_in_order_half, vec_mat_in_order, vec_mat_in_order_half, Half,
 };

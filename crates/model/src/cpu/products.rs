@@ -3,6 +3,7 @@
 //! `gemm` on a CPU without AVX2), the weight gradient summed over all steps at the end
 //! ([`weight_grad`]), and the bias gradient's per-block sums ([`sum_parts`]).
 
+use super::bf16::{self, Bf16Path, PackedA, PackedB, Strided};
 use super::matmul::{matmul, packed_weights, transpose, Packed};
 use super::simd::Simd;
 use super::vecmat::vec_mat;
@@ -24,16 +25,30 @@ pub(super) struct StepWeights<'a> {
     packed: Option<Packed>,
     /// Whether a one-row product may take [`vec_mat`] (the forward pass).
     vec_mat: bool,
+    /// The matrix in bf16, when the products take bf16 operands (every other way is then
+    /// unused).
+    bf16: Option<(Bf16Path, PackedB)>,
 }
 
 impl<'a> StepWeights<'a> {
-    /// `w_hh [k, n]` for the forward products `h_{t-1} [rows, k] · w_hh` of a batch of `b` rows.
+    /// `w_hh [k, n]` for the forward products `h_{t-1} [rows, k] · w_hh` of a batch of `b` rows,
+    /// in bf16 on the path `bf16` gives, if it gives one.
     ///
     /// # Panics
     ///
     /// Panics if `w_hh` is not `[k, n]`.
-    pub(super) fn forward(simd: Simd, b: usize, k: usize, n: usize, w_hh: &'a [f32]) -> Self {
+    pub(super) fn forward(
+        simd: Simd,
+        b: usize,
+        k: usize,
+        n: usize,
+        w_hh: &'a [f32],
+        bf16: Option<Bf16Path>,
+    ) -> Self {
         assert_eq!(w_hh.len(), k * n, "w_hh must be [k, n]");
+        if let Some(path) = bf16 {
+            return Self::packed_bf16(simd, k, n, w_hh, (path, Strided::rows(w_hh, k, n)));
+        }
         Self {
             simd,
             k,
@@ -43,6 +58,28 @@ impl<'a> StepWeights<'a> {
             w_hh,
             packed: packed_weights(simd, b, k, n, w_hh),
             vec_mat: true,
+            bf16: None,
+        }
+    }
+
+    /// `w [k, n]` (`w_hh` or its transpose) packed in bf16 only, for products on `path`.
+    fn packed_bf16(
+        simd: Simd,
+        k: usize,
+        n: usize,
+        w_hh: &'a [f32],
+        (path, w): (Bf16Path, Strided),
+    ) -> Self {
+        Self {
+            simd,
+            k,
+            n,
+            dense: None,
+            copy: None,
+            w_hh,
+            packed: None,
+            vec_mat: false,
+            bf16: Some((path, PackedB::new(w))),
         }
     }
 
@@ -63,8 +100,13 @@ impl<'a> StepWeights<'a> {
         h: usize,
         g: usize,
         w_hh: &'a [f32],
+        bf16: Option<Bf16Path>,
     ) -> Self {
         assert_eq!(w_hh.len(), h * g, "w_hh must be [h, g]");
+        if let Some(path) = bf16 {
+            let w_t = Strided::transposed(w_hh, h, g);
+            return Self::packed_bf16(simd, g, h, w_hh, (path, w_t));
+        }
         let copy = (b > parts).then(|| transpose(h, g, w_hh));
         let packed = copy
             .as_ref()
@@ -78,6 +120,7 @@ impl<'a> StepWeights<'a> {
             w_hh,
             packed,
             vec_mat: false,
+            bf16: None,
         }
     }
 
@@ -92,6 +135,10 @@ impl<'a> StepWeights<'a> {
         let rows = a.len() / k;
         assert_eq!(a.len(), rows * k, "a must be [rows, k]");
         assert_eq!(dst.len(), rows * n, "dst must be [rows, n]");
+        if let Some((path, w)) = &self.bf16 {
+            let a = PackedA::new(Strided::rows(a, rows, k));
+            return bf16::product(*path, dst, acc, &a, w, threaded);
+        }
         if let (true, Some(w)) = (rows == 1 && self.vec_mat, self.dense) {
             if !acc {
                 dst.fill(0.0);
@@ -129,7 +176,7 @@ impl<'a> StepWeights<'a> {
 }
 
 /// `dw [k, n] = Σ_t h_{t-1}ᵀ · g_t` over a sequence of `t` steps of `b` rows, with `h_{-1} = h0`:
-/// one threaded product over all steps at once.
+/// one threaded product over all steps at once; in bf16 on the path given, if one is.
 ///
 /// # Shapes
 ///
@@ -148,6 +195,7 @@ pub(super) fn weight_grad(
     hs: &[f32],
     g: &[f32],
     dw: &mut [f32],
+    bf16: Option<Bf16Path>,
 ) {
     assert_eq!(h0.len(), b * k, "h0 must be [b, k]");
     assert_eq!(hs.len(), t * b * k, "hs must be [t, b, k]");
@@ -155,6 +203,20 @@ pub(super) fn weight_grad(
     assert_eq!(dw.len(), k * n, "dw must be [k, n]");
     if t == 0 {
         return dw.fill(0.0);
+    }
+    if let Some(path) = bf16 {
+        let first = (
+            Strided::transposed(h0, b, k),
+            Strided::rows(&g[..b * n], b, n),
+        );
+        bf16::matmul_bf16(path, dw, false, first.0, first.1, true);
+        if t > 1 {
+            let rows = (t - 1) * b;
+            let rest = Strided::transposed(&hs[..rows * k], rows, k);
+            let g_rest = Strided::rows(&g[b * n..], rows, n);
+            bf16::matmul_bf16(path, dw, true, rest, g_rest, true);
+        }
+        return;
     }
     // dw [k, n] = h0ᵀ [k, b] · g_0 [b, n] + hs[0..t-1]ᵀ [k, (t-1)b] · g[1..t] [(t-1)b, n]
     // SAFETY: the first product reads `h0` at `j·k + i` (`[b, k]` read as `h0ᵀ [k, b]`),
@@ -224,7 +286,7 @@ mod tests {
             for (b, parts, rows) in [(1, 1, 1), (2, 2, 1), (3, 1, 3), (5, 2, 2), (5, 2, 3)] {
                 for acc in [false, true] {
                     // Forward: dst [rows, g] (+)= a [rows, h] · w_hh.
-                    let w = StepWeights::forward(simd, b, h, g, &w_hh);
+                    let w = StepWeights::forward(simd, b, h, g, &w_hh, None);
                     let (a, dst0) = (rng.vec(rows * h, 1.0), rng.vec(rows * g, 1.0));
                     let mut dst = dst0.clone();
                     w.product(&mut dst, acc, &a, true);
@@ -234,7 +296,7 @@ mod tests {
                     assert_close(&format!("forward {name}"), &dst, &want, 1e-5);
 
                     // Backward: dst [rows, h] (+)= a [rows, g] · w_hhᵀ.
-                    let w = StepWeights::backward(simd, b, parts, h, g, &w_hh);
+                    let w = StepWeights::backward(simd, b, parts, h, g, &w_hh, None);
                     let (a, dst0) = (rng.vec(rows * g, 1.0), rng.vec(rows * h, 1.0));
                     let mut dst = dst0.clone();
                     w.product(&mut dst, acc, &a, true);
@@ -257,7 +319,7 @@ mod tests {
                 rng.vec(t * b * n, 1.0),
             );
             let mut dw = vec![f32::NAN; k * n];
-            weight_grad(t, b, k, n, &h0, &hs, &g, &mut dw);
+            weight_grad(t, b, k, n, &h0, &hs, &g, &mut dw, None);
             let want: Vec<f64> = (0..k * n)
                 .map(|ij| {
                     let (i, j) = (ij / n, ij % n);

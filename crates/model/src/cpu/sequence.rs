@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use super::bf16::Bf16Path;
 use super::cell_math::{backward_rows, forward_rows, BwdRows, CellMath, FwdRows};
 use super::gru::Gru;
 use super::lstm::Lstm;
@@ -51,6 +52,9 @@ pub struct Forward<'a> {
     /// `[T, B, H]` (written): the LSTM's `c_t`, the GRU's `hp_n = h_{t-1} · w_hn + b_hn`; empty
     /// for the plain RNN.
     pub aux: &'a mut [f32],
+    /// The path of the products with `w_hh` when they take bf16 operands (f32 sums); `None`:
+    /// f32.
+    pub bf16: Option<Bf16Path>,
 }
 
 /// The arrays of a sequence's backward pass (truncated BPTT: no gradient arrives for the last
@@ -76,6 +80,9 @@ pub struct Backward<'a> {
     pub dh0: &'a mut [f32],
     /// `[B, H]` (written): the LSTM's `dc0`; empty for the other cells.
     pub dc0: &'a mut [f32],
+    /// The path of the products (with `w_hhᵀ`, and `dW_hh`'s) when they take bf16 operands
+    /// (f32 sums); `None`: f32.
+    pub bf16: Option<Bf16Path>,
 }
 
 /// Runs `cell`'s recurrence forward over the whole sequence from `h0` (and `c0`), writing every
@@ -183,7 +190,7 @@ fn run_forward<C: CellMath>(d: Dims, io: Forward) {
     on_worker(|| {
         let bounds = row_bounds(b);
         let simd = simd_level();
-        let w = StepWeights::forward(simd, b, h, g, io.w_hh);
+        let w = StepWeights::forward(simd, b, h, g, io.w_hh, io.bf16);
         let mut xz = blocks_mut(io.xz, b, g, &bounds).into_iter();
         let mut h0 = blocks(io.h0, b, h, &bounds).into_iter();
         let mut c0 = blocks(io.c0, b, h, &bounds).into_iter();
@@ -295,7 +302,7 @@ fn run_backward<C: CellMath>(d: Dims, mut io: Backward) {
         let simd = simd_level();
         let bounds = row_bounds(b);
         let n_parts = bounds.len() - 1;
-        let w = StepWeights::backward(simd, b, n_parts, h, g, io.w_hh);
+        let w = StepWeights::backward(simd, b, n_parts, h, g, io.w_hh, io.bf16);
         // The last gate block of dL/dxp of every step while gz holds dhp_t (HP_APART).
         let mut dn = vec![0.0; if C::HP_APART { n.tbh } else { 0 }];
         let mut db = vec![0.0; n_parts * n.bias];
@@ -304,7 +311,7 @@ fn run_backward<C: CellMath>(d: Dims, mut io: Backward) {
             backward_parts(&mut io, scratch, (h, g), &bounds),
             |p, threaded| backward_part::<C>(simd, h, &w, p, threaded),
         );
-        weight_grad(t_len, b, h, g, io.h0, io.hs, io.gz, io.dw_hh);
+        weight_grad(t_len, b, h, g, io.h0, io.hs, io.gz, io.dw_hh, io.bf16);
         sum_parts(&db, io.db_hh);
         if C::HP_APART {
             io.gz

@@ -18,22 +18,96 @@ pub(super) enum Simd {
     Avx512,
 }
 
-/// The widest instruction set this CPU has. The AVX2 and AVX-512 levels also require F16C, which
-/// every CPU with AVX2 and FMA has, for the sampler's f16 products.
-pub(super) fn simd_level() -> Simd {
+/// The environment variable that caps the kernels' instruction set: `base`, `avx2`, `avx512` or
+/// `avx512bf16` (the default: the widest this CPU has). A cap above what the CPU has changes
+/// nothing. It covers karnna's own kernels (the recurrence, its products, the bf16 products and
+/// the sampler); the `gemm` crate's large f32 products pick their own instruction set.
+pub const SIMD_ENV: &str = "KARNNA_SIMD";
+
+/// The values [`SIMD_ENV`] takes, narrowest first.
+pub const SIMD_NAMES: [&str; 4] = ["base", "avx2", "avx512", "avx512bf16"];
+
+/// The cap [`SIMD_ENV`] sets, as an index into [`SIMD_NAMES`] (`None`: unset, or not a name).
+fn simd_cap() -> Option<usize> {
+    let v = std::env::var(SIMD_ENV).ok()?;
+    SIMD_NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(v.trim()))
+}
+
+/// Checks [`SIMD_ENV`]: `Err` with a one-line message when it is set to something that is not an
+/// instruction set's name (the kernels would ignore it).
+pub fn check_simd_env() -> Result<(), String> {
+    match std::env::var(SIMD_ENV) {
+        Ok(v) if simd_cap().is_none() => Err(format!(
+            "{SIMD_ENV}={v:?} is not an instruction set: use one of {}",
+            SIMD_NAMES.join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The instruction sets detected once, with the cap of [`SIMD_ENV`] applied.
+fn levels() -> (Simd, bool) {
+    static LEVELS: std::sync::OnceLock<(Simd, bool)> = std::sync::OnceLock::new();
+    *LEVELS.get_or_init(|| {
+        let (simd, bf16) = detected();
+        let cap = simd_cap().unwrap_or(SIMD_NAMES.len() - 1);
+        let simd = match (simd, cap) {
+            (_, 0) => Simd::Base,
+            #[cfg(target_arch = "x86_64")]
+            (Simd::Avx512, 1) => Simd::Avx2,
+            (s, _) => s,
+        };
+        (simd, bf16 && cap >= 3)
+    })
+}
+
+/// What this CPU has: the widest of the three levels, and whether it has AVX512_BF16 (with the
+/// AVX-512 level).
+fn detected() -> (Simd, bool) {
     #[cfg(target_arch = "x86_64")]
     {
         let avx2 = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c");
         if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
-            return Simd::Avx512;
+            let bf16 =
+                is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw");
+            return (Simd::Avx512, bf16);
         }
         if avx2 {
-            return Simd::Avx2;
+            return (Simd::Avx2, false);
         }
     }
-    Simd::Base
+    (Simd::Base, false)
+}
+
+/// The widest instruction set the kernels may use: what this CPU has, capped by [`SIMD_ENV`].
+/// The AVX2 and AVX-512 levels also require F16C, which every CPU with AVX2 and FMA has, for the
+/// sampler's f16 products.
+pub(super) fn simd_level() -> Simd {
+    levels().0
+}
+
+/// Whether the bf16 products may use `VDPBF16PS`: the CPU has AVX512_BF16 (and AVX-512BW) and
+/// [`SIMD_ENV`] does not cap it away.
+pub fn bf16_dot() -> bool {
+    levels().1
+}
+
+/// The name of the instruction set the kernels use (with `+bf16` where the bf16 products have
+/// `VDPBF16PS`), for what `bench` and `info` print.
+pub fn simd_name() -> &'static str {
+    match (simd_level(), bf16_dot()) {
+        (Simd::Base, _) => "base",
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx2, _) => "avx2+fma",
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx512, false) => "avx512",
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx512, true) => "avx512+bf16",
+    }
 }
 
 /// Defines `$name(simd, args..)`, which runs the `#[inline(always)]` generic `$body::<FMA>(args..)`

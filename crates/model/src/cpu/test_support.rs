@@ -3,6 +3,7 @@
 //! sequence kernels share (against their `f64` references over a grid of shapes and at a large
 //! one, and against finite differences), each cell supplying its maths through [`KernelCell`].
 
+use super::bf16::Bf16Path;
 use super::cell_math::CellMath;
 use super::simd::{simd_level, Simd};
 use super::{backward, forward, Backward, Dims, Forward};
@@ -277,6 +278,11 @@ pub(super) struct Outputs<T> {
 /// the backward leaves unwritten shows): `hs`, the second array (when [`KernelCell::AUX_NAME`] names
 /// one) and the gates forward, the gradients of [`Case::ins`] backward.
 pub(super) fn run_kernels<C: KernelCell>(c: &Case) -> Outputs<f32> {
+    run_kernels_in::<C>(c, None)
+}
+
+/// [`run_kernels`] with the products in bf16 on `bf16`'s path, if it names one.
+pub(super) fn run_kernels_in<C: KernelCell>(c: &Case, bf16: Option<Bf16Path>) -> Outputs<f32> {
     let (d, tbh) = (c.d, c.d.t * c.d.b * c.d.h);
     let (w_hh, b_hh) = (c.input(Input::WHh), c.input(Input::BHh));
     let (h0, c0) = (c.input(Input::H0), c.input(Input::C0));
@@ -291,6 +297,7 @@ pub(super) fn run_kernels<C: KernelCell>(c: &Case) -> Outputs<f32> {
         c0,
         hs: &mut hs,
         aux: &mut aux,
+        bf16,
     };
     forward(C::CELL, d, io);
     let mut dxp = gates.clone();
@@ -309,6 +316,7 @@ pub(super) fn run_kernels<C: KernelCell>(c: &Case) -> Outputs<f32> {
         db_hh: &mut db_hh,
         dh0: &mut dh0,
         dc0: &mut dc0,
+        bf16,
     };
     backward(C::CELL, d, io);
     let grad = |which: Input| match which {
@@ -461,8 +469,111 @@ pub(super) fn check_empty_shapes<C: KernelCell>() {
     }
 }
 
+/// The bf16 paths this CPU can run: the f32 products on rounded operands, and `VDPBF16PS` where
+/// the CPU has it.
+pub(super) fn bf16_paths() -> Vec<Bf16Path> {
+    let mut paths = vec![Bf16Path::Reference];
+    if crate::cpu::bf16_dot() {
+        paths.push(Bf16Path::Dot);
+    }
+    paths
+}
+
+/// Largest error of `got` against `want` relative to `1 + |want|`, as [`assert_close`] measures.
+fn max_rel(got: &[f32], want: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs() / (1.0 + w.abs()))
+        .fold(0.0, f64::max)
+}
+
+/// The sequence with bf16 products, on every bf16 path:
+///
+/// - one step on operands that are already bf16 (`w_hh` and `h0` rounded; rounding is
+///   idempotent) equals the f64 reference's forward within f32's tolerance: the products are
+///   then exact in f32 and nothing else changed;
+/// - over several steps, forward and backward, within [`BF16_TOL`] ([`BF16_DW_TOL`] for
+///   `dw_hh`) of the f64 reference of the unrounded inputs (see there), and `VDPBF16PS` within [`BF16_PATHS_TOL`] of the f32
+///   products on the same rounded operands.
+pub(super) fn check_bf16<C: KernelCell>() {
+    for (b, h) in [(3, 9), (20, 40)] {
+        let mut c = Case::new::<C>(Dims { t: 1, b, h }, 7);
+        for which in [Input::WHh, Input::H0] {
+            let i = c.inputs.iter().position(|&x| x == which).expect("an input");
+            c.ins[i]
+                .iter_mut()
+                .for_each(|v| *v = super::bf16::round_bf16(*v));
+        }
+        let want = C::reference(&c);
+        for path in bf16_paths() {
+            let got = run_kernels_in::<C>(&c, Some(path));
+            for (out, want) in &want.fwd {
+                let name = format!("{path:?} b={b} h={h} one step {out}");
+                assert_close(&name, named(&got.fwd, out), want, 1e-5);
+            }
+        }
+    }
+    let c = Case::new::<C>(Dims { t: 6, b: 20, h: 40 }, 8);
+    let want = C::reference(&c);
+    let runs: Vec<_> = bf16_paths()
+        .into_iter()
+        .map(|path| (path, run_kernels_in::<C>(&c, Some(path))))
+        .collect();
+    for (path, got) in &runs {
+        for (out, want) in &want.fwd {
+            let err = max_rel(named(&got.fwd, out), want);
+            assert!(err <= BF16_TOL, "{path:?} {out}: {err:e}");
+        }
+        for ((input, got), want) in c.inputs.iter().zip(&got.grads).zip(&want.grads) {
+            let err = max_rel(got, want);
+            let tol = if *input == Input::WHh {
+                BF16_DW_TOL
+            } else {
+                BF16_TOL
+            };
+            assert!(err <= tol, "{path:?} d{}: {err:e}", input.name());
+        }
+    }
+    if let [(_, reference), (_, dot)] = &runs[..] {
+        let pairs = reference
+            .fwd
+            .iter()
+            .zip(&dot.fwd)
+            .map(|((n, a), (_, b))| (*n, a, b));
+        let grads = c.inputs.iter().zip(&reference.grads).zip(&dot.grads);
+        let grads = grads.map(|((input, a), b)| (input.name(), a, b));
+        for (name, a, b) in pairs.chain(grads) {
+            let err = max_rel(b, &f64s(a));
+            assert!(
+                err <= BF16_PATHS_TOL,
+                "Dot against Reference {name}: {err:e}"
+            );
+        }
+    }
+}
+
+/// bf16 against f64 over six steps (relative to `1 + |want|`, as [`assert_close`]). Each term of
+/// a product carries the rounding of its two operands, at most `2·2⁻⁸` of itself; the products
+/// here sum `H = 40` terms of about `|h|·|w| ≈ 0.5·0.16`, so a product may move by up to about
+/// `2⁻⁷·40·0.08 ≈ 0.025` where every rounding goes one way, and by `√40` times less (0.004) where
+/// they are random, as they are. The cells' pointwise maths pass that on with a gain of at most
+/// one, and six steps add it up to six times. Measured: at most 4.8e-3 (the RNN's `db_hh`).
+const BF16_TOL: f64 = 1e-2;
+
+/// [`BF16_TOL`] for `dw_hh`, a sum over every row and step (120 terms here, each `h·dz` with both
+/// factors rounded, and `dz` carrying the backward's own error): `√120` times a term's `2⁻⁷`.
+/// Measured: at most 1.7e-2 (the RNN's).
+const BF16_DW_TOL: f64 = 5e-2;
+
+/// `VDPBF16PS` against the f32 products on the same rounded operands: they differ in the order of
+/// their sums (f32 rounding, about 1e-7), except where that moves an `h_t` across a bf16
+/// rounding boundary: then one term of the next product moves by one bf16 step (`2⁻⁸` of
+/// itself, about 3e-4 here). Measured: at most 2.3e-7 (no boundary crossed in this case).
+const BF16_PATHS_TOL: f64 = 1e-3;
+
 /// The shared tests of a cell's kernels, for a [`KernelCell`]: [`check_grid`], [`check_large`],
-/// [`check_finite_differences`], [`check_empty_shapes`] and [`check_cell_at_batch_one`].
+/// [`check_finite_differences`], [`check_empty_shapes`], [`check_cell_at_batch_one`] and
+/// [`check_bf16`].
 #[rustfmt::skip]
 macro_rules! shared_cell_tests {
     ($cell:ty) => {
@@ -472,6 +583,7 @@ macro_rules! shared_cell_tests {
         #[test] fn backward_matches_finite_differences() { shared::check_finite_differences::<$cell>() }
         #[test] fn empty_shapes_are_fine() { shared::check_empty_shapes::<$cell>() }
         #[test] fn cell_equals_forward_at_batch_one() { shared::check_cell_at_batch_one::<$cell>() }
+        #[test] fn bf16_products_stay_within_their_bound() { shared::check_bf16::<$cell>() }
     };
 }
 

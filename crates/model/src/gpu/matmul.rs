@@ -1,5 +1,5 @@
 //! A plain f32 matrix product on the GPU, for when the model's products must not use TF32
-//! ([`crate::ops::GpuMatmul::F32`]): Burn's matmul tries tensor cores first, which on a
+//! ([`crate::ops::Matmul::F32`]): Burn's matmul tries tensor cores first, which on a
 //! CUDA card round f32 inputs to TF32.
 //!
 //! The kernel is the textbook tiled product: a cube computes a [`TILE`]x[`TILE`] block of the

@@ -69,7 +69,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement};
 use cubecl::prelude::*;
 
 use crate::ops::LayerStep;
-use crate::ops::{burn_dense, CellBackend, CellInputs, CellKernels, GpuMatmul, MatmulPrecision};
+use crate::ops::{burn_dense, CellBackend, CellInputs, CellKernels, Matmul, MatmulPrecision};
 use crate::Cell;
 
 /// Threads per cube (thread block) of every launch here.
@@ -451,10 +451,10 @@ type Cube<R, I, BT> = CubeBackend<R, f32, I, BT>;
 /// The precision of the matmuls that Burn runs for the model on this device (the recurrence
 /// kernels here are always f32): TF32 when the device offers TF32 tensor-core tiles, which
 /// Burn's matmul (cubek's CMMA routine, tried first) then uses for f32 inputs, else f32 (its
-/// plain routine; llvmpipe). F32 for a model whose products are [`GpuMatmul::F32`]: they then
+/// plain routine; llvmpipe). F32 for a model whose products are [`Matmul::F32`]: they then
 /// run in `matmul.rs`'s f32 kernel instead.
-pub fn matmul_precision<R: CubeRuntime>(device: &R::Device, matmul: GpuMatmul) -> MatmulPrecision {
-    if matmul == GpuMatmul::F32 {
+pub fn matmul_precision<R: CubeRuntime>(device: &R::Device, matmul: Matmul) -> MatmulPrecision {
+    if matmul == Matmul::F32 {
         return MatmulPrecision::F32;
     }
     let client = R::client(device);
@@ -528,11 +528,11 @@ fn transposed<R: CubeRuntime, I: IntElement, BT: BoolElement>(w: &CubeTensor<R>)
 }
 
 /// `dW_hh = Σ_t h_{t-1}ᵀ·dhp_t` as one matmul over all steps (`hs` `[T + 1, B, H]`): Burn's,
-/// or `matmul.rs`'s for [`GpuMatmul::F32`].
+/// or `matmul.rs`'s for [`Matmul::F32`].
 fn weight_grad<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     hs: &CubeTensor<R>,
     dhp: &CubeTensor<R>,
-    matmul: GpuMatmul,
+    matmul: Matmul,
 ) -> CubeTensor<R> {
     let [t1, b, h] = dims3(hs);
     let gh = dims3(dhp)[2];
@@ -540,7 +540,7 @@ fn weight_grad<R: CubeRuntime, I: IntElement, BT: BoolElement>(
         .narrow(0, 0, t1 - 1)
         .reshape([(t1 - 1) * b, h]);
     let dhp = tensor::<R, I, BT, 3>(dhp.clone()).reshape([(t1 - 1) * b, gh]);
-    if matmul == GpuMatmul::F32 {
+    if matmul == Matmul::F32 {
         return matmul::matmul(prim(h_prev.transpose()), prim(dhp), None);
     }
     prim(h_prev.transpose().matmul(dhp))
@@ -586,7 +586,7 @@ pub struct CubeCache<R: CubeRuntime> {
     /// The activated gates of every step `[T, B, G·H]`; a placeholder for the RNN.
     gates: CubeTensor<R>,
     /// How `dW_hh` is computed.
-    matmul: GpuMatmul,
+    matmul: Matmul,
 }
 
 /// Runs `cell`'s recurrence, one [`forward_step`] launch per step: `hs [T, B, H]`, the LSTM's
@@ -596,7 +596,7 @@ fn forward<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     cell: Cell,
     inputs: CellInputs<CubeTensor<R>>,
     keep: bool,
-    matmul: GpuMatmul,
+    matmul: Matmul,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>, CubeCache<R>) {
     let CellInputs {
         xp,
@@ -725,13 +725,13 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
     fn sequence(
         cell: Cell,
         inputs: CellInputs<CubeTensor<R>>,
-        matmul: GpuMatmul,
+        matmul: Matmul,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
         let (hs, c, _) = forward::<R, I, BT>(cell, inputs, false, matmul);
         (hs, c)
     }
 
-    fn matmul_precision(device: &R::Device, matmul: GpuMatmul) -> MatmulPrecision {
+    fn matmul_precision(device: &R::Device, matmul: Matmul) -> MatmulPrecision {
         matmul_precision::<R>(device, matmul)
     }
 
@@ -739,9 +739,9 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
         x: CubeTensor<R>,
         w: CubeTensor<R>,
         b: Option<CubeTensor<R>>,
-        matmul: GpuMatmul,
+        matmul: Matmul,
     ) -> CubeTensor<R> {
-        if matmul == GpuMatmul::F32 {
+        if matmul == Matmul::F32 {
             matmul::matmul(x, w, b)
         } else {
             burn_dense::<Self>(x, w, b)
@@ -759,7 +759,7 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
         x: CubeTensor<R>,
         w: CubeTensor<R>,
         b: Option<CubeTensor<R>>,
-        _: GpuMatmul,
+        _: Matmul,
     ) -> CubeTensor<R> {
         sampling::linear(x, w, b)
     }
@@ -794,7 +794,7 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellKernels for Cube<R, I, 
     fn forward_train(
         cell: Cell,
         inputs: CellInputs<CubeTensor<R>>,
-        matmul: GpuMatmul,
+        matmul: Matmul,
     ) -> (CubeTensor<R>, Option<CubeTensor<R>>, Self::Cache) {
         forward::<R, I, BT>(cell, inputs, true, matmul)
     }

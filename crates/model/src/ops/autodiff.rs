@@ -1,6 +1,6 @@
 //! Under autodiff the whole sequence is one graph node with a hand-written backward
-//! (`SequenceBackward`), and with [`GpuMatmul::F32`] each dense product is one too
-//! (`DenseBackward`).
+//! (`SequenceBackward`), and with [`Matmul::F32`] or [`Matmul::Bf16`] each dense product is one
+//! too (`DenseBackward`).
 
 use std::marker::PhantomData;
 
@@ -14,7 +14,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::Shape;
 
 use super::{
-    burn_dense, float, from_float, CellBackend, CellInputs, CellKernels, GpuMatmul, MatmulPrecision,
+    burn_dense, float, from_float, CellBackend, CellInputs, CellKernels, Matmul, MatmulPrecision,
 };
 use crate::Cell;
 
@@ -45,7 +45,7 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
     fn sequence(
         cell: Cell,
         inputs: CellInputs<FloatTensor<Self>>,
-        matmul: GpuMatmul,
+        matmul: Matmul,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         let nodes = inputs.as_ref().present().map(|t| t.node.clone());
         let inner = inputs.map(|t| t.primitive);
@@ -76,36 +76,35 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
         <Self as AutodiffBackend>::from_inner(B::dropout_mask(seed, keep_prob, shape, device))
     }
 
-    fn matmul_precision(device: &burn::tensor::Device<Self>, matmul: GpuMatmul) -> MatmulPrecision {
+    fn matmul_precision(device: &burn::tensor::Device<Self>, matmul: Matmul) -> MatmulPrecision {
         B::matmul_precision(device, matmul)
     }
 
-    /// Burn's own ops and their autodiff, unless `matmul` is [`GpuMatmul::F32`]: then the
-    /// product is one graph node ([`DenseBackward`]) whose forward and gradients are the inner
-    /// backend's [`CellBackend::dense`] in f32, and the bias is added by Burn.
+    /// Burn's own ops and their autodiff, unless `matmul` is [`Matmul::F32`] or
+    /// [`Matmul::Bf16`]: then the product is one graph node ([`DenseBackward`]) whose forward
+    /// and gradients are the inner backend's [`CellBackend::dense`] with that `matmul`, and the
+    /// bias is added by Burn.
     fn dense(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
-        matmul: GpuMatmul,
+        matmul: Matmul,
     ) -> FloatTensor<Self> {
-        if matmul != GpuMatmul::F32 {
+        if matmul == Matmul::Tf32 {
             return burn_dense::<Self>(x, w, b);
         }
         let nodes = [x.node.clone(), w.node.clone()];
         let (x_inner, w_inner) = (x.primitive, w.primitive);
-        let product = match DenseBackward::<B>(PhantomData)
+        let product = match DenseBackward::<B>(matmul, PhantomData)
             .prepare::<C>(nodes)
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::dense(x_inner.clone(), w_inner.clone(), None, GpuMatmul::F32);
+                let out = B::dense(x_inner.clone(), w_inner.clone(), None, matmul);
                 prep.finish((x_inner, w_inner), out)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::dense(x_inner, w_inner, None, GpuMatmul::F32))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::dense(x_inner, w_inner, None, matmul)),
         };
         match b {
             None => product,
@@ -116,10 +115,11 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
     }
 }
 
-/// The backward of [`CellBackend::dense`]'s product under autodiff with [`GpuMatmul::F32`]:
-/// `dx = dy·wᵀ` and `dw = xᵀ·dy`, each the inner backend's [`CellBackend::dense`] in f32.
+/// The backward of [`CellBackend::dense`]'s product under autodiff with [`Matmul::F32`] or
+/// [`Matmul::Bf16`]: `dx = dy·wᵀ` and `dw = xᵀ·dy`, each the inner backend's
+/// [`CellBackend::dense`] with the same `matmul`.
 #[derive(Debug)]
-struct DenseBackward<B>(PhantomData<B>);
+struct DenseBackward<B>(Matmul, PhantomData<B>);
 
 impl<B: CellBackend> Backward<B, 2> for DenseBackward<B> {
     type State = (FloatTensor<B>, FloatTensor<B>);
@@ -129,11 +129,11 @@ impl<B: CellBackend> Backward<B, 2> for DenseBackward<B> {
         let (x, w) = ops.state;
         let [node_x, node_w] = ops.parents;
         if let Some(node) = node_x {
-            let dx = B::dense(dy.clone(), B::float_transpose(w), None, GpuMatmul::F32);
+            let dx = B::dense(dy.clone(), B::float_transpose(w), None, self.0);
             grads.register::<B>(node.id, dx);
         }
         if let Some(node) = node_w {
-            let dw = B::dense(B::float_transpose(x), dy, None, GpuMatmul::F32);
+            let dw = B::dense(B::float_transpose(x), dy, None, self.0);
             grads.register::<B>(node.id, dw);
         }
     }

@@ -2,7 +2,7 @@
 //! [`LayerStep`] and its input, [`StepInput`]. The hook ([`super::CellBackend::layer_step`])
 //! and its default in Burn tensor ops ([`super::tensor_layer_step`]) are beside the op.
 
-use super::precision::GpuMatmul;
+use super::precision::Matmul;
 
 /// A layer's input for one step.
 #[derive(Clone, Debug)]
@@ -31,6 +31,6 @@ pub struct LayerStep<'a, T> {
     pub h: T,
     /// `[B, H]`: the LSTM's cell state; `None` for the other cells.
     pub c: Option<T>,
-    /// The model's products ([`crate::CharRnn::gpu_matmul`]), for the input projection.
-    pub matmul: GpuMatmul,
+    /// The model's products ([`crate::CharRnn::matmul`]), for the input projection.
+    pub matmul: Matmul,
 }

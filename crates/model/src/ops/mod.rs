@@ -36,7 +36,7 @@
 //! One concern per file: this one holds the op's interface ([`CellBackend`], [`CellKernels`],
 //! [`CellInputs`], [`sequence`]) with the hooks' defaults in Burn ops ([`burn_dense`],
 //! [`tensor_layer_step`]); `precision` what the model's dense products compute in
-//! ([`GpuMatmul`], [`MatmulPrecision`]); `layer_step` the inputs of sampling's one-step hook;
+//! ([`Matmul`], [`MatmulPrecision`]); `layer_step` the inputs of sampling's one-step hook;
 //! `autodiff` the op as one graph node; `native` the CPU backends; [`reference`] the
 //! step-by-step Burn-op reference. The files below import from this one, never the reverse
 //! (but for the two leaf files of types).
@@ -58,7 +58,7 @@ mod precision;
 pub mod reference;
 
 pub use layer_step::{LayerStep, StepInput};
-pub use precision::{GpuMatmul, MatmulPrecision};
+pub use precision::{Matmul, MatmulPrecision};
 
 /// The tensors of a sequence op, one per input: the inputs themselves, or, from
 /// [`CellKernels::backward`], the gradient of each input in its place.
@@ -114,11 +114,12 @@ impl<T> CellInputs<T> {
 pub trait CellBackend: Backend {
     /// Runs `cell`'s recurrence over all steps; returns `hs [T, B, H]` and the LSTM's
     /// `c_T [B, H]` (`None` for the other cells). `matmul` is how the GPU backends compute
-    /// `dW_hh` in the backward (the recurrence itself is f32 everywhere).
+    /// `dW_hh` in the backward (their recurrence is f32), and whether the CPU backends' products,
+    /// the recurrence's included, take bf16 operands ([`Matmul::Bf16`]).
     fn sequence(
         cell: Cell,
         inputs: CellInputs<FloatTensor<Self>>,
-        matmul: GpuMatmul,
+        matmul: Matmul,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
 
     /// A dropout mask of `shape` on `device`: [`cpu::dropout_mask`] of `seed` and
@@ -138,9 +139,9 @@ pub trait CellBackend: Backend {
 
     /// The precision of the matrix products this backend runs on `device` for a model whose
     /// products are `matmul`, outside the sequence op (`dW_hh`, the input and output layers);
-    /// the sequence op itself computes in f32 on every backend. By default f32 (the CPU
-    /// backends' `gemm`).
-    fn matmul_precision(device: &burn::tensor::Device<Self>, matmul: GpuMatmul) -> MatmulPrecision {
+    /// the sequence op itself computes in f32 on the GPU backends. By default f32; the CPU
+    /// backends say bf16 for [`Matmul::Bf16`].
+    fn matmul_precision(device: &burn::tensor::Device<Self>, matmul: Matmul) -> MatmulPrecision {
         let _ = (device, matmul);
         MatmulPrecision::F32
     }
@@ -163,20 +164,20 @@ pub trait CellBackend: Backend {
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
-        matmul: GpuMatmul,
+        matmul: Matmul,
     ) -> FloatTensor<Self> {
         Self::dense(x, w, b, matmul)
     }
 
     /// `x·w (+ b)` for the model's dense products (`x [N, K]`, `w [K, M]`, `b [M]`): the input
     /// projection of the layers above the first (no bias) and the output layer. By default
-    /// Burn's `matmul` (no bias) or `linear`; with `matmul` [`GpuMatmul::F32`] the GPU
+    /// Burn's `matmul` (no bias) or `linear`; with `matmul` [`Matmul::F32`] the GPU
     /// backends run their own f32 product, and so does autodiff for the gradients.
     fn dense(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
-        matmul: GpuMatmul,
+        matmul: Matmul,
     ) -> FloatTensor<Self> {
         let _ = matmul;
         burn_dense::<Self>(x, w, b)
@@ -201,7 +202,7 @@ pub fn dense<B: CellBackend>(
     x: Tensor<B, 2>,
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
-    matmul: GpuMatmul,
+    matmul: Matmul,
 ) -> Tensor<B, 2> {
     from_float(B::dense(float(x), float(w), b.map(float), matmul))
 }
@@ -218,7 +219,7 @@ pub trait CellKernels: CellBackend {
     fn forward_train(
         cell: Cell,
         inputs: CellInputs<FloatTensor<Self>>,
-        matmul: GpuMatmul,
+        matmul: Matmul,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Self::Cache);
 
     /// Given `dL/dhs [T, B, H]`, returns the gradient of every input of the forward.
@@ -277,7 +278,7 @@ impl<B: Backend> SequenceInputs<B> {
 pub fn sequence<B: CellBackend>(
     cell: Cell,
     inputs: SequenceInputs<B>,
-    matmul: GpuMatmul,
+    matmul: Matmul,
 ) -> (Tensor<B, 3>, Option<Tensor<B, 2>>) {
     inputs.check(cell);
     let (hs, c) = B::sequence(cell, inputs.into_primitives(), matmul);

@@ -1,5 +1,6 @@
 //! The CPU backends (burn-flex, burn-ndarray): the sequence op on the plain-Rust kernels of
-//! [`crate::cpu`], read from and written back to the backend's tensors.
+//! [`crate::cpu`], read from and written back to the backend's tensors, and under
+//! [`Matmul::Bf16`] the dense products too ([`crate::cpu::dense_bf16`]).
 
 use std::sync::Arc;
 
@@ -8,7 +9,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorData;
 
-use super::{from_float, to_f32_vec, CellBackend, CellInputs, CellKernels, GpuMatmul};
+use super::{
+    burn_dense, from_float, to_f32_vec, CellBackend, CellInputs, CellKernels, Matmul,
+    MatmulPrecision,
+};
 use crate::cpu::{self, Dims};
 use crate::Cell;
 
@@ -27,6 +31,8 @@ pub struct NativeCache<B: Backend> {
     aux: Arc<Vec<f32>>,
     /// The activated gates (the RNN's scratch).
     gates: Arc<Vec<f32>>,
+    /// The bf16 path of the products under [`Matmul::Bf16`].
+    bf16: Option<cpu::Bf16Path>,
     device: B::Device,
 }
 
@@ -40,11 +46,12 @@ fn write<B: Backend>(v: Vec<f32>, shape: &[usize], device: &B::Device) -> FloatT
 }
 
 /// Runs `cell`'s sequence on the CPU kernels: `hs [T, B, H]`, the LSTM's `c_T [B, H]`, and the
-/// cache for [`native_backward`] when `keep`.
+/// cache for [`native_backward`] when `keep`. Its products are bf16 under [`Matmul::Bf16`].
 fn native_forward<B: Backend>(
     cell: Cell,
     inputs: CellInputs<FloatTensor<B>>,
     keep: bool,
+    matmul: Matmul,
 ) -> (
     FloatTensor<B>,
     Option<FloatTensor<B>>,
@@ -67,6 +74,7 @@ fn native_forward<B: Backend>(
     } = inputs.map(read::<B>);
     let (b_hh, c0) = (b_hh.unwrap_or_default(), c0.unwrap_or_default());
     let tbh = d.t * d.b * d.h;
+    let bf16 = (matmul == Matmul::Bf16).then(cpu::Bf16Path::detect);
     let mut hs = vec![0.0; tbh];
     let mut aux = vec![0.0; if cell == Cell::Rnn { 0 } else { tbh }];
     let io = cpu::Forward {
@@ -77,6 +85,7 @@ fn native_forward<B: Backend>(
         c0: &c0,
         hs: &mut hs,
         aux: &mut aux,
+        bf16,
     };
     cpu::forward(cell, d, io);
     let c_t = (cell == Cell::Lstm).then(|| {
@@ -97,6 +106,7 @@ fn native_forward<B: Backend>(
         hs: Arc::new(hs),
         aux: Arc::new(aux),
         gates: Arc::new(xz),
+        bf16,
         device,
     };
     (hs_out, c_t, Some(cache))
@@ -130,6 +140,7 @@ fn native_backward<B: Backend>(
         db_hh: &mut db,
         dh0: &mut dh0,
         dc0: &mut dc0,
+        bf16: cache.bf16,
     };
     cpu::backward(cell, d, io);
     let dev = &cache.device;
@@ -142,16 +153,89 @@ fn native_backward<B: Backend>(
     }
 }
 
+/// `x [N, K] · w [K, M] (+ b [M])` in bf16 with f32 sums ([`cpu::dense_bf16`]), reading the
+/// operands through `view` where it can see them in place, else through a row-major copy.
+fn native_dense_bf16<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    b: Option<FloatTensor<B>>,
+    view: for<'a> fn(&'a FloatTensor<B>) -> Option<cpu::Strided<'a>>,
+) -> FloatTensor<B> {
+    let device = B::float_device(&x);
+    let ([n, k], [_, m]) = (dims2::<B>(&x), dims2::<B>(&w));
+    let mut out = match (view(&x), view(&w)) {
+        (Some(xs), Some(ws)) => cpu::dense_bf16(xs, ws),
+        _ => {
+            let (x, w) = (read::<B>(x), read::<B>(w));
+            let xs = cpu::Strided::with_strides(&x, (n, k), (k, 1)).expect("[n, k]");
+            let ws = cpu::Strided::with_strides(&w, (k, m), (m, 1)).expect("[k, m]");
+            cpu::dense_bf16(xs, ws)
+        }
+    };
+    if let Some(b) = b {
+        let b = read::<B>(b);
+        for row in out.chunks_exact_mut(m.max(1)) {
+            for (o, &v) in row.iter_mut().zip(&b) {
+                *o += v;
+            }
+        }
+    }
+    write::<B>(out, &[n, m], &device)
+}
+
+/// A 2-D f32 burn-flex tensor's values in place: its storage read through its strides (a
+/// transposed view included), without a copy.
+fn flex_view(t: &FloatTensor<Flex>) -> Option<cpu::Strided<'_>> {
+    let layout = t.layout();
+    let (shape, strides) = (layout.shape(), layout.strides());
+    if t.dtype() != burn::tensor::DType::F32 || shape.num_dims() != 2 {
+        return None;
+    }
+    let stride = |i: usize| usize::try_from(strides[i]).ok();
+    let data = t.storage::<f32>().get(layout.start_offset()..)?;
+    cpu::Strided::with_strides(data, (shape[0], shape[1]), (stride(0)?, stride(1)?))
+}
+
+/// No view in place: burn-ndarray's tensors are read through a copy.
+fn no_view(_: &FloatTensor<NdArray>) -> Option<cpu::Strided<'_>> {
+    None
+}
+
+/// The shape of a 2-D tensor.
+fn dims2<B: Backend>(t: &FloatTensor<B>) -> [usize; 2] {
+    let shape = burn::tensor::TensorMetadata::shape(t);
+    [shape[0], shape[1]]
+}
+
 macro_rules! native_backend {
-    ($backend:ty) => {
+    ($backend:ty, $view:expr) => {
         impl CellBackend for $backend {
             fn sequence(
                 cell: Cell,
                 inputs: CellInputs<FloatTensor<Self>>,
-                _: GpuMatmul,
+                matmul: Matmul,
             ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-                let (hs, c, _) = native_forward::<Self>(cell, inputs, false);
+                let (hs, c, _) = native_forward::<Self>(cell, inputs, false, matmul);
                 (hs, c)
+            }
+
+            fn matmul_precision(_: &burn::tensor::Device<Self>, matmul: Matmul) -> MatmulPrecision {
+                match matmul {
+                    Matmul::Bf16 => MatmulPrecision::Bf16,
+                    Matmul::Tf32 | Matmul::F32 => MatmulPrecision::F32,
+                }
+            }
+
+            fn dense(
+                x: FloatTensor<Self>,
+                w: FloatTensor<Self>,
+                b: Option<FloatTensor<Self>>,
+                matmul: Matmul,
+            ) -> FloatTensor<Self> {
+                match matmul {
+                    Matmul::Bf16 => native_dense_bf16::<Self>(x, w, b, $view),
+                    Matmul::Tf32 | Matmul::F32 => burn_dense::<Self>(x, w, b),
+                }
             }
         }
 
@@ -161,9 +245,9 @@ macro_rules! native_backend {
             fn forward_train(
                 cell: Cell,
                 inputs: CellInputs<FloatTensor<Self>>,
-                _: GpuMatmul,
+                matmul: Matmul,
             ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>, Self::Cache) {
-                let (hs, c, cache) = native_forward::<Self>(cell, inputs, true);
+                let (hs, c, cache) = native_forward::<Self>(cell, inputs, true, matmul);
                 (hs, c, cache.expect("cache kept"))
             }
 
@@ -177,5 +261,5 @@ macro_rules! native_backend {
     };
 }
 
-native_backend!(Flex);
-native_backend!(NdArray);
+native_backend!(Flex, flex_view);
+native_backend!(NdArray, no_view);

@@ -15,6 +15,8 @@ tasks:
   train    train a model, with a live dashboard (cargo xtask train --config configs/tiny.toml)
   sample   write text from the latest run       (cargo xtask sample [--prime Far --len 2000])
   eval     loss and bits per char on a text     (cargo xtask eval --data data/anna.txt [--run DIR])
+  export   a model as safetensors or ONNX       (cargo xtask export [--run DIR] --out anna.safetensors|anna.onnx)
+  import   a safetensors model into a run folder (cargo xtask import model.safetensors --out artifacts/imported)
   bench    time a training step and sampling    (cargo xtask bench [--peer PYTHON])
   bench-data  a text's size against preparation speed and memory (cargo xtask bench-data --mb 100 --mb 2000)
   gpu-check  check a GPU against the CPU, time it (cargo xtask gpu-check [--device cuda|wgpu] [--peer PYTHON])
@@ -36,6 +38,8 @@ fn main() -> ExitCode {
             | "train"
             | "sample"
             | "eval"
+            | "export"
+            | "import"
             | "bench"
             | "bench-data"
             | "gpu-check"

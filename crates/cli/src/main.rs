@@ -1,5 +1,5 @@
 //! `karnna`: the command line over the karnna crates: `info`, `train`, `sample`, `eval`,
-//! `bench`, `gpu-check`, `report`, `serve`.
+//! `export`, `import`, `bench`, `bench-data`, `gpu-check`, `report`, `serve`.
 //!
 //! This binary is only argument parsing, backend choice and glue: it names the CPU backends
 //! (burn-flex, burn-ndarray), reaches the GPU ones (burn-cuda, burn-wgpu, behind the `cuda` and
@@ -10,6 +10,7 @@ mod args;
 mod bench;
 mod bench_data;
 mod eval;
+mod exchange;
 mod gpu_check;
 mod report;
 mod sample;
@@ -60,6 +61,10 @@ enum Command {
     Sample(sample::SampleArgs),
     /// A checkpoint's loss, bits per character and perplexity on a text.
     Eval(eval::EvalArgs),
+    /// Write a checkpoint's model as safetensors (PyTorch's layout) or ONNX.
+    Export(exchange::ExportArgs),
+    /// Make a run folder from a safetensors file (a karnna export or a PyTorch state_dict).
+    Import(exchange::ImportArgs),
     /// Time a training step and sampling (optionally beside the PyTorch peer).
     Bench(bench::BenchArgs),
     /// What a text's size costs: preparation speed, and peak memory of info, train and eval.
@@ -296,6 +301,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args),
         Command::Sample(args) => sample::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Export(args) => exchange::export(args).map(|()| ExitCode::SUCCESS),
+        Command::Import(args) => exchange::import(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|_| ExitCode::SUCCESS),
         Command::BenchData(args) => bench_data::run(args).map(|()| ExitCode::SUCCESS),
         Command::GpuCheck(args) => gpu_check::run(args),

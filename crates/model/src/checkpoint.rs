@@ -138,13 +138,7 @@ impl Checkpoint {
             buf.extend_from_slice(bytes);
         }
         buf.extend_from_slice(&fnv1a(&buf).to_le_bytes());
-
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(&buf).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io)
+        write_atomically(path, &buf).map_err(io)
     }
 
     /// Whether the file at `path` begins as karnna's checkpoints do (its magic bytes): what a
@@ -238,6 +232,18 @@ impl Checkpoint {
         }
         Ok(model)
     }
+}
+
+/// Writes `bytes` to `path` atomically: to a temporary file beside it (`path` with the extension
+/// `tmp`), synced, then renamed over `path`, so a process killed at any moment leaves either the
+/// old file or the new one, never half of one. Checkpoints and exported models are written so.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
 }
 
 /// The notebook's checkpoint name with the validation loss: `i{iteration}_l{lstm_size}_v{loss}`

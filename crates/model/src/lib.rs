@@ -2,14 +2,14 @@
 //!
 //! It owns [`CharRnn`] (one-hot input → stacked recurrent layers, LSTM, GRU or plain RNN
 //! ([`Cell`]), with dropout → linear to the vocabulary), the fused sequence operation with its
-//! hand-written backward ([`ops`]), one character at a time for sampling
-//! ([`step`]), the plain-Rust CPU kernels behind it ([`kernel`]), and the
-//! checkpoint file format
-//! ([`checkpoint`]), which carries the vocabulary so a checkpoint is all that sampling needs.
+//! hand-written backward ([`ops`]), one character at a time for sampling ([`sampling_step`]),
+//! the plain-Rust CPU kernels behind both ([`cpu`]), the GPU kernels in CubeCL (`gpu`, behind
+//! the `cuda` and `wgpu` features), and the checkpoint file format ([`checkpoint`]), which
+//! carries the vocabulary so a checkpoint is all that sampling needs.
 //!
 //! It depends on `karnna-data` only for [`karnna_data::Vocab`] and must not depend on
 //! burn-train: training loops, optimizers and metrics live in `karnna-train`, sampling in
-//! `karnna-infer`.
+//! `karnna-infer`, other file formats in `karnna-exchange`.
 
 mod cell;
 pub mod checkpoint;

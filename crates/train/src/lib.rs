@@ -8,8 +8,10 @@
 //! the run was made ([`provenance`]), and runs side by side with the notebook's curve
 //! ([`report`]).
 //!
-//! It builds on `karnna-data` and `karnna-model` and names no concrete backend: the binary
-//! chooses one and calls [`run::train`]. Sampling must not depend on this crate.
+//! It builds on `karnna-data` and `karnna-model`. The backend a model trains on is the
+//! binary's choice (it calls [`run::train`] with one); this crate names a CPU backend only as a
+//! tool, `Flex` for burn-train's loss metric, which receives a number already on the host.
+//! Sampling must not depend on this crate.
 
 pub mod config;
 pub mod corpus;

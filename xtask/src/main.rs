@@ -13,6 +13,7 @@ usage: cargo xtask <task> [options]
 tasks:
   info     print what a config would train on   (cargo xtask info --config configs/anna.toml)
   train    train a model, with a live dashboard (cargo xtask train --config configs/tiny.toml)
+           on N processes over MPI: cargo xtask train --ranks N ... (builds the mpi feature)
   sample   write text from the latest run       (cargo xtask sample [--prime Far --len 2000])
   eval     loss and bits per char on a text     (cargo xtask eval --data data/anna.txt [--run DIR])
   export   a model as safetensors or ONNX       (cargo xtask export [--run DIR] --out anna.safetensors|anna.onnx)
@@ -54,6 +55,11 @@ fn main() -> ExitCode {
     if task == "gpu-check" && device(&args).is_none() {
         args.extend(["--device".to_string(), "cuda".to_string()]);
     }
+    if task == "train" {
+        if let Some(ranks) = take_flag(&mut args, "--ranks") {
+            return train_on_ranks(&ranks, &args);
+        }
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["run", "--quiet", "--release", "--package", "karnna"]);
@@ -66,6 +72,60 @@ fn main() -> ExitCode {
         cmd.env("KARNNA_COMMIT", commit);
     }
     run(cmd)
+}
+
+/// `train --ranks N`: builds karnna with the `mpi` feature, then runs `mpirun -np N karnna train`
+/// on this machine (on a cluster, run the binary under `mpirun -H ...` or `srun` yourself).
+fn train_on_ranks(ranks: &str, args: &[String]) -> ExitCode {
+    if ranks.parse::<usize>().map_or(true, |n| n == 0) {
+        eprintln!("error: --ranks {ranks}: a number of processes, at least 1");
+        return ExitCode::from(2);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args([
+        "build",
+        "--quiet",
+        "--release",
+        "--package",
+        "karnna",
+        "--features",
+        "mpi",
+    ]);
+    match build.status() {
+        Ok(s) if s.success() => {}
+        Ok(_) => {
+            eprintln!("error: the mpi feature needs an MPI library and libclang (Debian: openmpi-bin libopenmpi-dev libclang-dev)");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: cannot run cargo: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let binary = std::path::Path::new(&target).join("release").join("karnna");
+    let mut cmd = Command::new("mpirun");
+    // Open MPI refuses root without this; elsewhere it is ignored.
+    cmd.args(["--allow-run-as-root", "-np", ranks])
+        .arg(binary)
+        .args(args);
+    if let Some(commit) = commit() {
+        cmd.env("KARNNA_COMMIT", commit);
+    }
+    run(cmd)
+}
+
+/// Removes `name VALUE` (or `name=VALUE`) from `args` and returns the value.
+fn take_flag(args: &mut Vec<String>, name: &str) -> Option<String> {
+    let i = args
+        .iter()
+        .position(|a| a == name || a.starts_with(&format!("{name}=")))?;
+    let flag = args.remove(i);
+    match flag.strip_prefix(&format!("{name}=")) {
+        Some(v) => Some(v.to_owned()),
+        None => (i < args.len()).then(|| args.remove(i)),
+    }
 }
 
 /// Becomes `cmd` (Unix `exec`): cargo then execs `karnna` in this same process, so the shell

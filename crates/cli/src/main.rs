@@ -173,6 +173,29 @@ fn load_config(path: &std::path::Path, data: &[PathBuf]) -> anyhow::Result<RunCo
 fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let config = train_config(&args)?;
     let gpu = Gpu::of(config.device);
+    let world = world(gpu.is_some())?;
+    let result = train_with(args, config, gpu, world.clone());
+    // An error on one rank of several (a bad batch size, a full disk) ends them all: the others
+    // would wait for it in their next collective call for ever.
+    if let Err(e) = &result {
+        if world.size() > 1 {
+            eprintln!(
+                "error: rank {}: {}",
+                world.rank(),
+                format!("{e:#}").replace('\n', " ")
+            );
+            world.abort(2);
+        }
+    }
+    result
+}
+
+fn train_with(
+    args: TrainArgs,
+    config: RunConfig,
+    gpu: Option<Gpu>,
+    world: std::sync::Arc<dyn karnna_train::collective::Collective>,
+) -> anyhow::Result<ExitCode> {
     let opts = TrainOptions {
         run_dir: args
             .run_dir
@@ -185,6 +208,7 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
             None => karnna_train::memory::available(),
             Some(gpu) => karnna_gpu::memory(gpu),
         },
+        collective: world,
         config,
     };
     let report = match (gpu, opts.config.cpu_backend) {
@@ -201,6 +225,67 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         Some(s) => ExitCode::from(128 + s as u8),
         None => ExitCode::SUCCESS,
     })
+}
+
+/// The processes training together: MPI's world when this binary has the `mpi` feature and
+/// `mpirun` (or `srun`) started it, which set `OMPI_COMM_WORLD_SIZE` (`PMI_SIZE`,
+/// `PMIX_RANK`); else this process alone. Every rank but 0 writes nothing to stdout.
+fn world(on_gpu: bool) -> anyhow::Result<std::sync::Arc<dyn karnna_train::collective::Collective>> {
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    let alone = std::sync::Arc::new(karnna_train::collective::Alone);
+    if !launched {
+        return Ok(alone);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        use karnna_train::collective::Collective;
+        let mpi = karnna_train::collective::Mpi::init()
+            .ok_or_else(|| anyhow::anyhow!("MPI could not be initialised"))?;
+        if mpi.size() > 1 && on_gpu {
+            anyhow::bail!(
+                "training on several ranks runs on the CPU: --device cuda|wgpu with mpirun is not built yet"
+            );
+        }
+        if mpi.rank() != 0 {
+            silence_stdout();
+        }
+        if mpi.size() > 1 {
+            // A panic unwinds into MPI_Finalize, which waits for the other ranks for ever:
+            // end the process instead, and mpirun ends the job.
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                hook(info);
+                std::process::abort();
+            }));
+        }
+        Ok(std::sync::Arc::new(mpi))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = on_gpu;
+        match std::env::var("OMPI_COMM_WORLD_SIZE").as_deref() {
+            Ok("1") | Err(_) => Ok(alone),
+            Ok(n) => anyhow::bail!(
+                "started as one of {n} MPI ranks, but this karnna was built without the `mpi` feature: build it with `--features mpi` (`cargo xtask train --ranks N` does)"
+            ),
+        }
+    }
+}
+
+/// Points stdout at /dev/null: the ranks other than 0 of a data-parallel run are silent (their
+/// errors still go to stderr).
+#[cfg(feature = "mpi")]
+fn silence_stdout() {
+    // SAFETY: plain POSIX calls on a path literal and the process's own descriptor 1.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+    }
 }
 
 /// The config file with the command line's overrides, checked.

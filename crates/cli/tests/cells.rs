@@ -4,15 +4,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{karnna, tiny_config, workdir, SHORT};
-
-fn run_ok(dir: &Path, args: &[&str]) -> String {
-    let o = karnna(dir, args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{args:?}:\n{out}\n{err}");
-    out
-}
+use common::{run_ok, tiny_config, workdir, SHORT};
 
 fn checkpoints(run: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(run)

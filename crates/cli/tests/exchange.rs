@@ -5,15 +5,7 @@
 use std::path::Path;
 
 mod common;
-use common::{karnna, train_short, workdir, SHORT};
-
-fn run_ok(dir: &Path, args: &[&str]) -> String {
-    let o = karnna(dir, args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{args:?}:\n{out}\n{err}");
-    out
-}
+use common::{karnna, run_ok, train_short, workdir, SHORT};
 
 fn refused(dir: &Path, args: &[&str], expect: &str) {
     let o = karnna(dir, args);

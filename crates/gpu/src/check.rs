@@ -558,6 +558,7 @@ fn train_tiny<X: CellKernels>(
         fresh: true,
         plain: true,
         memory_limit: None,
+        collective: std::sync::Arc::new(karnna_train::collective::Alone),
     };
     let report = karnna_train::train::<X>(opts, device)?;
     let path = report

@@ -598,13 +598,25 @@ pub enum DropoutSeed {
     /// drew: the backend's generator is global to the process, and a draw on any other thread
     /// (Burn's and burn-train's own, a test's) would otherwise shift every later mask.
     Seeded(u64),
+    /// [`DropoutSeed::Seeded`] for a share of a batch's rows: the masks of the whole batch of
+    /// `total` rows, cut to the `first` row onward (as many rows as this forward has). The
+    /// processes of a data-parallel run, each with its own rows, together draw exactly the
+    /// masks one process draws for the whole batch.
+    SeededRows {
+        /// The iteration's seed, as for [`DropoutSeed::Seeded`].
+        seed: u64,
+        /// The first of this forward's rows in the whole batch.
+        first: usize,
+        /// The rows of the whole batch.
+        total: usize,
+    },
 }
 
 impl DropoutSeed {
     /// The seed of layer `layer`'s dropout mask (the mask is [`crate::cpu::dropout_mask`]
     /// of it), drawn on `device` for [`DropoutSeed::Backend`].
     pub fn layer_seed<B: Backend>(self, layer: usize, device: &B::Device) -> u64 {
-        if let DropoutSeed::Seeded(seed) = self {
+        if let DropoutSeed::Seeded(seed) | DropoutSeed::SeededRows { seed, .. } = self {
             let state = (layer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut z = seed.wrapping_add(state);
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -639,6 +651,17 @@ fn apply_dropout<B: CellBackend, const D: usize>(
         return x;
     }
     let seed = seeds.layer_seed::<B>(layer, &device);
-    let mask = B::dropout_mask(seed, keep_prob, x.shape(), &device);
+    let shape = x.shape();
+    if let DropoutSeed::SeededRows { first, total, .. } = seeds {
+        // The whole batch's mask (dimension 1 is the batch: `[steps, batch, H]`), cut to
+        // this forward's rows.
+        let rows = shape[1];
+        let mut whole = shape.clone();
+        whole[1] = total;
+        let mask = B::dropout_mask(seed, keep_prob, whole, &device);
+        let mask = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(mask));
+        return x * mask.narrow(1, first, rows);
+    }
+    let mask = B::dropout_mask(seed, keep_prob, shape, &device);
     x * Tensor::from_primitive(TensorPrimitive::Float(mask))
 }

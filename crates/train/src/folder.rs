@@ -21,7 +21,7 @@ pub const LOCK_FILE: &str = "train.lock";
 #[derive(Debug)]
 pub struct RunFolder {
     run: RunDir,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 impl RunFolder {
@@ -64,8 +64,22 @@ impl RunFolder {
             .with_context(|| format!("{}: cannot write", path.display()))?;
         Ok(Self {
             run: RunDir::new(dir),
-            _lock: file,
+            _lock: Some(file),
         })
+    }
+
+    /// `dir` as the other ranks of a data-parallel run see it: rank 0 holds the lock and writes;
+    /// they only read (the checkpoint they resume from).
+    pub fn follow(dir: &Path) -> Self {
+        Self {
+            run: RunDir::new(dir),
+            _lock: None,
+        }
+    }
+
+    /// Whether this process holds the folder's lock (and so writes in it).
+    pub fn holds_lock(&self) -> bool {
+        self._lock.is_some()
     }
 
     /// The folder.

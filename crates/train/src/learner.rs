@@ -18,6 +18,8 @@ use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use karnna_data::{Batch, Batches};
 use karnna_model::{CellBackend, CharRnn, DropoutSeed, Recurrence, RnnState};
 
+use crate::collective::Collective;
+
 /// The model as burn-train sees it (a newtype, since `TrainStep` and `CharRnn` are both foreign
 /// to this crate).
 #[derive(Module, Debug)]
@@ -46,6 +48,18 @@ impl<B: Backend> CharBatch<B> {
         Self {
             inputs: ints(&batch.inputs),
             targets: ints(&batch.targets),
+        }
+    }
+
+    /// Rows `rows` of the batch: a data-parallel rank's share.
+    pub fn rows(self, rows: std::ops::Range<usize>) -> Self {
+        if rows.start == 0 && rows.end == self.inputs.dims()[0] {
+            return self;
+        }
+        let n = rows.end - rows.start;
+        Self {
+            inputs: self.inputs.narrow(0, rows.start, n),
+            targets: self.targets.narrow(0, rows.start, n),
         }
     }
 }
@@ -165,6 +179,20 @@ impl<B: Backend> CharOutput<B> {
     /// The loss as a number (one device read).
     pub fn loss_value(&self) -> f64 {
         self.loss.clone().into_scalar().elem::<f64>()
+    }
+
+    /// The output of the whole batch that the ranks of `world` trained a share each of: the
+    /// ranks' mean loss (their shares are of one size) and every rank's characters. A run of
+    /// one process gets its own output back.
+    pub fn shared(self, world: &dyn Collective) -> Self {
+        if world.size() == 1 {
+            return self;
+        }
+        let loss = world.mean(self.loss_value());
+        Self {
+            loss: Tensor::from_floats([loss as f32], &self.loss.device()),
+            chars: self.chars * world.size(),
+        }
     }
 }
 
@@ -451,6 +479,88 @@ where
             slot: self.slot,
         }
     }
+}
+
+/// Sums every gradient over the ranks of `world` and divides by their number: the gradient of
+/// the whole batch's mean loss, since each rank's loss is the mean over a share of one size.
+/// One `MPI_Allreduce` of one flat f32 buffer, in module order (the order every rank visits
+/// the same model in; `ParamId`s are random per process). Nothing for a run of one process.
+pub fn average_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    world: &dyn Collective,
+) {
+    if world.size() == 1 {
+        return;
+    }
+    struct Flatten<'a> {
+        grads: &'a mut GradientsParams,
+        flat: Vec<f32>,
+        shapes: Vec<Option<Vec<usize>>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let g = self.grads.remove::<B::InnerBackend, D>(param.id);
+            self.shapes.push(g.as_ref().map(|g| g.dims().to_vec()));
+            if let Some(g) = g {
+                self.flat.extend(karnna_model::to_f32_vec(g));
+            }
+        }
+    }
+    struct Restore<'a> {
+        grads: &'a mut GradientsParams,
+        flat: &'a [f32],
+        shapes: std::slice::Iter<'a, Option<Vec<usize>>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Restore<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let Some(shape) = self.shapes.next().expect("the same parameters").clone() else {
+                return;
+            };
+            let n: usize = shape.iter().product();
+            let (mine, rest) = self.flat.split_at(n);
+            self.flat = rest;
+            let device = param.val().device();
+            let g = Tensor::<B::InnerBackend, D>::from_data(
+                TensorData::new(mine.to_vec(), shape),
+                &device,
+            );
+            self.grads.register::<B::InnerBackend, D>(param.id, g);
+        }
+    }
+    let mut flatten = Flatten {
+        grads,
+        flat: Vec::new(),
+        shapes: Vec::new(),
+    };
+    module.visit(&mut flatten);
+    let (mut flat, shapes) = (flatten.flat, flatten.shapes);
+    world.sum_f32(&mut flat);
+    let scale = 1.0 / world.size() as f32;
+    flat.iter_mut().for_each(|x| *x *= scale);
+    module.visit(&mut Restore {
+        grads,
+        flat: &flat,
+        shapes: shapes.iter(),
+    });
+}
+
+/// An FNV-1a digest of every parameter's bits, in module order: equal on two processes only
+/// when their weights are (what a data-parallel run checks at each checkpoint).
+pub fn weights_digest<B: Backend, M: Module<B>>(module: &M) -> u64 {
+    struct Digest(u64);
+    impl<B: Backend> ModuleVisitor<B> for Digest {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            for x in karnna_model::to_f32_vec(param.val()) {
+                for b in x.to_bits().to_le_bytes() {
+                    self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+        }
+    }
+    let mut d = Digest(0xcbf2_9ce4_8422_2325);
+    module.visit(&mut d);
+    d.0
 }
 
 /// Scales all gradients by `min(1, max_norm / ‖g‖)`, where `‖g‖` is the global norm over every

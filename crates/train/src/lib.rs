@@ -13,6 +13,7 @@
 //! tool, `Flex` for burn-train's loss metric, which receives a number already on the host.
 //! Sampling must not depend on this crate.
 
+pub mod collective;
 pub mod config;
 pub mod corpus;
 mod dashboard;

@@ -31,13 +31,14 @@ use karnna_data::{Vocab, Want};
 use karnna_model::checkpoint::RunDir;
 use karnna_model::{CellKernels, Checkpoint, CheckpointMeta, DropoutSeed, RnnState};
 
+use crate::collective::{shard, Alone, Collective};
 use crate::config::{ReferenceCurve, RunConfig};
 use crate::corpus::{Corpus, Preparation};
 use crate::dashboard::{self, Quiet};
 use crate::folder::RunFolder;
 use crate::learner::{
-    clip_global_norm, BatchLoader, CharBatch, CharMetric, CharMetricKind, CharOutput, OptimHandle,
-    RecordingOptim, Trainee,
+    average_gradients, clip_global_norm, weights_digest, BatchLoader, CharBatch, CharMetric,
+    CharMetricKind, CharOutput, OptimHandle, RecordingOptim, Trainee,
 };
 use crate::log::{MetricsLog, Row, NOTEBOOK_VAL_LOSS};
 use crate::memory::MemoryEstimate;
@@ -59,6 +60,25 @@ pub struct TrainOptions {
     /// Memory the run may take, in bytes (see [`crate::memory::available`]); a run whose
     /// estimate exceeds it is refused before anything is allocated. `None`: not checked.
     pub memory_limit: Option<u64>,
+    /// The processes training the run together ([`crate::collective`]): [`Alone`] for one,
+    /// MPI's world under `mpirun`. Each trains its share of every batch's rows; rank 0 alone
+    /// writes the run folder.
+    pub collective: Arc<dyn Collective>,
+}
+
+impl TrainOptions {
+    /// A run of one process, as `config` says, in `run_dir`, with nothing else asked.
+    pub fn new(config: RunConfig, run_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            config,
+            run_dir: run_dir.into(),
+            resume: false,
+            fresh: false,
+            plain: false,
+            memory_limit: None,
+            collective: Arc::new(Alone),
+        }
+    }
 }
 
 /// How a run ended.
@@ -125,11 +145,32 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     let interrupter = Interrupter::new();
     let signals =
         StopOnSignal::install(interrupter.clone()).context("cannot listen for stop signals")?;
-    let folder = RunFolder::lock(&opts.run_dir)?;
+    // In a data-parallel run rank 0 locks the folder and prepares the text first; the others
+    // then read what it left (a resumed checkpoint, the cache of prepared ids).
+    let world = opts.collective.clone();
+    let root = world.is_root();
+    if !root {
+        world.barrier();
+    }
+    let folder = match root {
+        true => RunFolder::lock(&opts.run_dir)?,
+        false => RunFolder::follow(&opts.run_dir),
+    };
     let resume_from = folder.prepare(opts.resume, opts.fresh)?;
     let (config, base) = settle_config(opts.config, resume_from.as_ref())?;
+    if !config.batch_size.is_multiple_of(world.size()) {
+        bail!(
+            "batch_size {} does not divide among {} processes: make it a multiple of the number of ranks",
+            config.batch_size,
+            world.size()
+        );
+    }
     let stop = || interrupter.should_stop();
-    let corpus = match read_text(&config, resume_from.as_ref(), base.as_ref(), &stop) {
+    let corpus = read_text(&config, resume_from.as_ref(), base.as_ref(), &stop);
+    if root {
+        world.barrier();
+    }
+    let corpus = match corpus {
         Err(e) if is_interrupted(&e) => {
             return Ok(TrainReport {
                 iteration: resume_from.as_ref().map_or(0, |c| c.meta.iteration),
@@ -146,16 +187,18 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
     println!("precision:       {}", config.precision_line());
     println!("run folder:      {}", folder.dir().display());
     check_memory(&folder, &config, &corpus, opts.memory_limit)?;
-    if opts.fresh {
-        folder.clear()?;
-    }
-    // The resolved config and the vocabulary, before the first step.
     let dir = folder.dir();
-    std::fs::write(dir.join("config.toml"), toml::to_string_pretty(&config)?)?;
-    std::fs::write(
-        dir.join("vocab.json"),
-        serde_json::to_string(&corpus.vocab)?,
-    )?;
+    if root {
+        if opts.fresh {
+            folder.clear()?;
+        }
+        // The resolved config and the vocabulary, before the first step.
+        std::fs::write(dir.join("config.toml"), toml::to_string_pretty(&config)?)?;
+        std::fs::write(
+            dir.join("vocab.json"),
+            serde_json::to_string(&corpus.vocab)?,
+        )?;
+    }
 
     let mut start = Start::<I>::build(
         &config,
@@ -174,8 +217,11 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
         );
     }
     let (val_batches, val_read) = (config.val_batches, corpus.val_batches(&config));
-    let carry =
-        Carry::<I>::new(config, &folder, corpus.vocab, &mut start, plan, plain)?.reading(val_read);
+    let rows = shard(config.batch_size, world.rank(), world.size());
+    start.state = start.state.map(|s| rows_of(s, rows.clone()));
+    let carry = Carry::<I>::new(config, &folder, corpus.vocab, &mut start, plan, plain)?
+        .reading(val_read)
+        .shared_by(world, rows);
     let (train, val) = (corpus.train, corpus.val);
     let val = val.unwrap_or_else(|| train.clone());
     let train_loader: TrainLoader<Components<I>> =
@@ -373,7 +419,14 @@ fn launch<I: CellKernels>(
     signals: StopOnSignal,
 ) -> anyhow::Result<TrainReport> {
     let (config, plain) = (&carry.config, carry.plain);
-    let mut training = SupervisedTraining::new(carry.run.path(), train_loader, valid_loader)
+    // burn-train writes its log and metric folders where it is told: rank 0 in the run folder,
+    // the others in a scratch folder of their own, removed at the end.
+    let scratch = (!carry.world.is_root())
+        .then(|| std::env::temp_dir().join(format!("karnna-rank-{}", std::process::id())));
+    let learner_dir = scratch
+        .clone()
+        .unwrap_or_else(|| carry.run.path().to_owned());
+    let mut training = SupervisedTraining::new(&learner_dir, train_loader, valid_loader)
         .metrics((
             LossMetric::<Flex>::new(),
             CharMetric::new(CharMetricKind::BitsPerChar),
@@ -404,6 +457,9 @@ fn launch<I: CellKernels>(
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| training.launch(learner)));
     let signal = signals.received();
     drop(signals);
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     match result {
         Ok(result) => dashboard::end(result, plain),
         Err(_) if dashboard::killed() => {}
@@ -415,6 +471,54 @@ fn launch<I: CellKernels>(
         bail!("{e}");
     }
     Ok(shared.report(signal))
+}
+
+/// Rows `rows` of a carried state (`[layers, batch, H]`): a rank's share of a checkpoint's.
+fn rows_of<B: Backend>(state: RnnState<B>, rows: std::ops::Range<usize>) -> RnnState<B> {
+    if rows.start == 0 && rows.end == state.h.dims()[1] {
+        return state;
+    }
+    let n = rows.end - rows.start;
+    RnnState {
+        h: state.h.narrow(1, rows.start, n),
+        c: state.c.narrow(1, rows.start, n),
+    }
+}
+
+/// The whole batch's carried state (`batch` rows) on rank 0, from every rank's share (each
+/// `[layers, batch / ranks, H]`, rank 0's rows first); `None` on the other ranks, and on every
+/// rank when there is no state to carry (the same on all of them). Alone, the state itself.
+fn gather_state<B: Backend>(
+    world: &dyn Collective,
+    state: Option<&RnnState<B>>,
+    batch: usize,
+) -> Option<RnnState<B>> {
+    let state = state?;
+    if world.size() == 1 {
+        return Some(state.clone());
+    }
+    let [layers, rows, h] = state.h.dims();
+    let mut part = karnna_model::to_f32_vec(state.h.clone());
+    part.extend(karnna_model::to_f32_vec(state.c.clone()));
+    let all = world.gather(&part)?;
+    // Rank k's part: its h then its c, each [layers, rows, H]; the whole is [layers, batch, H].
+    let (each, block) = (rows * h, layers * rows * h);
+    let mut whole = [
+        vec![0.0f32; layers * batch * h],
+        vec![0.0f32; layers * batch * h],
+    ];
+    for (k, part) in all.chunks_exact(2 * block).enumerate() {
+        for (t, tensor) in whole.iter_mut().enumerate() {
+            for l in 0..layers {
+                let from = &part[t * block + l * each..][..each];
+                tensor[(l * batch + k * rows) * h..][..each].copy_from_slice(from);
+            }
+        }
+    }
+    let device = state.h.device();
+    let [hs, cs] =
+        whole.map(|v| Tensor::from_data(TensorData::new(v, [layers, batch, h]), &device));
+    Some(RnnState { h: hs, c: cs })
 }
 
 fn encode_state<B: Backend>(state: &RnnState<B>) -> Vec<u8> {
@@ -451,7 +555,8 @@ fn decode_state<B: Backend>(
 /// Mutable state of the strategy (its `fit` takes `&self`).
 struct Shared<B: Backend> {
     start_state: Option<RnnState<B>>,
-    log: MetricsLog,
+    /// `metrics.csv`; `None` on a rank other than 0.
+    log: Option<MetricsLog>,
     elapsed0: f64,
     best: Option<(PathBuf, f64)>,
     last_checkpoint: Option<PathBuf>,
@@ -489,6 +594,9 @@ struct Carry<I: CellKernels> {
     val_read: (usize, usize),
     handle: OptimHandle<OptimRecord<I>>,
     shared: Mutex<Shared<B<I>>>,
+    /// The processes of the run and this one's rows of each batch (all of them when alone).
+    world: Arc<dyn Collective>,
+    rows: std::ops::Range<usize>,
 }
 
 /// The shape of the loop: batches per epoch and where the run stops, for the progress bars.
@@ -527,6 +635,14 @@ struct Loop<'a, I: CellKernels> {
     valid_loader: ValidLoader<Components<I>>,
     state: Option<RnnState<B<I>>>,
     started: Instant,
+    /// The stop every rank agreed on at the last record (a signal or the stop key on any of
+    /// them): the loop ends after the iteration that saved it.
+    stopping: bool,
+    /// Time in the gradients' all-reduce and in whole steps, for a data-parallel run's
+    /// closing line.
+    comm_secs: f64,
+    step_secs: f64,
+    steps: usize,
 }
 
 /// A step done, for [`Loop::record`]: batch `k` of `epoch`, its output and timing.
@@ -559,13 +675,22 @@ impl<I: CellKernels> Carry<I> {
         plain: bool,
     ) -> anyhow::Result<Self> {
         let dir = folder.dir();
+        let config_rows = config.batch_size;
         let reference = match config.reference_curve {
             ReferenceCurve::None => None,
             ReferenceCurve::Notebook => Some(("notebook", &NOTEBOOK_VAL_LOSS[..])),
         };
-        crate::provenance::record(dir, &config, start.iteration)?;
-        let log = MetricsLog::open(dir, start.iteration)?.with_reference(reference);
-        let elapsed0 = log.rows().last().map_or(0.0, |r| r.elapsed_s);
+        // Only the rank that holds the folder writes in it.
+        let log = match folder.holds_lock() {
+            true => {
+                crate::provenance::record(dir, &config, start.iteration)?;
+                Some(MetricsLog::open(dir, start.iteration)?.with_reference(reference))
+            }
+            false => None,
+        };
+        let elapsed0 = (log.as_ref())
+            .and_then(|l| l.rows().last())
+            .map_or(0.0, |r| r.elapsed_s);
         let shared = Shared {
             start_state: start.state.take(),
             log,
@@ -586,7 +711,24 @@ impl<I: CellKernels> Carry<I> {
             val_read: (0, 0),
             handle: start.optim.handle(),
             shared: Mutex::new(shared),
+            world: Arc::new(Alone),
+            rows: 0..config_rows,
         })
+    }
+
+    /// The strategy of one rank of a data-parallel run, training `rows` of each batch.
+    fn shared_by(mut self, world: Arc<dyn Collective>, rows: std::ops::Range<usize>) -> Self {
+        if world.size() > 1 && world.is_root() {
+            let path = self.run.path().join(crate::provenance::FILE);
+            let line = format!("ranks: {} (MPI, {} rows each)\n", world.size(), rows.len());
+            let _ = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        }
+        self.world = world;
+        self.rows = rows;
+        self
     }
 
     /// The strategy, told how many of the split's validation batches one validation reads
@@ -609,12 +751,15 @@ impl<I: CellKernels> Carry<I> {
     ) -> Option<f64> {
         let (mut total, mut n, mut state) = (0.0, 0usize, None);
         let mut iter = loader.iter();
+        let world = &*self.world;
         while let Some(batch) = iter.next() {
-            if interrupter.should_stop() {
+            if world.any(interrupter.should_stop()) {
                 return None;
             }
-            let (out, s) = model.eval_batch(batch, state.take());
+            // Each rank scores its rows; the ranks' means are of shares of one size.
+            let (out, s) = model.eval_batch(batch.rows(self.rows.clone()), state.take());
             state = Some(s);
+            let out = out.shared(world);
             total += out.loss_value();
             n += 1;
             let item =
@@ -699,6 +844,10 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
             interrupter: components.interrupter,
             valid_loader,
             started: Instant::now(),
+            stopping: false,
+            comm_secs: 0.0,
+            step_secs: 0.0,
+            steps: 0,
         };
         for epoch in self.start_iteration / plan.per_epoch + 1..=self.config.epochs {
             if !run.epoch(epoch, &train_loader) {
@@ -708,6 +857,7 @@ impl<I: CellKernels> SupervisedLearningStrategy<Components<I>> for Carry<I> {
         if dashboard::killed() {
             run.end_after_kill();
         }
+        run.print_communication();
         (run.learner.model(), run.processor)
     }
 }
@@ -728,6 +878,24 @@ impl<I: CellKernels> Loop<'_, I> {
         let (processor, event) = (&mut self.processor, LearnerEvent::EndEpoch(epoch));
         dashboard::kill_is_a_stop(&self.interrupter, || processor.process_train(event));
         true
+    }
+
+    /// A data-parallel run's closing line on rank 0: the bytes each step's all-reduce moves and
+    /// the time it took, against the step's.
+    fn print_communication(&self) {
+        let world = &*self.carry.world;
+        if world.size() == 1 || !world.is_root() || self.steps == 0 || !self.carry.plain {
+            return;
+        }
+        let floats = self.carry.config.model(self.carry.vocab.len()).num_params();
+        let (n, steps) = (world.size(), self.steps as f64);
+        println!(
+            "all-reduce:      {:.1} MB of gradients a step over {n} ranks, {:.1} ms a step ({:.1}% of a {:.0} ms step)",
+            (floats * 4) as f64 / 1e6,
+            1e3 * self.comm_secs / steps,
+            100.0 * self.comm_secs / self.step_secs,
+            1e3 * self.step_secs / steps
+        );
     }
 
     /// Ends the process after the dashboard's kill key, once the run has saved (the loop stops
@@ -758,6 +926,8 @@ impl<I: CellKernels> Loop<'_, I> {
             }
         };
         let secs = t0.elapsed().as_secs_f64();
+        self.step_secs += secs;
+        self.steps += 1;
         let done = Done {
             epoch,
             k,
@@ -770,7 +940,7 @@ impl<I: CellKernels> Loop<'_, I> {
             self.shared.error = Some(format!("{dir}: {e:#}"));
             return false;
         }
-        let interrupted = self.interrupter.should_stop();
+        let interrupted = self.stopping;
         let stopping = interrupted || self.shared.iteration >= self.carry.plan.stop_at;
         if stopping {
             self.shared.interrupted = interrupted;
@@ -782,11 +952,26 @@ impl<I: CellKernels> Loop<'_, I> {
     /// iteration, forward and backward, the clip, Adam; the iteration and the state advance.
     /// The output and its loss; an error when the loss is not finite (nothing is stepped then).
     fn step(&mut self, batch: CharBatch<B<I>>) -> Result<(CharOutput<B<I>>, f64), String> {
-        let config = &self.carry.config;
-        let dropout = DropoutSeed::Seeded(step_seed(config.seed, self.shared.iteration));
+        let (config, world) = (&self.carry.config, &*self.carry.world);
+        let seed = step_seed(config.seed, self.shared.iteration);
+        let rows = self.carry.rows.clone();
+        let dropout = match world.size() {
+            1 => DropoutSeed::Seeded(seed),
+            _ => DropoutSeed::SeededRows {
+                seed,
+                first: rows.start,
+                total: config.batch_size,
+            },
+        };
         self.learner.lr_step();
         let model = self.learner.model();
+        let batch = batch.rows(rows);
         let (out, mut grads, next_state) = model.train_batch(batch, self.state.take(), dropout);
+        // Every rank then holds the whole batch's loss and gradients.
+        let t0 = Instant::now();
+        let out = out.shared(world);
+        average_gradients(&model, &mut grads, world);
+        self.comm_secs += t0.elapsed().as_secs_f64();
         let loss = out.loss_value();
         if !loss.is_finite() {
             let last = (self.shared.last_checkpoint.as_ref())
@@ -821,7 +1006,9 @@ impl<I: CellKernels> Loop<'_, I> {
         let (processor, event) = (&mut self.processor, LearnerEvent::ProcessedItem(item));
         dashboard::kill_is_a_stop(&self.interrupter, || processor.process_train(event));
         let end_of_epoch = done.k == plan.per_epoch;
-        let (saving, validating) = self.due(end_of_epoch);
+        let world = self.carry.world.clone();
+        let stopped = world.any(self.interrupter.should_stop());
+        let (saving, validating) = self.due(end_of_epoch, stopped);
         let val_loss = if validating {
             let model = self.learner.model().valid();
             (self.carry).validate(
@@ -835,7 +1022,9 @@ impl<I: CellKernels> Loop<'_, I> {
             None
         };
         // A stop that came during the validation saves now.
-        let saving = saving || self.interrupter.should_stop();
+        let late = world.any(self.interrupter.should_stop());
+        self.stopping = stopped || late || (validating && val_loss.is_none());
+        let saving = saving || self.stopping;
         let row = Row {
             iteration,
             epoch: done.epoch,
@@ -844,12 +1033,27 @@ impl<I: CellKernels> Loop<'_, I> {
             chars_per_s,
             elapsed_s: self.shared.elapsed0 + self.started.elapsed().as_secs_f64(),
         };
-        if self.carry.plain {
+        if self.carry.plain && world.is_root() {
             self.print_plain(&row, done.secs, validating);
         }
-        self.shared.log.push(row)?;
+        if let Some(log) = self.shared.log.as_mut() {
+            log.push(row)?;
+        }
         if saving {
             let carried = self.state.as_ref().filter(|_| !end_of_epoch);
+            // The ranks train one model: checked at every checkpoint, before it is written.
+            if world.size() > 1 && !world.same_everywhere(weights_digest(&self.learner.model())) {
+                bail!(
+                    "the {} processes' weights differ at iteration {iteration}: they no longer train one model (nothing saved)",
+                    world.size()
+                );
+            }
+            // Every rank's rows of the carried state, on rank 0, which alone saves.
+            let carried = gather_state(&*world, carried, self.carry.config.batch_size);
+            if !world.is_root() {
+                return Ok(());
+            }
+            let carried = carried.as_ref();
             let model = self.learner.model();
             let saved = (self.carry).save(
                 &mut self.shared,
@@ -866,11 +1070,10 @@ impl<I: CellKernels> Loop<'_, I> {
         Ok(())
     }
 
-    /// Whether the iteration just done saves and whether it validates (a stop request saves and
-    /// never starts a validation).
-    fn due(&self, end_of_epoch: bool) -> (bool, bool) {
+    /// Whether the iteration just done saves and whether it validates (a stop request, `stopped`
+    /// as every rank agreed, saves and never starts a validation).
+    fn due(&self, end_of_epoch: bool, stopped: bool) -> (bool, bool) {
         let (cfg, plan, iteration) = (&self.carry.config, &self.carry.plan, self.shared.iteration);
-        let stopped = self.interrupter.should_stop();
         // An epoch's end is saved only when epochs are at least `save_every_n` long: a short
         // text (a few batches an epoch) would otherwise write a checkpoint every few
         // iterations. Resuming mid-epoch is exact, so nothing depends on epoch-end saves.

@@ -59,6 +59,7 @@ fn the_notebooks_run_follows_its_recorded_losses() {
         fresh: false,
         plain: true,
         memory_limit: None,
+        collective: std::sync::Arc::new(karnna_train::collective::Alone),
     };
     train::<Flex>(opts, Default::default()).unwrap();
     let rows = karnna_train::log::read_rows(&dir.join("metrics.csv")).unwrap();

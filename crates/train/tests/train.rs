@@ -168,6 +168,7 @@ fn try_run(
         fresh: false,
         plain: true,
         memory_limit: None,
+        collective: std::sync::Arc::new(karnna_train::collective::Alone),
     };
     train::<Flex>(opts, Default::default())
 }

@@ -18,6 +18,17 @@ pub fn karnna(dir: &Path, args: &[&str]) -> Output {
     command(dir).args(args).output().unwrap()
 }
 
+/// Runs the `karnna` binary in `dir` with `args`, asserts that it succeeded (its output in
+/// the message otherwise) and returns its stdout.
+#[allow(dead_code)] // not every test binary uses it
+pub fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let o = karnna(dir, args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{args:?}:\n{out}\n{err}");
+    out
+}
+
 /// Runs `karnna train` in `dir` with `configs/tiny.toml` on `dir/short.txt`, then `extra`.
 #[allow(dead_code)]
 pub fn train_short(dir: &Path, extra: &[&str]) -> Output {

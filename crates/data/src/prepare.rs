@@ -255,7 +255,16 @@ pub fn prepare(files: &[PathBuf], want: Want, opts: Options) -> Result<Prepared,
             None => entry.encode(&sources, &vocab, false)?.0,
         },
     };
-    let (ids, path) = entry.map_ids(&vocab, &encoding)?;
+    // A cut or damaged `.ids` file (a disk that filled, a copy cut short, a hand edit) is
+    // prepared again from the text, as a missing one is.
+    let (encoding, (ids, path)) = match entry.map_ids(&vocab, &encoding) {
+        Ok(mapped) => (encoding, mapped),
+        Err(_) => {
+            let encoding = entry.encode(&sources, &vocab, false)?.0;
+            let mapped = entry.map_ids(&vocab, &encoding)?;
+            (encoding, mapped)
+        }
+    };
     let counter = sources.counter();
     let lacking = not_in(counter.order.iter(), &vocab);
     let new_chars = match &want {
@@ -409,14 +418,14 @@ impl Entry<'_, '_> {
     }
 
     /// The ids of `encoding` (with `vocab`) mapped from the folder, and their file; an error
-    /// when the file holds fewer than its record says.
+    /// when the file is missing or holds another number of ids than its record says.
     fn map_ids(&self, vocab: &Vocab, encoding: &Encoding) -> Result<(Ids, PathBuf), DataError> {
         let path = self.dir.join(format!("{}.ids", vocab_key(vocab)));
         let ids = Ids::map(&path, encoding.width).map_err(cache_error(&path))?;
         if ids.len() != encoding.file_ids.iter().sum::<u64>() {
             return Err(DataError::Cache {
                 path,
-                source: std::io::Error::other("shorter than its record says; delete it"),
+                source: std::io::Error::other("not the length its record says"),
             });
         }
         Ok((ids, path))

@@ -189,6 +189,36 @@ fn the_cache_is_reused_only_while_it_is_the_texts() {
 }
 
 #[test]
+fn a_cut_or_grown_ids_file_is_prepared_again() {
+    let dir = scratch("cut");
+    let files = [write(
+        &dir,
+        "t.txt",
+        "hello world, hello again\n".repeat(50).as_bytes(),
+    )];
+    let cache = dir.join("cache");
+    let first = prep(&files, Want::Text, &cache, 64).unwrap();
+    let (want, path) = (first.ids.to_vec(), first.path.clone());
+    drop(first); // its mapping must not see the file cut under it
+    let len = std::fs::metadata(&path).unwrap().len();
+    for damaged_len in [len / 2, 0, len + 3] {
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(damaged_len)
+            .unwrap();
+        let again = prep(&files, Want::Text, &cache, 64).unwrap();
+        assert!(
+            !again.reused,
+            "a {damaged_len}-byte file of {len} is not reused"
+        );
+        assert_eq!(again.ids.to_vec(), want);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    }
+}
+
+#[test]
 fn a_stop_request_ends_preparation_and_leaves_nothing_half_written() {
     let dir = scratch("stop");
     let line = "some text to read, a few bytes at a time\n";

@@ -6,7 +6,7 @@
 //! call. `batch` and `seq` are dynamic. The graph:
 //!
 //! ```text
-//! ids ─Gather(eye V)→ one-hot [batch, seq, V] ─Transpose→ [seq, batch, V]
+//! ids ─OneHot(V)→ [batch, seq, V] ─Transpose→ [seq, batch, V]
 //!     ─LSTM/GRU/RNN layer 0 (h0[0], c0[0])─Squeeze→ ... layer L-1 ─Transpose→ [batch, seq, H]
 //!     ─MatMul(fc.weightᵀ)─Add(fc.bias)→ logits;   the layers' Y_h (Y_c) ─Concat→ hn (cn)
 //! ```
@@ -142,17 +142,17 @@ fn graph(model: &TorchModel) -> GraphProto {
     let mut init = Vec::new();
     let mut nodes = Vec::new();
 
-    let mut eye = vec![0.0f32; v * v];
-    (0..v).for_each(|i| eye[i * v + i] = 1.0);
-    init.push(float_tensor("one_hot_table", &[v, v], &eye));
+    // One-hot input: OneHot(ids, depth V, values [0, 1]) along a new last axis.
+    init.push(int_tensor("vocab_size", &[v as i64]));
+    init.push(float_tensor("off_on", &[2], &[0.0, 1.0]));
     init.push(int_tensor("axis_0", &[0]));
     init.push(int_tensor("axis_1", &[1]));
     nodes.push(node(
-        "Gather",
+        "OneHot",
         "one_hot",
-        &["one_hot_table", "ids"],
+        &["ids", "vocab_size", "off_on"],
         &["x_one_hot"],
-        vec![int_attr("axis", 0)],
+        vec![int_attr("axis", -1)],
     ));
     nodes.push(node(
         "Transpose",

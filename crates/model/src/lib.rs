@@ -18,7 +18,6 @@ pub mod cpu;
 pub mod gpu;
 mod model;
 pub mod ops;
-mod record_check;
 pub mod sampling_step;
 
 pub use cell::Cell;

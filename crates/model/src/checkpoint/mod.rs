@@ -15,12 +15,14 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
-use karnna_data::Vocab;
-use serde::{Deserialize, Serialize};
 
-use crate::model::{CharRnn, CharRnnConfig};
-use crate::record_check;
-pub use crate::record_check::check_record;
+use crate::model::CharRnn;
+
+mod check;
+mod meta;
+
+pub use check::check_record;
+pub use meta::CheckpointMeta;
 
 const MAGIC: &[u8; 8] = b"KARNNA01";
 
@@ -46,26 +48,6 @@ pub enum CheckpointError {
     /// written by another program, or crafted): the message names the field.
     #[error("{}: invalid checkpoint: {}", .0.display(), .1)]
     Invalid(PathBuf, String),
-}
-
-/// The checkpoint's description: what it is and how to rebuild the model.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CheckpointMeta {
-    /// The model: vocabulary size, shape ([`crate::ModelShape`]) and dropout. The one place a
-    /// checkpoint holds the shape.
-    pub model: CharRnnConfig,
-    /// The vocabulary the model was trained with.
-    pub vocab: Vocab,
-    /// Training iterations done (optimizer steps).
-    pub iteration: usize,
-    /// Validation loss (nats per character) when it was saved, if measured.
-    pub val_loss: Option<f64>,
-    /// The last training loss (nats per character).
-    pub train_loss: Option<f64>,
-    /// The run's resolved configuration, as the trainer wrote it, less the keys of `model`
-    /// (checkpoints that repeat them here hold the same values; `model` is the one read).
-    #[serde(default)]
-    pub run: serde_json::Value,
 }
 
 /// A checkpoint read from disk: the meta and every section's bytes.
@@ -177,15 +159,15 @@ impl Checkpoint {
             .map(|(_, b)| b)
             .ok_or_else(|| corrupt("no meta section"))?;
         let invalid = |why: String| CheckpointError::Invalid(path.to_owned(), why);
-        let meta = record_check::parse_meta(meta_bytes).map_err(invalid)?;
-        record_check::check_meta(&meta).map_err(invalid)?;
+        let meta = meta::parse_meta(meta_bytes).map_err(invalid)?;
+        meta::check_meta(&meta).map_err(invalid)?;
         let model = sections
             .iter()
             .find(|(n, _)| n == "model")
             .map(|(_, b)| b)
             .ok_or_else(|| corrupt("no model section"))?;
-        record_check::check_record(model, false).map_err(|e| invalid(format!("model: {e}")))?;
-        record_check::check_model_shapes(model, &meta.model).map_err(invalid)?;
+        check::check_record(model, false).map_err(|e| invalid(format!("model: {e}")))?;
+        check::check_model_shapes(model, &meta.model).map_err(invalid)?;
         Ok(Self {
             path: path.to_owned(),
             meta,

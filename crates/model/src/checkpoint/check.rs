@@ -1,11 +1,11 @@
-//! What a checkpoint's contents must satisfy before anything is built from them. A checkpoint
-//! may come from anyone: its checksum catches accidents, not intent. Burn's record loader
-//! trusts what it reads (a parameter id that does not parse, or a tensor whose bytes disagree
-//! with its shape, panics), and a model built from the meta allocates what the meta asks. So
-//! the meta's fields are range-checked ([`check_meta`]), every value of a record is walked
-//! without copying it ([`check_record`]), and the model record's shapes are compared with the
-//! meta's ([`check_model_shapes`]), all before Burn sees the bytes or a tensor is allocated.
-//! Each error names the field or tensor at fault.
+//! What a checkpoint's records must satisfy before Burn reads them. A checkpoint may come from
+//! anyone: its checksum catches accidents, not intent. Burn's record loader trusts what it reads
+//! (a parameter id that does not parse, or a tensor whose bytes disagree with its shape,
+//! panics), and a model built from the meta allocates what the meta asks. So every value of a
+//! record is walked without copying it ([`check_record`]) and the model record's shapes are
+//! compared with the meta's model ([`check_model_shapes`]), before Burn sees the bytes or a
+//! tensor is allocated (the meta's own fields: `meta.rs`). Each error names the field or tensor
+//! at fault. This file knows the model's config, not the checkpoint that holds it.
 
 use std::fmt;
 
@@ -14,72 +14,12 @@ use burn::tensor::DType;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::checkpoint::CheckpointMeta;
 use crate::model::CharRnnConfig;
 use crate::Cell;
 
 /// Deepest nesting a record may have (karnna's are a few levels deep); deeper is refused
 /// before it can exhaust a thread's stack.
 const MAX_DEPTH: usize = 32;
-
-/// The meta section's JSON. serde's message on a bad value gives a line and a column; this one
-/// names the field first (`model.cell: unknown variant ...`).
-pub(crate) fn parse_meta(bytes: &[u8]) -> Result<CheckpointMeta, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("meta: {e}"))?;
-    serde_json::from_value(value.clone()).map_err(|e| match bad_field(&value) {
-        Some(field) => format!("meta: {field}"),
-        None => format!("meta: {e}"),
-    })
-}
-
-/// The first field of the meta whose value does not read as its type, with serde's message.
-fn bad_field(meta: &serde_json::Value) -> Option<String> {
-    fn check<T: serde::de::DeserializeOwned>(
-        at: &serde_json::Value,
-        key: &str,
-        name: &str,
-    ) -> Option<String> {
-        let value = at.get(key)?.clone();
-        let e = serde_json::from_value::<T>(value).err()?;
-        Some(format!("{name}: {e}"))
-    }
-    let model = meta.get("model").unwrap_or(&serde_json::Value::Null);
-    None.or_else(|| check::<usize>(model, "vocab_size", "model.vocab_size"))
-        .or_else(|| check::<Option<crate::Cell>>(model, "cell", "model.cell"))
-        .or_else(|| check::<usize>(model, "lstm_size", "model.lstm_size"))
-        .or_else(|| check::<usize>(model, "num_layers", "model.num_layers"))
-        .or_else(|| check::<f64>(model, "keep_prob", "model.keep_prob"))
-        .or_else(|| check::<karnna_data::Vocab>(meta, "vocab", "vocab"))
-        .or_else(|| check::<usize>(meta, "iteration", "iteration"))
-        .or_else(|| check::<Option<f64>>(meta, "val_loss", "val_loss"))
-        .or_else(|| check::<Option<f64>>(meta, "train_loss", "train_loss"))
-}
-
-/// Checks the meta's fields: each in range, and the vocabulary as long as `model.vocab_size`.
-pub(crate) fn check_meta(meta: &CheckpointMeta) -> Result<(), String> {
-    let m = &meta.model;
-    if m.shape.num_layers == 0 {
-        return Err("model.num_layers must be at least 1, got 0".into());
-    }
-    if m.shape.lstm_size == 0 {
-        return Err("model.lstm_size must be at least 1, got 0".into());
-    }
-    if m.vocab_size != meta.vocab.len() {
-        return Err(format!(
-            "model.vocab_size is {} but vocab holds {} characters",
-            m.vocab_size,
-            meta.vocab.len()
-        ));
-    }
-    if !(m.keep_prob > 0.0 && m.keep_prob <= 1.0) {
-        return Err(format!(
-            "model.keep_prob must be in (0, 1], got {}",
-            m.keep_prob
-        ));
-    }
-    Ok(())
-}
 
 /// A record's tensor as far as its shape goes (the rest of each value is skipped unread).
 #[derive(Deserialize)]

@@ -55,7 +55,7 @@ enum Command {
         #[arg(long, value_enum)]
         cell: Option<Cell>,
     },
-    /// Train a model; checkpoints go to artifacts/<name>/ (or --run-dir).
+    /// Train a model; checkpoints go to artifacts/NAME/ (or --run-dir).
     Train(TrainArgs),
     /// Write new text from a trained model.
     Sample(sample::SampleArgs),
@@ -101,7 +101,7 @@ struct TrainArgs {
     /// The products of a CPU step: f32 or bf16 (default: the config's `precision`).
     #[arg(long, value_enum)]
     precision: Option<Precision>,
-    /// Run folder (default: artifacts/<name>).
+    /// Run folder (default: artifacts/NAME, NAME the config's name key).
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// Continue from the run folder's latest checkpoint.

@@ -149,7 +149,7 @@ impl Ids {
     /// Maps the prepared corpus file `path`, whose ids are `width` bytes each.
     ///
     /// The file must not change while it is mapped: prepared corpora are written to a temporary
-    /// name and renamed into place, never rewritten (see [`crate::prepare`]). Errors: the file
+    /// name and renamed into place, never rewritten (see [`crate::prepare()`]). Errors: the file
     /// cannot be opened or mapped, or its length is not a whole number of ids.
     pub fn map(path: &Path, width: Width) -> std::io::Result<Self> {
         let file = File::open(path)?;

@@ -2,7 +2,7 @@
 //! that samples text live and draws the run's loss curves, and the HTTP API behind it
 //! (`POST /api/sample`, `GET /api/checkpoints`, `GET /api/metrics`).
 //!
-//! It owns the routes and their input checks ([`api`](crate::api)), the page (three files
+//! It owns the routes and their input checks (`api.rs`), the page (three files
 //! embedded in the binary: no CDN, works offline), the served folder (checkpoints listed by
 //! name, each model loaded once and shared; `metrics.csv` as JSON), and the sampling pool: a
 //! fixed set of threads apart from the async runtime's, with a bounded queue, beyond which a
@@ -104,7 +104,7 @@ pub struct Server {
     limits: conn::Limits,
 }
 
-/// A handle on a [`Server`] that outlives [`Server::run`]'s borrow of it: its figures.
+/// A handle on a [`Server`] that outlives [`Server::run_until`]'s borrow of it: its figures.
 #[derive(Clone)]
 pub struct ServerHandle(Arc<api::State>);
 

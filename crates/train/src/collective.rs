@@ -3,7 +3,7 @@
 //! everything else through these few operations: gradients and losses summed, the stop decided
 //! together, the carried state gathered for a checkpoint.
 //!
-//! [`Alone`] is a run of one process, where each operation is nothing. [`Mpi`] (the `mpi` cargo
+//! [`Alone`] is a run of one process, where each operation is nothing. `Mpi` (the `mpi` cargo
 //! feature) is MPI's world communicator, for `mpirun -np N karnna train ...` on one machine or a
 //! cluster. All of a rank's MPI calls come from the thread that initialised MPI (the training
 //! loop runs on it), as MPI's `FUNNELED` threading level asks.

@@ -402,7 +402,7 @@ impl<B: Backend> DataLoader<B, CharBatch<B>> for BatchLoader<B> {
 }
 
 /// An optimizer that can hand out its state (burn-train's `Learner` keeps its optimizer
-/// private): set [`RecordingOptim::request`], step, then [`RecordingOptim::take`] the record.
+/// private): [`OptimHandle::request`] a record, step, then [`OptimHandle::take`] it.
 pub struct RecordingOptim<O, R> {
     inner: O,
     slot: Arc<Mutex<(bool, Option<R>)>>,

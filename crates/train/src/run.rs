@@ -3,9 +3,9 @@
 //! every `save_every_n`, exact resume, and `metrics.csv` / `loss.svg`.
 //!
 //! [`train`] reads top to bottom: lock the run folder, settle the config (resume, fine-tuning),
-//! read the text, build or restore the model ([`Start`]), then hand [`Carry`] to the learner.
-//! [`Carry::fit`] is the notebook's loop over epochs and batches ([`Loop`]): per batch a
-//! [`Loop::step`], then [`Loop::record`] (metrics, validation, the log line, checkpoints).
+//! read the text, build or restore the model (`Start`), then hand `Carry` to the learner.
+//! `Carry::fit` is the notebook's loop over epochs and batches (`Loop`): per batch a
+//! `Loop::step`, then `Loop::record` (metrics, validation, the log line, checkpoints).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

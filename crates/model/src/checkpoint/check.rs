@@ -158,7 +158,7 @@ impl Meta {
 /// Burn's loader takes on trust: each tensor (a map with `bytes`, `shape` and `dtype`) is f32
 /// with exactly `4 · Π shape` bytes; each parameter id (an `id` field, and with `id_keys` the
 /// keys of the record's `item` map, as in an optimizer's record) parses; nesting stays within
-/// [`MAX_DEPTH`]. Any length in the record is then within the bytes given.
+/// `MAX_DEPTH` (32). Any length in the record is then within the bytes given.
 pub fn check_record(bytes: &[u8], id_keys: bool) -> Result<(), String> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);

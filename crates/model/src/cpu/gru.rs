@@ -128,7 +128,7 @@ impl CellMath for Gru {
 /// `a` holds the input projection `x · w_ih + b_ih` on entry and is scratch on return (the
 /// activated gates r, z, n); `hp` holds `h_{t-1} · w_hh + b_hh`; `h_state` holds `h_{t-1}` on
 /// entry and `h_t` on return. Same fast `σ`/`tanh` and instruction-set choice as
-/// the sequence [`forward`].
+/// the sequence [`forward`](super::forward).
 ///
 /// # Shapes
 ///
@@ -139,8 +139,6 @@ impl CellMath for Gru {
 /// # Panics
 ///
 /// Panics if a slice's length does not match `h`.
-///
-/// the sequence [`forward`]: super::gru_forward
 pub fn gru_cell(h: usize, a: &mut [f32], hp: &[f32], h_state: &mut [f32]) {
     assert_eq!(a.len(), 3 * h, "a must be [3h]");
     assert_eq!(hp.len(), 3 * h, "hp must be [3h]");

@@ -88,7 +88,7 @@ impl CellMath for Lstm {
 /// callers that compute `z` themselves (the sampler, whose layers are split across cores).
 ///
 /// On return `z` holds the activated gates, `c` holds `c_t` (it held `c_{t-1}`) and `h_out`
-/// holds `h_t`. Same fast `σ`/`tanh` and instruction-set choice as the sequence [`forward`].
+/// holds `h_t`. Same fast `σ`/`tanh` and instruction-set choice as the sequence [`forward`](super::forward).
 ///
 /// # Shapes
 ///
@@ -99,8 +99,6 @@ impl CellMath for Lstm {
 /// # Panics
 ///
 /// Panics if a slice's length does not match `h`.
-///
-/// the sequence [`forward`]: super::lstm_forward
 pub fn lstm_cell(h: usize, z: &mut [f32], h_out: &mut [f32], c: &mut [f32]) {
     assert_eq!(z.len(), 4 * h, "z must be [4h]");
     assert_eq!(h_out.len(), h, "h_out must be [h]");

@@ -63,7 +63,7 @@ impl CellMath for Rnn {
 
 /// The plain tanh RNN cell of one row, for callers that compute the pre-activation themselves
 /// (the sampler): `h_out = tanh(z)`, with `z = x · w_ih + b_ih + h_{t-1} · w_hh + b_hh`. Same fast
-/// `tanh` and instruction-set choice as the sequence [`forward`].
+/// `tanh` and instruction-set choice as the sequence [`forward`](super::forward).
 ///
 /// # Shapes
 ///
@@ -72,8 +72,6 @@ impl CellMath for Rnn {
 /// # Panics
 ///
 /// Panics if the lengths differ.
-///
-/// the sequence [`forward`]: super::rnn_forward
 pub fn rnn_cell(z: &[f32], h_out: &mut [f32]) {
     assert_eq!(h_out.len(), z.len(), "h_out must be as long as z");
     tanh_row(simd_level(), z, h_out);

@@ -257,8 +257,8 @@ half_rows!(bf16_rows_avx2, Half::Bf16, "avx2", 8, |xk, wk, o| {
 
 /// `out[r] += x[r] · w` for each of the `rows` rows of `x` (`[rows, k]`) and `out` (`[rows, n]`),
 /// `w` `[k, n]` row-major: the sampler's product for several rows with f32 weights. Blocks of
-/// [`K_BLOCK`] rows of `w` come outermost and the rows of `x` inside, so each weight is read from
-/// memory once per [`ROW_BLOCK`] rows; each sum still runs over `k` in order and unfused, so each
+/// `K_BLOCK` rows of `w` come outermost and the rows of `x` inside, so each weight is read from
+/// memory once per `ROW_BLOCK` rows; each sum still runs over `k` in order and unfused, so each
 /// row gets [`vec_mat_in_order`]'s result to the last bit.
 ///
 /// # Panics
@@ -275,7 +275,7 @@ pub fn mat_rows_in_order(x: &[f32], w: &[f32], out: &mut [f32], rows: usize) {
     }
 }
 
-/// [`mat_rows_in_order`] with `w` in `half` bits: each block of [`K_BLOCK`] weight rows is
+/// [`mat_rows_in_order`] with `w` in `half` bits: each block of `K_BLOCK` weight rows is
 /// converted to f32 in `buf` once, then serves every row of `x`. Each row gets
 /// [`vec_mat_in_order_half`]'s result to the last bit, but with f16 on AVX-512, whose batch-1
 /// product fuses.

@@ -8,17 +8,17 @@
 //! # Launches
 //! The input projection stays outside (one large matmul, or the one-hot row lookup). Per layer
 //! and time step there is **one** launch:
-//! - forward ([`forward_step`]): one thread per (tile of up to [`ROW_TILE`] batch rows, unit
+//! - forward ([`forward_step()`]): one thread per (tile of up to `ROW_TILE` batch rows, unit
 //!   `j`) computes `h_{t-1}·W_hh` for its unit in every gate block and each of its rows
 //!   (reading `W_hh [H, G·H]` along `j`, so neighbouring threads read neighbouring words, and
 //!   each word once for the tile's rows) and the whole gate and cell update, and writes the
 //!   step's `h` (and the LSTM's `c`, and the activations the backward needs);
-//! - backward ([`backward_step`]): one thread per (tile of rows, `j`) forms
+//! - backward ([`backward_step()`]): one thread per (tile of rows, `j`) forms
 //!   `dh = dhs[t] + dhp_{t+1}·W_hhᵀ` (from a transposed copy of `W_hh`, again read along `j`)
 //!   and the pointwise backward, giving `dhp_t` (and what the cell carries back besides `W_hh`:
 //!   the LSTM's `dc`, the GRU's `dh ⊙ z`).
 //!
-//! After the backward loop, `dh0` is one more launch ([`through_weights`]), and `dW_hh =
+//! After the backward loop, `dh0` is one more launch ([`through_weights()`]), and `dW_hh =
 //! H_prevᵀ·dHP` and `db_hh = Σ dHP` are one Burn matmul and one Burn sum over all steps. A layer
 //! of `T` steps thus takes about `T + 3` launches forward and `T + 5` backward, against about
 //! 60 per step in Burn tensor ops ([`crate::ops::reference::tensor_forward`], which stays the tests'
@@ -36,7 +36,7 @@
 //! doc comment gives (inputs go through `into_contiguous`), a thread returns at once unless its
 //! position is below its launch's count (`⌈B / tile⌉·H`, `B·H`, or the mask's length), and
 //! every index is then a row, a unit and a step each below the shape's bound: a tile's rows
-//! past the batch are read as the last row ([`tile_row`]) and never written. A tensor that a cell's variant does not use (the
+//! past the batch are read as the last row (`tile_row`) and never written. A tensor that a cell's variant does not use (the
 //! LSTM's `b_hh`, the RNN's gates) is a placeholder which that variant never indexes.
 //!
 //! # Precision
@@ -46,7 +46,7 @@
 //! output layers) are Burn's, which on a CUDA card with tensor cores run in TF32 (10-bit
 //! mantissa, unit roundoff 2⁻¹¹ ≈ 4.9e-4) for f32 inputs; see [`matmul_precision`].
 //!
-//! Dropout masks are drawn here too ([`dropout_mask_kernel`]), with the counter-based hash of
+//! Dropout masks are drawn here too ([`dropout_mask_kernel()`]), with the counter-based hash of
 //! [`crate::cpu::dropout_mask`], bit for bit: a seed gives the same mask on the CPU and on
 //! any GPU, and no mask crosses from the host.
 //!
@@ -265,7 +265,7 @@ fn forward_cell(
 /// gradient of the step's hidden projection (for the LSTM and the RNN also `dL/dxp[s]`; the
 /// GRU's differs in its n block and goes to `dxp`). `carry` `[B, H]` is what passes back a
 /// step besides `W_hh` (read when `s + 1 < steps`, then overwritten): the LSTM's
-/// `dL/dc_s ⊙ f_s`, the GRU's `dh ⊙ z`. `hs`, `aux` and `gates` are as [`forward_step`] left
+/// `dL/dc_s ⊙ f_s`, the GRU's `dh ⊙ z`. `hs`, `aux` and `gates` are as [`forward_step()`] left
 /// them; tensors the cell does not use may be any tensor.
 #[cube(launch_unchecked)]
 // A comptime test and a runtime one stay two `if`s: CubeCL cannot join them with `&&`.

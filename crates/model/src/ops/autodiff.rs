@@ -40,7 +40,7 @@ impl<B: CellKernels> Backward<B, 4> for SequenceBackward<B> {
 
 /// The op under autodiff is one graph node: its parents are the four inputs present (in the
 /// order of [`CellInputs`]), its output `hs`; `c_T` is a constant of the graph (truncated
-/// BPTT). The forward keeps the cache for [`SequenceBackward`] when a gradient is wanted.
+/// BPTT). The forward keeps the cache for `SequenceBackward` when a gradient is wanted.
 impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
     fn sequence(
         cell: Cell,
@@ -81,7 +81,7 @@ impl<B: CellKernels, C: CheckpointStrategy> CellBackend for Autodiff<B, C> {
     }
 
     /// Burn's own ops and their autodiff, unless `matmul` is [`Matmul::F32`] or
-    /// [`Matmul::Bf16`]: then the product is one graph node ([`DenseBackward`]) whose forward
+    /// [`Matmul::Bf16`]: then the product is one graph node (`DenseBackward`) whose forward
     /// and gradients are the inner backend's [`CellBackend::dense`] with that `matmul`, and the
     /// bias is added by Burn.
     fn dense(

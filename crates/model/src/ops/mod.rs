@@ -23,7 +23,7 @@
 //! step is one contiguous block), `w_hh: [H, G·H]`, `b_hh: [G·H]` (GRU, RNN), `h0: [B, H]`,
 //! `c0: [B, H]` (LSTM); out: `hs: [T, B, H]` (every `h_t`) and the LSTM's `c_T: [B, H]`.
 //!
-//! Under autodiff ([`Autodiff`]) the whole sequence is one node of the graph whose backward
+//! Under autodiff ([`Autodiff`](burn::backend::Autodiff)) the whole sequence is one node of the graph whose backward
 //! ([`CellKernels::backward`]) does per step only elementwise work and `dhp_t·W_hhᵀ`, then
 //! `dW_hh` (and `db_hh`) as one large product over all steps. No gradient flows back from `c_T`
 //! (it is the carried state, detached by truncated BPTT); gradients do reach every input.
@@ -31,13 +31,13 @@
 //! CPU backends run the recurrence with the plain-Rust kernels of [`crate::cpu`]; the GPU
 //! backends (burn-cuda and burn-wgpu, each behind its cargo feature) share one set of CubeCL
 //! kernels (`crate::gpu`: one launch per layer and time step, forward and backward). The same
-//! maths in Burn tensor ops ([`reference`]) runs on any backend and is the tests' reference.
+//! maths in Burn tensor ops ([`reference`](mod@reference)) runs on any backend and is the tests' reference.
 //!
 //! One concern per file: this one holds the op's interface ([`CellBackend`], [`CellKernels`],
 //! [`CellInputs`], [`sequence`]) with the hooks' defaults in Burn ops ([`burn_dense`],
 //! [`tensor_layer_step`]); `precision` what the model's dense products compute in
 //! ([`Matmul`], [`MatmulPrecision`]); `layer_step` the inputs of sampling's one-step hook;
-//! `autodiff` the op as one graph node; `native` the CPU backends; [`reference`] the
+//! `autodiff` the op as one graph node; `native` the CPU backends; [`reference`](mod@reference) the
 //! step-by-step Burn-op reference. The files below import from this one, never the reverse
 //! (but for the two leaf files of types).
 

@@ -11,6 +11,16 @@ fn read(name: &str) -> String {
     std::fs::read_to_string(root().join(name)).unwrap()
 }
 
+/// The text of `file`'s section `heading` (a `## ` heading), up to the next one.
+fn section(file: &str, heading: &str) -> String {
+    let text = read(file);
+    let rest = text
+        .split(&format!("## {heading}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{file} has no \"{heading}\" section"));
+    rest.split("\n## ").next().unwrap_or("").to_owned()
+}
+
 /// The `code` spans of `text`, in order.
 fn spans(text: &str) -> Vec<&str> {
     text.split('`').skip(1).step_by(2).collect()
@@ -34,12 +44,7 @@ fn exists(path: &Path) -> bool {
 
 #[test]
 fn every_path_in_the_where_is_table_exists() {
-    let arch = read("ARCHITECTURE.md");
-    let table = arch
-        .split("## Where is")
-        .nth(1)
-        .and_then(|rest| rest.split("\n## ").next())
-        .expect("ARCHITECTURE.md has a \"Where is\" section");
+    let table = section("ARCHITECTURE.md", "Where is");
     let mut missing = Vec::new();
     let mut checked = 0;
     for row in table.lines().filter(|l| l.starts_with('|')) {
@@ -92,12 +97,7 @@ fn every_xtask_task_is_in_the_readme() {
         .expect("xtask's list of tasks");
     let tasks: Vec<&str> = tasks_block.split('"').skip(1).step_by(2).collect();
     assert!(tasks.contains(&"train") && tasks.len() >= 10, "{tasks:?}");
-    let readme = read("README.md");
-    let commands = readme
-        .split("## Commands")
-        .nth(1)
-        .and_then(|rest| rest.split("\n## ").next())
-        .expect("README.md has a Commands section");
+    let commands = section("README.md", "Commands");
     let missing: Vec<&&str> = tasks
         .iter()
         .filter(|t| !commands.contains(&format!("`cargo xtask {t}")))

@@ -179,11 +179,7 @@ fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     // would wait for it in their next collective call for ever.
     if let Err(e) = &result {
         if world.size() > 1 {
-            eprintln!(
-                "error: rank {}: {}",
-                world.rank(),
-                format!("{e:#}").replace('\n', " ")
-            );
+            eprintln!("error: rank {}: {}", world.rank(), one_line(e));
             world.abort(2);
         }
     }
@@ -398,10 +394,15 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, as every error of the binary is printed.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

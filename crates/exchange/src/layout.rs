@@ -18,6 +18,7 @@ use burn::nn::LinearConfig;
 use burn::prelude::*;
 use karnna_data::Vocab;
 use karnna_model::checkpoint::{Checkpoint, CheckpointError};
+use karnna_model::cpu::transpose;
 use karnna_model::{to_f32_vec, Cell, CharRnn, CharRnnConfig, CheckpointMeta, RnnLayer};
 
 /// The prefix of the recurrent module's keys (`lstm.weight_ih_l0`, ...).
@@ -67,18 +68,6 @@ pub struct TorchModel {
     pub fc_bias: Vec<f32>,
 }
 
-/// `data` (`[rows, cols]`, row-major) transposed to `[cols, rows]`.
-pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    assert_eq!(data.len(), rows * cols, "a [{rows}, {cols}] matrix");
-    let mut out = vec![0.0; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
-        }
-    }
-    out
-}
-
 /// The key of layer `layer`'s tensor `name` (one of [`LAYER_TENSORS`]).
 pub fn layer_key(name: &str, layer: usize) -> String {
     format!("{RNN_PREFIX}.{name}_l{layer}")
@@ -102,8 +91,8 @@ impl TorchModel {
             .map(|(k, l)| {
                 let input = if k == 0 { v } else { h };
                 TorchLayer {
-                    weight_ih: transpose(&to_f32_vec(l.w_ih.val()), input, gh),
-                    weight_hh: transpose(&to_f32_vec(l.w_hh.val()), h, gh),
+                    weight_ih: transpose(input, gh, &to_f32_vec(l.w_ih.val())),
+                    weight_hh: transpose(h, gh, &to_f32_vec(l.w_hh.val())),
                     bias_ih: to_f32_vec(l.b_ih.val()),
                     bias_hh: to_f32_vec(l.b_hh.val()),
                 }
@@ -124,7 +113,7 @@ impl TorchModel {
             iteration,
             val_loss,
             layers,
-            fc_weight: transpose(&to_f32_vec(model.output.weight.val()), h, v),
+            fc_weight: transpose(h, v, &to_f32_vec(model.output.weight.val())),
             fc_bias,
         }
     }
@@ -207,15 +196,15 @@ impl TorchModel {
             .map(|(k, l)| {
                 let input = self.input_size(k);
                 RnnLayer {
-                    w_ih: matrix(transpose(&l.weight_ih, gh, input), input, gh),
-                    w_hh: matrix(transpose(&l.weight_hh, gh, h), h, gh),
+                    w_ih: matrix(transpose(gh, input, &l.weight_ih), input, gh),
+                    w_hh: matrix(transpose(gh, h, &l.weight_hh), h, gh),
                     b_ih: vector(&l.bias_ih),
                     b_hh: vector(&l.bias_hh),
                 }
             })
             .collect();
         let mut output = LinearConfig::new(h, v).init(device);
-        output.weight = matrix(transpose(&self.fc_weight, v, h), h, v);
+        output.weight = matrix(transpose(v, h, &self.fc_weight), h, v);
         output.bias = Some(vector(&self.fc_bias));
         CharRnn {
             layers,
@@ -236,17 +225,5 @@ impl TorchModel {
             train_loss: None,
             run,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transpose_moves_each_element_to_its_mirror() {
-        let m = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // [2, 3]
-        assert_eq!(transpose(&m, 2, 3), [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
-        assert_eq!(transpose(&transpose(&m, 2, 3), 3, 2), m);
     }
 }

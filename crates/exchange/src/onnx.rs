@@ -257,7 +257,7 @@ fn graph(model: &TorchModel) -> GraphProto {
     init.push(float_tensor(
         "fc_weight_t",
         &[h, v],
-        &crate::layout::transpose(&model.fc_weight, v, h),
+        &karnna_model::cpu::transpose(v, h, &model.fc_weight),
     ));
     init.push(float_tensor("fc_bias", &[v], &model.fc_bias));
     nodes.push(node(

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use burn::backend::Flex;
 use karnna_data::Vocab;
+use karnna_model::checkpoint::{fnv1a, FNV1A_START};
 use karnna_model::{CharRnn, CharRnnConfig, Checkpoint, CheckpointMeta};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -96,15 +97,9 @@ fn small_checkpoint() -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// The file's body (magic and sections) and its checksum recomputed.
 fn sealed(mut body: Vec<u8>) -> Vec<u8> {
-    let sum = fnv1a(&body);
+    let sum = fnv1a(FNV1A_START, &body);
     body.extend_from_slice(&sum.to_le_bytes());
     body
 }

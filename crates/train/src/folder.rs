@@ -77,11 +77,6 @@ impl RunFolder {
         }
     }
 
-    /// Whether this process holds the folder's lock (and so writes in it).
-    pub fn holds_lock(&self) -> bool {
-        self._lock.is_some()
-    }
-
     /// The folder.
     pub fn dir(&self) -> &Path {
         self.run.path()

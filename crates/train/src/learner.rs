@@ -545,20 +545,19 @@ pub fn average_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     });
 }
 
-/// An FNV-1a digest of every parameter's bits, in module order: equal on two processes only
-/// when their weights are (what a data-parallel run checks at each checkpoint).
+/// The FNV-1a digest of every parameter's bits (little endian), in module order: equal on two
+/// processes only when their weights are (what a data-parallel run checks at each checkpoint).
 pub fn weights_digest<B: Backend, M: Module<B>>(module: &M) -> u64 {
+    use karnna_model::checkpoint::{fnv1a, FNV1A_START};
     struct Digest(u64);
     impl<B: Backend> ModuleVisitor<B> for Digest {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            for x in karnna_model::to_f32_vec(param.val()) {
-                for b in x.to_bits().to_le_bytes() {
-                    self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-                }
-            }
+            let values = karnna_model::to_f32_vec(param.val());
+            let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.0 = fnv1a(self.0, &bytes);
         }
     }
-    let mut d = Digest(0xcbf2_9ce4_8422_2325);
+    let mut d = Digest(FNV1A_START);
     module.visit(&mut d);
     d.0
 }

@@ -14,20 +14,38 @@ use crate::config::{CpuBackend, Device, Matmul, RunConfig};
 /// The file's name in a run folder.
 pub const FILE: &str = "provenance.txt";
 
-/// Writes `dir`'s `provenance.txt` for a run starting at `start_iteration` under `config`: a new
-/// file for a new run, one more `resumed:` line for a resumed one.
-pub fn record(dir: &Path, config: &RunConfig, start_iteration: usize) -> std::io::Result<()> {
+/// Writes `dir`'s `provenance.txt` for a run starting at `start_iteration` under `config`, on
+/// `ranks` processes: a new file for a new run, one more `resumed:` line for a resumed one;
+/// then, for a data-parallel run, a `ranks:` line.
+pub fn record(
+    dir: &Path,
+    config: &RunConfig,
+    start_iteration: usize,
+    ranks: usize,
+) -> std::io::Result<()> {
     let path = dir.join(FILE);
     if start_iteration > 0 && path.exists() {
         let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
-        return writeln!(
+        writeln!(
             f,
             "resumed: at iteration {start_iteration}, {}, {}, precision {}",
             build(),
             now(),
             config.precision_line()
-        );
+        )?;
+    } else {
+        first_lines(&path, config)?;
     }
+    if ranks > 1 {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+        let each = config.batch_size / ranks;
+        writeln!(f, "ranks: {ranks} (MPI, {each} rows each)")?;
+    }
+    Ok(())
+}
+
+/// A new run's `provenance.txt`: karnna's build, the device, the precision, the CPU, the date.
+fn first_lines(path: &Path, config: &RunConfig) -> std::io::Result<()> {
     let device = match config.device {
         Device::Cpu => match config.cpu_backend {
             CpuBackend::Flex => "cpu (flex)".to_string(),
@@ -118,13 +136,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("karnna-prov-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = RunConfig::default();
-        record(&dir, &config, 0).unwrap();
+        record(&dir, &config, 0, 1).unwrap();
         let first = std::fs::read_to_string(dir.join(FILE)).unwrap();
         assert!(first.starts_with("karnna: "), "{first}");
         assert!(first.contains("\ndevice: cpu (flex)\n"), "{first}");
         assert!(first.contains("\nprecision: f32\n"), "{first}");
         assert_eq!(first.lines().count(), 5);
-        record(&dir, &config, 200).unwrap();
+        record(&dir, &config, 200, 1).unwrap();
         let second = std::fs::read_to_string(dir.join(FILE)).unwrap();
         assert!(second.starts_with(&first));
         assert!(second
@@ -136,7 +154,7 @@ mod tests {
             precision: crate::config::Precision::Bf16,
             ..config.clone()
         };
-        record(&dir, &bf16, 400).unwrap();
+        record(&dir, &bf16, 400, 1).unwrap();
         let third = std::fs::read_to_string(dir.join(FILE)).unwrap();
         let line = third.lines().last().unwrap();
         assert!(
@@ -144,7 +162,7 @@ mod tests {
             "{line}"
         );
         // A new run in the same folder starts the file again.
-        record(&dir, &config, 0).unwrap();
+        record(&dir, &config, 0, 1).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join(FILE))
                 .unwrap()

@@ -31,7 +31,7 @@ use karnna_data::{Vocab, Want};
 use karnna_model::checkpoint::RunDir;
 use karnna_model::{CellKernels, Checkpoint, CheckpointMeta, DropoutSeed, RnnState};
 
-use crate::collective::{shard, Alone, Collective};
+use crate::collective::{shard, Collective};
 use crate::config::{ReferenceCurve, RunConfig};
 use crate::corpus::{Corpus, Preparation};
 use crate::dashboard::{self, Quiet};
@@ -60,25 +60,10 @@ pub struct TrainOptions {
     /// Memory the run may take, in bytes (see [`crate::memory::available`]); a run whose
     /// estimate exceeds it is refused before anything is allocated. `None`: not checked.
     pub memory_limit: Option<u64>,
-    /// The processes training the run together ([`crate::collective`]): [`Alone`] for one,
+    /// The processes training the run together ([`crate::collective`]): [`crate::collective::Alone`] for one,
     /// MPI's world under `mpirun`. Each trains its share of every batch's rows; rank 0 alone
     /// writes the run folder.
     pub collective: Arc<dyn Collective>,
-}
-
-impl TrainOptions {
-    /// A run of one process, as `config` says, in `run_dir`, with nothing else asked.
-    pub fn new(config: RunConfig, run_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            config,
-            run_dir: run_dir.into(),
-            resume: false,
-            fresh: false,
-            plain: false,
-            memory_limit: None,
-            collective: Arc::new(Alone),
-        }
-    }
 }
 
 /// How a run ended.
@@ -217,11 +202,16 @@ pub fn train<I: CellKernels>(opts: TrainOptions, device: I::Device) -> anyhow::R
         );
     }
     let (val_batches, val_read) = (config.val_batches, corpus.val_batches(&config));
-    let rows = shard(config.batch_size, world.rank(), world.size());
-    start.state = start.state.map(|s| rows_of(s, rows.clone()));
-    let carry = Carry::<I>::new(config, &folder, corpus.vocab, &mut start, plan, plain)?
-        .reading(val_read)
-        .shared_by(world, rows);
+    let carry = Carry::<I>::new(
+        config,
+        &folder,
+        corpus.vocab,
+        &mut start,
+        plan,
+        plain,
+        world,
+    )?
+    .reading(val_read);
     let (train, val) = (corpus.train, corpus.val);
     let val = val.unwrap_or_else(|| train.clone());
     let train_loader: TrainLoader<Components<I>> =
@@ -664,8 +654,9 @@ pub fn step_seed(seed: u64, it: usize) -> u64 {
 }
 
 impl<I: CellKernels> Carry<I> {
-    /// The strategy for a run starting at `start` (its carried state moves here); the folder's
-    /// best checkpoint so far and its metrics log are read here.
+    /// The strategy for a run starting at `start` (its carried state moves here, this rank's
+    /// rows of it), as rank `world.rank()` of `world`; the folder's best checkpoint so far and
+    /// its metrics log are read here.
     fn new(
         config: RunConfig,
         folder: &RunFolder,
@@ -673,17 +664,18 @@ impl<I: CellKernels> Carry<I> {
         start: &mut Start<I>,
         plan: Plan,
         plain: bool,
+        world: Arc<dyn Collective>,
     ) -> anyhow::Result<Self> {
         let dir = folder.dir();
-        let config_rows = config.batch_size;
+        let rows = shard(config.batch_size, world.rank(), world.size());
         let reference = match config.reference_curve {
             ReferenceCurve::None => None,
             ReferenceCurve::Notebook => Some(("notebook", &NOTEBOOK_VAL_LOSS[..])),
         };
-        // Only the rank that holds the folder writes in it.
-        let log = match folder.holds_lock() {
+        // Only rank 0, which holds the folder's lock, writes in it.
+        let log = match world.is_root() {
             true => {
-                crate::provenance::record(dir, &config, start.iteration)?;
+                crate::provenance::record(dir, &config, start.iteration, world.size())?;
                 Some(MetricsLog::open(dir, start.iteration)?.with_reference(reference))
             }
             false => None,
@@ -692,7 +684,7 @@ impl<I: CellKernels> Carry<I> {
             .and_then(|l| l.rows().last())
             .map_or(0.0, |r| r.elapsed_s);
         let shared = Shared {
-            start_state: start.state.take(),
+            start_state: start.state.take().map(|s| rows_of(s, rows.clone())),
             log,
             elapsed0,
             best: folder.best(),
@@ -711,24 +703,9 @@ impl<I: CellKernels> Carry<I> {
             val_read: (0, 0),
             handle: start.optim.handle(),
             shared: Mutex::new(shared),
-            world: Arc::new(Alone),
-            rows: 0..config_rows,
+            world,
+            rows,
         })
-    }
-
-    /// The strategy of one rank of a data-parallel run, training `rows` of each batch.
-    fn shared_by(mut self, world: Arc<dyn Collective>, rows: std::ops::Range<usize>) -> Self {
-        if world.size() > 1 && world.is_root() {
-            let path = self.run.path().join(crate::provenance::FILE);
-            let line = format!("ranks: {} (MPI, {} rows each)\n", world.size(), rows.len());
-            let _ = std::fs::OpenOptions::new()
-                .append(true)
-                .open(path)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
-        }
-        self.world = world;
-        self.rows = rows;
-        self
     }
 
     /// The strategy, told how many of the split's validation batches one validation reads

@@ -60,10 +60,15 @@ pub struct Checkpoint {
     sections: Vec<(String, Vec<u8>)>,
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+/// The FNV-1a 64-bit hash of no bytes, where [`fnv1a`] starts.
+pub const FNV1A_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The FNV-1a 64-bit hash `hash` (of the bytes so far; [`FNV1A_START`] at first) extended by
+/// `bytes`: a checkpoint's checksum, and any digest built a piece at a time.
+pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(hash, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
@@ -119,7 +124,7 @@ impl Checkpoint {
             buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
             buf.extend_from_slice(bytes);
         }
-        buf.extend_from_slice(&fnv1a(&buf).to_le_bytes());
+        buf.extend_from_slice(&fnv1a(FNV1A_START, &buf).to_le_bytes());
         write_atomically(path, &buf).map_err(io)
     }
 
@@ -149,7 +154,7 @@ impl Checkpoint {
             return Err(corrupt("too short"));
         }
         let (body, sum) = bytes.split_at(bytes.len() - 8);
-        if fnv1a(body).to_le_bytes() != sum {
+        if fnv1a(FNV1A_START, body).to_le_bytes() != sum {
             return Err(corrupt("checksum mismatch"));
         }
         let sections = parse_sections(&body[8..]).map_err(corrupt)?;

@@ -213,7 +213,7 @@ pub(super) fn packed_weights(
 }
 
 /// The transpose `[cols, rows]` of the row-major `[rows, cols]` matrix `a`, in cache-sized tiles.
-pub(super) fn transpose(rows: usize, cols: usize, a: &[f32]) -> Vec<f32> {
+pub fn transpose(rows: usize, cols: usize, a: &[f32]) -> Vec<f32> {
     const TILE: usize = 32;
     let mut out = vec![0.0; rows * cols];
     for r0 in (0..rows).step_by(TILE) {
@@ -232,6 +232,18 @@ pub(super) fn transpose(rows: usize, cols: usize, a: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::cpu::test_support::{assert_close, instruction_sets, product_f64, Lcg};
+
+    #[test]
+    fn transpose_moves_each_element_to_its_mirror() {
+        let m = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // [2, 3]
+        assert_eq!(transpose(2, 3, &m), [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        // Across and within its tiles: twice is the identity, and each element is where it goes.
+        let (rows, cols) = (37, 70);
+        let a = Lcg(5).vec(rows * cols, 1.0);
+        let t = transpose(rows, cols, &a);
+        assert!((0..rows).all(|r| (0..cols).all(|c| t[c * rows + r] == a[r * cols + c])));
+        assert_eq!(transpose(cols, rows, &t), a);
+    }
 
     #[test]
     fn packed_products_match_a_plain_product() {

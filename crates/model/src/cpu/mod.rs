@@ -83,6 +83,7 @@ pub use bf16::{bf16_bits, bf16_product_speed, dense_bf16, round_bf16, Bf16Path, 
 pub use dropout::{dropout_mask, mask_threshold};
 pub use gru::gru_cell;
 pub use lstm::lstm_cell;
+pub use matmul::transpose;
 pub use peak::{measure_peak, Peak};
 pub use rnn::rnn_cell;
 pub use sequence::{backward, forward, Backward, Dims, Forward};

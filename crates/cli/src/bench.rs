@@ -14,7 +14,7 @@ use karnna_gpu::launches::LaunchCounter;
 use karnna_infer::{
     default_parts, pick, BurnStepper, CharStepper, CpuCharRnn, Precision, Strategy,
 };
-use karnna_model::cpu::Peak;
+use karnna_kernels::Peak;
 use karnna_model::{CellKernels, CharRnnConfig, DropoutSeed};
 use karnna_train::learner::{CharBatch, Trainee};
 use rand::rngs::StdRng;
@@ -450,11 +450,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<Figures> {
 /// step's figures against (`train_gflops` over the peak is the fraction of the silicon used);
 /// returns the peak.
 fn print_silicon(a: &BenchArgs) -> Peak {
-    let peak = karnna_model::cpu::measure_peak(0.3);
+    let peak = karnna_kernels::measure_peak(0.3);
     println!(
         "isa={} (cap with {})",
-        karnna_model::cpu::simd_name(),
-        karnna_model::cpu::SIMD_ENV
+        karnna_kernels::simd_name(),
+        karnna_kernels::SIMD_ENV
     );
     println!(
         "peak_gflops_f32={:.1} (f32 FMA of the widest register, {} threads at once)",
@@ -475,7 +475,7 @@ fn print_silicon(a: &BenchArgs) -> Peak {
 
 /// `--products`: each bf16 product of a step alone, against the bf16 peak.
 fn products(a: &BenchArgs, peak: Option<Peak>) -> anyhow::Result<Figures> {
-    if !karnna_model::cpu::bf16_dot() {
+    if !karnna_kernels::bf16_dot() {
         bail!("--products times the bf16 products, which need a CPU with AVX512_BF16");
     }
     let (rows, g) = (a.batch * a.steps, a.cell.gates() * a.hidden);
@@ -488,7 +488,7 @@ fn products(a: &BenchArgs, peak: Option<Peak>) -> anyhow::Result<Figures> {
         ("weight gradient", a.hidden, rows, g, true),
         ("output layer", rows, a.hidden, a.vocab, true),
     ] {
-        let (gflops, pack_ms) = karnna_model::cpu::bf16_product_speed(m, k, n, threaded, 5);
+        let (gflops, pack_ms) = karnna_kernels::bf16_product_speed(m, k, n, threaded, 5);
         let of = if threaded { peak } else { peak / threads };
         println!(
             "product [{m}, {k}] x [{k}, {n}] ({name}): {gflops:.1} GFLOP/s, {:.0}% of the peak; packing {pack_ms:.1} ms",

@@ -344,10 +344,10 @@ fn info(config: PathBuf, data: Vec<PathBuf>, cell: Option<Cell>) -> anyhow::Resu
     println!("{}", corpus.describe(&c));
     println!("precision:       {}", c.precision_line());
     if c.device == Device::Cpu {
-        let isa = karnna_model::cpu::simd_name();
+        let isa = karnna_kernels::simd_name();
         println!(
             "cpu kernels:     {isa} (cap: {}=...)",
-            karnna_model::cpu::SIMD_ENV
+            karnna_kernels::SIMD_ENV
         );
     }
     Ok(())
@@ -371,7 +371,7 @@ fn main() -> ExitCode {
         .build_global();
     let cli = Cli::parse();
     // A misspelt instruction-set cap would be ignored by the kernels: refuse it before any work.
-    if let Err(e) = karnna_model::cpu::check_simd_env() {
+    if let Err(e) = karnna_kernels::check_simd_env() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

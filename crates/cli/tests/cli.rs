@@ -117,7 +117,7 @@ fn train_then_sample_a_short_text() {
 fn bf16_precision_runs_or_says_it_falls_back() {
     let dir = workdir("bf16");
     std::fs::write(dir.join("short.txt"), SHORT.repeat(30)).unwrap();
-    let has_dot = karnna_model::cpu::bf16_dot();
+    let has_dot = karnna_kernels::bf16_dot();
     for (cap, bf16) in [(None, has_dot), (Some("avx512"), false)] {
         let tiny = tiny_config();
         let args = ["train", "--config", &tiny, "--data", "short.txt", "--fresh"];

@@ -17,8 +17,8 @@ use burn::module::Param;
 use burn::nn::LinearConfig;
 use burn::prelude::*;
 use karnna_data::Vocab;
+use karnna_kernels::transpose;
 use karnna_model::checkpoint::{Checkpoint, CheckpointError};
-use karnna_model::cpu::transpose;
 use karnna_model::{to_f32_vec, Cell, CharRnn, CharRnnConfig, CheckpointMeta, RnnLayer};
 
 /// The prefix of the recurrent module's keys (`lstm.weight_ih_l0`, ...).

@@ -257,7 +257,7 @@ fn graph(model: &TorchModel) -> GraphProto {
     init.push(float_tensor(
         "fc_weight_t",
         &[h, v],
-        &karnna_model::cpu::transpose(v, h, &model.fc_weight),
+        &karnna_kernels::transpose(v, h, &model.fc_weight),
     ));
     init.push(float_tensor("fc_bias", &[v], &model.fc_bias));
     nodes.push(node(

@@ -3,7 +3,7 @@
 //! step of each cell, and text sampled from checkpoints trained on either side. The tests run these on wgpu (llvmpipe in CI) and `karnna gpu-check` runs them on the
 //! device it is given, so both hold a GPU to the same tolerances.
 //!
-//! The CPU side is burn-flex with karnna's own kernels (`karnna_model::cpu`); the GPU side
+//! The CPU side is burn-flex with karnna's own kernels (`karnna_kernels`); the GPU side
 //! is karnna's CubeCL kernels (`karnna_model::gpu`: one launch per layer and time step) with
 //! Burn's matmuls around them. They
 //! agree only as far as f32 arithmetic summed in different orders allows; each tolerance below
@@ -31,7 +31,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Absolute error of the CPU kernels' `tanh` and `σ` (branch-free approximations,
-/// `karnna_model::cpu`), which the GPU computes with its f32 functions instead.
+/// `karnna_kernels`), which the GPU computes with its f32 functions instead.
 pub const ACTIVATION_ERROR: f32 = 1e-6;
 
 /// Pointwise roundings per step besides the recurrent dot product (the gate and cell update,

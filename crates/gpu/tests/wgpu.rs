@@ -357,7 +357,7 @@ fn dropout_masks_drawn_on_wgpu_equal_the_cpu_masks_bit_for_bit() {
     ];
     for (seed, keep_prob, len) in cases {
         let mut cpu = vec![0.0_f32; len];
-        karnna_model::cpu::dropout_mask(seed, keep_prob, &mut cpu);
+        karnna_kernels::dropout_mask(seed, keep_prob, &mut cpu);
         let mask = <wgpu::Backend as CellBackend>::dropout_mask(
             seed,
             keep_prob,

@@ -22,7 +22,7 @@
 //! bits).
 
 use burn::prelude::*;
-use karnna_model::cpu::{
+use karnna_kernels::{
     gru_cell, lstm_cell, mat_rows_in_order, mat_rows_in_order_half, rnn_cell, vec_mat_in_order,
     vec_mat_in_order_half, Half,
 };

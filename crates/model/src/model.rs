@@ -613,7 +613,7 @@ pub enum DropoutSeed {
 }
 
 impl DropoutSeed {
-    /// The seed of layer `layer`'s dropout mask (the mask is [`crate::cpu::dropout_mask`]
+    /// The seed of layer `layer`'s dropout mask (the mask is [`karnna_kernels::dropout_mask`]
     /// of it), drawn on `device` for [`DropoutSeed::Backend`].
     pub fn layer_seed<B: Backend>(self, layer: usize, device: &B::Device) -> u64 {
         if let DropoutSeed::Seeded(seed) | DropoutSeed::SeededRows { seed, .. } = self {
@@ -635,7 +635,7 @@ impl DropoutSeed {
 /// Dropout on recurrent layer `layer`'s output, in training only (on an autodiff backend): each
 /// value is kept with probability `keep_prob` and scaled by `1 / keep_prob`, or zeroed.
 ///
-/// The mask is [`crate::cpu::dropout_mask`] (a counter-based hash of the seed and each
+/// The mask is [`karnna_kernels::dropout_mask`] (a counter-based hash of the seed and each
 /// element's index) of the layer's seed from `seeds` ([`DropoutSeed::layer_seed`]). The
 /// backend draws it ([`CellBackend::dropout_mask`]): the CPU backends on the host, 16 lanes at
 /// a time; the GPU backends on the device, bit for bit the same, so no mask crosses to the

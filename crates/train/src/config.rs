@@ -69,7 +69,7 @@ impl Precision {
     /// compute in f32).
     pub fn matmul(self, device: Device, gpu_matmul: Matmul) -> Matmul {
         match (device, self) {
-            (Device::Cpu, Precision::Bf16) if karnna_model::cpu::bf16_dot() => Matmul::Bf16,
+            (Device::Cpu, Precision::Bf16) if karnna_kernels::bf16_dot() => Matmul::Bf16,
             _ => gpu_matmul,
         }
     }
@@ -564,7 +564,7 @@ mod tests {
         let bf16 = RunConfig::load(&write("bf16.toml", "precision = \"bf16\"\n")).unwrap();
         assert_eq!(bf16.precision, Precision::Bf16);
         // The model's products are bf16 exactly where the CPU has the dot product.
-        let want = if karnna_model::cpu::bf16_dot() {
+        let want = if karnna_kernels::bf16_dot() {
             Matmul::Bf16
         } else {
             Matmul::Tf32

@@ -93,7 +93,7 @@ fn dropout_masks_keep_their_fraction_and_are_independent() {
             for layer in 0..2 {
                 let seed = seeds.layer_seed::<Flex>(layer, &Default::default());
                 let mut mask = vec![0.0; len];
-                karnna_model::cpu::dropout_mask(seed, keep_prob, &mut mask);
+                karnna_kernels::dropout_mask(seed, keep_prob, &mut mask);
                 masks.push(mask);
             }
         }

@@ -47,7 +47,7 @@
 //! mantissa, unit roundoff 2⁻¹¹ ≈ 4.9e-4) for f32 inputs; see [`matmul_precision`].
 //!
 //! Dropout masks are drawn here too ([`dropout_mask_kernel()`]), with the counter-based hash of
-//! [`crate::cpu::dropout_mask`], bit for bit: a seed gives the same mask on the CPU and on
+//! [`karnna_kernels::dropout_mask`], bit for bit: a seed gives the same mask on the CPU and on
 //! any GPU, and no mask crosses from the host.
 //!
 //! Sampling's one-character step has kernels of its own (`step.rs`: one launch per layer and
@@ -418,7 +418,7 @@ fn fmix32(x: u32) -> u32 {
     d ^ (d >> 16u32)
 }
 
-/// The dropout mask of [`crate::cpu::dropout_mask`] on the device, bit for bit: element `i`
+/// The dropout mask of [`karnna_kernels::dropout_mask`] on the device, bit for bit: element `i`
 /// is `scale` when `fmix32(fmix32(i·0x9E3779B9 ^ seed_lo) ^ seed_hi) < threshold` (or always,
 /// when `keep_all`), else 0. Multiplications wrap, as `u32::wrapping_mul` does on the host.
 #[cube(launch_unchecked)]
@@ -765,7 +765,7 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> CellBackend for Cube<R, I, 
     }
 
     fn dropout_mask(seed: u64, keep_prob: f64, shape: Shape, device: &R::Device) -> CubeTensor<R> {
-        let (threshold, scale) = crate::cpu::mask_threshold(keep_prob);
+        let (threshold, scale) = karnna_kernels::mask_threshold(keep_prob);
         let n = shape.num_elements();
         let out =
             empty_device_contiguous_dtype(R::client(device), device.clone(), shape, DType::F32);

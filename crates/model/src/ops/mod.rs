@@ -28,7 +28,7 @@
 //! `dW_hh` (and `db_hh`) as one large product over all steps. No gradient flows back from `c_T`
 //! (it is the carried state, detached by truncated BPTT); gradients do reach every input.
 //!
-//! CPU backends run the recurrence with the plain-Rust kernels of [`crate::cpu`]; the GPU
+//! CPU backends run the recurrence with the plain-Rust kernels of [`karnna_kernels`]; the GPU
 //! backends (burn-cuda and burn-wgpu, each behind its cargo feature) share one set of CubeCL
 //! kernels (`crate::gpu`: one launch per layer and time step, forward and backward). The same
 //! maths in Burn tensor ops ([`reference`](mod@reference)) runs on any backend and is the tests' reference.
@@ -48,8 +48,8 @@ use burn::tensor::module::embedding;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Int, Shape, Tensor, TensorData, TensorPrimitive};
 
-use crate::cpu;
 use crate::Cell;
+use karnna_kernels as cpu;
 
 mod autodiff;
 mod layer_step;

@@ -1,6 +1,6 @@
 //! The CPU backends (burn-flex, burn-ndarray): the sequence op on the plain-Rust kernels of
-//! [`crate::cpu`], read from and written back to the backend's tensors, and under
-//! [`Matmul::Bf16`] the dense products too ([`crate::cpu::dense_bf16`]).
+//! [`karnna_kernels`], read from and written back to the backend's tensors, and under
+//! [`Matmul::Bf16`] the dense products too ([`karnna_kernels::dense_bf16`]).
 
 use std::sync::Arc;
 
@@ -13,8 +13,8 @@ use super::{
     burn_dense, from_float, to_f32_vec, CellBackend, CellInputs, CellKernels, Matmul,
     MatmulPrecision,
 };
-use crate::cpu::{self, Dims};
 use crate::Cell;
+use karnna_kernels::{self as cpu, Dims};
 
 /// What the CPU kernels keep between a sequence's forward and backward: the inputs and outputs
 /// of [`cpu::forward`] that [`cpu::backward`] takes.

@@ -1,25 +1,34 @@
-//! The recurrent cell kinds ([`Cell`]): a leaf of the crate, which the model, the fused ops and
-//! the CPU kernels all name, so that it must not import any of them.
+//! The recurrent cell kinds ([`Cell`]): a leaf of the crate, which the kernels, the model and its
+//! fused ops all name, so that it must not import any of them.
 
-use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 /// The recurrent cell of every layer.
 ///
 /// The GRU and the plain RNN follow PyTorch's `nn.GRU` and `nn.RNN` (tanh): the same equations
 /// and parameter layout, so the PyTorch peer runs the same model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ValueEnum)]
+///
+/// With the `clap` feature it is also a `clap::ValueEnum`, so a command line parses straight
+/// into it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Cell {
     /// Long short-term memory: gates i, f, g, o; state `h` and `c` (the notebook's cell).
     #[default]
-    #[value(help = "Long short-term memory (the notebook's)")]
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Long short-term memory (the notebook's)")
+    )]
     Lstm,
     /// Gated recurrent unit: gates r, z, n, with `b_hn` inside the reset product; state `h`.
-    #[value(help = "Gated recurrent unit (PyTorch's nn.GRU)")]
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Gated recurrent unit (PyTorch's nn.GRU)")
+    )]
     Gru,
     /// Plain (Elman) RNN, `h_t = tanh(x·W_ih + b_ih + h_{t-1}·W_hh + b_hh)`; state `h`.
-    #[value(help = "Plain tanh RNN (PyTorch's nn.RNN)")]
+    #[cfg_attr(feature = "clap", value(help = "Plain tanh RNN (PyTorch's nn.RNN)"))]
     Rnn,
 }
 

@@ -1,8 +1,15 @@
-//! The LSTM, GRU and plain RNN recurrences over a whole sequence on plain `f32` slices: forward,
-//! backward (truncated BPTT) and the cell alone for the sampler, tuned for a small x86_64 CPU.
+//! karnna's CPU kernels: the LSTM, GRU and plain RNN recurrences over a whole sequence on plain
+//! `f32` slices (forward, backward by truncated BPTT, and the cell alone for the sampler), the
+//! sampler's exact-order products, bf16 products, the dropout mask, the recurrent cell kinds
+//! ([`Cell`]) and this CPU's measured peak. Tuned for a small x86_64 CPU.
+//!
+//! It must not depend on Burn or on any other karnna crate: it is plain Rust over slices, so
+//! `cargo test -p karnna-kernels` builds and runs in seconds, and `cargo bench -p karnna-kernels`
+//! times the kernels against this CPU's peak with nothing else in the way. `karnna-model` wraps
+//! these kernels in Burn operations; `karnna-infer` calls the cells and products directly.
 //!
 //! All arrays are row-major and contiguous. The gate axis (`G·H`) holds the cell's `G` blocks of
-//! `H` columns ([`Cell::gates`](crate::Cell::gates)); the LSTM's four are in the order
+//! `H` columns ([`Cell::gates`]); the LSTM's four are in the order
 //! **i, f, g, o** (input, forget, cell candidate, output). For the LSTM, for step `t = 0..T`,
 //! with `h_{-1} = h0` and `c_{-1} = c0`:
 //!
@@ -14,7 +21,7 @@
 //! ```
 //!
 //! Every cell runs on one sequence driver (`sequence`: [`forward`] and [`backward`], keyed by
-//! [`Cell`](crate::Cell)). The rows of a batch are independent sequences, so the driver splits
+//! [`Cell`]). The rows of a batch are independent sequences, so the driver splits
 //! them into one block per thread and runs each block's whole recurrence on its own thread, with
 //! no synchronization between steps; only `dW_hh`, which sums over rows and steps, is one threaded
 //! product at the end: at small batches that beats splitting each step's product between the
@@ -64,6 +71,7 @@
 
 mod activation;
 mod bf16;
+mod cell;
 mod cell_math;
 mod dropout;
 mod gru;
@@ -80,6 +88,7 @@ mod test_support;
 mod vecmat;
 
 pub use bf16::{bf16_bits, bf16_product_speed, dense_bf16, round_bf16, Bf16Path, Strided};
+pub use cell::Cell;
 pub use dropout::{dropout_mask, mask_threshold};
 pub use gru::gru_cell;
 pub use lstm::lstm_cell;

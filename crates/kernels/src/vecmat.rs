@@ -399,7 +399,7 @@ fn rows_block_impl<const FMA: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::test_support::Lcg;
+    use crate::test_support::Lcg;
 
     /// `out[r] += x[r] · w` by the plain loop, one weight row after the other.
     fn plain(x: &[f32], w: &[f32], out: &[f32], n: usize) -> Vec<u32> {

@@ -24,7 +24,7 @@ pub fn dropout_mask(seed: u64, keep_prob: f64, out: &mut [f32]) {
 }
 
 /// The threshold and scale of [`dropout_mask`] for `keep_prob`: an element whose hash is below
-/// the threshold is kept and scaled by the scale. The GPU's mask (`crate::gpu`) takes both
+/// the threshold is kept and scaled by the scale. The GPU's mask (`karnna_model::gpu`) takes both
 /// from here, so the two masks agree bit for bit.
 pub fn mask_threshold(keep_prob: f64) -> (u32, f32) {
     let threshold = (keep_prob.clamp(0.0, 1.0) * 4_294_967_296.0).min(u32::MAX as f64) as u32;

@@ -473,7 +473,7 @@ pub(super) fn check_empty_shapes<C: KernelCell>() {
 /// the CPU has it.
 pub(super) fn bf16_paths() -> Vec<Bf16Path> {
     let mut paths = vec![Bf16Path::Reference];
-    if crate::cpu::bf16_dot() {
+    if crate::bf16_dot() {
         paths.push(Bf16Path::Dot);
     }
     paths
@@ -577,7 +577,7 @@ const BF16_PATHS_TOL: f64 = 1e-3;
 #[rustfmt::skip]
 macro_rules! shared_cell_tests {
     ($cell:ty) => {
-        use $crate::cpu::test_support as shared;
+        use $crate::test_support as shared;
         #[test] fn forward_and_backward_match_reference() { shared::check_grid::<$cell>() }
         #[test] fn large_parallel_shape_matches_reference() { shared::check_large::<$cell>() }
         #[test] fn backward_matches_finite_differences() { shared::check_finite_differences::<$cell>() }

@@ -271,8 +271,8 @@ pub(super) fn sum_parts(parts: &[f32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::simd::simd_level;
-    use crate::cpu::test_support::{assert_close, product_f64, Lcg};
+    use crate::simd::simd_level;
+    use crate::test_support::{assert_close, product_f64, Lcg};
 
     /// Every way of taking the per-step products (the batch-1 product, packed weights, `gemm` on
     /// `w_hh`, on its transposed copy and through transposed strides), on this CPU's instruction

@@ -92,8 +92,8 @@ fn tanh_row_impl<const FMA: bool>(z: &[f32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::test_support::*;
-    use crate::cpu::Dims;
+    use crate::test_support::*;
+    use crate::Dims;
 
     shared_cell_tests!(Rnn);
 

@@ -231,7 +231,7 @@ pub fn transpose(rows: usize, cols: usize, a: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::test_support::{assert_close, instruction_sets, product_f64, Lcg};
+    use crate::test_support::{assert_close, instruction_sets, product_f64, Lcg};
 
     #[test]
     fn transpose_moves_each_element_to_its_mirror() {

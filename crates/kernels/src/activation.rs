@@ -42,7 +42,7 @@ pub(super) fn sigmoid_fast<const FMA: bool>(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::test_support::sig64;
+    use crate::test_support::sig64;
 
     #[test]
     fn fast_math_matches_f64() {

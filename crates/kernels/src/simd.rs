@@ -120,7 +120,7 @@ macro_rules! dispatch {
     ) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
-        $vis fn $name $(<$C: $B>)? (simd: $crate::cpu::simd::Simd, $($arg: $ty),*) {
+        $vis fn $name $(<$C: $B>)? (simd: $crate::simd::Simd, $($arg: $ty),*) {
             /// The loop compiled for AVX-512.
             ///
             /// # Safety
@@ -148,11 +148,11 @@ macro_rules! dispatch {
                 // itself is safe code (slices, bounds-checked; no pointer arithmetic): only
                 // the instruction set is at stake.
                 #[cfg(target_arch = "x86_64")]
-                $crate::cpu::simd::Simd::Avx512 => unsafe { avx512 $(::<$C>)? ($($arg),*) },
+                $crate::simd::Simd::Avx512 => unsafe { avx512 $(::<$C>)? ($($arg),*) },
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
-                $crate::cpu::simd::Simd::Avx2 => unsafe { avx2 $(::<$C>)? ($($arg),*) },
-                $crate::cpu::simd::Simd::Base => $body $(::$assoc)? ::<false>($($arg),*),
+                $crate::simd::Simd::Avx2 => unsafe { avx2 $(::<$C>)? ($($arg),*) },
+                $crate::simd::Simd::Base => $body $(::$assoc)? ::<false>($($arg),*),
             }
         }
     };
@@ -233,12 +233,12 @@ fn lanes_block<const R: usize, const W: usize, const O: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::cell_math::{backward_rows, forward_rows, BwdRows, FwdRows};
-    use crate::cpu::gru::Gru;
-    use crate::cpu::lstm::Lstm;
-    use crate::cpu::rnn::Rnn;
-    use crate::cpu::test_support::{instruction_sets, Lcg};
-    use crate::cpu::vecmat::axpy_block;
+    use crate::cell_math::{backward_rows, forward_rows, BwdRows, FwdRows};
+    use crate::gru::Gru;
+    use crate::lstm::Lstm;
+    use crate::rnn::Rnn;
+    use crate::test_support::{instruction_sets, Lcg};
+    use crate::vecmat::axpy_block;
 
     /// Hidden units of the rows the passes run on (two blocks of lanes and a remainder).
     const H: usize = 37;

@@ -206,8 +206,8 @@ fn gru_backward<const FMA: bool>(g: [f32; 3], hp_n: f32, h_prev: f32, dh: f32) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::test_support::*;
-    use crate::cpu::Dims;
+    use crate::test_support::*;
+    use crate::Dims;
 
     shared_cell_tests!(Gru);
 

@@ -697,7 +697,7 @@ fn streamed(dst: &mut [f32], acc: bool, a: &PackedA, b: Strided, threads: usize)
 }
 
 /// `x [m, k] · w [k, n]` (any strides) in bf16 with f32 sums, row-major, threaded, on the path
-/// this CPU has: the model's dense products under [`crate::Matmul::Bf16`].
+/// this CPU has: the model's dense products under `karnna_model::Matmul::Bf16`.
 ///
 /// # Panics
 ///
@@ -746,7 +746,7 @@ pub fn bf16_product_speed(m: usize, k: usize, n: usize, threaded: bool, reps: us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::test_support::{bf16_paths, Lcg};
+    use crate::test_support::{bf16_paths, Lcg};
 
     #[test]
     fn rounding_is_nearest_even_with_subnormals_to_zero() {
@@ -869,7 +869,7 @@ mod tests {
 #[cfg(test)]
 mod streaming {
     use super::*;
-    use crate::cpu::test_support::Lcg;
+    use crate::test_support::Lcg;
 
     /// A right-hand side packed a block at a time by each thread gives the bits of one packed
     /// whole: the same sums in the same order (blocks of `KC` pairs either way).

@@ -265,8 +265,8 @@ fn backward_row<const FMA: bool>(gz: [&mut [f32]; 4], v: [&[f32]; 4], dc_next: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::test_support::*;
-    use crate::cpu::Dims;
+    use crate::test_support::*;
+    use crate::Dims;
 
     shared_cell_tests!(Lstm);
 

@@ -74,8 +74,8 @@ fn main() -> ExitCode {
     run(cmd)
 }
 
-/// `train --ranks N`: builds karnna with the `mpi` feature, then runs `mpirun -np N karnna train`
-/// on this machine (on a cluster, run the binary under `mpirun -H ...` or `srun` yourself).
+/// `train --ranks N`: builds karnna with the `mpi` feature (and the GPU feature a `--device` or
+/// the config asks for), then runs `mpirun -np N karnna train` on this machine (on a cluster, run the binary under `mpirun -H ...` or `srun` yourself).
 fn train_on_ranks(ranks: &str, args: &[String]) -> ExitCode {
     if ranks.parse::<usize>().map_or(true, |n| n == 0) {
         eprintln!("error: --ranks {ranks}: a number of processes, at least 1");
@@ -83,6 +83,11 @@ fn train_on_ranks(ranks: &str, args: &[String]) -> ExitCode {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
+    // A GPU run's ranks need its backend too (`mpi,cuda` or `mpi,wgpu`).
+    let features = match gpu_feature(args) {
+        Some(gpu) => format!("mpi,{gpu}"),
+        None => "mpi".to_owned(),
+    };
     build.args([
         "build",
         "--quiet",
@@ -90,7 +95,7 @@ fn train_on_ranks(ranks: &str, args: &[String]) -> ExitCode {
         "--package",
         "karnna",
         "--features",
-        "mpi",
+        &features,
     ]);
     match build.status() {
         Ok(s) if s.success() => {}

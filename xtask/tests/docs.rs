@@ -107,3 +107,49 @@ fn every_xtask_task_is_in_the_readme() {
         "README.md's command table lacks: {missing:?}"
     );
 }
+
+/// The karnna crates `crates/<name>/Cargo.toml` lists under `[dependencies]`, by short name.
+fn karnna_dependencies(name: &str) -> Vec<String> {
+    let manifest = read(&format!("crates/{name}/Cargo.toml"));
+    let deps = manifest
+        .split("\n[dependencies]\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("crates/{name}/Cargo.toml has no [dependencies]"));
+    let deps = deps.split("\n[").next().unwrap_or("");
+    let mut found: Vec<String> = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("karnna-"))
+        .filter_map(|l| l.split(['.', ' ', '=']).next())
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn the_crate_graph_in_architecture_is_the_manifests() {
+    let text = read("ARCHITECTURE.md");
+    let rows: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.split_once(" ─▶ "))
+        .map(|(name, deps)| (name.trim(), deps.trim()))
+        .collect();
+    let crates: Vec<String> = std::fs::read_dir(root().join("crates"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(rows.len(), crates.len(), "one row per crate: {rows:?}");
+    for (name, deps) in rows {
+        let mut said: Vec<String> = match deps {
+            "(none)" => Vec::new(),
+            _ => deps.split(", ").map(str::to_owned).collect(),
+        };
+        said.sort();
+        assert_eq!(
+            said,
+            karnna_dependencies(name),
+            "ARCHITECTURE.md's row for {name} is not its manifest's"
+        );
+    }
+}

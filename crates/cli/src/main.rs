@@ -3,15 +3,14 @@
 //!
 //! This binary is only argument parsing, backend choice and glue: it names the CPU backends
 //! (burn-flex, burn-ndarray), reaches the GPU ones (burn-cuda, burn-wgpu, behind the `cuda` and
-//! `wgpu` features) through `karnna-gpu`, and hands them to `karnna-train` and `karnna-infer`. It holds no model logic. Every error is printed as one line
+//! `wgpu` features) through `karnna-gpu`, and hands them to `karnna-train` and `karnna-infer`;
+//! the measurements (`bench`, `bench-data`, `gpu-check`) are `karnna-bench`'s. It holds no model,
+//! training, sampling or measurement logic. Every error is printed as one line
 //! on stderr with exit code 2; a closed pipe while sampling exits 0.
 
 mod args;
-mod bench;
-mod bench_data;
 mod eval;
 mod exchange;
-mod gpu_check;
 mod report;
 mod sample;
 mod serve;
@@ -66,11 +65,11 @@ enum Command {
     /// Make a run folder from a safetensors file (a karnna export or a PyTorch state_dict).
     Import(exchange::ImportArgs),
     /// Time a training step and sampling (optionally beside the PyTorch peer).
-    Bench(bench::BenchArgs),
+    Bench(karnna_bench::bench::BenchArgs),
     /// What a text's size costs: preparation speed, and peak memory of info, train and eval.
-    BenchData(bench_data::BenchDataArgs),
+    BenchData(karnna_bench::bench_data::BenchDataArgs),
     /// Check a GPU against the CPU (fused op, training steps, sampling) and time it.
-    GpuCheck(gpu_check::GpuCheckArgs),
+    GpuCheck(karnna_bench::gpu_check::GpuCheckArgs),
     /// Runs side by side with the notebook's validation curve: a Markdown table and an SVG.
     Report(report::ReportArgs),
     /// Serve a page that samples live and draws the run's curves, and an HTTP API (loopback).
@@ -173,7 +172,7 @@ fn load_config(path: &std::path::Path, data: &[PathBuf]) -> anyhow::Result<RunCo
 fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let config = train_config(&args)?;
     let gpu = Gpu::of(config.device);
-    let world = world(gpu.is_some())?;
+    let world = world()?;
     let result = train_with(args, config, gpu, world.clone());
     // An error on one rank of several (a bad batch size, a full disk) ends them all: the others
     // would wait for it in their next collective call for ever.
@@ -204,7 +203,7 @@ fn train_with(
             None => karnna_train::memory::available(),
             Some(gpu) => karnna_gpu::memory(gpu),
         },
-        collective: world,
+        collective: world.clone(),
         config,
     };
     let report = match (gpu, opts.config.cpu_backend) {
@@ -212,7 +211,10 @@ fn train_with(
         (None, CpuBackend::Ndarray) => {
             Train(opts).run::<burn::backend::NdArray>(Default::default())
         }
-        (Some(gpu), _) => karnna_gpu::run_on(gpu, Train(opts)),
+        (Some(gpu), _) if world.size() == 1 => karnna_gpu::run_on(gpu, Train(opts)),
+        // Several ranks: each its machine's device `local rank mod count`; the gradients meet
+        // in host memory (`average_gradients`), which is correct on any device.
+        (Some(gpu), _) => karnna_gpu::run_on_rank(gpu, world.local_rank(), Train(opts)),
     }?;
     // Written without `println!`, which panics when the terminal is gone (a run stopped by
     // SIGHUP has already saved its checkpoint; only these lines are lost).
@@ -226,7 +228,7 @@ fn train_with(
 /// The processes training together: MPI's world when this binary has the `mpi` feature and
 /// `mpirun` (or `srun`) started it, which set `OMPI_COMM_WORLD_SIZE` (`PMI_SIZE`,
 /// `PMIX_RANK`); else this process alone. Every rank but 0 writes nothing to stdout.
-fn world(on_gpu: bool) -> anyhow::Result<std::sync::Arc<dyn karnna_train::collective::Collective>> {
+fn world() -> anyhow::Result<std::sync::Arc<dyn karnna_train::collective::Collective>> {
     let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
         .iter()
         .any(|v| std::env::var_os(v).is_some());
@@ -239,11 +241,6 @@ fn world(on_gpu: bool) -> anyhow::Result<std::sync::Arc<dyn karnna_train::collec
         use karnna_train::collective::Collective;
         let mpi = karnna_train::collective::Mpi::init()
             .ok_or_else(|| anyhow::anyhow!("MPI could not be initialised"))?;
-        if mpi.size() > 1 && on_gpu {
-            anyhow::bail!(
-                "training on several ranks runs on the CPU: --device cuda|wgpu with mpirun is not built yet"
-            );
-        }
         if mpi.rank() != 0 {
             silence_stdout();
         }
@@ -260,7 +257,6 @@ fn world(on_gpu: bool) -> anyhow::Result<std::sync::Arc<dyn karnna_train::collec
     }
     #[cfg(not(feature = "mpi"))]
     {
-        let _ = on_gpu;
         match std::env::var("OMPI_COMM_WORLD_SIZE").as_deref() {
             Ok("1") | Err(_) => Ok(alone),
             Ok(n) => anyhow::bail!(
@@ -384,9 +380,15 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => exchange::export(args).map(|()| ExitCode::SUCCESS),
         Command::Import(args) => exchange::import(args).map(|()| ExitCode::SUCCESS),
-        Command::Bench(args) => bench::run(args).map(|_| ExitCode::SUCCESS),
-        Command::BenchData(args) => bench_data::run(args).map(|()| ExitCode::SUCCESS),
-        Command::GpuCheck(args) => gpu_check::run(args),
+        Command::Bench(args) => karnna_bench::bench::run(args).map(|_| ExitCode::SUCCESS),
+        Command::BenchData(args) => karnna_bench::bench_data::run(args).map(|()| ExitCode::SUCCESS),
+        Command::GpuCheck(args) => karnna_bench::gpu_check::run(args).map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
         Command::Report(args) => report::run(args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),
     };

@@ -1,7 +1,7 @@
 //! Data-parallel training under `mpirun` (the `mpi` feature): two ranks train the model one
-//! process trains, over shared memory and over TCP, with dropout on and off; a signal stops every
-//! rank at one iteration with one checkpoint, which resumes under another number of ranks; a
-//! rank killed ends the job. Needs Open MPI's `mpirun` (`.ci/run` installs it).
+//! process trains, over shared memory and over TCP, with dropout on and off, on the CPU and (with
+//! the `wgpu` feature) on a GPU; a signal stops every rank at one iteration with one checkpoint,
+//! which resumes under another number of ranks; a rank killed ends the job. Needs Open MPI's `mpirun` (`.ci/run` installs it).
 #![cfg(feature = "mpi")]
 
 use std::path::{Path, PathBuf};
@@ -146,6 +146,30 @@ fn two_ranks_train_the_model_one_process_trains() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr)
         .contains("batch_size 7 does not divide among 2 processes"));
+}
+
+/// Two ranks on a GPU (wgpu: llvmpipe in CI, one device that both ranks share; on a machine
+/// with several discrete GPUs each rank takes device `local rank mod count`) train what one
+/// process trains on it, the gradients meeting in host memory.
+#[cfg(feature = "wgpu")]
+#[test]
+fn two_ranks_on_a_gpu_train_the_model_one_process_trains_there() {
+    let dir = setup("mpi-wgpu");
+    let args = ["--max-iters", "10", "--keep-prob", "1", "--device", "wgpu"];
+    one(&dir, &[&args[..], &["--run-dir", "one"]].concat());
+    let out = ok(
+        mpirun(&dir, false, &[&args[..], &["--run-dir", "two"]].concat())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.matches("saved ").count(), 1, "{out}");
+    let provenance = std::fs::read_to_string(dir.join("two").join("provenance.txt")).unwrap();
+    assert!(provenance.contains("device: wgpu"), "{provenance}");
+    assert!(provenance.contains("ranks: 2"), "{provenance}");
+    let d = max_difference(&weights(&dir.join("one")), &weights(&dir.join("two")));
+    // As on the CPU, the ranks sum their gradients in another order than one process sums its
+    // rows: rounding only, measured at 4.6e-7 after 10 steps on llvmpipe.
+    assert!(d < 1e-5, "weights differ by {d}");
 }
 
 /// Waits for `child` at most `limit`; whether it ended.

@@ -2,43 +2,31 @@
 //! Apple and NVIDIA GPUs, and Mesa's software Vulkan, llvmpipe, which CI runs on). Each is behind
 //! its cargo feature (`cuda`, `wgpu`); code written once over the backend ([`OnBackend`]) runs on
 //! the one chosen at run time ([`run_on`]), after a probe has turned a missing device into one
-//! clear error. [`check`] holds the comparisons of a GPU backend with the CPU kernels that the
-//! tests and `karnna gpu-check` both run; [`launches`] counts the kernels that GPU work
-//! launches (`karnna bench`'s `gpu_launches_per_step`).
+//! clear error. [`Device`], the setting a config and the command line name, is defined here,
+//! where it becomes a backend ([`Gpu::of`]).
 //!
-//! It knows the concrete GPU backends so that no other library crate has to; it must not depend
-//! on the command line (clap, argument parsing), which stays in `crates/cli`.
-
-pub mod check;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub mod launches;
-
-/// Without a GPU backend there are no GPU launches to count.
-#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-pub mod launches {
-    /// Counts GPU kernel launches; this build has no GPU backend, so it never installs.
-    #[derive(Debug)]
-    pub struct LaunchCounter(());
-
-    impl LaunchCounter {
-        /// Always `None`: this build has no GPU backend.
-        pub fn install() -> Option<Self> {
-            None
-        }
-
-        /// Never called: [`LaunchCounter::install`] returns `None`.
-        pub fn count<B: burn::tensor::backend::Backend, T, F: FnOnce() -> T>(
-            &self,
-            _device: &B::Device,
-            work: F,
-        ) -> (T, Option<u64>) {
-            (work(), None)
-        }
-    }
-}
+//! It knows the concrete GPU backends so that no other library crate has to. It must not
+//! depend on `karnna-train` (which depends on it for [`Device`]) or parse a command line (clap
+//! only derives [`Device`]'s `ValueEnum`); measuring a GPU is `karnna-bench`'s.
 
 use burn::tensor::Tensor;
 use karnna_model::CellKernels;
+use serde::{Deserialize, Serialize};
+
+/// Where the model runs (in a config's `device` and on the command line's `--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The CPU (no installation needed).
+    #[value(help = "The CPU")]
+    Cpu,
+    /// An NVIDIA GPU through burn-cuda (build with the `cuda` feature).
+    #[value(help = "An NVIDIA GPU (burn-cuda)")]
+    Cuda,
+    /// Any GPU with Vulkan, Metal or DX12 through burn-wgpu (build with the `wgpu` feature).
+    #[value(help = "Any GPU with Vulkan, Metal or DX12 (burn-wgpu): AMD, Intel, Apple, NVIDIA")]
+    Wgpu,
+}
 
 /// A GPU backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,13 +38,13 @@ pub enum Gpu {
 }
 
 impl Gpu {
-    /// The GPU a [`Device`](karnna_train::Device) names, or `None` for the CPU: the one place a
-    /// device becomes a backend.
-    pub fn of(device: karnna_train::Device) -> Option<Gpu> {
+    /// The GPU a [`Device`] names, or `None` for the CPU: the one place a device becomes a
+    /// backend.
+    pub fn of(device: Device) -> Option<Gpu> {
         match device {
-            karnna_train::Device::Cpu => None,
-            karnna_train::Device::Cuda => Some(Gpu::Cuda),
-            karnna_train::Device::Wgpu => Some(Gpu::Wgpu),
+            Device::Cpu => None,
+            Device::Cuda => Some(Gpu::Cuda),
+            Device::Wgpu => Some(Gpu::Wgpu),
         }
     }
 
@@ -93,6 +81,38 @@ pub fn run_on<J: OnBackend>(gpu: Gpu, job: J) -> anyhow::Result<J::Output> {
         Gpu::Cuda => cuda::run(job),
         Gpu::Wgpu => wgpu::run(job),
     }
+}
+
+/// Runs `job` on the device of `gpu` that one of several ranks on a machine uses: device
+/// `local_rank mod count` of the machine's `count` devices of that kind (CUDA's devices; wgpu's
+/// discrete GPUs, or its default adapter, shared, where there is none), probed as [`run_on`]
+/// probes the first.
+pub fn run_on_rank<J: OnBackend>(gpu: Gpu, local_rank: usize, job: J) -> anyhow::Result<J::Output> {
+    match gpu {
+        Gpu::Cuda => cuda::run_rank(local_rank, job),
+        Gpu::Wgpu => wgpu::run_rank(local_rank, job),
+    }
+}
+
+/// Device `local_rank mod count` of `B`'s devices of type `type_id` (Burn's `device_count`),
+/// probed; `None` when there are none of that type.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn rank_device<B: burn::tensor::backend::Backend>(
+    type_id: u16,
+    local_rank: usize,
+) -> Option<anyhow::Result<B::Device>> {
+    use burn::tensor::backend::{Device as _, DeviceId};
+    let count = B::device_count(type_id);
+    if count == 0 {
+        return None;
+    }
+    let index = (local_rank % count) as u16;
+    let device = B::Device::from_id(DeviceId::new(type_id, index));
+    Some(
+        probe::<B>(&device)
+            .map(|()| device)
+            .map_err(|why| anyhow::anyhow!("device {index} of {count} does not compute: {why}")),
+    )
 }
 
 /// The memory a run on `gpu` may take, in bytes, for the check before training; `None` when
@@ -178,6 +198,14 @@ pub mod cuda {
         job.run::<Backend>(device()?)
     }
 
+    pub(crate) fn run_rank<J: OnBackend>(local_rank: usize, job: J) -> anyhow::Result<J::Output> {
+        device()?;
+        let device = super::rank_device::<Backend>(0, local_rank)
+            .unwrap_or_else(|| Err(anyhow::anyhow!("CUDA lists no device")))
+            .map_err(|e| anyhow::anyhow!("CUDA {e}"))?;
+        job.run::<Backend>(device)
+    }
+
     /// The first device's memory in bytes, or `None` without a usable device. cubecl's CUDA
     /// runtime reads `cuDeviceTotalMem` and allows pages of a quarter of it, which is the one
     /// figure it exposes: the total is four pages.
@@ -194,6 +222,10 @@ mod cuda {
     use super::{not_built, Gpu, OnBackend};
 
     pub(crate) fn run<J: OnBackend>(_: J) -> anyhow::Result<J::Output> {
+        Err(not_built(Gpu::Cuda))
+    }
+
+    pub(crate) fn run_rank<J: OnBackend>(_: usize, _: J) -> anyhow::Result<J::Output> {
         Err(not_built(Gpu::Cuda))
     }
 
@@ -227,6 +259,19 @@ pub mod wgpu {
         job.run::<Backend>(device()?)
     }
 
+    /// Discrete GPUs are wgpu's device type 0 (`WgpuDevice::DiscreteGpu`).
+    const DISCRETE: u16 = 0;
+
+    pub(crate) fn run_rank<J: OnBackend>(local_rank: usize, job: J) -> anyhow::Result<J::Output> {
+        let default = device()?;
+        let device = match super::rank_device::<Backend>(DISCRETE, local_rank) {
+            Some(device) => device.map_err(|e| anyhow::anyhow!("wgpu discrete GPU: {e}"))?,
+            // No discrete GPU (an integrated one, or llvmpipe): every rank shares the default.
+            None => default,
+        };
+        job.run::<Backend>(device)
+    }
+
     /// The device for a test: [`device`], or `None` when there is none, said on stderr (the
     /// test then skips); under `CI=true` a missing device panics instead, so CI cannot pass
     /// without running the GPU tests.
@@ -252,6 +297,10 @@ mod wgpu {
     use super::{not_built, Gpu, OnBackend};
 
     pub(crate) fn run<J: OnBackend>(_: J) -> anyhow::Result<J::Output> {
+        Err(not_built(Gpu::Wgpu))
+    }
+
+    pub(crate) fn run_rank<J: OnBackend>(_: usize, _: J) -> anyhow::Result<J::Output> {
         Err(not_built(Gpu::Wgpu))
     }
 }

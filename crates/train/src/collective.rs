@@ -14,6 +14,9 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
     fn rank(&self) -> usize;
     /// The processes of the run.
     fn size(&self) -> usize;
+    /// This process's rank among the ranks on its own machine, `0..` (MPI's shared-memory
+    /// split): what picks a rank's GPU on a machine with several.
+    fn local_rank(&self) -> usize;
     /// `buf` summed element-wise over every rank, in place (`MPI_Allreduce`).
     fn sum_f32(&self, buf: &mut [f32]);
     /// The same for f64 values (losses, flags).
@@ -73,6 +76,9 @@ impl Collective for Alone {
     fn size(&self) -> usize {
         1
     }
+    fn local_rank(&self) -> usize {
+        0
+    }
     fn sum_f32(&self, _: &mut [f32]) {}
     fn sum_f64(&self, _: &mut [f64]) {}
     fn gather(&self, part: &[f32]) -> Option<Vec<f32>> {
@@ -105,6 +111,7 @@ mod with_mpi {
     /// MPI's world: the ranks `mpirun` (or `srun`) started. Dropping it finalises MPI.
     pub struct Mpi {
         world: SimpleCommunicator,
+        local_rank: usize,
         thread: std::thread::ThreadId,
         _universe: Universe,
     }
@@ -119,8 +126,13 @@ mod with_mpi {
         /// thread support at all.
         pub fn init() -> Option<Self> {
             let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)?;
+            let world = universe.world();
+            // The ranks that share this machine's memory, in world order (a collective call:
+            // every rank makes it here, once).
+            let local_rank = world.split_shared(world.rank()).rank() as usize;
             Some(Self {
-                world: universe.world(),
+                world,
+                local_rank,
                 thread: std::thread::current().id(),
                 _universe: universe,
             })
@@ -148,6 +160,9 @@ mod with_mpi {
         }
         fn size(&self) -> usize {
             self.world().size() as usize
+        }
+        fn local_rank(&self) -> usize {
+            self.local_rank
         }
         fn sum_f32(&self, buf: &mut [f32]) {
             let send = buf.to_vec();

@@ -8,20 +8,8 @@ use karnna_model::{CharRnnConfig, Checkpoint, Init, ModelShape};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Where the model runs (in a config's `device` and on the command line's `--device`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// The CPU (no installation needed).
-    #[value(help = "The CPU")]
-    Cpu,
-    /// An NVIDIA GPU through burn-cuda (build with the `cuda` feature).
-    #[value(help = "An NVIDIA GPU (burn-cuda)")]
-    Cuda,
-    /// Any GPU with Vulkan, Metal or DX12 through burn-wgpu (build with the `wgpu` feature).
-    #[value(help = "Any GPU with Vulkan, Metal or DX12 (burn-wgpu): AMD, Intel, Apple, NVIDIA")]
-    Wgpu,
-}
+/// Where the model runs: defined in `karnna-gpu`, which turns it into a backend.
+pub use karnna_gpu::Device;
 
 /// Which Burn backend runs on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -1,5 +1,5 @@
 //! The GPU kernels launched by the fused ops and by sampling's step, counted through CubeCL's
-//! launch log ([`karnna_gpu::launches`]) on burn-wgpu (llvmpipe in CI): one launch per time step
+//! launch log ([`karnna_bench::launches`]) on burn-wgpu (llvmpipe in CI): one launch per time step
 //! forward and one backward, plus a few per sequence, for every cell; one per layer and one for
 //! the logits per sampled character.
 //!
@@ -11,7 +11,7 @@
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use burn::tensor::{Tensor, TensorData};
-use karnna_gpu::launches::LaunchCounter;
+use karnna_bench::launches::LaunchCounter;
 use karnna_gpu::wgpu;
 use karnna_model::ops::{sequence, SequenceInputs};
 use karnna_model::{to_f32_vec, Cell, CharRnn, CharRnnConfig, Matmul, StepState};

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use crate::launches::LaunchCounter;
 use anyhow::{bail, Context};
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::AutodiffModule;
 use burn::optim::AdamConfig;
 use burn::prelude::*;
-use karnna_gpu::launches::LaunchCounter;
 use karnna_infer::{
     default_parts, pick, BurnStepper, CharStepper, CpuCharRnn, Precision, Strategy,
 };
@@ -24,6 +24,8 @@ use karnna_gpu::Gpu;
 use karnna_model::Cell;
 use karnna_train::{CpuBackend, Device, Matmul, Precision as StepPrecision};
 
+/// `karnna bench`'s arguments: the model's and the batch's sizes, the device and its settings,
+/// what to time, and the peer to time beside it.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// The recurrent cell (the peer runs nn.LSTM, nn.GRU or nn.RNN to match).
@@ -755,7 +757,7 @@ impl Timings {
             println!("sample_chars_per_s_batched_8={b:.1}");
         });
         if let Some(n) = self.launches {
-            // Counted through CubeCL's launch log (karnna_gpu::launches), one step after the timed ones.
+            // Counted through CubeCL's launch log (`crate::launches`), one step after the timed ones.
             println!("gpu_launches_per_step={n}");
         }
         if let Some(n) = self.char_launches {

@@ -1,5 +1,5 @@
 //! `karnna gpu-check`: one command that tells whether a GPU backend computes what the CPU does
-//! and how fast it is. It runs the checks of `karnna_gpu::check` (the ones the tests run on
+//! and how fast it is. It runs the checks of `crate::check` (the ones the tests run on
 //! wgpu) on the chosen device, then the benchmark (a training step of the notebook's 2x512
 //! model at batch 100x100, and sampling), and prints machine-readable `key=value` lines.
 //!
@@ -7,14 +7,13 @@
 //! script), so a binary built on a CPU machine with `--features cuda` can be carried to a GPU
 //! machine that has no Rust toolchain.
 
-use std::process::ExitCode;
-
 use anyhow::bail;
-use karnna_gpu::{check, Gpu, OnBackend};
+use karnna_gpu::{Gpu, OnBackend};
 use karnna_model::{Cell, CellKernels, Matmul, MatmulPrecision};
 
-use crate::bench;
+use crate::{bench, check};
 
+/// `karnna gpu-check`'s arguments: the benchmark's, and what to check.
 #[derive(clap::Args, Debug)]
 pub struct GpuCheckArgs {
     /// The benchmark's sizes and options; `--device` is cuda or wgpu.
@@ -97,7 +96,9 @@ impl OnBackend for Checks {
     }
 }
 
-pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
+/// Runs the checks, then (unless `--no-bench`) the benchmark, printing `key=value` lines;
+/// `Ok(false)` when a check failed (the `karnna` binary then exits with 1).
+pub fn run(args: GpuCheckArgs) -> anyhow::Result<bool> {
     let Some(gpu) = karnna_gpu::Gpu::of(args.bench.device) else {
         bail!("gpu-check needs a GPU: --device cuda or --device wgpu");
     };
@@ -151,11 +152,6 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<ExitCode> {
             figures.peer_sample_chars_per_s,
         );
     }
-    Ok(if failed {
-        println!("gpu_check=FAILED");
-        ExitCode::from(1)
-    } else {
-        println!("gpu_check=ok");
-        ExitCode::SUCCESS
-    })
+    println!("gpu_check={}", if failed { "FAILED" } else { "ok" });
+    Ok(!failed)
 }

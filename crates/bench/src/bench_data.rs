@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+/// `karnna bench-data`'s arguments: the text sizes, the config, the folder, the binary and the
+/// time limits.
 #[derive(clap::Args, Debug)]
 pub struct BenchDataArgs {
     /// Text sizes to measure, in MB (10^6 bytes); give it several times.
@@ -23,7 +25,8 @@ pub struct BenchDataArgs {
     /// Where the texts, the cache and the runs go (texts are kept and reused between calls).
     #[arg(long, default_value = "artifacts/bench-data")]
     dir: PathBuf,
-    /// The karnna binary to measure (default: this one), e.g. an older build to compare with.
+    /// The karnna binary to measure (default: the running one, the `karnna` binary that calls
+    /// this), e.g. an older build to compare with.
     #[arg(long)]
     bin: Option<PathBuf>,
     /// Seconds `eval` runs before it is stopped: long enough to be scoring, so that a copy of
@@ -36,6 +39,9 @@ pub struct BenchDataArgs {
     limit_seconds: u64,
 }
 
+/// Writes texts of each size (kept for the next call), then runs `info`, `train` and `eval` on
+/// each as child processes of the `karnna` binary, and prints preparation speed and each
+/// command's peak memory.
 pub fn run(args: BenchDataArgs) -> anyhow::Result<()> {
     let bin = match &args.bin {
         Some(b) => b.clone(),

@@ -1,4 +1,4 @@
-//! The GPU checks ([`karnna_gpu::check`]) on a real GPU runtime: burn-wgpu's first adapter
+//! The GPU checks ([`karnna_bench::check`]) on a real GPU runtime: burn-wgpu's first adapter
 //! (Mesa's llvmpipe in CI, a software Vulkan GPU). They compile GPU kernels, fuse ops, move
 //! data between host and device and read it back: what the CPU backends never exercise.
 //!
@@ -8,7 +8,8 @@
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use karnna_gpu::{check, wgpu};
+use karnna_bench::check;
+use karnna_gpu::wgpu;
 use karnna_model::ops::dense;
 use karnna_model::{to_f32_vec, Cell, CellBackend, Matmul, MatmulPrecision};
 use rand::{Rng, SeedableRng};

@@ -75,7 +75,8 @@ fn main() -> ExitCode {
 }
 
 /// `train --ranks N`: builds karnna with the `mpi` feature (and the GPU feature a `--device` or
-/// the config asks for), then runs `mpirun -np N karnna train` on this machine (on a cluster, run the binary under `mpirun -H ...` or `srun` yourself).
+/// the config asks for), then runs `mpirun -np N karnna train` on this machine (on a cluster,
+/// run the binary under `mpirun -H ...` or `srun` yourself).
 fn train_on_ranks(ranks: &str, args: &[String]) -> ExitCode {
     if ranks.parse::<usize>().map_or(true, |n| n == 0) {
         eprintln!("error: --ranks {ranks}: a number of processes, at least 1");

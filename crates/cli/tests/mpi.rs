@@ -1,7 +1,8 @@
 //! Data-parallel training under `mpirun` (the `mpi` feature): two ranks train the model one
 //! process trains, over shared memory and over TCP, with dropout on and off, on the CPU and (with
 //! the `wgpu` feature) on a GPU; a signal stops every rank at one iteration with one checkpoint,
-//! which resumes under another number of ranks; a rank killed ends the job. Needs Open MPI's `mpirun` (`.ci/run` installs it).
+//! which resumes under another number of ranks; a rank killed ends the job. Needs Open MPI's
+//! `mpirun` (`.ci/run` installs it).
 #![cfg(feature = "mpi")]
 
 use std::path::{Path, PathBuf};

@@ -199,10 +199,13 @@ pub mod cuda {
     }
 
     pub(crate) fn run_rank<J: OnBackend>(local_rank: usize, job: J) -> anyhow::Result<J::Output> {
+        // The first device's probe turns a missing driver into `device`'s clear error before
+        // `device_count` asks the driver anything.
         device()?;
-        let device = super::rank_device::<Backend>(0, local_rank)
-            .unwrap_or_else(|| Err(anyhow::anyhow!("CUDA lists no device")))
-            .map_err(|e| anyhow::anyhow!("CUDA {e}"))?;
+        let device = match super::rank_device::<Backend>(0, local_rank) {
+            Some(device) => device.map_err(|e| anyhow::anyhow!("CUDA {e}"))?,
+            None => anyhow::bail!("CUDA lists no device"),
+        };
         job.run::<Backend>(device)
     }
 
